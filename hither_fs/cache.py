@@ -1,0 +1,139 @@
+"""``hi.JobCache``: results remembered by the hash of what produced them.
+
+The key of a job is the sha1 of a canonical JSON form of its function name,
+version and arguments, where arrays and files count by their content hash and
+upstream jobs by their own key (so a whole pipeline is recognised before any
+of it runs). An entry is one JSON file, ``<dir>/ab/cd/<key>.json``, holding
+the encoded result; arrays and files it refers to live in the cache's store
+(the root's own store for ``JobCache()``).
+
+Two submitters of the same job at the same time get one execution: under the
+cache shard's lock, the first records an *in-flight* marker naming its job and
+the second attaches to that job.
+"""
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, Optional
+
+import filelock
+
+from .runtime.files import makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.serialization import walk_refs
+from .runtime.store import Store
+
+
+def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict[str, str]) -> str:
+    """sha1 of the canonical form of a job; ``upstream_keys`` maps job ids to keys."""
+    def canon(obj):
+        if isinstance(obj, list):
+            return [canon(v) for v in obj]
+        if isinstance(obj, dict):
+            if obj.get("__hither__") == "job":
+                return {"__hither__": "job", "key": upstream_keys[obj["id"]]}
+            return {k: canon(v) for k, v in obj.items()}
+        return obj
+    text = json.dumps({"function": name, "version": version, "args": canon(args)},
+                      sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class JobCache:
+    """A job cache. ``JobCache()`` keeps entries in the root; ``JobCache(path)``
+    in a directory of its own (for example a lab's shared cache)."""
+
+    def __init__(self, path: Optional[str] = None):
+        self.path = None if path is None else os.path.abspath(os.path.expanduser(str(path)))
+        if self.path is not None and os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise ValueError("job cache path {} is a file, not a directory".format(self.path))
+
+    def __repr__(self):
+        return "JobCache({})".format(repr(self.path) if self.path else "in the root")
+
+    # -- where -------------------------------------------------------------
+
+    def directory(self, root) -> str:
+        return self.path or root.layout.cache
+
+    def store(self, root) -> Store:
+        return Store(os.path.join(self.path, "store")) if self.path else root.store
+
+    def _entry_path(self, directory: str, key: str, suffix: str = ".json") -> str:
+        return os.path.join(directory, key[:2], key[2:4], key + suffix)
+
+    def lock(self, root, key: str) -> filelock.BaseFileLock:
+        shard = os.path.join(self.directory(root), key[:2], key[2:4])
+        makedirs(shard)
+        return filelock.FileLock(os.path.join(shard, ".lock"), thread_local=False)
+
+    # -- entries -----------------------------------------------------------
+
+    def lookup(self, root, key: str) -> Optional[Dict[str, Any]]:
+        """The entry for ``key``, with its blobs present in the root's store, or None.
+
+        A damaged entry, or one whose blobs are missing or damaged, counts as
+        a miss (and is reported by ``hither-fs fsck``), never as a result.
+        """
+        path = self._entry_path(self.directory(root), key)
+        try:
+            entry = read_json(path, missing_ok=True)
+        except Exception:
+            return None
+        if not entry or entry.get("key") != key:
+            return None
+        if "value" in entry:
+            try:
+                self._copy_blobs(self.store(root), root.store, entry["value"])
+            except Exception:
+                return None
+        return entry
+
+    def record(self, root, key: str, spec: Dict[str, Any], outcome: Dict[str, Any], is_error: bool) -> bool:
+        """Write the entry for a finished job once; return whether this call wrote it."""
+        directory = self.directory(root)
+        path = self._entry_path(directory, key)
+        if os.path.exists(path):
+            return False
+        entry = {"key": key, "function": spec["function"]["name"], "version": spec["function"]["version"],
+                 "job_id": spec["id"], "root": root.path}
+        if is_error:
+            entry["error"] = outcome
+        else:
+            self._copy_blobs(root.store, self.store(root), outcome["value"])
+            entry["value"] = outcome["value"]
+        makedirs(os.path.dirname(path))
+        tmp = temp_name(path)
+        write_json(tmp, entry)
+        try:
+            os.link(tmp, path)  # fails if another writer got there first: one entry per key
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            remove_quietly(tmp)
+
+    def _copy_blobs(self, src: Store, dst: Store, value: Any) -> None:
+        if src.path == dst.path:
+            for ref in walk_refs(value):
+                if "sha1" in ref:
+                    src.verified_path(ref["sha1"], ".npy" if ref["__hither__"] != "file" else "")
+            return
+        for ref in walk_refs(value):
+            if "sha1" in ref:
+                dst.copy_blob_from(src, ref["sha1"], ".npy" if ref["__hither__"] != "file" else "")
+
+    # -- in flight -----------------------------------------------------------
+
+    def in_flight(self, root, key: str) -> Optional[str]:
+        marker = read_json(self._entry_path(self.directory(root), key, ".inflight"), {}, missing_ok=True)
+        return marker.get("job_id") if marker.get("root") == root.path else None
+
+    def mark_in_flight(self, root, key: str, job_id: str) -> None:
+        write_json(self._entry_path(self.directory(root), key, ".inflight"),
+                   {"job_id": job_id, "root": root.path})
+
+    def clear_in_flight(self, root, key: str, job_id: str) -> None:
+        path = self._entry_path(self.directory(root), key, ".inflight")
+        if read_json(path, {}, missing_ok=True).get("job_id") == job_id:
+            remove_quietly(path)

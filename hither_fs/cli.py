@@ -1,0 +1,169 @@
+"""The ``hither-fs`` command: run workers and look at a root."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Dict, Iterator, List, Optional
+
+from . import queue
+from .root import FINAL_STATUSES, Root
+from .runtime.files import read_json
+from .runtime.layout import check_job_id
+
+
+def _iter_job_ids(root: Root) -> Iterator[str]:
+    jobs = root.layout.jobs
+    for a in sorted(os.listdir(jobs)):
+        for b in sorted(os.listdir(os.path.join(jobs, a))):
+            for job_id in os.listdir(os.path.join(jobs, a, b)):
+                yield job_id
+
+
+def _job_summary(root: Root, job_id: str) -> Optional[Dict[str, Any]]:
+    state = root.read_job_file(job_id, "state.json")
+    spec = root.read_job_file(job_id, "spec.json")
+    if not state or not spec:
+        return None
+    return {"id": job_id, "status": state["status"], "function": spec["function"]["name"],
+            "submitted": state.get("submitted", ""), "attempt": state.get("attempt", 0),
+            "worker": state.get("worker") or "", "error": state.get("error") or ""}
+
+
+def cmd_ls(args) -> int:
+    root = Root.get(args.root)
+    rows = [s for s in (_job_summary(root, j) for j in _iter_job_ids(root)) if s]
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    if args.function:
+        rows = [r for r in rows if r["function"] == args.function]
+    rows.sort(key=lambda r: r["submitted"])
+    if args.limit:
+        rows = rows[-args.limit:]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("{:16}  {:9}  {:20}  {:26}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR"))
+    for r in rows:
+        print("{id:16}  {status:9}  {function:20.20}  {submitted:26}  {error:.60}".format(**r))
+    return 0
+
+
+def _resolve_job(root: Root, job_id: str) -> str:
+    check_job_id(job_id)
+    if not root.job_exists(job_id):
+        raise SystemExit("hither-fs: no job {} in root {}".format(job_id, root.path))
+    return job_id
+
+
+def cmd_show(args) -> int:
+    root = Root.get(args.root)
+    job_id = _resolve_job(root, args.job_id)
+    out = {
+        "directory": root.layout.job_dir(job_id),
+        "spec": root.read_spec(job_id),
+        "state": root.read_state(job_id),
+        "runtime": root.read_job_file(job_id, "runtime.json"),
+        "result": root.read_job_file(job_id, "result.json"),
+        "error": root.read_job_file(job_id, "error.json"),
+    }
+    print(json.dumps({k: v for k, v in out.items() if v is not None}, indent=1, sort_keys=False))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    from .job import Job
+    root = Root.get(args.root)
+    job = Job(_resolve_job(root, args.job_id), root)
+    console = job.get_console_output()
+    streams = ["stderr"] if args.stderr else ["stdout"] if args.stdout else ["stdout", "stderr"]
+    for name in streams:
+        sys.stdout.write(console[name])
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    root = Root.get(args.root)
+    code = 0
+    for job_id in args.job_ids:
+        _resolve_job(root, job_id)
+        status = queue.cancel(root, job_id)
+        if status == "running":
+            print("{}: cancel requested; its worker kills it".format(job_id))
+        elif status == "cancelled":
+            print("{}: cancelled".format(job_id))
+        else:
+            print("{}: already {}".format(job_id, status))
+            code = 1
+    return code
+
+
+def cmd_worker(args) -> int:
+    from .worker import Worker
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    root = Root.get(args.root)
+    worker = Worker(root, args.queue or ["local"], slots=args.slots, idle_timeout=args.idle_timeout,
+                    lease=args.lease, heartbeat=args.heartbeat, parent_pid=args.parent_pid,
+                    max_jobs=args.max_jobs)
+    try:
+        return worker.run()
+    except PermissionError as exc:
+        print("hither-fs worker: {}".format(exc), file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hither-fs", description=__doc__)
+    parser.add_argument("--root", help="root directory (default: $HITHER_FS_ROOT or ~/.hither_fs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("worker", help="run a worker daemon that serves queues of the root")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--queue", action="append", help="queue to serve (repeatable; default: local)")
+    p.add_argument("--slots", type=int, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--lease", type=float, default=30.0,
+                   help="seconds without a heartbeat before another worker's jobs are taken back")
+    p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("ls", help="list jobs")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--status", choices=["pending", "queued", "running"] + list(FINAL_STATUSES))
+    p.add_argument("--function")
+    p.add_argument("--limit", type=int, default=50, help="show the newest N (0: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("show", help="show everything about a job")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("logs", help="print a job's console output")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("job_id")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--stdout", action="store_true")
+    g.add_argument("--stderr", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", help="cancel jobs (running ones are killed)")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("job_ids", nargs="+")
+    p.set_defaults(func=cmd_cancel)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, LookupError, OSError) as exc:
+        print("hither-fs: {}".format(exc), file=sys.stderr)
+        return 2

@@ -1,0 +1,85 @@
+"""``hi.Config``: nested ``with`` blocks that say how jobs run.
+
+Each block sets some options; the others are inherited from the enclosing
+block, and outside every block the defaults apply. Blocks nest per thread.
+"""
+
+import threading
+from typing import Any, Dict, List
+
+from .runtime.code import stop_if_loading_script
+
+_UNSET = object()
+
+DEFAULTS: Dict[str, Any] = {
+    "job_handler": None,     # None: the in-process DefaultJobHandler
+    "container": False,      # True: the function's @hi.container image; a string: that image
+    "job_cache": None,       # a JobCache, or None for no caching
+    "force_run": False,      # run even when the cache has a result
+    "cache_failing": False,  # also cache errors
+    "rerun_failing": False,  # a cached error is run again instead of returned
+    "job_timeout": None,     # seconds; the job is killed after that
+    "max_attempts": 3,       # tries when a worker running the job is lost
+    "root": None,            # the root directory; None: $HITHER_FS_ROOT or ~/.hither_fs
+}
+
+
+class Config:
+    """Options for the jobs created inside the ``with`` block.
+
+    >>> with hi.Config(job_handler=hi.ParallelJobHandler(4), job_cache=hi.JobCache()):
+    ...     job = f.run(x=1)
+    """
+
+    _local = threading.local()
+
+    def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
+                 cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
+                 max_attempts=_UNSET, root=_UNSET):
+        given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
+                     force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
+                     job_timeout=job_timeout, max_attempts=max_attempts, root=root)
+        self.options = {k: v for k, v in given.items() if v is not _UNSET}
+        _check(self.options)
+
+    @classmethod
+    def _stack(cls) -> List[Dict[str, Any]]:
+        stack = getattr(cls._local, "stack", None)
+        if stack is None:
+            stack = cls._local.stack = []
+        return stack
+
+    def __enter__(self) -> "Config":
+        stop_if_loading_script("a hi.Config block")
+        self._stack().append(self.options)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack().pop()
+
+    @classmethod
+    def current(cls) -> Dict[str, Any]:
+        """The options in force here: defaults overlaid by every open block."""
+        merged = dict(DEFAULTS)
+        for options in cls._stack():
+            merged.update(options)
+        return merged
+
+
+def _check(options: Dict[str, Any]) -> None:
+    timeout = options.get("job_timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or timeout <= 0):
+        raise ValueError("job_timeout must be a positive number of seconds or None, not {!r}".format(timeout))
+    attempts = options.get("max_attempts", 1)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError("max_attempts must be a positive integer, not {!r}".format(attempts))
+    container = options.get("container", False)
+    if not isinstance(container, (bool, str)) or container == "":
+        raise ValueError("container must be True, False or an image URL/path, not {!r}".format(container))
+    handler = options.get("job_handler")
+    if handler is not None and not hasattr(handler, "queue_for"):
+        raise TypeError("job_handler must be a hither_fs job handler, not {!r}".format(handler))
+    cache = options.get("job_cache")
+    if cache not in (None, False) and not hasattr(cache, "lookup"):
+        raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))

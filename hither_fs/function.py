@@ -1,0 +1,143 @@
+"""``@hi.function`` and ``@hi.container``: the registry of hither functions."""
+
+import functools
+import inspect
+import os
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from .runtime.code import stop_if_loading_script
+
+_registry: Dict[str, "HitherFunction"] = {}
+
+
+class HitherFunction:
+    """A Python function registered under a name and a version.
+
+    Calling it runs the function here and now (no job, no cache);
+    ``.run(**kwargs)`` makes a :class:`~hither_fs.Job` under the current
+    :class:`~hither_fs.Config`.
+    """
+
+    def __init__(self, fn: Callable, name: str, version: str,
+                 local_modules: Optional[List[str]] = None,
+                 additional_files: Optional[List[str]] = None):
+        functools.update_wrapper(self, fn)
+        self.name = name
+        self.version = version
+        self.container: Optional[str] = getattr(fn, "_hither_container", None)
+        self.local_modules = list(local_modules or [])
+        self.additional_files = list(additional_files or [])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        stop_if_loading_script("a direct call of {}".format(self.name))
+        return self.__wrapped__(*args, **kwargs)
+
+    def run(self, **kwargs: Any) -> "Job":  # noqa: F821 - Job is imported lazily
+        from .submit import submit
+        return submit(self, kwargs)
+
+    def location(self) -> Dict[str, Any]:
+        """How a worker finds this function again: module, file, import root."""
+        fn = self.__wrapped__
+        module = fn.__module__
+        try:
+            file = os.path.abspath(inspect.getsourcefile(fn) or "")
+        except TypeError:
+            file = ""
+        import_root = None
+        if module not in ("__main__", "__hither_main__") and file:
+            levels = module.count(".") + (1 if os.path.basename(file) == "__init__.py" else 0)
+            import_root = os.path.dirname(file)
+            for _ in range(levels):
+                import_root = os.path.dirname(import_root)
+        if module == "__hither_main__":
+            module = "__main__"
+        return {"name": self.name, "version": self.version, "module": module,
+                "file": file or None, "import_root": import_root}
+
+    def check_importable(self) -> None:
+        """Raise unless a worker process could import this function."""
+        fn = self.__wrapped__
+        module = sys.modules.get(fn.__module__)
+        if getattr(module, self.name, None) is not self or not getattr(module, "__file__", None):
+            raise TypeError(
+                "hither function {!r} must be defined at the top level of a module or script file "
+                "to run outside this process (it was defined in {}.{})".format(
+                    self.name, fn.__module__, fn.__qualname__))
+
+    def __repr__(self):
+        return "<hither function {} {}>".format(self.name, self.version)
+
+
+def _identity(fn: Callable):
+    try:
+        file = os.path.abspath(inspect.getsourcefile(fn) or "")
+    except TypeError:
+        file = ""
+    return file, fn.__qualname__
+
+
+def function(name: str, version: str, *, local_modules: Optional[List[str]] = None,
+             additional_files: Optional[List[str]] = None) -> Callable[[Callable], HitherFunction]:
+    """Register a function under ``name`` (which must be its Python name) and ``version``."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError("hither function name must be a Python identifier, not {!r}".format(name))
+    if not isinstance(version, str) or not version:
+        raise ValueError("hither function {!r}: version must be a non-empty string, not {!r}".format(name, version))
+    for label, value in (("local_modules", local_modules), ("additional_files", additional_files)):
+        if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
+            raise TypeError("hither function {!r}: {} must be a list of strings".format(name, label))
+
+    def decorate(fn: Callable) -> HitherFunction:
+        if isinstance(fn, HitherFunction):
+            raise TypeError("@hi.function applied twice to {!r}".format(name))
+        if not callable(fn):
+            raise TypeError("@hi.function({!r}) must decorate a function".format(name))
+        if fn.__name__ != name:
+            raise ValueError("hither function name {!r} does not match the Python function's name {!r}"
+                             .format(name, fn.__name__))
+        hf = HitherFunction(fn, name, version, local_modules, additional_files)
+        existing = _registry.get(name)
+        if existing is not None and _identity(existing.__wrapped__) != _identity(fn):
+            raise ValueError(
+                "two hither functions are registered under the name {!r}: version {} in {} "
+                "and version {} in {}; give one of them another name".format(
+                    name, existing.version, _identity(existing.__wrapped__)[0] or "?",
+                    version, _identity(fn)[0] or "?"))
+        _registry[name] = hf
+        return hf
+    return decorate
+
+
+def container(image: str) -> Callable:
+    """Declare the container image a function runs in when ``Config(container=True)``.
+
+    ``image`` is a ``docker://``, ``library://`` or ``oras://`` URL, a ``.sif``
+    file or a sandbox directory. Works above or below ``@hi.function``.
+    """
+    if not isinstance(image, str) or not image.strip():
+        raise ValueError("@hi.container needs an image URL or path, not {!r}".format(image))
+
+    def decorate(fn):
+        if isinstance(fn, HitherFunction):
+            fn.container = image
+        else:
+            fn._hither_container = image
+        return fn
+    return decorate
+
+
+def get_function(name: str) -> HitherFunction:
+    try:
+        return _registry[name]
+    except KeyError:
+        known = ", ".join(sorted(_registry)) or "none"
+        raise LookupError("no hither function named {!r} is registered (registered: {})".format(
+            name, known)) from None
+
+
+def run(name: str, **kwargs: Any) -> "Job":  # noqa: F821
+    """Run a registered hither function by name: ``hi.run('add', x=1, y=2)``."""
+    stop_if_loading_script("hi.run({!r})".format(name))
+    return get_function(name).run(**kwargs)

@@ -1,0 +1,156 @@
+"""Job handlers: who runs the jobs of a ``Config`` block.
+
+A handler names the queue its jobs go to and makes sure someone serves it:
+
+* :class:`DefaultJobHandler` runs jobs one at a time inside the submitting
+  process, as soon as they are ready (or while you wait for them).
+* :class:`ParallelJobHandler` starts ``num_workers`` worker daemons on this
+  machine (``hither-fs worker``), which outlive the submitting process until
+  its jobs are done.
+"""
+
+import datetime
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+from . import queue
+from .function import _registry
+from .root import Root
+from .runtime.code import stop_if_loading_script
+from .worker import new_worker_id, run_in_process
+
+_counter = itertools.count(1)
+
+
+class JobHandler:
+    """Base of the handlers. Subclasses set the queue and start its servers."""
+
+    #: Jobs run inside the submitting process (the function need not be importable).
+    in_process = False
+
+    def queue_for(self, root: Root) -> str:
+        raise NotImplementedError
+
+    def submitted(self, root: Root, job) -> None:
+        """Called after a job of this handler was written to the root."""
+
+    def help(self, root: Root) -> None:
+        """Called now and then while this process waits for one of the handler's jobs."""
+
+
+class DefaultJobHandler(JobHandler):
+    """Run jobs serially in this process, through the root like any other job."""
+
+    in_process = True
+
+    def __init__(self):
+        self._n = next(_counter)
+        self._running = False
+
+    def queue_for(self, root: Root) -> str:
+        # per process: a forked child gets its own queue
+        return "inproc-{}-{}-{}".format(socket.gethostname().split(".")[0], os.getpid(), self._n)
+
+    def submitted(self, root: Root, job) -> None:
+        self.help(root)
+
+    def help(self, root: Root) -> None:
+        if self._running:
+            return  # a job running here submitted another: it runs when that one is waited for
+        self._running = True
+        try:
+            q = self.queue_for(root)
+            while True:
+                queue.promote_pending(root)
+                claimed = None
+                for ticket in queue.queue_tickets(root, q):
+                    worker_id = new_worker_id("inproc")
+                    claimed = queue.try_claim(root, q, ticket, worker_id)
+                    if claimed is not None:
+                        fn = _registry.get(claimed.spec["function"]["name"])
+                        run_in_process(root, claimed, worker_id, fn.__wrapped__ if fn else None)
+                        break
+                if claimed is None:
+                    return
+        finally:
+            self._running = False
+
+    def __repr__(self):
+        return "DefaultJobHandler()"
+
+
+class ParallelJobHandler(JobHandler):
+    """Run jobs on ``num_workers`` local worker processes.
+
+    The workers serve the root's ``local`` queue (shared by every
+    ``ParallelJobHandler`` on this root). They start with the first job and
+    exit once this process is gone and nothing is left for them, so jobs of a
+    script that was killed still finish.
+    """
+
+    def __init__(self, num_workers: int = 4, *, queue_name: str = "local"):
+        stop_if_loading_script("hi.ParallelJobHandler()")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError("num_workers must be a positive integer, not {!r}".format(num_workers))
+        self.num_workers = num_workers
+        self.queue_name = queue_name
+        self._workers: Dict[str, List[subprocess.Popen]] = {}
+
+    def queue_for(self, root: Root) -> str:
+        return self.queue_name
+
+    def submitted(self, root: Root, job) -> None:
+        self._ensure_workers(root)
+
+    def help(self, root: Root) -> None:
+        self._ensure_workers(root)
+
+    def _ensure_workers(self, root: Root) -> None:
+        procs = [p for p in self._workers.get(root.path, []) if p.poll() is None]
+        while len(procs) < self.num_workers:
+            procs.append(start_worker_process(root, [self.queue_name], parent_pid=os.getpid()))
+        self._workers[root.path] = procs
+
+    def halt(self) -> None:
+        """Ask this handler's workers to finish their current jobs and exit."""
+        for procs in self._workers.values():
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+        for procs in self._workers.values():
+            for p in procs:
+                p.wait()
+        self._workers.clear()
+
+    def __repr__(self):
+        return "ParallelJobHandler(num_workers={})".format(self.num_workers)
+
+
+def worker_log_path(root: Root, name: str) -> str:
+    day = datetime.date.today().isoformat()
+    directory = os.path.join(root.path, "logs", day)
+    root.makedirs(directory)
+    return os.path.join(directory, name + ".log")
+
+
+def start_worker_process(root: Root, queues: List[str], *, slots: int = 1, parent_pid: Optional[int] = None,
+                         extra_args: Optional[List[str]] = None) -> subprocess.Popen:
+    """Start ``hither-fs worker`` as a detached local process."""
+    cmd = [sys.executable, "-m", "hither_fs", "worker", "--root", root.path, "--slots", str(slots)]
+    for q in queues:
+        cmd += ["--queue", q]
+    if parent_pid is not None:
+        cmd += ["--parent-pid", str(parent_pid)]
+    cmd += extra_args or []
+    env = dict(os.environ)
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    log_path = worker_log_path(root, "local-{}-{}-{}".format(socket.gethostname().split(".")[0],
+                                                             os.getpid(), next(_counter)))
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=env, close_fds=True)

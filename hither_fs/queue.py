@@ -1,0 +1,268 @@
+"""A job's life on the bus: enqueue, promote, claim, commit, cancel, recover.
+
+Every change of a job's status happens under that job's lock and ends with
+one atomic rename of ``state.json`` - the commit point. Tickets (empty-ish
+files in ``queue/``, ``pending/`` and ``running/``) are indexes that let
+workers find live work without looking at finished jobs; the state file is
+always the truth, and a ticket that disagrees with it is simply dropped.
+"""
+
+import os
+import shutil
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import filelock
+
+from .root import (CANCELLED, ERROR, FINAL_STATUSES, FINISHED, PENDING, QUEUED, RUNNING,
+                   Root, now_iso)
+from .runtime.files import read_json, remove_quietly, write_json
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+def _queue_ticket(root: Root, queue: str, job_id: str) -> str:
+    return os.path.join(root.layout.queue_dir(queue), "{:020d}-{}".format(time.time_ns(), job_id))
+
+
+def add_job(root: Root, job_id: str, spec: Dict[str, Any], waiting_on: List[str]) -> None:
+    """Write a new job into the root: spec, then state, then its ticket."""
+    root.makedirs(root.layout.job_dir(job_id))
+    write_json(root.layout.job_file(job_id, "spec.json"), spec)
+    status = PENDING if waiting_on else QUEUED
+    root.write_state(job_id, {"status": status, "attempt": 0, "queue": spec["queue"],
+                              "submitted": now_iso(), "worker": None})
+    if waiting_on:
+        root.write_ticket(root.layout.pending_ticket(job_id), {"queue": spec["queue"]})
+    else:
+        root.write_ticket(_queue_ticket(root, spec["queue"], job_id), {})
+
+
+def write_outcome(root: Root, job_id: str, name: str, record: Dict[str, Any]) -> None:
+    write_json(root.layout.job_file(job_id, name), record)
+
+
+def _fail(root: Root, job_id: str, state: Dict[str, Any], error: Dict[str, Any],
+          status: str = ERROR) -> None:
+    """Record a final error (caller holds the lock)."""
+    write_outcome(root, job_id, "error.json", error)
+    state.update(status=status, finished=now_iso(), error="{}: {}".format(error["type"], error["message"]))
+    root.write_state(job_id, state)
+
+
+# -- pending -> queued -------------------------------------------------------
+
+def _upstream_ids(spec: Dict[str, Any]) -> List[str]:
+    return list(spec.get("upstream", []))
+
+
+def promote_pending(root: Root) -> int:
+    """Queue the pending jobs whose upstream jobs all finished; fail those whose
+    upstream failed. Returns how many jobs changed. Any process may call this."""
+    changed = 0
+    try:
+        names = os.listdir(root.layout.pending)
+    except FileNotFoundError:
+        return 0
+    for job_id in names:
+        if job_id.startswith("."):
+            continue
+        try:
+            spec = root.read_spec(job_id)
+        except FileNotFoundError:
+            continue
+        verdict = None
+        for up in _upstream_ids(spec):
+            up_state = root.read_job_file(up, "state.json", {})
+            status = up_state.get("status")
+            if status in (ERROR, CANCELLED):
+                up_fn = root.read_job_file(up, "spec.json", {}).get("function", {}).get("name", "?")
+                verdict = {"type": "UpstreamJobError", "module": "hither_fs", "stage": "waiting for upstream jobs",
+                           "message": "upstream job {} ({}) {}: {}".format(
+                               up, up_fn, "was cancelled" if status == CANCELLED else "failed",
+                               up_state.get("error", "")),
+                           "traceback": "", "upstream": up}
+                break
+            if status != FINISHED:
+                verdict = "wait"
+        if verdict == "wait":
+            continue
+        try:
+            with root.lock(job_id, timeout=0):
+                state = root.read_state(job_id)
+                if state["status"] == PENDING:
+                    if verdict is None:
+                        state["status"] = QUEUED
+                        root.write_state(job_id, state)
+                        root.write_ticket(_queue_ticket(root, state["queue"], job_id), {})
+                    else:
+                        _fail(root, job_id, state, verdict)
+                    changed += 1
+                remove_quietly(root.layout.pending_ticket(job_id))
+        except filelock.Timeout:
+            continue
+    return changed
+
+
+# -- queued -> running ---------------------------------------------------------
+
+class Claim:
+    """A job a worker has claimed: the attempt number fences its outcome."""
+
+    def __init__(self, job_id: str, attempt: int, spec: Dict[str, Any]):
+        self.job_id = job_id
+        self.attempt = attempt
+        self.spec = spec
+
+
+def queue_tickets(root: Root, queue: str) -> List[str]:
+    try:
+        return sorted(n for n in os.listdir(root.layout.queue_dir(queue)) if not n.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def try_claim(root: Root, queue: str, ticket: str, worker_id: str) -> Optional[Claim]:
+    """Claim the job behind one queue ticket, or return None if someone else has it."""
+    job_id = ticket.rsplit("-", 1)[-1]
+    ticket_path = os.path.join(root.layout.queue_dir(queue), ticket)
+    try:
+        with root.lock(job_id, timeout=0):
+            if not os.path.exists(ticket_path):
+                return None
+            try:
+                state = root.read_state(job_id)
+                spec = root.read_spec(job_id)
+            except FileNotFoundError:
+                remove_quietly(ticket_path)
+                return None
+            if state["status"] != QUEUED:
+                remove_quietly(ticket_path)  # stale index entry
+                return None
+            attempt = int(state.get("attempt", 0)) + 1
+            state.update(status=RUNNING, attempt=attempt, worker=worker_id, started=now_iso())
+            root.write_ticket(root.layout.running_ticket(job_id), {"worker": worker_id, "attempt": attempt})
+            root.write_state(job_id, state)  # the commit of the claim
+            remove_quietly(ticket_path)
+            return Claim(job_id, attempt, spec)
+    except filelock.Timeout:
+        return None
+    except FileNotFoundError:
+        # the job directory vanished (deleted by hand): drop its ticket
+        remove_quietly(ticket_path)
+        return None
+
+
+# -- running -> final ------------------------------------------------------------
+
+def _move_if_exists(src: str, dst: str) -> bool:
+    try:
+        os.replace(src, dst)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def commit_attempt(root: Root, claim: Claim, worker_id: str, runtime: Dict[str, Any],
+                   failure: Optional[Dict[str, Any]] = None) -> Optional[str]:
+    """Publish an attempt's outputs and final status, if the claim still holds.
+
+    ``failure`` describes an attempt that ended without writing its own
+    outcome (killed, timed out, crashed). Returns the final status, or None if
+    the claim was lost meanwhile (then the attempt's outputs are discarded).
+    """
+    job_id, attempt = claim.job_id, claim.attempt
+    adir = root.layout.attempt_dir(job_id, attempt)
+    with root.lock(job_id):
+        state = root.read_state(job_id)
+        if state.get("worker") != worker_id or state.get("attempt") != attempt or state["status"] != RUNNING:
+            shutil.rmtree(adir, ignore_errors=True)
+            return None
+        jdir = root.layout.job_dir(job_id)
+        for name in ("stdout.txt", "stderr.txt"):
+            _move_if_exists(os.path.join(adir, name), os.path.join(jdir, name))
+        write_json(os.path.join(jdir, "runtime.json"), runtime)
+        status = None
+        if failure is None and _move_if_exists(os.path.join(adir, "result.json"), os.path.join(jdir, "result.json")):
+            status = FINISHED
+            remove_quietly(os.path.join(jdir, "error.json"))
+            state.update(status=FINISHED, finished=now_iso(), error=None)
+            root.write_state(job_id, state)
+        else:
+            if failure is None:
+                try:
+                    failure = read_json(os.path.join(adir, "error.json"))
+                except FileNotFoundError:
+                    failure = {"type": "JobProcessError", "module": "hither_fs", "stage": "running",
+                               "message": "the job ended without writing a result", "traceback": ""}
+            status = CANCELLED if failure.get("type") == "JobCancelledError" else ERROR
+            _fail(root, job_id, state, failure, status)
+        remove_quietly(root.layout.running_ticket(job_id))
+        shutil.rmtree(adir, ignore_errors=True)
+        return status
+
+
+# -- cancel ------------------------------------------------------------------------
+
+def cancelled_record(job_id: str, why: str) -> Dict[str, Any]:
+    return {"type": "JobCancelledError", "module": "hither_fs", "stage": "cancelled",
+            "message": "job {} was cancelled {}".format(job_id, why), "traceback": ""}
+
+
+def cancel(root: Root, job_id: str) -> str:
+    """Cancel a job; a running job is killed by its worker. Returns the status after."""
+    with root.lock(job_id):
+        state = root.read_state(job_id)
+        status = state["status"]
+        if status in FINAL_STATUSES:
+            return status
+        if status == RUNNING:
+            state["cancel_requested"] = now_iso()
+            root.write_state(job_id, state)
+            return RUNNING
+        _fail(root, job_id, state, cancelled_record(job_id, "before it ran"), CANCELLED)
+        remove_quietly(root.layout.pending_ticket(job_id))
+        for ticket in queue_tickets(root, state["queue"]):
+            if ticket.endswith("-" + job_id):
+                remove_quietly(os.path.join(root.layout.queue_dir(state["queue"]), ticket))
+        return CANCELLED
+
+
+# -- lost workers ------------------------------------------------------------------
+
+def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str) -> Optional[str]:
+    """Hand a job whose worker is gone back to the queue (or fail it after too many tries)."""
+    with root.lock(job_id):
+        state = root.read_state(job_id)
+        if state["status"] != RUNNING or state.get("worker") != worker_id or state.get("attempt") != attempt:
+            return None
+        spec = root.read_spec(job_id)
+        max_attempts = int(spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
+        remove_quietly(root.layout.running_ticket(job_id))
+        shutil.rmtree(root.layout.attempt_dir(job_id, attempt), ignore_errors=True)
+        if state.get("cancel_requested"):
+            _fail(root, job_id, state, cancelled_record(job_id, "while running (its worker was lost)"),
+                  CANCELLED)
+            return CANCELLED
+        if attempt >= max_attempts:
+            _fail(root, job_id, state, {
+                "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
+                "message": "worker lost {} times, giving up (last: {})".format(attempt, why),
+                "traceback": ""})
+            return ERROR
+        state.update(status=QUEUED, worker=None, requeued=why)
+        root.write_state(job_id, state)
+        root.write_ticket(_queue_ticket(root, state["queue"], job_id), {})
+        return QUEUED
+
+
+def running_jobs(root: Root) -> Iterable[Tuple[str, Dict[str, Any]]]:
+    try:
+        names = os.listdir(root.layout.running)
+    except FileNotFoundError:
+        return
+    for job_id in names:
+        if job_id.startswith("."):
+            continue
+        ticket = read_json(os.path.join(root.layout.running, job_id), {}, missing_ok=True)
+        yield job_id, ticket

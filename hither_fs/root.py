@@ -1,0 +1,169 @@
+"""The root: the shared directory that is both the job bus and the store.
+
+:class:`Root` opens (or creates) a root, checks who may write it, and owns the
+small set of primitives everything else is built from: per-job file locks and
+the reading and writing of job records. Every file is written by temp file and
+atomic rename (:mod:`hither_fs.runtime.files`).
+"""
+
+import datetime
+import os
+import stat
+import uuid
+from typing import Any, Dict, Optional
+
+import filelock
+
+from .runtime.files import makedirs, read_json, write_json
+from .runtime.layout import Layout
+from .runtime.store import Store
+
+FORMAT = 1
+ENV_ROOT = "HITHER_FS_ROOT"
+DEFAULT_ROOT = os.path.join("~", ".hither_fs")
+
+#: Job statuses. ``pending`` waits for upstream jobs; the last three are final.
+PENDING, QUEUED, RUNNING = "pending", "queued", "running"
+FINISHED, ERROR, CANCELLED = "finished", "error", "cancelled"
+FINAL_STATUSES = (FINISHED, ERROR, CANCELLED)
+
+
+class RootError(Exception):
+    """The root directory cannot be used (wrong type, permissions, ownership)."""
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def default_root_path() -> str:
+    env = os.environ.get(ENV_ROOT)
+    if env is not None:
+        if not env.strip() or "\x00" in env or "\n" in env:
+            raise RootError("{} is set but malformed ({!r}); set it to a directory path or unset it"
+                            .format(ENV_ROOT, env))
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.abspath(os.path.expanduser(DEFAULT_ROOT))
+
+
+class Root:
+    """An opened root directory.
+
+    ``Root(path)`` creates the root if it does not exist. ``shared="group"``
+    creates it group-writable (setgid directories) for a lab's common root;
+    the default is private to the user.
+    """
+
+    _opened: Dict[str, "Root"] = {}
+
+    def __init__(self, path: Optional[str] = None, *, shared: Optional[str] = None):
+        path = default_root_path() if path is None else os.path.abspath(os.path.expanduser(str(path)))
+        self.path = path
+        self.layout = Layout(path)
+        self.store = Store(self.layout.store)
+        self.info = self._open_or_create(shared)
+        self.group_shared = self.info.get("mode") == "group"
+        self._dir_mode = 0o2770 if self.group_shared else 0o700
+
+    @classmethod
+    def get(cls, path: Optional[str] = None) -> "Root":
+        """The process-wide ``Root`` object for a path (opened once)."""
+        resolved = default_root_path() if path is None else os.path.abspath(os.path.expanduser(str(path)))
+        root = cls._opened.get(resolved)
+        if root is None:
+            root = cls._opened[resolved] = cls(resolved)
+        return root
+
+    # -- opening -----------------------------------------------------------
+
+    def _open_or_create(self, shared: Optional[str]) -> Dict[str, Any]:
+        path, marker = self.path, self.layout.marker
+        if shared not in (None, "private", "group"):
+            raise ValueError("shared must be 'private' or 'group', not {!r}".format(shared))
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise RootError("hither_fs root {} is a file, not a directory".format(path))
+        if os.path.isdir(path):
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise RootError("hither_fs root {} is not readable by this user".format(path))
+            if os.path.exists(marker):
+                info = read_json(marker)
+                if info.get("format") != FORMAT:
+                    raise RootError("{} has root format {!r}; this hither_fs reads format {}".format(
+                        marker, info.get("format"), FORMAT))
+                return info
+            if os.listdir(path):
+                raise RootError("{} exists, is not empty and is not a hither_fs root (no root.json); "
+                                "choose an empty or new directory".format(path))
+        mode = shared or "private"
+        dir_mode = 0o2770 if mode == "group" else 0o700
+        try:
+            os.makedirs(path, mode=dir_mode, exist_ok=True)
+            os.chmod(path, dir_mode)
+            for d in self.layout.top_dirs():
+                os.makedirs(d, mode=dir_mode, exist_ok=True)
+            info = {"format": FORMAT, "mode": mode, "created": now_iso()}
+            if not os.path.exists(marker):
+                write_json(marker, info)
+        except OSError as exc:
+            raise RootError("cannot create hither_fs root at {}: {}".format(
+                path, exc.strerror or exc)) from None
+        return read_json(marker)
+
+    def unsafe_reason(self) -> Optional[str]:
+        """Why running jobs from this root would let someone else run code, or None.
+
+        Anyone who can write the root can make its workers run code, so a
+        worker refuses a root that others can write.
+        """
+        for path in [self.path] + self.layout.top_dirs():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_mode & stat.S_IWOTH:
+                return "{} is writable by every user (mode {:o})".format(path, stat.S_IMODE(st.st_mode))
+            if st.st_uid != os.getuid() and not self.group_shared:
+                return "{} belongs to uid {}, not to this user (uid {})".format(path, st.st_uid, os.getuid())
+            if st.st_mode & stat.S_IWGRP and not self.group_shared:
+                return ("{} is group-writable but the root is not in group-shared mode "
+                        "(root.json mode {!r})".format(path, self.info.get("mode")))
+        return None
+
+    # -- primitives --------------------------------------------------------
+
+    def makedirs(self, path: str) -> None:
+        makedirs(path, self._dir_mode)
+
+    def lock(self, job_id: str, timeout: float = -1) -> filelock.BaseFileLock:
+        """The lock that serialises every state change of one job.
+
+        It is an ``flock`` on ``jobs/../<id>/lock``: the kernel drops it when
+        its holder dies, so a crashed process never blocks a job.
+        """
+        return filelock.FileLock(self.layout.job_file(job_id, "lock"), timeout=timeout,
+                                 thread_local=False)
+
+    def job_exists(self, job_id: str) -> bool:
+        return os.path.exists(self.layout.job_file(job_id, "spec.json"))
+
+    def read_spec(self, job_id: str) -> Dict[str, Any]:
+        return read_json(self.layout.job_file(job_id, "spec.json"))
+
+    def read_state(self, job_id: str) -> Dict[str, Any]:
+        return read_json(self.layout.job_file(job_id, "state.json"))
+
+    def write_state(self, job_id: str, state: Dict[str, Any]) -> None:
+        state["updated"] = now_iso()
+        write_json(self.layout.job_file(job_id, "state.json"), state)
+
+    def read_job_file(self, job_id: str, name: str, default: Any = None) -> Any:
+        return read_json(self.layout.job_file(job_id, name), default, missing_ok=True)
+
+    def write_ticket(self, path: str, data: Dict[str, Any]) -> None:
+        """Create a small ticket file (atomically, like every file in the root)."""
+        self.makedirs(os.path.dirname(path))
+        write_json(path, data)

@@ -1,0 +1,105 @@
+"""Run one attempt of one job: the code that executes where the job runs.
+
+An attempt reads ``spec.json``, finds the function, decodes the arguments
+(reading upstream results for pipeline inputs), calls the function and writes
+``attempt-N/result.json`` or ``attempt-N/error.json``. It never touches
+``state.json``: the worker that launched the attempt commits the outcome, so a
+late or duplicate attempt can never overwrite a recorded result.
+
+Console capture is the launcher's business (file descriptors redirected to
+``attempt-N/stdout.txt`` and ``stderr.txt``), so output of C code and child
+processes is captured too.
+
+Standard library and numpy only, Python 3.8+: this module also runs inside
+job containers, as ``python3 -m hither_fs.runtime.execute ROOT JOB_ID ATTEMPT``.
+"""
+
+import os
+import sys
+import traceback
+from typing import Any, Callable, Dict, Optional
+
+from .code import import_function
+from .files import makedirs, read_json, write_json
+from .layout import Layout
+from .serialization import decode, encode
+from .store import Store
+
+
+def error_record(exc: BaseException, stage: str, tb: Optional[str] = None) -> Dict[str, Any]:
+    return {
+        "type": type(exc).__name__,
+        "module": type(exc).__module__,
+        "message": str(exc),
+        "stage": stage,
+        "traceback": tb if tb is not None else "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def upstream_value(layout: Layout, store: Store, job_id: str) -> Any:
+    record = read_json(layout.job_file(job_id, "result.json"))
+    return decode(record["value"], store)
+
+
+def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callable] = None) -> bool:
+    """Run the job once; return True if the function returned a value.
+
+    ``function`` skips the import when the caller already holds the callable
+    (a job run inside the submitting process).
+    """
+    layout = Layout(root)
+    store = Store(layout.store)
+    out_dir = layout.attempt_dir(job_id, attempt)
+    makedirs(out_dir)
+    stage = "reading the job spec"
+    try:
+        spec = read_json(layout.job_file(job_id, "spec.json"))
+        fspec = spec["function"]
+        if function is None:
+            stage = "importing function {!r}".format(fspec["name"])
+            function, version = import_function(fspec)
+            if version is not None and version != fspec["version"]:
+                raise RuntimeError(
+                    "function {!r} is version {} in the code now, but the job was submitted "
+                    "for version {}".format(fspec["name"], version, fspec["version"]))
+        stage = "loading the arguments"
+        kwargs = decode(spec["args"], store, lambda uid: upstream_value(layout, store, uid))
+        stage = "running {}".format(fspec["name"])
+        cwd = spec.get("cwd")
+        if cwd and spec.get("chdir") and os.path.isdir(cwd):
+            os.chdir(cwd)
+        value = function(**kwargs)
+        stage = "storing the result"
+        encoded = encode(value, store, "result of {}".format(fspec["name"]))
+        write_json(os.path.join(out_dir, "result.json"), {"value": encoded})
+        return True
+    except BaseException as exc:  # the job's error is data, whatever it is
+        record = error_record(exc, stage)
+        if stage.startswith("running"):
+            # drop the runner's own frames: the user wants their function's traceback
+            frames = traceback.extract_tb(exc.__traceback__)[1:]
+            record["traceback"] = "Traceback (most recent call last):\n" + "".join(
+                traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
+        write_json(os.path.join(out_dir, "error.json"), record)
+        sys.stderr.write(record["traceback"])
+        return False
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3:
+        sys.stderr.write("usage: python -m hither_fs.runtime.execute ROOT JOB_ID ATTEMPT\n")
+        return 2
+    ok = run_attempt(args[0], args[1], int(args[2]))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Where things live inside a root.
+
+The root is a plain directory tree, readable by hand::
+
+    ROOT/
+      root.json                  format version and sharing mode
+      jobs/3f/9a/3f9a.../        one directory per job, sharded by id
+        spec.json                what to run: function, version, arguments
+        state.json               status, attempts, worker, timestamps
+        stdout.txt stderr.txt    console output of the attempt that counted
+        result.json | error.json the outcome
+        runtime.json             host, pid, times, CPU seconds, peak memory
+        attempt-N/               scratch of a running attempt (live logs)
+      queue/<queue>/<ticket>     one empty file per job ready to run
+      pending/<job id>           jobs waiting for upstream jobs
+      running/<job id>           jobs claimed by a worker (lease checks)
+      store/ab/cd/<sha1>[.npy]   content-addressed arrays and files
+      cache/ab/cd/<key>.json     job cache entries (for JobCache())
+      workers/<worker id>.json   worker heartbeats
+
+Ids and hashes are hex, so two levels of two-character shards keep every
+directory small however many jobs or blobs the root holds; the ``queue``,
+``pending`` and ``running`` directories hold only live work.
+
+Standard library only: this module also runs inside job containers.
+"""
+
+import os
+import re
+
+_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+        raise ValueError("not a hither_fs job id: {!r} (expected 16 hex digits)".format(job_id))
+    return job_id
+
+
+def check_queue_name(name: str) -> str:
+    if not isinstance(name, str) or not _QUEUE_RE.match(name):
+        raise ValueError(
+            "bad queue name {!r}: use letters, digits, '.', '_' and '-' "
+            "(at most 100 characters, not starting with a symbol)".format(name)
+        )
+    return name
+
+
+def sharded(base: str, key: str) -> str:
+    return os.path.join(base, key[:2], key[2:4], key)
+
+
+class Layout:
+    """Paths of one root. Pure path arithmetic: nothing here touches the disk."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.marker = os.path.join(self.path, "root.json")
+        self.jobs = os.path.join(self.path, "jobs")
+        self.queues = os.path.join(self.path, "queue")
+        self.pending = os.path.join(self.path, "pending")
+        self.running = os.path.join(self.path, "running")
+        self.store = os.path.join(self.path, "store")
+        self.cache = os.path.join(self.path, "cache")
+        self.workers = os.path.join(self.path, "workers")
+
+    def top_dirs(self):
+        return [self.jobs, self.queues, self.pending, self.running,
+                self.store, self.cache, self.workers]
+
+    def job_dir(self, job_id: str) -> str:
+        return sharded(self.jobs, check_job_id(job_id))
+
+    def job_file(self, job_id: str, name: str) -> str:
+        return os.path.join(self.job_dir(job_id), name)
+
+    def attempt_dir(self, job_id: str, attempt: int) -> str:
+        return os.path.join(self.job_dir(job_id), "attempt-{}".format(int(attempt)))
+
+    def queue_dir(self, queue: str) -> str:
+        return os.path.join(self.queues, check_queue_name(queue))
+
+    def pending_ticket(self, job_id: str) -> str:
+        return os.path.join(self.pending, check_job_id(job_id))
+
+    def running_ticket(self, job_id: str) -> str:
+        return os.path.join(self.running, check_job_id(job_id))
+
+    def worker_file(self, worker_id: str) -> str:
+        return os.path.join(self.workers, worker_id + ".json")

@@ -1,0 +1,118 @@
+"""A sha1 content-addressed store of arrays and files.
+
+A blob's name is the sha1 of its bytes, so the same array passed to a
+hundred jobs is stored once, and every read can check that the bytes are
+still the ones that were written. Arrays are stored as ``.npy`` files
+(``np.save`` with ``allow_pickle=False``) and loaded with
+``allow_pickle=False``; object arrays are refused both ways.
+
+Standard library and numpy only: this module also runs inside job containers.
+"""
+
+import hashlib
+import os
+import shutil
+
+import numpy as np
+
+from .files import CorruptFileError, makedirs, temp_name
+
+_CHUNK = 1 << 20
+
+
+class BlobMissingError(Exception):
+    """A blob referenced by a job or cache entry is not in the store."""
+
+
+def sha1_of_file(path: str) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return h.hexdigest()
+            h.update(chunk)
+
+
+class Store:
+    def __init__(self, path: str):
+        self.path = path
+
+    def blob_path(self, sha1: str, ext: str = "") -> str:
+        if len(sha1) != 40 or any(c not in "0123456789abcdef" for c in sha1):
+            raise ValueError("not a sha1: {!r}".format(sha1))
+        if ext not in ("", ".npy"):
+            raise ValueError("bad blob extension {!r}".format(ext))
+        return os.path.join(self.path, sha1[:2], sha1[2:4], sha1 + ext)
+
+    def _commit(self, tmp: str, ext: str) -> str:
+        """Hash a finished temp file and move it to its content address."""
+        sha1 = sha1_of_file(tmp)
+        final = self.blob_path(sha1, ext)
+        if os.path.exists(final):
+            os.unlink(tmp)  # same bytes already stored
+        else:
+            makedirs(os.path.dirname(final))
+            os.replace(tmp, final)
+        return sha1
+
+    def _write_via_temp(self, fill, ext: str) -> str:
+        makedirs(self.path)
+        tmp = temp_name(os.path.join(self.path, "incoming"))
+        try:
+            with open(tmp, "wb") as f:
+                fill(f)
+                f.flush()
+                os.fsync(f.fileno())
+            return self._commit(tmp, ext)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def put_array(self, array: np.ndarray) -> str:
+        if array.dtype.hasobject:
+            raise TypeError("object arrays are not allowed (dtype {})".format(array.dtype))
+        return self._write_via_temp(lambda f: np.save(f, array, allow_pickle=False), ".npy")
+
+    def put_file(self, path: str) -> str:
+        def copy(f):
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, f, _CHUNK)
+        return self._write_via_temp(copy, "")
+
+    def has(self, sha1: str, ext: str = "") -> bool:
+        return os.path.exists(self.blob_path(sha1, ext))
+
+    def verified_path(self, sha1: str, ext: str = "") -> str:
+        """Path of a blob whose bytes were just checked against its name."""
+        path = self.blob_path(sha1, ext)
+        if not os.path.exists(path):
+            raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, path))
+        actual = sha1_of_file(path)
+        if actual != sha1:
+            raise CorruptFileError(path, "content hash is {}, expected {}".format(actual, sha1))
+        return path
+
+    def get_array(self, sha1: str) -> np.ndarray:
+        path = self.verified_path(sha1, ".npy")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            # np.load raises ValueError for object arrays when pickles are refused
+            raise CorruptFileError(path, "refused to load: {}".format(exc)) from None
+        return array
+
+    def copy_blob_from(self, other: "Store", sha1: str, ext: str = "") -> None:
+        """Make a blob of ``other`` present here (hard link when possible)."""
+        if self.has(sha1, ext):
+            return
+        src = other.verified_path(sha1, ext)
+        dst = self.blob_path(sha1, ext)
+        makedirs(os.path.dirname(dst))
+        tmp = temp_name(dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)

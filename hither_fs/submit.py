@@ -1,0 +1,158 @@
+"""Turning ``f.run(**kwargs)`` into a job in the root.
+
+Arguments are checked and encoded first (arrays and files into the store),
+so a forbidden value fails before anything about the job is written. Then the
+cache is consulted, the job is written with its spec, and its handler is told.
+"""
+
+import getpass
+import inspect
+import os
+import socket
+import threading
+from typing import Any, Dict, List
+
+from .cache import JobCache, cache_key
+from .config import Config
+from .job import Job
+from .queue import add_job, write_outcome
+from .root import CANCELLED, ERROR, FINISHED, Root, new_job_id, now_iso
+from .runtime.code import stop_if_loading_script
+from .runtime.serialization import TAG, encode
+
+_jobs_lock = threading.Lock()
+_jobs: List[Job] = []
+_default_handler = None
+
+
+def default_handler():
+    global _default_handler
+    if _default_handler is None:
+        from .handlers import DefaultJobHandler
+        _default_handler = DefaultJobHandler()
+    return _default_handler
+
+
+def _container_image(fn, setting) -> Any:
+    if setting is True:
+        return fn.container
+    if isinstance(setting, str):
+        return setting
+    return None
+
+
+def submit(fn, kwargs: Dict[str, Any]) -> Job:
+    stop_if_loading_script("{}.run()".format(fn.name))
+    try:
+        inspect.signature(fn.__wrapped__).bind(**kwargs)
+    except TypeError as exc:
+        raise TypeError("{}.run(): {}".format(fn.name, exc)) from None
+    cfg = Config.current()
+    root = Root.get(cfg["root"])
+    handler = cfg["job_handler"] or default_handler()
+
+    upstream: Dict[str, Job] = {}
+
+    def encode_job(value: Any, where: str) -> Any:
+        if not isinstance(value, Job):
+            return NotImplemented
+        if value.root.path != root.path:
+            raise ValueError("{}: job {} lives in root {}, not in this job's root {}".format(
+                where, value.id, value.root.path, root.path))
+        upstream[value.id] = value
+        return {TAG: "job", "id": value.id}
+
+    args = {name: encode(value, root.store, "argument {!r}".format(name), encode_job)
+            for name, value in kwargs.items()}
+    if not handler.in_process:
+        fn.check_importable()
+    key = cache_key(fn.name, fn.version, args, {uid: job.spec["key"] for uid, job in upstream.items()})
+    cache = cfg["job_cache"] or None
+    spec = {
+        "function": fn.location(),
+        "args": args,
+        "upstream": sorted(upstream),
+        "key": key,
+        "queue": handler.queue_for(root),
+        "handler": repr(handler),
+        "container": _container_image(fn, cfg["container"]),
+        "timeout": cfg["job_timeout"],
+        "max_attempts": cfg["max_attempts"],
+        "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"])},
+        "submitted_by": {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser()},
+        "cwd": os.getcwd(),
+        "chdir": True,
+        "created": now_iso(),
+    }
+
+    if cache is not None and not cfg["force_run"]:
+        with cache.lock(root, key):
+            entry = cache.lookup(root, key)
+            if entry is not None and ("value" in entry or not cfg["rerun_failing"]):
+                job = _job_from_cache(root, cache, entry, spec, handler)
+            else:
+                job = _attach_in_flight(root, cache, key, handler)
+                if job is None:
+                    job = _create(root, spec, handler)
+                    cache.mark_in_flight(root, key, job.id)
+    else:
+        job = _create(root, spec, handler)
+    handler.submitted(root, job)
+    with _jobs_lock:
+        _jobs.append(job)
+    return job
+
+
+def _create(root: Root, spec: Dict[str, Any], handler) -> Job:
+    job_id = new_job_id()
+    spec["id"] = job_id
+    add_job(root, job_id, spec, spec["upstream"])
+    return Job(job_id, root, handler)
+
+
+def _attach_in_flight(root: Root, cache: JobCache, key: str, handler):
+    job_id = cache.in_flight(root, key)
+    if job_id is None or not root.job_exists(job_id):
+        return None
+    status = root.read_state(job_id)["status"]
+    if status in (ERROR, CANCELLED):
+        return None
+    return Job(job_id, root, handler)
+
+
+def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Dict[str, Any], handler) -> Job:
+    """A finished job for a cache hit: the original job when it is in this root,
+    otherwise a new job record holding the cached outcome (no function runs)."""
+    wanted = FINISHED if "value" in entry else ERROR
+    original = entry.get("job_id")
+    if entry.get("root") == root.path and original and root.job_exists(original):
+        if root.read_state(original)["status"] == wanted:
+            return Job(original, root, handler)
+    job_id = new_job_id()
+    spec.update(id=job_id, from_cache={"key": entry["key"], "job_id": original, "root": entry.get("root"),
+                                       "cache": cache.path or "root"})
+    root.makedirs(root.layout.job_dir(job_id))
+    write_outcome(root, job_id, "spec.json", spec)
+    if wanted == FINISHED:
+        write_outcome(root, job_id, "result.json", {"value": entry["value"]})
+        state = {"status": FINISHED, "error": None}
+    else:
+        write_outcome(root, job_id, "error.json", entry["error"])
+        state = {"status": ERROR, "error": "{}: {}".format(entry["error"].get("type"), entry["error"].get("message"))}
+    state.update(attempt=0, queue=spec["queue"], worker=None, submitted=now_iso(), finished=now_iso(),
+                 cached=True)
+    root.write_state(job_id, state)
+    return Job(job_id, root, handler)
+
+
+def wait(timeout: float = None) -> None:
+    """Wait for every job created in this process to finish (errors are not raised here:
+    ``job.get_result()`` raises them)."""
+    import time
+    stop_if_loading_script("hi.wait()")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with _jobs_lock:
+        jobs = list(_jobs)
+    for job in jobs:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        job.wait_done(left)

@@ -1,0 +1,458 @@
+"""The worker daemon: claims jobs from queues in the root and runs them.
+
+``hither-fs worker --root R --queue Q`` is the one way jobs run outside the
+submitting process: ``ParallelJobHandler`` starts such workers locally, and
+Slurm allocations run the same command on compute nodes.
+
+The worker is one thread in a polling loop. Each job runs in a forked child
+in its own session (so a timeout or cancel kills the whole process tree);
+the child's stdout and stderr go to files in the attempt directory; the
+parent measures wall and CPU time and peak memory with ``os.wait4`` and
+commits the outcome. The worker writes a heartbeat file, and while it runs it
+also watches the other workers' heartbeats: a job whose worker has died is
+handed back to the queue (see :mod:`hither_fs.queue`).
+"""
+
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from typing import Any, Dict, List, Optional
+
+import psutil
+
+from . import queue
+from .cache import JobCache
+from .root import ERROR, FINISHED, Root, now_iso
+from .runtime.execute import run_attempt
+from .runtime.files import read_json, remove_quietly, write_json
+from .runtime.layout import check_queue_name
+
+log = logging.getLogger("hither_fs.worker")
+
+HOST = socket.gethostname()
+
+
+def new_worker_id(prefix: str = "w") -> str:
+    return "{}-{}-{}-{}".format(prefix, HOST.split(".")[0], os.getpid(), uuid.uuid4().hex[:6])
+
+
+def record_in_cache(root: Root, spec: Dict[str, Any], status: Optional[str]) -> None:
+    """After a commit: remember the outcome in the job's cache, if it has one."""
+    cache_spec = spec.get("cache")
+    if not cache_spec or status is None:
+        return
+    cache = JobCache(cache_spec.get("path"))
+    job_id = spec["id"]
+    if status == FINISHED:
+        cache.record(root, spec["key"], spec, root.read_job_file(job_id, "result.json"), is_error=False)
+    elif status == ERROR and cache_spec.get("failing"):
+        cache.record(root, spec["key"], spec, root.read_job_file(job_id, "error.json"), is_error=True)
+    cache.clear_in_flight(root, spec["key"], job_id)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a job process, its process group and any descendant that left it."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for proc in descendants:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def base_runtime(worker_id: str) -> Dict[str, Any]:
+    info = {"host": HOST, "worker": worker_id, "python": sys.version.split()[0]}
+    for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node")):
+        if os.environ.get(var):
+            info[key] = os.environ[var]
+    return info
+
+
+class Heartbeat:
+    """The file ``workers/<id>.json`` that tells others this worker is alive.
+
+    ``beat`` is a counter, not a timestamp: observers judge liveness by
+    whether it advances on their own clock, since node clocks disagree.
+    """
+
+    def __init__(self, root: Root, worker_id: str, info: Dict[str, Any]):
+        self.root = root
+        self.path = root.layout.worker_file(worker_id)
+        self.info = dict(info, id=worker_id, host=HOST, pid=os.getpid(),
+                         create_time=psutil.Process().create_time(), started=now_iso())
+        self.beat_count = 0
+
+    def beat(self, **fields: Any) -> None:
+        self.beat_count += 1
+        self.info.update(fields, beat=self.beat_count, last_beat=now_iso())
+        self.root.makedirs(os.path.dirname(self.path))
+        write_json(self.path, self.info)
+
+    def remove(self) -> None:
+        remove_quietly(self.path)
+
+
+class LeaseWatcher:
+    """Decides when a running job's worker is gone.
+
+    Same host: the worker's pid is dead or belongs to another process (create
+    time differs) - known at once. Other hosts: its heartbeat counter has not
+    advanced for ``lease`` seconds, measured on this process's clock.
+    """
+
+    def __init__(self, root: Root, lease: float):
+        self.root = root
+        self.lease = lease
+        self.seen: Dict[str, Any] = {}  # worker id -> (beat or None, local time it last changed)
+
+    def lost_reason(self, worker_id: str) -> Optional[str]:
+        hb = read_json(self.root.layout.worker_file(worker_id), None, missing_ok=True) if worker_id else None
+        now = time.monotonic()
+        if hb and hb.get("host") == HOST:
+            try:
+                alive = abs(psutil.Process(hb["pid"]).create_time() - hb["create_time"]) < 0.01
+            except psutil.Error:
+                alive = False
+            if not alive:
+                return "worker {} (pid {} on {}) is dead".format(worker_id, hb["pid"], HOST)
+        beat = hb.get("beat") if hb else None
+        last = self.seen.get(worker_id)
+        if last is None or last[0] != beat:
+            self.seen[worker_id] = (beat, now)
+            return None
+        if now - last[1] > self.lease:
+            what = "heartbeat stopped" if hb else "no heartbeat file"
+            return "worker {}: {} for {:.0f} s".format(worker_id, what, now - last[1])
+        return None
+
+    def recover(self, skip: str = "") -> int:
+        """Hand back the jobs of lost workers; return how many."""
+        count = 0
+        for job_id, ticket in list(queue.running_jobs(self.root)):
+            worker_id = ticket.get("worker")
+            if worker_id == skip:
+                continue
+            why = self.lost_reason(worker_id)
+            if why:
+                try:
+                    if queue.requeue_lost(self.root, job_id, worker_id, ticket.get("attempt"), why):
+                        log.warning("job %s handed back: %s", job_id, why)
+                        count += 1
+                except FileNotFoundError:
+                    remove_quietly(self.root.layout.running_ticket(job_id))
+        return count
+
+
+class _Running:
+    def __init__(self, claim: queue.Claim, pid: int):
+        self.claim = claim
+        self.pid = pid
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self.failure: Optional[Dict[str, Any]] = None
+
+
+class Worker:
+    """A worker daemon serving one or more queues of a root.
+
+    ``idle_timeout``: exit after that many seconds with nothing to do.
+    ``parent_pid``: a local worker's submitting process; once it is gone the
+    worker drains its queues and exits.
+    """
+
+    def __init__(self, root: Root, queues: List[str], slots: int = 1, *,
+                 idle_timeout: Optional[float] = None, lease: float = 30.0, heartbeat: float = 2.0,
+                 parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
+                 worker_id: Optional[str] = None):
+        if slots < 1:
+            raise ValueError("slots must be at least 1")
+        self.root = root
+        self.queues = [check_queue_name(q) for q in queues]
+        self.slots = slots
+        self.idle_timeout = idle_timeout
+        self.heartbeat_interval = heartbeat
+        self.parent_pid = parent_pid
+        self.max_jobs = max_jobs
+        self.id = worker_id or new_worker_id()
+        self.running: Dict[int, _Running] = {}
+        self.stopping = False
+        self.jobs_done = 0
+        self.watcher = LeaseWatcher(root, lease)
+        self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots,
+                                                  **base_runtime(self.id)})
+
+    # -- the loop ----------------------------------------------------------------
+
+    def run(self) -> int:
+        reason = self.root.unsafe_reason()
+        if reason:
+            raise PermissionError("refusing to run jobs from {}: {}".format(self.root.path, reason))
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        log.info("worker %s serving %s in %s with %d slot(s)", self.id, self.queues, self.root.path, self.slots)
+        interval = 0.001
+        now = time.monotonic()
+        next_beat = next_lease = next_pending = now
+        idle_since = now
+        try:
+            while True:
+                busy = self._reap()
+                self._police()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self.heartbeat.beat(jobs=[r.claim.job_id for r in self.running.values()],
+                                        state="stopping" if self.stopping else "running")
+                    next_beat = now + self.heartbeat_interval
+                if busy or now >= next_pending:
+                    busy |= queue.promote_pending(self.root) > 0
+                    next_pending = now + 0.25
+                if now >= next_lease:
+                    self.watcher.recover(skip=self.id)
+                    next_lease = now + max(0.5, self.watcher.lease / 4)
+                if not self.stopping:
+                    busy |= self._claim()
+                if self.running or busy:
+                    idle_since = now
+                elif self._should_exit(now - idle_since):
+                    break
+                interval = 0.001 if busy else min(0.05, interval * 1.5)
+                time.sleep(interval)
+        finally:
+            for run in list(self.running.values()):
+                kill_tree(run.pid)
+            self._reap(block=True)
+            self.heartbeat.remove()
+        log.info("worker %s exits after %d job(s)", self.id, self.jobs_done)
+        return 0
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        log.info("worker %s: signal %d, finishing running jobs and exiting", self.id, signum)
+        self.stopping = True
+
+    def _should_exit(self, idle_for: float) -> bool:
+        if self.stopping:
+            return True
+        if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
+            return True
+        if self.idle_timeout is not None and idle_for >= self.idle_timeout:
+            return True
+        if self.parent_pid is not None and os.getppid() != self.parent_pid and idle_for >= 1.0:
+            return not self._work_left()  # the submitter is gone: drain, then go
+        return False
+
+    def _work_left(self) -> bool:
+        if any(queue.queue_tickets(self.root, q) for q in self.queues):
+            return True
+        try:
+            pending = os.listdir(self.root.layout.pending)
+        except FileNotFoundError:
+            return False
+        for job_id in pending:
+            ticket = read_json(os.path.join(self.root.layout.pending, job_id), {}, missing_ok=True)
+            if ticket.get("queue") in self.queues:
+                return True
+        return False
+
+    # -- claiming and starting --------------------------------------------------------
+
+    def _claim(self) -> bool:
+        claimed = False
+        for q in self.queues:
+            for ticket in queue.queue_tickets(self.root, q):
+                if len(self.running) >= self.slots:
+                    return claimed
+                if self.max_jobs is not None and self.jobs_done + len(self.running) >= self.max_jobs:
+                    return claimed
+                claim = queue.try_claim(self.root, q, ticket, self.id)
+                if claim is not None:
+                    self._start(claim)
+                    claimed = True
+        return claimed
+
+    def _start(self, claim: queue.Claim) -> None:
+        adir = self.root.layout.attempt_dir(claim.job_id, claim.attempt)
+        self.root.makedirs(adir)
+        if claim.spec.get("container"):
+            run = _Running(claim, -1)
+            run.failure = {"type": "NotImplementedError", "module": "builtins", "stage": "starting",
+                           "message": "this worker cannot run containerized jobs (image {})".format(
+                               claim.spec["container"]), "traceback": ""}
+            self.running[-id(run)] = run
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the job process
+            code = 3
+            try:
+                os.setsid()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                _redirect_console(adir)
+                os.environ["HITHER_FS_JOB_ID"] = claim.job_id
+                code = 0 if run_attempt(self.root.path, claim.job_id, claim.attempt) else 1
+            finally:
+                os._exit(code)
+        self.running[pid] = _Running(claim, pid)
+        log.debug("job %s attempt %d started as pid %d", claim.job_id, claim.attempt, pid)
+
+    # -- watching running jobs ----------------------------------------------------------
+
+    def _police(self) -> None:
+        """Kill jobs that were cancelled or ran past their timeout."""
+        for run in list(self.running.values()):
+            if run.pid < 0 or run.failure is not None:
+                continue
+            job_id = run.claim.job_id
+            timeout = run.claim.spec.get("timeout")
+            if timeout and time.monotonic() - run.started_mono > timeout:
+                run.failure = {"type": "JobTimeoutError", "module": "hither_fs", "stage": "running",
+                               "message": "job {} ran longer than its job_timeout of {} s and was killed".format(
+                                   job_id, timeout), "traceback": ""}
+                kill_tree(run.pid)
+                continue
+            try:
+                state = self.root.read_state(job_id)
+            except Exception:
+                continue
+            if state.get("cancel_requested"):
+                run.failure = queue.cancelled_record(job_id, "while running")
+                kill_tree(run.pid)
+
+    def _reap(self, block: bool = False) -> bool:
+        done = False
+        for key, run in list(self.running.items()):
+            if run.pid < 0:  # never started
+                self._finish(run, {}, None)
+                del self.running[key]
+                done = True
+                continue
+            try:
+                pid, status, usage = os.wait4(run.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:
+                pid, status, usage = run.pid, 0, None
+            if pid == 0:
+                continue
+            del self.running[key]
+            self._finish(run, _usage_info(run, status, usage), status)
+            done = True
+        return done
+
+    def _finish(self, run: _Running, runtime: Dict[str, Any], status: Optional[int]) -> None:
+        failure = run.failure
+        if failure is None and status is not None and os.WIFSIGNALED(status):
+            failure = {"type": "JobProcessError", "module": "hither_fs", "stage": "running",
+                       "message": "the job process was killed by signal {}".format(os.WTERMSIG(status)),
+                       "traceback": ""}
+        runtime.update(base_runtime(self.id))
+        try:
+            final = queue.commit_attempt(self.root, run.claim, self.id, runtime, failure)
+            record_in_cache(self.root, run.claim.spec, final)
+        except Exception:
+            log.exception("could not commit job %s", run.claim.job_id)
+            final = None
+        self.jobs_done += 1
+        log.info("job %s (%s) -> %s", run.claim.job_id, run.claim.spec["function"]["name"], final)
+
+
+def _redirect_console(adir: str) -> None:
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
+        out = os.open(os.path.join(adir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(out, fd)
+        os.close(out)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+    except AttributeError:
+        pass
+
+
+def _usage_info(run: _Running, status: int, usage) -> Dict[str, Any]:
+    end = time.time()
+    info: Dict[str, Any] = {
+        "pid": run.pid,
+        "start": _iso(run.started),
+        "end": _iso(end),
+        "wall_seconds": round(end - run.started, 6),
+        "attempt": run.claim.attempt,
+    }
+    if usage is not None:
+        info["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 6)
+        info["peak_memory_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+    if os.WIFEXITED(status):
+        info["exit_code"] = os.WEXITSTATUS(status)
+    elif os.WIFSIGNALED(status):
+        info["killed_by_signal"] = os.WTERMSIG(status)
+    return info
+
+
+def _iso(t: float) -> str:
+    import datetime
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def run_in_process(root: Root, claim: queue.Claim, worker_id: str, function) -> Optional[str]:
+    """Run a claimed job inside this process (``DefaultJobHandler``).
+
+    Console output is copied to the attempt's files while still reaching the
+    terminal; a heartbeat is kept so other workers do not think the job lost.
+    """
+    import contextlib
+    import resource
+    import threading
+
+    adir = root.layout.attempt_dir(claim.job_id, claim.attempt)
+    root.makedirs(adir)
+    heartbeat = Heartbeat(root, worker_id, {"queues": [claim.spec["queue"]], "slots": 1, "in_process": True})
+    heartbeat.beat(jobs=[claim.job_id])
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(2.0):
+            heartbeat.beat(jobs=[claim.job_id])
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    start, cpu0 = time.time(), time.process_time()
+    with open(os.path.join(adir, "stdout.txt"), "w") as out, open(os.path.join(adir, "stderr.txt"), "w") as err:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, out)), contextlib.redirect_stderr(_Tee(sys.stderr, err)):
+            run_attempt(root.path, claim.job_id, claim.attempt, function=function)
+    end = time.time()
+    stop.set()
+    beater.join()
+    runtime = {"pid": os.getpid(), "start": _iso(start), "end": _iso(end), "wall_seconds": round(end - start, 6),
+               "cpu_seconds": round(time.process_time() - cpu0, 6), "attempt": claim.attempt,
+               "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+               "in_process": True}
+    runtime.update(base_runtime(worker_id))
+    final = queue.commit_attempt(root, claim, worker_id, runtime)
+    record_in_cache(root, claim.spec, final)
+    heartbeat.remove()
+    return final
+
+
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
