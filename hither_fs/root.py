@@ -95,7 +95,7 @@ class Root:
                     raise RootError("{} has root format {!r}; this hither_fs reads format {}".format(
                         marker, info.get("format"), FORMAT))
                 return info
-            if os.listdir(path):
+            if [n for n in os.listdir(path) if not n.startswith(".")]:
                 raise RootError("{} exists, is not empty and is not a hither_fs root (no root.json); "
                                 "choose an empty or new directory".format(path))
         mode = shared or "private"
@@ -103,11 +103,11 @@ class Root:
         try:
             os.makedirs(path, mode=dir_mode, exist_ok=True)
             os.chmod(path, dir_mode)
+            # the marker first: a concurrent opener then sees a root, not a stranger's directory
+            if not os.path.exists(marker):
+                write_json(marker, {"format": FORMAT, "mode": mode, "created": now_iso()})
             for d in self.layout.top_dirs():
                 os.makedirs(d, mode=dir_mode, exist_ok=True)
-            info = {"format": FORMAT, "mode": mode, "created": now_iso()}
-            if not os.path.exists(marker):
-                write_json(marker, info)
         except OSError as exc:
             raise RootError("cannot create hither_fs root at {}: {}".format(
                 path, exc.strerror or exc)) from None

@@ -76,11 +76,7 @@ def encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any, 
     ``other(value, where)`` may encode extra types (the submitting side uses it
     for ``Job`` objects); it returns ``NotImplemented`` to refuse a value.
     """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, int) and not isinstance(value, np.generic):
-        return value
-    if isinstance(value, float):
+    if value is None or (isinstance(value, (bool, str, int, float)) and not isinstance(value, np.generic)):
         return value
     if isinstance(value, np.ndarray):
         if value.dtype.hasobject:

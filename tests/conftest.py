@@ -1,0 +1,47 @@
+import os
+import sys
+
+import pytest
+
+import hither_fs as hi
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(TESTS)
+sys.path.insert(0, TESTS)
+
+
+@pytest.fixture
+def root_path(tmp_path, monkeypatch):
+    """A fresh root for the test, active through hi.Config and $HITHER_FS_ROOT."""
+    path = str(tmp_path / 'root')
+    monkeypatch.setenv('HITHER_FS_ROOT', path)
+    with hi.Config(root=path):
+        yield path
+
+
+@pytest.fixture
+def root(root_path):
+    return hi.Root.get(root_path)
+
+
+@pytest.fixture
+def parallel(root_path):
+    """A ParallelJobHandler whose workers are stopped after the test."""
+    handlers = []
+
+    def make(num_workers=2):
+        h = hi.ParallelJobHandler(num_workers=num_workers)
+        handlers.append(h)
+        return h
+    yield make
+    for h in handlers:
+        h.halt()
+
+
+def run_python(code_or_file, *args, env=None, timeout=120, cwd=None):
+    import subprocess
+    cmd = [sys.executable] + ([code_or_file] if code_or_file.endswith('.py') else ['-c', code_or_file])
+    full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    full_env.update(env or {})
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=cwd or REPO)

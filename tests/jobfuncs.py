@@ -1,0 +1,86 @@
+"""Hither functions used by the tests (importable by worker processes)."""
+
+import os
+import time
+
+import numpy as np
+
+import hither_fs as hi
+
+
+@hi.function('echo', '0.1.0')
+def echo(x):
+    return x
+
+
+@hi.function('add', '0.1.0')
+def add(x, y):
+    return x + y
+
+
+@hi.function('sleepy', '0.1.0')
+def sleepy(seconds, pid_file=None, result=None):
+    if pid_file:
+        with open(pid_file + '.tmp', 'w') as f:
+            f.write(str(os.getpid()))
+        os.replace(pid_file + '.tmp', pid_file)
+    time.sleep(seconds)
+    return result
+
+
+@hi.function('fail', '0.1.0')
+def fail(message):
+    raise ValueError(message)
+
+
+@hi.function('noisy', '0.1.0')
+def noisy(n):
+    import sys
+    for i in range(n):
+        print('line', i)
+    print('to stderr', file=sys.stderr)
+    return n
+
+
+@hi.function('burn', '0.1.0')
+def burn(seconds, megabytes):
+    block = np.ones(megabytes * 1024 * 1024 // 8)  # touched: resident
+    end = time.process_time() + seconds
+    x = 0
+    while time.process_time() < end:
+        x += 1
+    return float(block.sum())
+
+
+@hi.function('counted', '0.1.0')
+def counted(x, log):
+    """Appends a line to ``log`` each time it really runs (lets tests count executions)."""
+    with open(log, 'a') as f:
+        f.write('{}\n'.format(x))
+    return x * 2
+
+
+@hi.function('make_file', '0.1.0')
+def make_file(text):
+    import tempfile
+    path = os.path.join(tempfile.mkdtemp(), 'made.txt')
+    with open(path, 'w') as f:
+        f.write(text)
+    return hi.File(path)
+
+
+@hi.function('read_file', '0.1.0')
+def read_file(f):
+    return f.read_text()
+
+
+@hi.function('spawn_tree', '0.1.0')
+def spawn_tree(pid_file):
+    """Starts a grandchild that sleeps, records its pid, then sleeps itself."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+    with open(pid_file + '.tmp', 'w') as f:
+        f.write('{} {}'.format(os.getpid(), p.pid))
+    os.replace(pid_file + '.tmp', pid_file)
+    time.sleep(600)

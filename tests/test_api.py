@@ -1,0 +1,130 @@
+"""The user-facing API of the seeds, in-process (DefaultJobHandler)."""
+
+import numpy as np
+import pytest
+
+import hither_fs as hi
+from jobfuncs import add, echo, fail
+
+
+def test_name_must_match_function_name():
+    with pytest.raises(ValueError, match="'MySpecialFunction' does not match .* 'boring_function'"):
+        @hi.function('MySpecialFunction', '0.1.0')
+        def boring_function():
+            return 6
+
+
+def test_direct_call_and_run(root_path):
+    @hi.function('get_the_answer', '0.1.0')
+    def get_the_answer():
+        return 42
+    assert get_the_answer() == 42
+    job = get_the_answer.run()
+    assert job.wait() == 42
+    assert job.status == 'finished'
+
+
+def test_run_by_name(root_path):
+    assert hi.run('add', x=1, y=2).wait() == 3
+
+
+def test_unknown_name_is_a_clear_error(root_path):
+    with pytest.raises(LookupError, match="no hither function named 'nope'"):
+        hi.run('nope', x=1)
+
+
+def test_same_name_twice_with_another_version_is_refused():
+    with pytest.raises(ValueError, match="two hither functions are registered under the name 'add'"):
+        @hi.function('add', '0.2.0')
+        def add(x, y):
+            return x - y
+
+
+def test_bad_keyword_arguments_fail_at_run(root_path):
+    with pytest.raises(TypeError, match=r"add.run\(\): .*'z'"):
+        add.run(x=1, y=2, z=2)
+
+
+def test_job_error_is_reraised_with_type_message_and_remote_traceback(root_path):
+    job = fail.run(message='bad input 7')
+    with pytest.raises(ValueError) as info:
+        job.wait()
+    err = info.value
+    assert isinstance(err, hi.JobError)
+    assert err.type_name == 'ValueError'
+    assert 'bad input 7' in str(err)
+    assert 'raise ValueError(message)' in err.remote_traceback
+    assert job.status == 'error'
+
+
+def test_config_nesting_inherits_unset_values(root_path):
+    cache = hi.JobCache()
+    with hi.Config(job_cache=cache, job_timeout=5):
+        with hi.Config(force_run=True):
+            current = hi.Config.current()
+            assert current['job_cache'] is cache
+            assert current['job_timeout'] == 5
+            assert current['force_run'] is True
+        assert hi.Config.current()['force_run'] is False
+    assert hi.Config.current()['job_cache'] is None
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match='job_timeout'):
+        hi.Config(job_timeout=-1)
+    with pytest.raises(TypeError, match='job_handler'):
+        hi.Config(job_handler='fast')
+
+
+def test_container_is_recorded_in_the_spec(root_path):
+    @hi.function('contained', '0.1.0')
+    @hi.container('docker://example/image:1')
+    def contained():
+        return 1
+    assert contained.container == 'docker://example/image:1'
+    job = contained.run()
+    assert job.spec['container'] is None  # not asked for: runs on the host
+    assert job.wait() == 1
+
+
+def test_pipeline_in_process(root_path):
+    a = echo.run(x=np.ones((4, 3)))
+    b = add.run(x=a, y=a)
+    assert np.array_equal(b.wait(), 2 * np.ones((4, 3)))
+    assert b.spec['upstream'] == [a.id]
+
+
+def test_get_job_reattaches(root_path):
+    job = add.run(x=2, y=3)
+    job.wait()
+    again = hi.get_job(job.id)
+    assert again.get_result() == 5
+    assert again.get_runtime_info()['host']
+    with pytest.raises(LookupError, match='no job 0123456789abcdef'):
+        hi.get_job('0123456789abcdef')
+    with pytest.raises(ValueError, match='not a hither_fs job id'):
+        hi.get_job('../../etc')
+
+
+def test_wait_all_in_process(root_path):
+    jobs = [add.run(x=i, y=i) for i in range(3)]
+    hi.wait()
+    assert [j.get_result() for j in jobs] == [0, 2, 4]
+
+
+def test_get_result_before_done_says_so(root_path):
+    class Nobody(hi.JobHandler):
+        """A real handler whose queue no worker serves: jobs stay queued."""
+        def queue_for(self, root):
+            return 'nobody'
+    with hi.Config(job_handler=Nobody()):
+        job = add.run(x=1, y=1)
+    assert job.status == 'queued'
+    with pytest.raises(hi.JobNotFinishedError, match='queued'):
+        job.get_result()
+    with pytest.raises(TimeoutError, match='did not finish within 0.2 s'):
+        job.wait(timeout=0.2)
+    assert job.cancel()
+    assert job.status == 'cancelled'
+    with pytest.raises(hi.JobCancelledError):
+        job.wait()

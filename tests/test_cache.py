@@ -1,0 +1,122 @@
+"""The job cache: hits, keys, versions, force_run, failing jobs, shared caches, in-flight dedup."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import hither_fs as hi
+from conftest import REPO, TESTS
+from jobfuncs import counted, fail
+
+
+def runs(log):
+    return open(log).read().splitlines() if os.path.exists(log) else []
+
+
+def pipeline(log):
+    a = counted.run(x=np.arange(3), log=log)
+    b = counted.run(x=a, log=log)
+    return counted.run(x=b, log=log)
+
+
+def test_cached_pipeline_runs_nothing_the_second_time(root_path, parallel, tmp_path):
+    log = str(tmp_path / 'log')
+    with hi.Config(job_handler=parallel(2), job_cache=hi.JobCache()):
+        assert list(pipeline(log).wait(timeout=60)) == [0, 8, 16]
+        assert len(runs(log)) == 3
+        again = pipeline(log)
+        assert again.status == 'finished'  # known before anything runs
+        assert list(again.wait()) == [0, 8, 16]
+    assert len(runs(log)) == 3
+
+
+def test_key_covers_arguments_and_version(root_path, tmp_path):
+    log = str(tmp_path / 'log')
+    with hi.Config(job_cache=hi.JobCache()):
+        counted.run(x=1, log=log).wait()
+        counted.run(x=1, log=log).wait()
+        counted.run(x=2, log=log).wait()
+        counted.run(x=np.array([1]), log=log).wait()
+        counted.run(x=np.array([1.0]), log=log).wait()  # another dtype, another key
+        assert runs(log) == ['1', '2', '[1]', '[1.]']
+    with hi.Config(job_cache=hi.JobCache(), force_run=True):
+        counted.run(x=1, log=log).wait()
+    assert runs(log).count('1') == 2
+
+
+def test_version_bump_reruns(root_path, tmp_path):
+    log = str(tmp_path / 'log')
+    code = '''
+import sys, hither_fs as hi
+@hi.function('versioned', sys.argv[1])
+def versioned(log):
+    open(log, 'a').write(sys.argv[1] + '\\n')
+    return sys.argv[1]
+with hi.Config(job_cache=hi.JobCache()):
+    print(versioned.run(log=sys.argv[2]).wait())
+'''
+    outs = [subprocess.run([sys.executable, '-c', code, v, log], capture_output=True, text=True,
+                           env=dict(os.environ, PYTHONPATH=REPO), check=True).stdout.strip()
+            for v in ('0.1.0', '0.1.0', '0.2.0', '0.1.0')]
+    assert outs == ['0.1.0', '0.1.0', '0.2.0', '0.1.0']
+    assert runs(log) == ['0.1.0', '0.2.0']
+
+
+def test_errors_are_cached_only_when_asked(root_path):
+    with hi.Config(job_cache=hi.JobCache()):
+        first = fail.run(message='m1')
+        with pytest.raises(ValueError):
+            first.wait()
+        second = fail.run(message='m1')
+        assert second.id != first.id  # not cached: ran again
+        with pytest.raises(ValueError):
+            second.wait()
+    with hi.Config(job_cache=hi.JobCache(), cache_failing=True):
+        third = fail.run(message='m2')
+        with pytest.raises(ValueError):
+            third.wait()
+        fourth = fail.run(message='m2')
+        assert fourth.id == third.id  # the cached error
+        with hi.Config(rerun_failing=True):
+            assert fail.run(message='m2').id != third.id
+
+
+def test_shared_cache_directory_serves_another_root(tmp_path, monkeypatch):
+    shared = hi.JobCache(str(tmp_path / 'lab-cache'))
+    log = str(tmp_path / 'log')
+    with hi.Config(root=str(tmp_path / 'root-a'), job_cache=shared):
+        first = counted.run(x=np.arange(4), log=log)
+        assert list(first.wait()) == [0, 2, 4, 6]
+    with hi.Config(root=str(tmp_path / 'root-b'), job_cache=shared):
+        hit = counted.run(x=np.arange(4), log=log)
+        assert hit.status == 'finished'
+        assert list(hit.wait()) == [0, 2, 4, 6]
+        assert hit.root.path.endswith('root-b')
+    assert len(runs(log)) == 1
+
+
+def test_two_submitters_at_once_get_one_execution(root_path, tmp_path):
+    """Two processes submit the same job at the same moment: one execution, one job id."""
+    log = str(tmp_path / 'log')
+    go = str(tmp_path / 'go')
+    code = '''
+import os, sys, time
+import hither_fs as hi
+from jobfuncs import counted
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.001)
+with hi.Config(job_handler=hi.ParallelJobHandler(1), job_cache=hi.JobCache()):
+    job = counted.run(x=21, log=sys.argv[1])
+    print(job.id, job.wait(timeout=60))
+'''
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+    procs = [subprocess.Popen([sys.executable, '-c', code, log, go], stdout=subprocess.PIPE, text=True, env=env)
+             for _ in range(3)]
+    open(go, 'w').close()
+    outs = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert len(outs) == 1, outs
+    assert outs.pop().endswith(' 42')
+    assert runs(log) == ['21']

@@ -1,0 +1,96 @@
+"""Opening roots: defaults, bad paths, privacy, atomic files, cheap waiting."""
+
+import os
+import stat
+import time
+
+import pytest
+
+import hither_fs as hi
+from hither_fs.root import Root
+from hither_fs.runtime.files import CorruptFileError, atomic_write, read_json
+from jobfuncs import add, sleepy
+
+
+def test_new_root_is_private_and_readable_by_hand(tmp_path):
+    root = Root(str(tmp_path / 'r'))
+    assert stat.S_IMODE(os.stat(root.path).st_mode) == 0o700
+    assert read_json(os.path.join(root.path, 'root.json'))['mode'] == 'private'
+    assert root.unsafe_reason() is None
+
+
+def test_group_shared_root_is_explicit(tmp_path):
+    root = Root(str(tmp_path / 'g'), shared='group')
+    assert stat.S_IMODE(os.stat(root.path).st_mode) == 0o2770
+    assert root.unsafe_reason() is None
+    private = Root(str(tmp_path / 'p'))
+    os.chmod(private.path, 0o770)
+    assert 'group-writable but the root is not in group-shared mode' in private.unsafe_reason()
+
+
+def test_root_that_is_a_file(tmp_path):
+    path = tmp_path / 'afile'
+    path.write_text('x')
+    with pytest.raises(hi.RootError, match='is a file, not a directory'):
+        Root(str(path))
+
+
+def test_root_in_a_foreign_nonempty_directory(tmp_path):
+    (tmp_path / 'mine.txt').write_text('precious')
+    with pytest.raises(hi.RootError, match='is not empty and is not a hither_fs root'):
+        Root(str(tmp_path))
+    assert (tmp_path / 'mine.txt').read_text() == 'precious'
+
+
+@pytest.mark.parametrize('value', ['', '   ', 'a\nb'])
+def test_malformed_env_root(monkeypatch, value):
+    monkeypatch.setenv('HITHER_FS_ROOT', value)
+    with pytest.raises(hi.RootError, match='HITHER_FS_ROOT is set but malformed'):
+        Root()
+
+
+def test_default_root_is_under_home(monkeypatch, tmp_path):
+    monkeypatch.delenv('HITHER_FS_ROOT', raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    assert Root().path == str(tmp_path / '.hither_fs')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root reads every directory')  # permission bits bind only non-root
+def test_unreadable_root(tmp_path):
+    Root(str(tmp_path / 'u'))
+    os.chmod(tmp_path / 'u', 0)
+    try:
+        with pytest.raises(hi.RootError, match='not readable'):
+            Root(str(tmp_path / 'u'))
+    finally:
+        os.chmod(tmp_path / 'u', 0o700)
+
+
+def test_failed_atomic_write_leaves_old_file(tmp_path):
+    path = str(tmp_path / 'f.json')
+    atomic_write(path, lambda f: f.write(b'{"v": 1}'))
+
+    def explode(f):
+        f.write(b'{"v": 2, half')
+        raise OSError(28, 'No space left on device')
+    with pytest.raises(OSError):
+        atomic_write(path, explode)
+    assert read_json(path) == {'v': 1}
+    assert os.listdir(tmp_path) == ['f.json']
+
+
+def test_damaged_json_is_reported_with_its_path(tmp_path):
+    path = tmp_path / 'state.json'
+    path.write_text('{"status": "fini')
+    with pytest.raises(CorruptFileError, match='state.json: not valid JSON'):
+        read_json(str(path))
+
+
+def test_waiting_costs_next_to_no_cpu(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        add.run(x=1, y=1).wait(timeout=30)  # workers up
+        job = sleepy.run(seconds=1.5, result=7)
+        cpu0 = time.process_time()
+        assert job.wait(timeout=30) == 7
+        spent = time.process_time() - cpu0
+    assert spent < 0.15, 'waiting 1.5 s cost {:.3f} CPU seconds'.format(spent)
