@@ -3,7 +3,7 @@
 The key of a job is the sha1 of a canonical JSON form of its function name,
 version and arguments, where arrays and files count by their content hash and
 upstream jobs by their own key (so a whole pipeline is recognised before any
-of it runs). An entry is one JSON file, ``<dir>/ab/cd/<key>.json``, holding
+of it runs). An entry is one JSON file, ``<dir>/ab/<key>.json``, holding
 the encoded result; arrays and files it refers to live in the cache's store
 (the root's own store for ``JobCache()``).
 
@@ -60,10 +60,10 @@ class JobCache:
         return Store(os.path.join(self.path, "store")) if self.path else root.store
 
     def _entry_path(self, directory: str, key: str, suffix: str = ".json") -> str:
-        return os.path.join(directory, key[:2], key[2:4], key + suffix)
+        return os.path.join(directory, key[:2], key + suffix)
 
     def lock(self, root, key: str) -> filelock.BaseFileLock:
-        shard = os.path.join(self.directory(root), key[:2], key[2:4])
+        shard = os.path.join(self.directory(root), key[:2])
         makedirs(shard)
         return filelock.FileLock(os.path.join(shard, ".lock"), thread_local=False)
 

@@ -15,9 +15,9 @@ from .runtime.layout import check_job_id
 
 def _iter_job_ids(root: Root) -> Iterator[str]:
     jobs = root.layout.jobs
-    for a in sorted(os.listdir(jobs)):
-        for b in sorted(os.listdir(os.path.join(jobs, a))):
-            for job_id in os.listdir(os.path.join(jobs, a, b)):
+    for shard in sorted(os.listdir(jobs)):
+        for job_id in os.listdir(os.path.join(jobs, shard)):
+            if not job_id.startswith("."):
                 yield job_id
 
 

@@ -18,8 +18,9 @@ from .runtime.files import read_text_tail
 _UNSET = object()
 
 #: Poll intervals while waiting: fast at first (a quick job is noticed within
-#: a millisecond or two), then backing off so a long wait costs next to no CPU.
-POLL_MIN, POLL_MAX, POLL_GROWTH = 0.0005, 0.05, 1.3
+#: a millisecond or two), then backing off to 100 looks a second: each look is
+#: one stat call, so a long wait costs well under 1% of a core.
+POLL_MIN, POLL_MAX, POLL_GROWTH = 0.0005, 0.01, 1.3
 
 
 class Job:

@@ -179,15 +179,14 @@ def commit_attempt(root: Root, claim: Claim, worker_id: str, runtime: Dict[str, 
             shutil.rmtree(adir, ignore_errors=True)
             return None
         jdir = root.layout.job_dir(job_id)
-        for name in ("stdout.txt", "stderr.txt"):
-            _move_if_exists(os.path.join(adir, name), os.path.join(jdir, name))
+        for name in ("stdout.txt", "stderr.txt"):  # kept only when there was output
+            src = os.path.join(adir, name)
+            if os.path.exists(src) and os.path.getsize(src) > 0:
+                os.replace(src, os.path.join(jdir, name))
         write_json(os.path.join(jdir, "runtime.json"), runtime)
-        status = None
         if failure is None and _move_if_exists(os.path.join(adir, "result.json"), os.path.join(jdir, "result.json")):
             status = FINISHED
             remove_quietly(os.path.join(jdir, "error.json"))
-            state.update(status=FINISHED, finished=now_iso(), error=None)
-            root.write_state(job_id, state)
         else:
             if failure is None:
                 try:
@@ -196,9 +195,14 @@ def commit_attempt(root: Root, claim: Claim, worker_id: str, runtime: Dict[str, 
                     failure = {"type": "JobProcessError", "module": "hither_fs", "stage": "running",
                                "message": "the job ended without writing a result", "traceback": ""}
             status = CANCELLED if failure.get("type") == "JobCancelledError" else ERROR
+        shutil.rmtree(adir, ignore_errors=True)
+        # the commit point: from here on the job is final
+        if status == FINISHED:
+            state.update(status=FINISHED, finished=now_iso(), error=None)
+            root.write_state(job_id, state)
+        else:
             _fail(root, job_id, state, failure, status)
         remove_quietly(root.layout.running_ticket(job_id))
-        shutil.rmtree(adir, ignore_errors=True)
         return status
 
 
@@ -234,6 +238,9 @@ def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str
     """Hand a job whose worker is gone back to the queue (or fail it after too many tries)."""
     with root.lock(job_id):
         state = root.read_state(job_id)
+        if state["status"] in FINAL_STATUSES:
+            remove_quietly(root.layout.running_ticket(job_id))  # left by a worker that died after its commit
+            return None
         if state["status"] != RUNNING or state.get("worker") != worker_id or state.get("attempt") != attempt:
             return None
         spec = root.read_spec(job_id)

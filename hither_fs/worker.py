@@ -200,6 +200,9 @@ class Worker:
             raise PermissionError("refusing to run jobs from {}: {}".format(self.root.path, reason))
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        # SIGCHLD stays pending while blocked, so the loop can sleep in
+        # sigtimedwait and wake the moment a job process exits.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         log.info("worker %s serving %s in %s with %d slot(s)", self.id, self.queues, self.root.path, self.slots)
         interval = 0.001
         now = time.monotonic()
@@ -227,7 +230,10 @@ class Worker:
                 elif self._should_exit(now - idle_since):
                     break
                 interval = 0.001 if busy else min(0.05, interval * 1.5)
-                time.sleep(interval)
+                if self.running:
+                    signal.sigtimedwait({signal.SIGCHLD}, interval)
+                else:
+                    time.sleep(interval)
         finally:
             for run in list(self.running.values()):
                 kill_tree(run.pid)
@@ -297,6 +303,7 @@ class Worker:
             code = 3
             try:
                 os.setsid()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _redirect_console(adir)

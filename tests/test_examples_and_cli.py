@@ -42,8 +42,8 @@ def test_caching_example_second_run_executes_nothing(root_path):
     again = run_python('examples/caching_example.py')
     assert again.returncode == 0, again.stderr
     assert 'first run: total = 310.0' in again.stdout
-    # only jobs that really ran have console files: the first run's 4 slow_square jobs and 1 total
-    ran = [d for d, _, files in os.walk(os.path.join(root_path, 'jobs')) if 'stdout.txt' in files]
+    # only jobs that really ran have runtime facts: the first run's 4 slow_square jobs and 1 total
+    ran = [d for d, _, files in os.walk(os.path.join(root_path, 'jobs')) if 'runtime.json' in files]
     assert len(ran) == 5
 
 

@@ -17,6 +17,12 @@ from typing import Any, Callable, Optional
 
 HOST = socket.gethostname()
 
+#: fsync every file before its rename. The rename alone already guarantees
+#: that no reader - on this host or over NFS - ever sees half a file, even if
+#: the writer is killed; fsync adds survival of a machine crash on a local
+#: disk, at about a millisecond per file. ``HITHER_FS_FSYNC=1`` turns it on.
+FSYNC = os.environ.get("HITHER_FS_FSYNC", "0") not in ("", "0", "false", "no")
+
 
 class CorruptFileError(Exception):
     """A file in the root exists but cannot be what it claims to be."""
@@ -35,7 +41,7 @@ def temp_name(path: str) -> str:
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Call ``write(f)`` on a temporary file, fsync it, then rename it to ``path``.
+    """Call ``write(f)`` on a temporary file, then rename it to ``path``.
 
     On any failure (including a full disk) the temporary file is removed and
     ``path`` is left as it was.
@@ -44,8 +50,9 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     try:
         with open(tmp, mode) as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            if FSYNC:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:

@@ -4,23 +4,24 @@ The root is a plain directory tree, readable by hand::
 
     ROOT/
       root.json                  format version and sharing mode
-      jobs/3f/9a/3f9a.../        one directory per job, sharded by id
+      jobs/3f/3f9a.../           one directory per job, sharded by id
         spec.json                what to run: function, version, arguments
         state.json               status, attempts, worker, timestamps
-        stdout.txt stderr.txt    console output of the attempt that counted
+        stdout.txt stderr.txt    console output of the attempt that counted (if any)
         result.json | error.json the outcome
         runtime.json             host, pid, times, CPU seconds, peak memory
         attempt-N/               scratch of a running attempt (live logs)
       queue/<queue>/<ticket>     one empty file per job ready to run
       pending/<job id>           jobs waiting for upstream jobs
       running/<job id>           jobs claimed by a worker (lease checks)
-      store/ab/cd/<sha1>[.npy]   content-addressed arrays and files
-      cache/ab/cd/<key>.json     job cache entries (for JobCache())
+      store/ab/<sha1>[.npy]      content-addressed arrays and files
+      cache/ab/<key>.json        job cache entries (for JobCache())
       workers/<worker id>.json   worker heartbeats
 
-Ids and hashes are hex, so two levels of two-character shards keep every
-directory small however many jobs or blobs the root holds; the ``queue``,
-``pending`` and ``running`` directories hold only live work.
+Ids and hashes are hex, so one level of 256 shards keeps directories small
+(a million jobs make 4,000 entries per shard) without spending directories on
+small roots; the ``queue``, ``pending`` and ``running`` directories hold only
+live work, so finding the next job never looks at finished ones.
 
 Standard library only: this module also runs inside job containers.
 """
@@ -48,7 +49,7 @@ def check_queue_name(name: str) -> str:
 
 
 def sharded(base: str, key: str) -> str:
-    return os.path.join(base, key[:2], key[2:4], key)
+    return os.path.join(base, key[:2], key)
 
 
 class Layout:

@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 
+from . import files
 from .files import CorruptFileError, makedirs, temp_name
 
 _CHUNK = 1 << 20
@@ -43,7 +44,7 @@ class Store:
             raise ValueError("not a sha1: {!r}".format(sha1))
         if ext not in ("", ".npy"):
             raise ValueError("bad blob extension {!r}".format(ext))
-        return os.path.join(self.path, sha1[:2], sha1[2:4], sha1 + ext)
+        return os.path.join(self.path, sha1[:2], sha1 + ext)
 
     def _commit(self, tmp: str, ext: str) -> str:
         """Hash a finished temp file and move it to its content address."""
@@ -62,8 +63,9 @@ class Store:
         try:
             with open(tmp, "wb") as f:
                 fill(f)
-                f.flush()
-                os.fsync(f.fileno())
+                if files.FSYNC:
+                    f.flush()
+                    os.fsync(f.fileno())
             return self._commit(tmp, ext)
         except BaseException:
             if os.path.exists(tmp):

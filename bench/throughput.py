@@ -1,0 +1,121 @@
+"""No-op jobs per second: hither_fs local workers vs ProcessPoolExecutor vs the filesystem floor.
+
+    python bench/throughput.py [--jobs N]
+
+All three run side by side in one process on the same machine and disk:
+
+* ``hither_fs``: ``ParallelJobHandler(num_workers=2)``, every job written to
+  a fresh root, claimed, run in a forked child, committed, waited for.
+* ``ProcessPoolExecutor(2)``: the standard library, no files at all.
+* ``filesystem floor``: in one process, the fewest file operations a job on a
+  filesystem bus needs - write the spec and a queue ticket, claim by rename,
+  write the result and the final state (each write by temp file + fsync +
+  rename, as hither_fs does) - with no Python job code at all.
+
+It also reports how long ``job.wait()`` takes to notice a finished job.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import hither_fs as hi  # noqa: E402
+from hither_fs.runtime.files import write_json  # noqa: E402
+from noop import noop, noop_plain  # noqa: E402
+
+
+def bench_hither(n, workdir):
+    handler = hi.ParallelJobHandler(num_workers=2)
+    with hi.Config(job_handler=handler, root=os.path.join(workdir, 'root')):
+        noop.run(i=-1).wait()  # workers started and warm
+        t0 = time.perf_counter()
+        jobs = [noop.run(i=i) for i in range(n)]
+        results = [j.wait() for j in jobs]
+        elapsed = time.perf_counter() - t0
+    assert results == list(range(n))
+    handler.halt()
+    return elapsed
+
+
+def bench_pool(n):
+    with ProcessPoolExecutor(2) as pool:
+        pool.submit(noop_plain, -1).result()
+        t0 = time.perf_counter()
+        futures = [pool.submit(noop_plain, i) for i in range(n)]
+        results = [f.result() for f in futures]
+        elapsed = time.perf_counter() - t0
+    assert results == list(range(n))
+    return elapsed
+
+
+def bench_floor(n, workdir):
+    base = os.path.join(workdir, 'floor')
+    queue, running, jobs = (os.path.join(base, d) for d in ('queue', 'running', 'jobs'))
+    for d in (queue, running, jobs):
+        os.makedirs(d)
+    t0 = time.perf_counter()
+    for i in range(n):
+        jdir = os.path.join(jobs, str(i))
+        os.mkdir(jdir)
+        write_json(os.path.join(jdir, 'spec.json'), {'function': 'noop', 'args': {'i': i}})
+        write_json(os.path.join(queue, str(i)), {})
+        os.rename(os.path.join(queue, str(i)), os.path.join(running, str(i)))  # the claim
+        write_json(os.path.join(jdir, 'result.json'), {'value': i})
+        write_json(os.path.join(jdir, 'state.json'), {'status': 'finished'})
+        os.unlink(os.path.join(running, str(i)))
+    return time.perf_counter() - t0
+
+
+def notice_latency(workdir, samples=10):
+    """Seconds between a job's state becoming final and wait() returning."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
+    from jobfuncs import sleepy
+    handler = hi.ParallelJobHandler(num_workers=1)
+    lags = []
+    with hi.Config(job_handler=handler, root=os.path.join(workdir, 'root-latency')):
+        sleepy.run(seconds=0).wait()
+        for _ in range(samples):
+            job = sleepy.run(seconds=0.3)
+            job.wait()
+            returned = time.time()
+            finished = os.stat(os.path.join(job.directory, 'state.json')).st_mtime
+            lags.append(returned - finished)
+    handler.halt()
+    return statistics.median(lags)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--jobs', type=int, default=1000)
+    parser.add_argument('--json', help='also write the numbers to this file')
+    args = parser.parse_args()
+    n = args.jobs
+    with tempfile.TemporaryDirectory() as workdir:
+        t_hither = bench_hither(n, workdir)
+        t_pool = bench_pool(n)
+        t_floor = bench_floor(n, workdir)
+        lag = notice_latency(workdir)
+    rows = [('hither_fs ParallelJobHandler(2)', t_hither), ('ProcessPoolExecutor(2)', t_pool),
+            ('filesystem floor (1 process)', t_floor)]
+    print('{} no-op jobs'.format(n))
+    print('{:34} {:>10} {:>12} {:>16}'.format('', 'seconds', 'jobs/s', 'hither_fs is'))
+    for name, t in rows:
+        ratio = '' if name.startswith('hither') else '{:.1f}x slower'.format(t_hither / t) if t_hither > t \
+            else '{:.1f}x faster'.format(t / t_hither)
+        print('{:34} {:10.3f} {:12.0f} {:>16}'.format(name, t, n / t, ratio))
+    print('wait() notices a finished job after {:.1f} ms (median of 10)'.format(lag * 1000))
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump({'jobs': n, 'seconds': dict(rows), 'notice_latency_s': lag}, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
