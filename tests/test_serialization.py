@@ -54,7 +54,7 @@ def test_same_array_is_stored_once(root, parallel):
     jobs = [echo.run(x=big) for _ in range(20)]
     for j in jobs:
         assert np.array_equal(j.wait(), big)
-    blobs = glob.glob(os.path.join(root.layout.store, '*', '*', '*.npy'))
+    blobs = glob.glob(os.path.join(root.layout.store, '*', '*.npy'))
     assert len(blobs) == 1
 
 
