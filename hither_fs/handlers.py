@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional
 
 from . import queue
@@ -115,14 +116,21 @@ class ParallelJobHandler(JobHandler):
             procs.append(start_worker_process(root, [self.queue_name], parent_pid=os.getpid()))
         self._workers[root.path] = procs
 
-    def halt(self) -> None:
-        """Ask this handler's workers to finish their current jobs and exit."""
-        for procs in self._workers.values():
-            for p in procs:
-                if p.poll() is None:
-                    p.terminate()
-        for procs in self._workers.values():
-            for p in procs:
+    def halt(self, timeout: float = 60.0) -> None:
+        """Ask this handler's workers to finish their current jobs and exit.
+
+        A worker still there after ``timeout`` seconds is killed; its jobs go
+        back to the queue through the lease check of any other worker.
+        """
+        procs = [p for ps in self._workers.values() for p in ps if p.poll() is None]
+        for p in procs:
+            p.terminate()
+        deadline = time.monotonic() + timeout
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
                 p.wait()
         self._workers.clear()
 

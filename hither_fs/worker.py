@@ -187,6 +187,7 @@ class Worker:
         self.id = worker_id or new_worker_id()
         self.running: Dict[int, _Running] = {}
         self.stopping = False
+        self.stop_signal = 0
         self.jobs_done = 0
         self.watcher = LeaseWatcher(root, lease)
         self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots,
@@ -210,6 +211,9 @@ class Worker:
         idle_since = now
         try:
             while True:
+                if self.stop_signal and not self.stopping:
+                    log.info("worker %s: signal %d, finishing running jobs and exiting", self.id, self.stop_signal)
+                    self.stopping = True
                 busy = self._reap()
                 self._police()
                 now = time.monotonic()
@@ -243,8 +247,8 @@ class Worker:
         return 0
 
     def _on_stop_signal(self, signum, frame) -> None:
-        log.info("worker %s: signal %d, finishing running jobs and exiting", self.id, signum)
-        self.stopping = True
+        # only a flag: a handler that did I/O could interrupt the loop's own writes
+        self.stop_signal = signum
 
     def _should_exit(self, idle_for: float) -> bool:
         if self.stopping:

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The whole hither_fs test suite, from a fresh Debian/Ubuntu machine:
+#
+#   sudo tests/run.sh [pytest arguments]
+#
+# 1. installs the system packages the tests use (Slurm, munge, mmdebstrap,
+#    bubblewrap, python3-venv) if they are missing;
+# 2. builds (once, cached) the Debian sid root that provides real Apptainer and
+#    the test image (tests/apptainer/build.sh);
+# 3. copies this checkout and makes a virtualenv for an unprivileged test user
+#    (Apptainer refuses to run as root here, and real cluster users are not
+#    root either);
+# 4. starts the throwaway local Slurm cluster (slurm/cluster.sh) and stops it
+#    again at the end;
+# 5. runs pytest as that user. Its exit code is this script's exit code.
+#
+# Settings: HITHER_FS_TEST_CACHE (default /var/tmp/hither_fs-test) holds the
+# cached builds, the copy and the virtualenv; HITHER_FS_TEST_USER (default
+# hithertest) is the user the tests run as; HITHER_FS_TEST_TIMEOUT (default 45m)
+# bounds the pytest run, so a hung test fails the run instead of stalling it.
+set -euo pipefail
+
+REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${HITHER_FS_TEST_CACHE:-/var/tmp/hither_fs-test}
+TEST_USER=${HITHER_FS_TEST_USER:-hithertest}
+export HITHER_FS_SLURM_DIR=${HITHER_FS_SLURM_DIR:-/tmp/hither_fs-slurm-tests}
+export HITHER_FS_SLURM_CPUS=${HITHER_FS_SLURM_CPUS:-8}
+
+say() { echo "[tests/run.sh] $*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+    exec sudo --preserve-env=HITHER_FS_TEST_CACHE,HITHER_FS_TEST_USER,CI "$0" "$@"
+fi
+
+# 1. system packages --------------------------------------------------------
+packages=(slurm-wlm munge mmdebstrap bubblewrap python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]}"
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# 2. real Apptainer and the test image ----------------------------------------
+HITHER_FS_TEST_CACHE=$CACHE "$REPO/tests/apptainer/build.sh"
+
+# 3. the test user, a copy of the checkout, a virtualenv --------------------------
+id -u "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+TEST_HOME=$(getent passwd "$TEST_USER" | cut -d: -f6)
+as_user() { runuser -u "$TEST_USER" -- "$@"; }
+
+rm -rf "$CACHE/src"
+mkdir -p "$CACHE/src"
+tar -C "$REPO" --exclude=./.git --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$CACHE/src" -xf -
+chown -R "$TEST_USER:" "$CACHE/src"
+if [ ! -x "$CACHE/venv/bin/python" ]; then
+    install -d -o "$TEST_USER" "$CACHE/venv"
+    as_user /usr/bin/python3 -m venv "$CACHE/venv"
+fi
+say "installing hither_fs into $CACHE/venv"
+(cd "$CACHE/src" && as_user "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -e ".[test]")
+
+# 4. the local Slurm cluster ---------------------------------------------------------
+"$REPO/slurm/cluster.sh" start >/dev/null
+trap '"$REPO/slurm/cluster.sh" stop >/dev/null || true' EXIT
+eval "$("$REPO/slurm/cluster.sh" env)"
+
+# 5. pytest, as the test user, with a clean environment ---------------------------------
+say "running pytest as $TEST_USER"
+cd "$CACHE/src"
+set +e
+timeout --kill-after=30 "${HITHER_FS_TEST_TIMEOUT:-45m}" runuser -u "$TEST_USER" -- env -i \
+    HOME="$TEST_HOME" USER="$TEST_USER" LANG=C.UTF-8 \
+    PATH="$CACHE/bin:$CACHE/venv/bin:/usr/local/bin:/usr/bin:/bin" \
+    SLURM_CONF="$SLURM_CONF" HITHER_FS_TEST_CACHE="$CACHE" CI="${CI:-}" \
+    "$CACHE/venv/bin/python" -m pytest -p no:cacheprovider "$@"
+status=$?
+set -e
+exit $status
