@@ -20,6 +20,7 @@ DEFAULTS: Dict[str, Any] = {
     "rerun_failing": False,  # a cached error is run again instead of returned
     "job_timeout": None,     # seconds; the job is killed after that
     "max_attempts": 3,       # tries when a worker running the job is lost
+    "job_resources": None,   # e.g. {"cpus": 4, "memory_gb": 8}: what one job needs (Slurm handlers)
     "root": None,            # the root directory; None: $HITHER_FS_ROOT or ~/.hither_fs
 }
 
@@ -35,10 +36,11 @@ class Config:
 
     def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
                  cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
-                 max_attempts=_UNSET, root=_UNSET):
+                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET):
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
-                     job_timeout=job_timeout, max_attempts=max_attempts, root=root)
+                     job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
+                     root=root)
         self.options = {k: v for k, v in given.items() if v is not _UNSET}
         _check(self.options)
 
@@ -80,6 +82,14 @@ def _check(options: Dict[str, Any]) -> None:
     handler = options.get("job_handler")
     if handler is not None and not hasattr(handler, "queue_for"):
         raise TypeError("job_handler must be a hither_fs job handler, not {!r}".format(handler))
+    resources = options.get("job_resources")
+    if resources is not None:
+        if not isinstance(resources, dict) or set(resources) - {"cpus", "memory_gb", "gpus"}:
+            raise ValueError("job_resources must be a dict with keys among cpus, memory_gb, gpus, not {!r}"
+                             .format(resources))
+        for k, v in resources.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError("job_resources[{!r}] must be a non-negative number, not {!r}".format(k, v))
     cache = options.get("job_cache")
     if cache not in (None, False) and not hasattr(cache, "lookup"):
         raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))

@@ -36,6 +36,10 @@ class JobHandler:
     def queue_for(self, root: Root) -> str:
         raise NotImplementedError
 
+    def resources_for(self, requested: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
+        """What a job needs, recorded in its spec (``Config(job_resources=...)``)."""
+        return dict(requested) if requested else None
+
     def submitted(self, root: Root, job) -> None:
         """Called after a job of this handler was written to the root."""
 

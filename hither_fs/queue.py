@@ -10,7 +10,7 @@ always the truth, and a ticket that disagrees with it is simply dropped.
 import os
 import shutil
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import filelock
 
@@ -122,8 +122,10 @@ def queue_tickets(root: Root, queue: str) -> List[str]:
         return []
 
 
-def try_claim(root: Root, queue: str, ticket: str, worker_id: str) -> Optional[Claim]:
-    """Claim the job behind one queue ticket, or return None if someone else has it."""
+def try_claim(root: Root, queue: str, ticket: str, worker_id: str,
+              fits: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Optional[Claim]:
+    """Claim the job behind one queue ticket, or return None if someone else has
+    it (or ``fits(spec)`` says this worker cannot take it now)."""
     job_id = ticket.rsplit("-", 1)[-1]
     ticket_path = os.path.join(root.layout.queue_dir(queue), ticket)
     try:
@@ -138,6 +140,8 @@ def try_claim(root: Root, queue: str, ticket: str, worker_id: str) -> Optional[C
                 return None
             if state["status"] != QUEUED:
                 remove_quietly(ticket_path)  # stale index entry
+                return None
+            if fits is not None and not fits(spec):
                 return None
             attempt = int(state.get("attempt", 0)) + 1
             state.update(status=RUNNING, attempt=attempt, worker=worker_id, started=now_iso())
@@ -234,8 +238,14 @@ def cancel(root: Root, job_id: str) -> str:
 
 # -- lost workers ------------------------------------------------------------------
 
-def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str) -> Optional[str]:
-    """Hand a job whose worker is gone back to the queue (or fail it after too many tries)."""
+def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str,
+                 count_attempt: bool = True) -> Optional[str]:
+    """Hand a job back to the queue from a worker that is gone or leaving.
+
+    A counted attempt brings the job closer to failing with ``WorkerLostError``
+    (after ``max_attempts``); an uncounted one (a worker that saw its time
+    limit coming and gave the job back in time) does not.
+    """
     with root.lock(job_id):
         state = root.read_state(job_id)
         if state["status"] in FINAL_STATUSES:
@@ -251,7 +261,9 @@ def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str
             _fail(root, job_id, state, cancelled_record(job_id, "while running (its worker was lost)"),
                   CANCELLED)
             return CANCELLED
-        if attempt >= max_attempts:
+        if not count_attempt:
+            state["attempt"] = attempt - 1
+        elif attempt >= max_attempts:
             _fail(root, job_id, state, {
                 "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
                 "message": "worker lost {} times, giving up (last: {})".format(attempt, why),

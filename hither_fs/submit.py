@@ -78,6 +78,7 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         "container": _container_image(fn, cfg["container"]),
         "timeout": cfg["job_timeout"],
         "max_attempts": cfg["max_attempts"],
+        "resources": handler.resources_for(cfg["job_resources"]),
         "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"])},
         "submitted_by": {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser()},
         "cwd": os.getcwd(),

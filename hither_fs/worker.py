@@ -101,6 +101,7 @@ class Heartbeat:
 
     def remove(self) -> None:
         remove_quietly(self.path)
+        remove_quietly(self.root.layout.worker_stop_request(self.info["id"]))
 
 
 class LeaseWatcher:
@@ -166,32 +167,52 @@ class _Running:
 class Worker:
     """A worker daemon serving one or more queues of a root.
 
+    ``slots``: jobs run at once. ``cpus`` and ``memory_gb``: what the worker
+    may use in all (a job's spec says what it needs; unlimited if None).
     ``idle_timeout``: exit after that many seconds with nothing to do.
     ``parent_pid``: a local worker's submitting process; once it is gone the
     worker drains its queues and exits.
+    ``time_limit``: seconds this worker may live (a Slurm allocation's time
+    limit). ``drain_margin`` seconds before that, running jobs are handed back
+    to the queue for another worker, and jobs that cannot finish in time
+    (their ``job_timeout`` says so) are not claimed. Slurm's warning signal
+    (``sbatch --signal=B:USR1@N``) makes the worker stop claiming at once.
+
+    Signals: SIGTERM or SIGINT let running jobs finish, then the worker exits;
+    inside a Slurm allocation SIGTERM means the allocation is being cancelled,
+    so running jobs are handed back at once instead.
     """
 
     def __init__(self, root: Root, queues: List[str], slots: int = 1, *,
+                 cpus: Optional[float] = None, memory_gb: Optional[float] = None,
                  idle_timeout: Optional[float] = None, lease: float = 30.0, heartbeat: float = 2.0,
                  parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
+                 time_limit: Optional[float] = None, drain_margin: float = 20.0,
                  worker_id: Optional[str] = None):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.root = root
         self.queues = [check_queue_name(q) for q in queues]
         self.slots = slots
+        self.cpus = cpus
+        self.memory_gb = memory_gb
         self.idle_timeout = idle_timeout
         self.heartbeat_interval = heartbeat
         self.parent_pid = parent_pid
         self.max_jobs = max_jobs
+        self.drain_margin = drain_margin
+        self.deadline = None if time_limit is None else time.monotonic() + time_limit - drain_margin
         self.id = worker_id or new_worker_id()
         self.running: Dict[int, _Running] = {}
-        self.stopping = False
+        self.stopping = False   # claim nothing more; exit when running jobs are done
+        self.draining = False   # claim nothing more (the allocation is ending)
         self.stop_signal = 0
+        self.warning_signal = 0
+        self.in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
         self.jobs_done = 0
         self.watcher = LeaseWatcher(root, lease)
-        self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots,
-                                                  **base_runtime(self.id)})
+        self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots, "cpus": cpus,
+                                                  "memory_gb": memory_gb, **base_runtime(self.id)})
 
     # -- the loop ----------------------------------------------------------------
 
@@ -201,6 +222,7 @@ class Worker:
             raise PermissionError("refusing to run jobs from {}: {}".format(self.root.path, reason))
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGUSR1, self._on_warning_signal)
         # SIGCHLD stays pending while blocked, so the loop can sleep in
         # sigtimedwait and wake the moment a job process exits.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
@@ -211,15 +233,15 @@ class Worker:
         idle_since = now
         try:
             while True:
-                if self.stop_signal and not self.stopping:
-                    log.info("worker %s: signal %d, finishing running jobs and exiting", self.id, self.stop_signal)
-                    self.stopping = True
                 busy = self._reap()
-                self._police()
                 now = time.monotonic()
+                if self._handle_stop_conditions(now):
+                    break
+                self._police()
                 if now >= next_beat:
                     self.heartbeat.beat(jobs=[r.claim.job_id for r in self.running.values()],
-                                        state="stopping" if self.stopping else "running")
+                                        state="stopping" if self.stopping else
+                                        "draining" if self.draining else "running")
                     next_beat = now + self.heartbeat_interval
                 if busy or now >= next_pending:
                     busy |= queue.promote_pending(self.root) > 0
@@ -227,7 +249,7 @@ class Worker:
                 if now >= next_lease:
                     self.watcher.recover(skip=self.id)
                     next_lease = now + max(0.5, self.watcher.lease / 4)
-                if not self.stopping:
+                if not (self.stopping or self.draining):
                     busy |= self._claim()
                 if self.running or busy:
                     idle_since = now
@@ -247,8 +269,51 @@ class Worker:
         return 0
 
     def _on_stop_signal(self, signum, frame) -> None:
-        # only a flag: a handler that did I/O could interrupt the loop's own writes
+        # only flags: a handler that did I/O could interrupt the loop's own writes
         self.stop_signal = signum
+
+    def _on_warning_signal(self, signum, frame) -> None:
+        self.warning_signal = signum
+
+    def _handle_stop_conditions(self, now: float) -> bool:
+        """Act on signals, stop requests and the deadline; True means exit now."""
+        if self.stop_signal and not self.stopping:
+            self.stopping = True
+            if self.in_slurm and self.stop_signal == signal.SIGTERM:
+                log.warning("worker %s: allocation cancelled, handing back %d job(s)", self.id, len(self.running))
+                self._hand_back_all("its Slurm allocation was cancelled", count_attempt=True)
+                return True
+            log.info("worker %s: signal %d, finishing running jobs and exiting", self.id, self.stop_signal)
+        if self.warning_signal and not self.draining:
+            self.draining = True
+            log.info("worker %s: end-of-allocation warning, claiming no more jobs", self.id)
+        if not self.stopping and os.path.exists(self.root.layout.worker_stop_request(self.id)):
+            self.stopping = True
+            log.info("worker %s: stop requested, finishing running jobs and exiting", self.id)
+        if self.deadline is not None and now >= self.deadline:
+            if self.running:
+                log.warning("worker %s: time limit near, handing back %d job(s)", self.id, len(self.running))
+            self._hand_back_all("its worker reached the end of its time limit", count_attempt=False)
+            return True
+        return False
+
+    def _hand_back_all(self, why: str, count_attempt: bool) -> None:
+        """Kill the running jobs and put them back in the queue for another worker."""
+        for run in list(self.running.values()):
+            if run.pid > 0:
+                kill_tree(run.pid)
+        for key, run in list(self.running.items()):
+            if run.pid > 0:
+                try:
+                    os.waitpid(run.pid, 0)
+                except ChildProcessError:
+                    pass
+            try:
+                queue.requeue_lost(self.root, run.claim.job_id, self.id, run.claim.attempt, why,
+                                   count_attempt=count_attempt)
+            except Exception:
+                log.exception("could not hand back job %s", run.claim.job_id)
+            del self.running[key]
 
     def _should_exit(self, idle_for: float) -> bool:
         if self.stopping:
@@ -284,11 +349,24 @@ class Worker:
                     return claimed
                 if self.max_jobs is not None and self.jobs_done + len(self.running) >= self.max_jobs:
                     return claimed
-                claim = queue.try_claim(self.root, q, ticket, self.id)
+                claim = queue.try_claim(self.root, q, ticket, self.id, fits=self._fits)
                 if claim is not None:
                     self._start(claim)
                     claimed = True
         return claimed
+
+    def _fits(self, spec: Dict[str, Any]) -> bool:
+        """Whether a job's needs fit in what is free now (and in the time left)."""
+        need = spec.get("resources") or {}
+        for key, capacity in (("cpus", self.cpus), ("memory_gb", self.memory_gb)):
+            if capacity is not None and need.get(key):
+                used = sum((r.claim.spec.get("resources") or {}).get(key) or 0 for r in self.running.values())
+                if used + need[key] > capacity + 1e-9:
+                    return False
+        timeout = spec.get("timeout")
+        if self.deadline is not None and timeout and time.monotonic() + timeout > self.deadline:
+            return False
+        return True
 
     def _start(self, claim: queue.Claim) -> None:
         adir = self.root.layout.attempt_dir(claim.job_id, claim.attempt)
@@ -362,6 +440,12 @@ class Worker:
 
     def _finish(self, run: _Running, runtime: Dict[str, Any], status: Optional[int]) -> None:
         failure = run.failure
+        if failure is None and status is not None and os.WIFSIGNALED(status) and self.stop_signal:
+            # killed along with this worker (scancel signals the whole allocation): not the job's fault
+            queue.requeue_lost(self.root, run.claim.job_id, self.id, run.claim.attempt,
+                               "killed by signal {} while its worker was being stopped".format(
+                                   os.WTERMSIG(status)), count_attempt=True)
+            return
         if failure is None and status is not None and os.WIFSIGNALED(status):
             failure = {"type": "JobProcessError", "module": "hither_fs", "stage": "running",
                        "message": "the job process was killed by signal {}".format(os.WTERMSIG(status)),

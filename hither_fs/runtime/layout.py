@@ -16,7 +16,9 @@ The root is a plain directory tree, readable by hand::
       running/<job id>           jobs claimed by a worker (lease checks)
       store/ab/<sha1>[.npy]      content-addressed arrays and files
       cache/ab/<key>.json        job cache entries (for JobCache())
-      workers/<worker id>.json   worker heartbeats
+      workers/<worker id>.json   worker heartbeats (and <worker id>.stop requests)
+      images/                    container images pulled for this root
+      logs/                      worker logs (local and Slurm allocations)
 
 Ids and hashes are hex, so one level of 256 shards keeps directories small
 (a million jobs make 4,000 entries per shard) without spending directories on
@@ -90,3 +92,6 @@ class Layout:
 
     def worker_file(self, worker_id: str) -> str:
         return os.path.join(self.workers, worker_id + ".json")
+
+    def worker_stop_request(self, worker_id: str) -> str:
+        return os.path.join(self.workers, worker_id + ".stop")
