@@ -6,6 +6,7 @@ root, as the only thing connecting the parts.
 """
 
 from .cache import JobCache
+from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
 from .errors import (JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError,
                      UpstreamJobError, WorkerLostError)
@@ -14,11 +15,13 @@ from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .job import Job, get_job
 from .root import Root, RootError
 from .runtime.serialization import File
+from .slurm import SlurmJobHandler
 from .submit import wait
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ComputeResource",
     "Config",
     "DefaultJobHandler",
     "File",
@@ -30,8 +33,10 @@ __all__ = [
     "JobNotFinishedError",
     "JobTimeoutError",
     "ParallelJobHandler",
+    "RemoteJobHandler",
     "Root",
     "RootError",
+    "SlurmJobHandler",
     "UpstreamJobError",
     "WorkerLostError",
     "container",

@@ -9,7 +9,6 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from . import queue
 from .root import FINAL_STATUSES, Root
-from .runtime.files import read_json
 from .runtime.layout import check_job_id
 
 
@@ -100,18 +99,77 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from .slurm import parse_slurm_time
     from .worker import Worker
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = Root.get(args.root)
-    worker = Worker(root, args.queue or ["local"], slots=args.slots, idle_timeout=args.idle_timeout,
-                    lease=args.lease, heartbeat=args.heartbeat, parent_pid=args.parent_pid,
-                    max_jobs=args.max_jobs)
+    time_limit = parse_slurm_time(args.time_limit) if args.time_limit else None
+    worker = Worker(root, args.queue or ["local"], slots=args.slots, cpus=args.cpus, memory_gb=args.memory_gb,
+                    idle_timeout=args.idle_timeout, lease=args.lease, heartbeat=args.heartbeat,
+                    parent_pid=args.parent_pid, max_jobs=args.max_jobs, time_limit=time_limit,
+                    drain_margin=args.drain_margin)
     try:
         return worker.run()
     except PermissionError as exc:
         print("hither-fs worker: {}".format(exc), file=sys.stderr)
         return 2
+
+
+def cmd_workers_ls(args) -> int:
+    from .slurm import live_workers
+    root = Root.get(args.root)
+    rows = sorted(live_workers(root, max_age=float("inf")), key=lambda hb: hb.get("started", ""))
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print("{:32}  {:10}  {:9}  {:16}  {:5}  {:8}  {:>9}  {}".format(
+        "WORKER", "HOST", "SLURM JOB", "QUEUES", "SLOTS", "STATE", "LAST BEAT", "JOBS"))
+    for hb in rows:
+        print("{:32}  {:10.10}  {:9}  {:16.16}  {:5}  {:8}  {:>8.0f}s  {}".format(
+            hb.get("id", "?"), hb.get("host", "?"), str(hb.get("slurm_job_id") or "-"),
+            ",".join(hb.get("queues", [])), str(hb.get("slots", "")), hb.get("state", "?"),
+            hb["age_seconds"], " ".join(hb.get("jobs", [])) or "-"))
+    return 0
+
+
+def cmd_workers_stop(args) -> int:
+    from .runtime.files import write_json
+    from .slurm import live_workers
+    root = Root.get(args.root)
+    chosen = [hb for hb in live_workers(root, max_age=float("inf"))
+              if args.all or hb.get("id") in args.worker_ids or set(args.queue or []) & set(hb.get("queues", []))]
+    if not chosen:
+        print("no such workers", file=sys.stderr)
+        return 1
+    for hb in chosen:
+        write_json(root.layout.worker_stop_request(hb["id"]), {"requested": True})
+        print("{}: asked to stop after its running jobs".format(hb["id"]))
+    return 0
+
+
+def cmd_workers_submit(args) -> int:
+    from .slurm import Allocation
+    root = Root.get(args.root)
+    alloc = Allocation(partition=args.partition, time_limit=args.time, slots=args.slots,
+                       cpus_per_slot=args.cpus_per_slot, memory_gb_per_slot=args.memory_gb_per_slot,
+                       idle_timeout=args.idle_timeout, sbatch_args=args.sbatch_arg or [])
+    for _ in range(args.count):
+        print("submitted allocation {} for queue {}".format(alloc.submit(root, args.queue), args.queue))
+    return 0
+
+
+def cmd_fsck(args) -> int:
+    from .fsck import fsck
+    root = Root.get(args.root)
+    findings = fsck(root, repair=args.repair)
+    for f in findings:
+        tag = "DAMAGED" if f.damage else "repaired" if f.repaired else "stale"
+        print("{:8}  {}: {}".format(tag, f.path, f.problem))
+    damaged = sum(f.damage for f in findings)
+    print("{}: {} damaged, {} stale ({} repaired)".format(
+        root.path, damaged, len(findings) - damaged, sum(f.repaired for f in findings)))
+    return 1 if damaged else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("--queue", action="append", help="queue to serve (repeatable; default: local)")
     p.add_argument("--slots", type=int, default=1, help="jobs run at once (default 1)")
+    p.add_argument("--cpus", type=float, default=None, help="CPUs the jobs may use in all (default: no limit)")
+    p.add_argument("--memory-gb", type=float, default=None, help="memory the jobs may use in all")
     p.add_argument("--idle-timeout", type=float, default=None, help="exit after this many idle seconds")
+    p.add_argument("--time-limit", default=None,
+                   help="the allocation's time limit (Slurm format, e.g. 1:00:00); jobs are handed back "
+                        "--drain-margin seconds before it")
+    p.add_argument("--drain-margin", type=float, default=20.0, help="default 20")
     p.add_argument("--lease", type=float, default=30.0,
                    help="seconds without a heartbeat before another worker's jobs are taken back")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
@@ -153,6 +217,37 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stderr", action="store_true")
     p.set_defaults(func=cmd_logs)
 
+    workers = sub.add_parser("workers", help="worker daemons: list, stop, submit Slurm allocations")
+    wsub = workers.add_subparsers(dest="workers_command", required=True)
+    p = wsub.add_parser("ls", help="list workers from their heartbeats")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_workers_ls)
+    p = wsub.add_parser("stop", help="ask workers to finish their running jobs and exit")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("worker_ids", nargs="*")
+    p.add_argument("--queue", action="append", help="stop the workers serving this queue")
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_workers_stop)
+    p = wsub.add_parser("submit", help="submit worker allocations with sbatch")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--queue", default="slurm", help="queue to serve (default: slurm, as SlurmJobHandler)")
+    p.add_argument("--count", type=int, default=1, help="number of allocations")
+    p.add_argument("--partition")
+    p.add_argument("--time", default="01:00:00", help="time limit (default 01:00:00)")
+    p.add_argument("--slots", type=int, default=4)
+    p.add_argument("--cpus-per-slot", type=int, default=1)
+    p.add_argument("--memory-gb-per-slot", type=float, default=2.0)
+    p.add_argument("--idle-timeout", type=float, default=120.0)
+    p.add_argument("--sbatch-arg", action="append", help="extra sbatch argument (repeatable)")
+    p.set_defaults(func=cmd_workers_submit)
+
+    p = sub.add_parser("fsck", help="check the whole root; report damaged files")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--repair", action="store_true",
+                   help="remove stale tickets and temp files of dead writers (damaged data is only reported)")
+    p.set_defaults(func=cmd_fsck)
+
     p = sub.add_parser("cancel", help="cancel jobs (running ones are killed)")
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("job_ids", nargs="+")
@@ -164,6 +259,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, LookupError, OSError) as exc:
+    except (ValueError, LookupError, OSError, RuntimeError) as exc:
         print("hither-fs: {}".format(exc), file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ class HitherFunction:
         self.name = name
         self.version = version
         self.container: Optional[str] = getattr(fn, "_hither_container", None)
+        self.container_gpu: bool = getattr(fn, "_hither_container_gpu", False)
         self.local_modules = list(local_modules or [])
         self.additional_files = list(additional_files or [])
 
@@ -88,6 +89,9 @@ def function(name: str, version: str, *, local_modules: Optional[List[str]] = No
     for label, value in (("local_modules", local_modules), ("additional_files", additional_files)):
         if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise TypeError("hither function {!r}: {} must be a list of strings".format(name, label))
+    if additional_files:
+        from .codeenv import check_patterns
+        check_patterns(additional_files, name)
 
     def decorate(fn: Callable) -> HitherFunction:
         if isinstance(fn, HitherFunction):
@@ -110,20 +114,21 @@ def function(name: str, version: str, *, local_modules: Optional[List[str]] = No
     return decorate
 
 
-def container(image: str) -> Callable:
+def container(image: str, *, gpu: bool = False) -> Callable:
     """Declare the container image a function runs in when ``Config(container=True)``.
 
     ``image`` is a ``docker://``, ``library://`` or ``oras://`` URL, a ``.sif``
     file or a sandbox directory. Works above or below ``@hi.function``.
+    ``gpu=True`` passes the host's NVIDIA GPUs into the container (``--nv``).
     """
     if not isinstance(image, str) or not image.strip():
         raise ValueError("@hi.container needs an image URL or path, not {!r}".format(image))
 
     def decorate(fn):
         if isinstance(fn, HitherFunction):
-            fn.container = image
+            fn.container, fn.container_gpu = image, bool(gpu)
         else:
-            fn._hither_container = image
+            fn._hither_container, fn._hither_container_gpu = image, bool(gpu)
         return fn
     return decorate
 

@@ -13,7 +13,7 @@ from . import queue
 from .errors import JobNotFinishedError, job_error
 from .root import FINAL_STATUSES, FINISHED, PENDING, Root
 from .runtime.execute import upstream_value
-from .runtime.files import read_text_tail
+from .runtime.files import CorruptFileError, read_text_tail
 
 _UNSET = object()
 
@@ -44,7 +44,10 @@ class Job:
 
     @property
     def function_name(self) -> str:
-        return self.spec["function"]["name"]
+        try:
+            return self.spec["function"]["name"]
+        except CorruptFileError:
+            return "?"  # the damaged spec is reported by the job's error
 
     @property
     def directory(self) -> str:

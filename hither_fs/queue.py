@@ -16,13 +16,18 @@ import filelock
 
 from .root import (CANCELLED, ERROR, FINAL_STATUSES, FINISHED, PENDING, QUEUED, RUNNING,
                    Root, now_iso)
-from .runtime.files import read_json, remove_quietly, write_json
+from .runtime.files import CorruptFileError, read_json, remove_quietly, write_json
 
 DEFAULT_MAX_ATTEMPTS = 3
 
 
 def _queue_ticket(root: Root, queue: str, job_id: str) -> str:
     return os.path.join(root.layout.queue_dir(queue), "{:020d}-{}".format(time.time_ns(), job_id))
+
+
+def add_ticket(root: Root, queue: str, job_id: str) -> None:
+    """Index a queued job in ``queue/<queue>/`` (tickets sort oldest first)."""
+    root.write_ticket(_queue_ticket(root, queue, job_id), {})
 
 
 def add_job(root: Root, job_id: str, spec: Dict[str, Any], waiting_on: List[str]) -> None:
@@ -35,7 +40,7 @@ def add_job(root: Root, job_id: str, spec: Dict[str, Any], waiting_on: List[str]
     if waiting_on:
         root.write_ticket(root.layout.pending_ticket(job_id), {"queue": spec["queue"]})
     else:
-        root.write_ticket(_queue_ticket(root, spec["queue"], job_id), {})
+        add_ticket(root, spec["queue"], job_id)
 
 
 def write_outcome(root: Root, job_id: str, name: str, record: Dict[str, Any]) -> None:
@@ -94,7 +99,7 @@ def promote_pending(root: Root) -> int:
                     if verdict is None:
                         state["status"] = QUEUED
                         root.write_state(job_id, state)
-                        root.write_ticket(_queue_ticket(root, state["queue"], job_id), {})
+                        add_ticket(root, state["queue"], job_id)
                     else:
                         _fail(root, job_id, state, verdict)
                     changed += 1
@@ -136,6 +141,14 @@ def try_claim(root: Root, queue: str, ticket: str, worker_id: str,
                 state = root.read_state(job_id)
                 spec = root.read_spec(job_id)
             except FileNotFoundError:
+                remove_quietly(ticket_path)
+                return None
+            except CorruptFileError as exc:
+                # never run from a damaged record: the job fails, naming the file
+                state = root.read_job_file(job_id, "state.json", {}) if "state.json" not in exc.path else {}
+                state.setdefault("queue", queue)
+                _fail(root, job_id, state, {"type": "CorruptFileError", "module": "hither_fs",
+                                            "stage": "claiming", "message": str(exc), "traceback": ""})
                 remove_quietly(ticket_path)
                 return None
             if state["status"] != QUEUED:
@@ -187,7 +200,12 @@ def commit_attempt(root: Root, claim: Claim, worker_id: str, runtime: Dict[str, 
             src = os.path.join(adir, name)
             if os.path.exists(src) and os.path.getsize(src) > 0:
                 os.replace(src, os.path.join(jdir, name))
-        write_json(os.path.join(jdir, "runtime.json"), runtime)
+        try:  # facts the attempt recorded about itself (a container job's image), under the worker's
+            attempt_facts = read_json(os.path.join(adir, "runtime.json"), {}, missing_ok=True)
+        except Exception:
+            attempt_facts = {}
+        attempt_facts = attempt_facts if isinstance(attempt_facts, dict) else {}
+        write_json(os.path.join(jdir, "runtime.json"), dict(attempt_facts, **runtime))
         if failure is None and _move_if_exists(os.path.join(adir, "result.json"), os.path.join(jdir, "result.json")):
             status = FINISHED
             remove_quietly(os.path.join(jdir, "error.json"))
@@ -263,6 +281,14 @@ def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str
             return CANCELLED
         if not count_attempt:
             state["attempt"] = attempt - 1
+            state["handed_back"] = int(state.get("handed_back", 0)) + 1
+            if state["handed_back"] > max_attempts:
+                _fail(root, job_id, state, {
+                    "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
+                    "message": "handed back {} times because its workers' time ran out before it finished "
+                               "(last: {}); give the allocations a longer time limit".format(
+                                   state["handed_back"], why), "traceback": ""})
+                return ERROR
         elif attempt >= max_attempts:
             _fail(root, job_id, state, {
                 "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
@@ -271,7 +297,7 @@ def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str
             return ERROR
         state.update(status=QUEUED, worker=None, requeued=why)
         root.write_state(job_id, state)
-        root.write_ticket(_queue_ticket(root, state["queue"], job_id), {})
+        add_ticket(root, state["queue"], job_id)
         return QUEUED
 
 

@@ -86,6 +86,9 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         "created": now_iso(),
     }
 
+    if spec["container"]:
+        _prepare_container_job(fn, root, spec)
+
     if cache is not None and not cfg["force_run"]:
         with cache.lock(root, key):
             entry = cache.lookup(root, key)
@@ -102,6 +105,22 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
     with _jobs_lock:
         _jobs.append(job)
     return job
+
+
+def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:
+    """Take the function's code along (see :mod:`hither_fs.codeenv`) and pin down the image.
+
+    A container job starts in its attempt directory, not the submitter's
+    working directory (which the container does not see).
+    """
+    from .codeenv import capture
+    from .containers import is_pulled
+    if not is_pulled(spec["container"]):
+        spec["container"] = os.path.abspath(os.path.expanduser(spec["container"]))
+    fn.check_importable()
+    spec["code"] = capture(fn, root.store)
+    spec["gpu"] = bool(getattr(fn, "container_gpu", False))
+    spec["chdir"] = False
 
 
 def _create(root: Root, spec: Dict[str, Any], handler) -> Job:

@@ -27,7 +27,8 @@ import psutil
 from . import queue
 from .cache import JobCache
 from .root import ERROR, FINISHED, Root, now_iso
-from .runtime.execute import run_attempt
+from .containers import run_container_attempt
+from .runtime.execute import append_console, run_attempt
 from .runtime.files import read_json, remove_quietly, write_json
 from .runtime.layout import check_queue_name
 
@@ -233,24 +234,31 @@ class Worker:
         idle_since = now
         try:
             while True:
-                busy = self._reap()
-                now = time.monotonic()
-                if self._handle_stop_conditions(now):
-                    break
-                self._police()
-                if now >= next_beat:
-                    self.heartbeat.beat(jobs=[r.claim.job_id for r in self.running.values()],
-                                        state="stopping" if self.stopping else
-                                        "draining" if self.draining else "running")
-                    next_beat = now + self.heartbeat_interval
-                if busy or now >= next_pending:
-                    busy |= queue.promote_pending(self.root) > 0
-                    next_pending = now + 0.25
-                if now >= next_lease:
-                    self.watcher.recover(skip=self.id)
-                    next_lease = now + max(0.5, self.watcher.lease / 4)
-                if not (self.stopping or self.draining):
-                    busy |= self._claim()
+                try:
+                    busy = self._reap()
+                    now = time.monotonic()
+                    if self._handle_stop_conditions(now):
+                        break
+                    self._police()
+                    # beat on time, and soon after the set of running jobs changes
+                    if now >= next_beat or (busy and now >= next_beat - self.heartbeat_interval + 0.5):
+                        self.heartbeat.beat(jobs=[r.claim.job_id for r in self.running.values()],
+                                            state="stopping" if self.stopping else
+                                            "draining" if self.draining else "running")
+                        next_beat = now + self.heartbeat_interval
+                    if busy or now >= next_pending:
+                        busy |= queue.promote_pending(self.root) > 0
+                        next_pending = now + 0.25
+                    if now >= next_lease:
+                        self.watcher.recover(skip=self.id)
+                        next_lease = now + max(0.5, self.watcher.lease / 4)
+                    if not (self.stopping or self.draining):
+                        busy |= self._claim()
+                except Exception:
+                    # a damaged file or a full disk must not end the worker: report, back off, go on
+                    log.exception("worker %s: error in its loop, carrying on", self.id)
+                    time.sleep(0.5)
+                    continue
                 if self.running or busy:
                     idle_since = now
                 elif self._should_exit(now - idle_since):
@@ -371,26 +379,26 @@ class Worker:
     def _start(self, claim: queue.Claim) -> None:
         adir = self.root.layout.attempt_dir(claim.job_id, claim.attempt)
         self.root.makedirs(adir)
-        if claim.spec.get("container"):
-            run = _Running(claim, -1)
-            run.failure = {"type": "NotImplementedError", "module": "builtins", "stage": "starting",
-                           "message": "this worker cannot run containerized jobs (image {})".format(
-                               claim.spec["container"]), "traceback": ""}
-            self.running[-id(run)] = run
-            return
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the job process
             code = 3
             try:
                 os.setsid()
+                _die_with_parent(parent)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 _redirect_console(adir)
                 os.environ["HITHER_FS_JOB_ID"] = claim.job_id
-                code = 0 if run_attempt(self.root.path, claim.job_id, claim.attempt) else 1
+                if claim.spec.get("container"):
+                    append_console(adir)  # the job in the container appends to the same files
+                    ok = run_container_attempt(self.root.path, claim.job_id, claim.attempt, claim.spec)
+                else:
+                    ok = run_attempt(self.root.path, claim.job_id, claim.attempt)
+                code = 0 if ok else 1
             finally:
                 os._exit(code)
         self.running[pid] = _Running(claim, pid)
@@ -459,6 +467,22 @@ class Worker:
             final = None
         self.jobs_done += 1
         log.info("job %s (%s) -> %s", run.claim.job_id, run.claim.spec["function"]["name"], final)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this job process if its worker dies (Linux).
+
+    A worker killed outright cannot kill its jobs; without this they would
+    run on as orphans while the job is re-run elsewhere.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os._exit(1)
 
 
 def _redirect_console(adir: str) -> None:

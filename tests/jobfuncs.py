@@ -84,3 +84,15 @@ def spawn_tree(pid_file):
         f.write('{} {}'.format(os.getpid(), p.pid))
     os.replace(pid_file + '.tmp', pid_file)
     time.sleep(600)
+
+
+@hi.function('sumsqr', '0.1.0')
+def sumsqr(x):
+    return np.sum(x ** 2)
+
+
+@hi.function('chaos_square', '0.1.0')
+def chaos_square(i):
+    import random
+    time.sleep(random.random() * 0.02)
+    return i * i

@@ -59,6 +59,17 @@ def _load_script(path: str) -> Any:
     return module
 
 
+def function_in_code_env(fspec: Dict[str, Any], code: Dict[str, Any], code_dir: str) -> Dict[str, Any]:
+    """The ``function`` entry of a spec, pointed at the job's unpacked code environment.
+
+    ``code`` is the spec's ``code`` entry (see :mod:`hither_fs.codeenv`): the
+    module name and file of the function inside the environment, whose top
+    directory is the one import root.
+    """
+    return dict(fspec, module=code["module"], file=os.path.join(code_dir, code["file"]),
+                import_root=code_dir)
+
+
 def import_function(fspec: Dict[str, Any]) -> Tuple[Callable, Any]:
     """Return ``(callable, defined_version)`` for a spec's ``function`` entry."""
     name = fspec["name"]

@@ -11,7 +11,11 @@ Console capture is the launcher's business (file descriptors redirected to
 processes is captured too.
 
 Standard library and numpy only, Python 3.8+: this module also runs inside
-job containers, as ``python3 -m hither_fs.runtime.execute ROOT JOB_ID ATTEMPT``.
+job containers, as ``python3 -m hither_fs.runtime.execute ROOT JOB_ID ATTEMPT``
+with ``--code DIR`` (the job's unpacked code environment, where the function
+is imported from) and ``--console DIR`` (append stdout and stderr to the
+attempt's files: the container runner on the host cannot hand its own file
+descriptors through spython, which captures the output of what it runs).
 """
 
 import os
@@ -19,7 +23,7 @@ import sys
 import traceback
 from typing import Any, Callable, Dict, Optional
 
-from .code import import_function
+from .code import function_in_code_env, import_function
 from .files import makedirs, read_json, write_json
 from .layout import Layout
 from .serialization import decode, encode
@@ -42,11 +46,15 @@ def upstream_value(layout: Layout, store: Store, job_id: str) -> Any:
     return decode(record["value"], store)
 
 
-def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callable] = None) -> bool:
+def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callable] = None,
+                code_dir: Optional[str] = None) -> bool:
     """Run the job once; return True if the function returned a value.
 
     ``function`` skips the import when the caller already holds the callable
-    (a job run inside the submitting process).
+    (a job run inside the submitting process). ``code_dir`` is given inside a
+    container: the function is imported from the job's code environment.
+    A containerized job reaching this on the host (the in-process handler)
+    is handed to :mod:`hither_fs.containers`, which runs the container.
     """
     layout = Layout(root)
     store = Store(layout.store)
@@ -56,6 +64,12 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
     try:
         spec = read_json(layout.job_file(job_id, "spec.json"))
         fspec = spec["function"]
+        if spec.get("container") and code_dir is None:
+            from hither_fs.containers import run_container_attempt  # host side only: never inside a container
+            return run_container_attempt(root, job_id, attempt, spec)
+        if code_dir is not None:
+            fspec = function_in_code_env(fspec, spec["code"], code_dir)
+            function = None
         if function is None:
             stage = "importing function {!r}".format(fspec["name"])
             function, version = import_function(fspec)
@@ -92,12 +106,35 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
             pass
 
 
+def append_console(directory: str) -> None:
+    """Send this process's stdout and stderr to the end of ``directory``'s console files."""
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
+        out = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(out, fd)
+        os.close(out)
+    try:
+        sys.stdout.reconfigure(line_buffering=True)
+        sys.stderr.reconfigure(line_buffering=True)
+    except AttributeError:
+        pass
+
+
 def main(argv=None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = {}
+    while len(args) > 1 and args[0] in ("--code", "--console"):
+        options[args[0][2:]] = args[1]
+        del args[:2]
     if len(args) != 3:
-        sys.stderr.write("usage: python -m hither_fs.runtime.execute ROOT JOB_ID ATTEMPT\n")
+        sys.stderr.write("usage: python -m hither_fs.runtime.execute [--code DIR] [--console DIR] "
+                         "ROOT JOB_ID ATTEMPT\n")
         return 2
-    ok = run_attempt(args[0], args[1], int(args[2]))
+    if "console" in options:
+        append_console(options["console"])
+    ok = run_attempt(args[0], args[1], int(args[2]), code_dir=options.get("code"))
     return 0 if ok else 1
 
 

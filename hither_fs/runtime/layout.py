@@ -17,7 +17,9 @@ The root is a plain directory tree, readable by hand::
       store/ab/<sha1>[.npy]      content-addressed arrays and files
       cache/ab/<key>.json        job cache entries (for JobCache())
       workers/<worker id>.json   worker heartbeats (and <worker id>.stop requests)
-      images/                    container images pulled for this root
+      images/                    container images pulled for this root (hither_fs.containers)
+      code/envs/ab/<sha1>/       code environments of container jobs, unpacked (read-only in jobs)
+      code/runtime/<sha1>/       the hither_fs stand-in that container jobs import
       logs/                      worker logs (local and Slurm allocations)
 
 Ids and hashes are hex, so one level of 256 shards keeps directories small
@@ -67,10 +69,12 @@ class Layout:
         self.store = os.path.join(self.path, "store")
         self.cache = os.path.join(self.path, "cache")
         self.workers = os.path.join(self.path, "workers")
+        self.code = os.path.join(self.path, "code")
+        self.images = os.path.join(self.path, "images")
 
     def top_dirs(self):
         return [self.jobs, self.queues, self.pending, self.running,
-                self.store, self.cache, self.workers]
+                self.store, self.cache, self.workers, self.code, self.images]
 
     def job_dir(self, job_id: str) -> str:
         return sharded(self.jobs, check_job_id(job_id))

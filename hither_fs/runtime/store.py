@@ -67,6 +67,12 @@ class Store:
                     f.flush()
                     os.fsync(f.fileno())
             return self._commit(tmp, ext)
+        except OSError as exc:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            # numpy reports a short write without errno: say what it most likely means
+            raise OSError(exc.errno, "cannot write into the store at {}: {} (is the disk full, or a "
+                          "file size limit in force?)".format(self.path, exc.strerror or exc)) from exc
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -76,6 +82,9 @@ class Store:
         if array.dtype.hasobject:
             raise TypeError("object arrays are not allowed (dtype {})".format(array.dtype))
         return self._write_via_temp(lambda f: np.save(f, array, allow_pickle=False), ".npy")
+
+    def put_bytes(self, data: bytes) -> str:
+        return self._write_via_temp(lambda f: f.write(data), "")
 
     def put_file(self, path: str) -> str:
         def copy(f):

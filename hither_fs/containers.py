@@ -1,0 +1,426 @@
+"""Running a job inside a Singularity/Apptainer container, through spython.
+
+A worker runs each job in a forked child process (see
+:mod:`hither_fs.worker`); for a containerized job that child calls
+:func:`run_container_attempt`, which
+
+1. finds the image: a ``docker://`` (``library://``, ``oras://``,
+   ``shub://``, ``https://``) image is pulled once per root into
+   ``ROOT/images/`` (:func:`pulled_image`), a local ``.sif`` file or sandbox
+   directory is used where it is;
+2. unpacks the job's code environment and the stand-in ``hither_fs``
+   package under ``ROOT/code/`` (:mod:`hither_fs.codeenv`);
+3. runs ``python3 -m hither_fs.runtime.execute`` in the container with
+   ``spython``'s ``Client.execute``: ``--containall --cleanenv`` (no host
+   environment, private ``/tmp`` and an empty home, so the user's ``~/.local``
+   and ``PYTHONPATH`` stay out), ``PYTHONNOUSERSITE=1``, and three binds at
+   their host paths: the root read-write (the job reads its spec and inputs
+   and writes its result and console output there), the code environment and
+   the stand-in read-only. ``--nv`` is added when the function asks for a GPU.
+
+The in-container runner writes ``attempt-N/result.json`` or ``error.json``
+itself, like any attempt; the worker commits the outcome as usual. Timeout
+and cancel kill the child's process group, and with it ``singularity`` and
+everything it started.
+
+spython has sharp edges, handled here: it captures the output of what it
+runs (so the runner appends the job's console to the attempt files itself,
+and what Apptainer says goes into the job's ``stderr.txt``); it calls
+``sys.exit`` for a bind path that is missing on the host; ``environ=``
+replaces the whole environment (not used: the child's own environment is
+adjusted instead); and a pull returns the image path even when it failed
+(the path is checked). Nothing here lets an exception out of
+:func:`run_container_attempt`: a job that cannot run fails with a clear
+``ContainerError`` and the worker carries on.
+"""
+
+import contextlib
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import time
+from typing import Any, Dict, Iterator, List, Optional
+
+import filelock
+
+from . import codeenv
+from .runtime.execute import error_record
+from .runtime.files import read_json, remove_quietly, temp_name, write_json
+from .runtime.layout import Layout
+from .runtime.store import sha1_of_file
+
+PULL_SCHEMES = ("docker://", "library://", "oras://", "shub://", "https://")
+#: ``HITHER_FS_IMAGE_FORMAT``: pull images as ``sandbox`` directories (the
+#: default: they run wherever Apptainer runs, even without a way to mount a
+#: SIF file) or as single ``sif`` files (far fewer inodes on a shared
+#: filesystem).
+IMAGE_FORMATS = ("sandbox", "sif")
+#: A failed pull is remembered this long, so that the other jobs waiting for
+#: the same image fail at once with the same message instead of each trying again.
+FAILED_PULL_MEMORY = 60.0
+#: Host variables that would add mounts or environment to every container.
+_LEAKY_ENV = re.compile(r"^(APPTAINERENV_|SINGULARITYENV_|APPTAINER_BIND|SINGULARITY_BIND)")
+
+
+class ContainerError(Exception):
+    """A containerized job could not be run (no runtime, no image, the container did not start)."""
+
+
+# -- the container runtime ---------------------------------------------------------
+
+def singularity_executable() -> str:
+    """Path of the ``singularity`` command spython runs; a clear error if there is none.
+
+    ``HITHER_USE_SINGULARITY=TRUE`` (the hither docs' switch) or nothing at
+    all selects Singularity/Apptainer. Setting it to false asks for Docker,
+    which this hither_fs cannot run.
+    """
+    setting = os.environ.get("HITHER_USE_SINGULARITY")
+    if setting is not None and setting.strip().upper() in ("FALSE", "0", "NO", "OFF"):
+        raise ContainerError(
+            "HITHER_USE_SINGULARITY={} asks for Docker, but hither_fs runs containers only with "
+            "Singularity/Apptainer; unset it or set HITHER_USE_SINGULARITY=TRUE".format(setting))
+    exe = shutil.which("singularity")
+    if exe is None:
+        raise ContainerError(
+            "no 'singularity' command on PATH on host {}: install Apptainer (it provides 'singularity') "
+            "or SingularityCE, or load its module, on the machines that run container jobs".format(
+                os.uname().nodename))
+    return exe
+
+
+@contextlib.contextmanager
+def _scoped_environ(remove: Optional[List[str]] = None, add: Optional[Dict[str, str]] = None) -> Iterator[None]:
+    """Change this process's environment for the duration (spython's ``environ=`` would replace all of it)."""
+    saved = dict(os.environ)
+    try:
+        for name in remove or []:
+            os.environ.pop(name, None)
+        os.environ.update(add or {})
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _spython_client():
+    from spython.main import Client
+    return Client
+
+
+@contextlib.contextmanager
+def _capture_spython(into: io.StringIO) -> Iterator[None]:
+    """Catch what spython prints: its logger keeps the streams it found at import time."""
+    from spython.logger import bot
+    saved = bot.errorStream, bot.outputStream
+    bot.errorStream = bot.outputStream = into
+    try:
+        with contextlib.redirect_stderr(into), contextlib.redirect_stdout(into):
+            yield
+    finally:
+        bot.errorStream, bot.outputStream = saved
+
+
+# -- images -------------------------------------------------------------------------------
+
+def is_pulled(image: str) -> bool:
+    return image.startswith(PULL_SCHEMES)
+
+
+def image_format() -> str:
+    fmt = os.environ.get("HITHER_FS_IMAGE_FORMAT", "sandbox").strip().lower() or "sandbox"
+    if fmt not in IMAGE_FORMATS:
+        raise ContainerError("HITHER_FS_IMAGE_FORMAT={!r}: use 'sandbox' or 'sif'".format(fmt))
+    return fmt
+
+
+def image_name(url: str, fmt: str) -> str:
+    """The file name an image URL gets in ``ROOT/images/``: readable, and unique by hash."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url.split("://", 1)[-1]).strip("._-")[:60]
+    return "{}-{}.{}".format(hashlib.sha1(url.encode("utf-8")).hexdigest()[:12], slug, fmt)
+
+
+def tree_sha1(path: str) -> str:
+    """A content hash of a sandbox directory: every path, symlink target and file's bytes."""
+    h = hashlib.sha1()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        rel_dir = os.path.relpath(dirpath, path)
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if os.path.islink(full):
+                h.update("L {} {}\n".format(rel, os.readlink(full)).encode("utf-8", "surrogateescape"))
+                continue
+            try:
+                digest = sha1_of_file(full) if os.path.isfile(full) else "special"
+            except OSError:
+                digest = "unreadable-{}".format(os.lstat(full).st_size)
+            h.update("F {} {}\n".format(rel, digest).encode("utf-8", "surrogateescape"))
+        for name in dirnames:
+            h.update("D {}\n".format(os.path.normpath(os.path.join(rel_dir, name))).encode(
+                "utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def _pull(url: str, dest: str, fmt: str) -> None:
+    """Pull ``url`` to ``dest`` with spython; raise ContainerError with Apptainer's words if it fails."""
+    client = _spython_client()
+    said = io.StringIO()
+    lines: List[str] = []
+    try:
+        with _capture_spython(said), _scoped_environ(
+                add={"APPTAINER_DISABLE_CACHE": "1", "SINGULARITY_DISABLE_CACHE": "1"}):
+            if fmt == "sandbox":
+                _, stream = client.build(recipe=url, image=dest, sandbox=True, sudo=False, stream=True,
+                                         quiet=True, singularity_options=["--quiet"])
+            else:
+                _, stream = client.pull(url, name=dest, stream=True, quiet=True,
+                                        singularity_options=["--quiet"])
+            for line in stream:
+                lines.append(line)
+    except (subprocess.CalledProcessError, SystemExit, OSError) as exc:
+        words = (said.getvalue() + "".join(lines)).strip() or str(exc)
+        raise ContainerError("could not pull container image {}: {}".format(url, _tail(words))) from None
+    if not os.path.exists(dest):  # spython reports a path even when nothing was made
+        raise ContainerError("pulling container image {} made no image at {}: {}".format(
+            url, dest, _tail((said.getvalue() + "".join(lines)).strip()) or "no message"))
+
+
+def pulled_image(root, url: str) -> Dict[str, Any]:
+    """The local copy of a remote image in ``ROOT/images/``, pulled on first use.
+
+    One pull per root however many workers, on however many nodes, want
+    the image at once: the pull happens under a file lock next to the image,
+    into a temporary name, and is published by one atomic rename; the
+    others wait for the lock and find it there. ``<name>.json`` records the
+    URL, the content hash and when and where it was pulled.
+    """
+    fmt = image_format()
+    images = root.layout.images
+    root.makedirs(images)
+    name = image_name(url, fmt)
+    final = os.path.join(images, name)
+    meta_path = final + ".json"
+    meta = read_json(meta_path, None, missing_ok=True)
+    if meta and os.path.exists(final):
+        return _image_facts(meta, pulled=False)
+    waited = time.monotonic()
+    with filelock.FileLock(final + ".lock", thread_local=False):
+        waited = time.monotonic() - waited
+        meta = read_json(meta_path, None, missing_ok=True)
+        if meta and os.path.exists(final):
+            return _image_facts(meta, pulled=False, waited=waited)
+        failed_path = final + ".failed.json"
+        failed = read_json(failed_path, None, missing_ok=True)
+        if failed:
+            age = time.time() - os.path.getmtime(failed_path)
+            if 0 <= age < FAILED_PULL_MEMORY:
+                raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, failed["host"]))
+        if not os.path.exists(final):
+            for stale in os.listdir(images):  # left by a pull that was killed: we hold the lock now
+                if stale.startswith("." + name + ".tmp-"):
+                    path = os.path.join(images, stale)
+                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_quietly(path)
+            tmp = temp_name(final)
+            start = time.monotonic()
+            try:
+                _pull(url, tmp, fmt)
+            except ContainerError as exc:
+                shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else remove_quietly(tmp)
+                write_json(failed_path, {"url": url, "message": str(exc), "host": os.uname().nodename})
+                raise
+            seconds = time.monotonic() - start
+            sha1 = tree_sha1(tmp) if os.path.isdir(tmp) else sha1_of_file(tmp)
+            os.rename(tmp, final)
+            pulled = True
+        else:  # published by a pull that died before writing its record
+            seconds, pulled = None, False
+            sha1 = tree_sha1(final) if os.path.isdir(final) else sha1_of_file(final)
+        meta = {"url": url, "path": final, "format": fmt, "sha1": sha1, "pulled": _now(),
+                "host": os.uname().nodename, "pull_seconds": None if seconds is None else round(seconds, 3)}
+        write_json(meta_path, meta)
+        remove_quietly(failed_path)
+        return _image_facts(meta, pulled=pulled, waited=waited)
+
+
+def _image_facts(meta: Dict[str, Any], pulled: bool, waited: float = 0.0) -> Dict[str, Any]:
+    facts = {"image_path": meta["path"], "image_sha1": meta["sha1"], "image_pulled": pulled}
+    if pulled:
+        facts["image_pull_seconds"] = meta.get("pull_seconds")
+    elif waited > 0.5:
+        facts["image_wait_seconds"] = round(waited, 3)
+    return facts
+
+
+def local_image(root, image: str) -> Dict[str, Any]:
+    """Facts about a local ``.sif`` file or sandbox directory, used in place."""
+    path = os.path.abspath(os.path.expanduser(image))
+    if not os.path.exists(path):
+        raise ContainerError("container image {} does not exist on host {} (give a docker://, library:// or "
+                             "oras:// URL, a .sif file or a sandbox directory)".format(path, os.uname().nodename))
+    facts: Dict[str, Any] = {"image_path": path}
+    if os.path.isfile(path):
+        facts["image_sha1"] = _cached_file_sha1(root, path)
+    else:
+        facts["image_kind"] = "sandbox directory"
+    return facts
+
+
+def _cached_file_sha1(root, path: str) -> str:
+    """sha1 of an image file, remembered in ``images/hashes/`` while the file is unchanged."""
+    st = os.stat(path)
+    ident = "{}\0{}\0{}\0{}".format(os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    key = hashlib.sha1(ident.encode("utf-8", "surrogateescape")).hexdigest()
+    cache = os.path.join(root.layout.images, "hashes", key + ".json")
+    known = read_json(cache, None, missing_ok=True)
+    if known and known.get("sha1"):
+        return known["sha1"]
+    sha1 = sha1_of_file(path)
+    root.makedirs(os.path.dirname(cache))
+    write_json(cache, {"path": path, "size": st.st_size, "sha1": sha1})
+    return sha1
+
+
+def resolve_image(root, image: str) -> Dict[str, Any]:
+    return pulled_image(root, image) if is_pulled(image) else local_image(root, image)
+
+
+# -- running ---------------------------------------------------------------------------
+
+def exec_arguments(root_path: str, job_id: str, attempt: int, image_path: str, code_dir: str,
+                   lib_dir: str, gpu: bool = False) -> Dict[str, Any]:
+    """The keyword arguments of spython's ``Client.execute`` for one attempt."""
+    adir = Layout(root_path).attempt_dir(job_id, attempt)
+    for path in (root_path, code_dir, lib_dir):
+        if ":" in path or "," in path:
+            raise ContainerError("cannot bind {} into a container: ':' and ',' are not allowed in "
+                                 "bind paths".format(path))
+    env = {"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "HITHER_FS_JOB_ID": job_id,
+           "PYTHONPATH": "{}:{}".format(lib_dir, code_dir)}
+    if os.environ.get("HITHER_FS_FSYNC"):
+        env["HITHER_FS_FSYNC"] = os.environ["HITHER_FS_FSYNC"]
+    options = ["--containall", "--cleanenv"]
+    for key, value in sorted(env.items()):
+        options += ["--env", "{}={}".format(key, value)]
+    options += ["--pwd", adir]
+    command = ["python3", "-m", "hither_fs.runtime.execute", "--code", code_dir, "--console", adir,
+               root_path, job_id, str(int(attempt))]
+    return {"image": image_path, "command": command,
+            "bind": ["{0}:{0}".format(root_path), "{0}:{0}:ro".format(code_dir), "{0}:{0}:ro".format(lib_dir)],
+            "options": options, "nv": bool(gpu)}
+
+
+def command_line(args: Dict[str, Any]) -> List[str]:
+    """The ``singularity exec`` command spython runs for ``args`` (recorded for a person to re-run)."""
+    cmd = ["singularity", "exec"] + (["--nv"] if args["nv"] else [])
+    for bind in args["bind"]:
+        cmd += ["--bind", bind]
+    return cmd + args["options"] + [args["image"]] + args["command"]
+
+
+def wants_gpu(spec: Dict[str, Any]) -> bool:
+    return bool(spec.get("gpu")) or bool((spec.get("resources") or {}).get("gpus"))
+
+
+def _execute(args: Dict[str, Any]) -> Dict[str, Any]:
+    client = _spython_client()
+    leaky = [k for k in os.environ if _LEAKY_ENV.match(k)]
+    said = io.StringIO()
+    try:
+        with _capture_spython(said), _scoped_environ(remove=leaky):
+            result = client.execute(return_result=True, quiet=True, **args)
+    except SystemExit:
+        raise ContainerError("spython refused to run the container: {}".format(
+            said.getvalue().strip() or "no message")) from None
+    if not isinstance(result, dict):
+        raise ContainerError("spython returned {!r} instead of a result".format(result))
+    return result
+
+
+def _text(message: Any) -> str:
+    if isinstance(message, list):
+        return "".join(m if m.endswith("\n") else m + "\n" for m in message if m)
+    return message or ""
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _append(path: str, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, text.encode("utf-8", "replace"))
+    finally:
+        os.close(fd)
+
+
+def run_container_attempt(root_path: str, job_id: str, attempt: int, spec: Dict[str, Any]) -> bool:
+    """Run one attempt of a containerized job; return True if it produced a result.
+
+    Never raises (except ``KeyboardInterrupt``): whatever goes wrong becomes
+    the attempt's ``error.json``. Facts about the image and the command go to
+    ``attempt-N/runtime.json`` and from there into the job's ``runtime.json``.
+    """
+    from .root import Root
+    adir = Layout(root_path).attempt_dir(job_id, attempt)
+    facts: Dict[str, Any] = {"image": spec.get("container"), "container_runner": "singularity (spython)"}
+    stage = "starting the container"
+    try:
+        root = Root.get(root_path)
+        root.makedirs(adir)
+        stage = "finding Singularity/Apptainer"
+        facts["singularity"] = singularity_executable()
+        stage = "getting the container image"
+        facts.update(resolve_image(root, spec["container"]))
+        stage = "unpacking the code environment"
+        if not spec.get("code"):
+            raise ContainerError("the job spec has no code environment (it was submitted by a hither_fs "
+                                 "that could not capture one)")
+        code_dir = codeenv.materialize(root, spec["code"]["manifest"])
+        lib_dir = codeenv.materialize_runtime(root)
+        args = exec_arguments(root.path, job_id, attempt, facts["image_path"], code_dir, lib_dir,
+                              gpu=wants_gpu(spec))
+        facts["container_command"] = command_line(args)
+        write_json(os.path.join(adir, "runtime.json"), facts)
+        stage = "running the container"
+        start = time.monotonic()
+        result = _execute(args)
+        facts["container_seconds"] = round(time.monotonic() - start, 3)
+        facts["container_exit_code"] = result.get("return_code")
+        said = _text(result.get("message")).strip()
+        if said:
+            _append(os.path.join(adir, "stderr.txt"), "[singularity] " + said.replace("\n", "\n[singularity] ") + "\n")
+        write_json(os.path.join(adir, "runtime.json"), facts)
+        if os.path.exists(os.path.join(adir, "result.json")):
+            return True
+        if os.path.exists(os.path.join(adir, "error.json")):
+            return False
+        hint = ""
+        if "python3" in said and ("not found" in said or "no such file" in said.lower()):
+            hint = " (the image needs python3 and numpy)"
+        elif "numpy" in said:
+            hint = " (the image needs numpy)"
+        raise ContainerError("the container exited with code {} before the job's code could report{}: {}".format(
+            result.get("return_code"), hint, _tail(said) or "no message"))
+    except (Exception, SystemExit) as exc:
+        record = error_record(exc, stage)
+        if isinstance(exc, ContainerError):
+            record.update(type="ContainerError", module="hither_fs", traceback="")
+        try:
+            os.makedirs(adir, exist_ok=True)
+            write_json(os.path.join(adir, "runtime.json"), facts)
+            write_json(os.path.join(adir, "error.json"), record)
+            _append(os.path.join(adir, "stderr.txt"), "{}: {}\n".format(record["type"], record["message"]))
+        except Exception:
+            pass
+        return False
+
+
+def _now() -> str:
+    from .root import now_iso
+    return now_iso()
