@@ -4,9 +4,12 @@ import functools
 import inspect
 import os
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .runtime.code import stop_if_loading_script
+
+if TYPE_CHECKING:  # job.py imports this module's users; the annotation needs no import at run time
+    from .job import Job
 
 _registry: Dict[str, "HitherFunction"] = {}
 
@@ -34,7 +37,7 @@ class HitherFunction:
         stop_if_loading_script("a direct call of {}".format(self.name))
         return self.__wrapped__(*args, **kwargs)
 
-    def run(self, **kwargs: Any) -> "Job":  # noqa: F821 - Job is imported lazily
+    def run(self, **kwargs: Any) -> "Job":
         from .submit import submit
         return submit(self, kwargs)
 
@@ -142,7 +145,7 @@ def get_function(name: str) -> HitherFunction:
             name, known)) from None
 
 
-def run(name: str, **kwargs: Any) -> "Job":  # noqa: F821
+def run(name: str, **kwargs: Any) -> "Job":
     """Run a registered hither function by name: ``hi.run('add', x=1, y=2)``."""
     stop_if_loading_script("hi.run({!r})".format(name))
     return get_function(name).run(**kwargs)

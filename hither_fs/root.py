@@ -10,7 +10,7 @@ import datetime
 import os
 import stat
 import uuid
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import filelock
 
@@ -113,13 +113,14 @@ class Root:
                 path, exc.strerror or exc)) from None
         return read_json(marker)
 
-    def unsafe_reason(self) -> Optional[str]:
+    def unsafe_reason(self, paths: Optional[List[str]] = None) -> Optional[str]:
         """Why running jobs from this root would let someone else run code, or None.
 
-        Anyone who can write the root can make its workers run code, so a
-        worker refuses a root that others can write.
+        Anyone who can write the root (or a job's directory or spec) can make
+        its workers run code, so a worker refuses what others can write.
+        ``paths`` defaults to the root and its top directories.
         """
-        for path in [self.path] + self.layout.top_dirs():
+        for path in paths if paths is not None else [self.path] + self.layout.top_dirs():
             try:
                 st = os.stat(path)
             except FileNotFoundError:

@@ -240,10 +240,11 @@ class Worker:
                     if self._handle_stop_conditions(now):
                         break
                     self._police()
-                    # beat on time, and soon after the set of running jobs changes
-                    if now >= next_beat or (busy and now >= next_beat - self.heartbeat_interval + 0.5):
-                        self.heartbeat.beat(jobs=[r.claim.job_id for r in self.running.values()],
-                                            state="stopping" if self.stopping else
+                    # beat on time, and within half a second of a change of the running jobs
+                    jobs = sorted(r.claim.job_id for r in self.running.values())
+                    if now >= next_beat or (jobs != self.heartbeat.info.get("jobs")
+                                            and now >= next_beat - self.heartbeat_interval + 0.5):
+                        self.heartbeat.beat(jobs=jobs, state="stopping" if self.stopping else
                                             "draining" if self.draining else "running")
                         next_beat = now + self.heartbeat_interval
                     if busy or now >= next_pending:
@@ -359,9 +360,22 @@ class Worker:
                     return claimed
                 claim = queue.try_claim(self.root, q, ticket, self.id, fits=self._fits)
                 if claim is not None:
-                    self._start(claim)
+                    job_dir = self.root.layout.job_dir(claim.job_id)
+                    reason = self.root.unsafe_reason([job_dir, os.path.join(job_dir, "spec.json")])
+                    if reason:
+                        self._refuse(claim, "refusing to run job {}: {}".format(claim.job_id, reason))
+                    else:
+                        self._start(claim)
                     claimed = True
         return claimed
+
+    def _refuse(self, claim: queue.Claim, message: str) -> None:
+        """Fail a claimed job without running it (committed by the next reap)."""
+        log.warning("%s", message)
+        run = _Running(claim, -1)
+        run.failure = {"type": "PermissionError", "module": "builtins", "stage": "claiming",
+                       "message": message, "traceback": ""}
+        self.running[-id(run)] = run
 
     def _fits(self, spec: Dict[str, Any]) -> bool:
         """Whether a job's needs fit in what is free now (and in the time left)."""
@@ -548,7 +562,10 @@ def run_in_process(root: Root, claim: queue.Claim, worker_id: str, function) -> 
     start, cpu0 = time.time(), time.process_time()
     with open(os.path.join(adir, "stdout.txt"), "w") as out, open(os.path.join(adir, "stderr.txt"), "w") as err:
         with contextlib.redirect_stdout(_Tee(sys.stdout, out)), contextlib.redirect_stderr(_Tee(sys.stderr, err)):
-            run_attempt(root.path, claim.job_id, claim.attempt, function=function)
+            if claim.spec.get("container"):
+                run_container_attempt(root.path, claim.job_id, claim.attempt, claim.spec)
+            else:
+                run_attempt(root.path, claim.job_id, claim.attempt, function=function)
     end = time.time()
     stop.set()
     beater.join()

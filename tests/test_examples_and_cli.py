@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 import hither_fs as hi
 from conftest import REPO, TESTS, run_python

@@ -1,7 +1,6 @@
 """Jobs on local worker daemons: status, console, runtime facts, cancel, timeout, pipelines."""
 
 import os
-import signal
 import time
 
 import numpy as np

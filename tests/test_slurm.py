@@ -150,3 +150,15 @@ def test_cli_workers_ls_shows_allocations(root, slurm_handler):
     assert os.uname().nodename.split('.')[0][:10] in line[0]
     assert ' 3 ' in line[0] and 'running' in line[0]
     assert [hb for hb in live_workers(root) if hb.get('slurm_job_id') == handler.history[0]]
+
+
+def test_parallel_example_on_slurm(root, cluster):
+    from conftest import run_python
+    proc = run_python('examples/parallel_slurm.py', timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'Results: [0, 1, 4, 9, 16, 25, 36, 49]' in proc.stdout
+    jobs = [hi.get_job(j) for shard in os.listdir(os.path.join(root.path, 'jobs'))
+            for j in os.listdir(os.path.join(root.path, 'jobs', shard))]
+    assert len(jobs) == 8 and all(j.get_runtime_info().get('slurm_job_id') for j in jobs)
+    from hither_fs.slurm import scancel
+    scancel({j.get_runtime_info()['slurm_job_id'] for j in jobs})

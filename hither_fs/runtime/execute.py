@@ -53,8 +53,8 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
     ``function`` skips the import when the caller already holds the callable
     (a job run inside the submitting process). ``code_dir`` is given inside a
     container: the function is imported from the job's code environment.
-    A containerized job reaching this on the host (the in-process handler)
-    is handed to :mod:`hither_fs.containers`, which runs the container.
+    (On the host, callers send containerized jobs to :mod:`hither_fs.containers`
+    instead, which runs this inside the container.)
     """
     layout = Layout(root)
     store = Store(layout.store)
@@ -64,9 +64,6 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
     try:
         spec = read_json(layout.job_file(job_id, "spec.json"))
         fspec = spec["function"]
-        if spec.get("container") and code_dir is None:
-            from hither_fs.containers import run_container_attempt  # host side only: never inside a container
-            return run_container_attempt(root, job_id, attempt, spec)
         if code_dir is not None:
             fspec = function_in_code_env(fspec, spec["code"], code_dir)
             function = None
