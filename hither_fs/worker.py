@@ -28,7 +28,7 @@ from . import queue
 from .cache import JobCache
 from .root import ERROR, FINISHED, Root, now_iso
 from .containers import run_container_attempt
-from .runtime.execute import append_console, run_attempt
+from .runtime.execute import redirect_console, run_attempt
 from .runtime.files import read_json, remove_quietly, write_json
 from .runtime.layout import check_queue_name
 
@@ -405,10 +405,10 @@ class Worker:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _redirect_console(adir)
+                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+                redirect_console(adir, truncate=True)
                 os.environ["HITHER_FS_JOB_ID"] = claim.job_id
                 if claim.spec.get("container"):
-                    append_console(adir)  # the job in the container appends to the same files
                     ok = run_container_attempt(self.root.path, claim.job_id, claim.attempt, claim.spec)
                 else:
                     ok = run_attempt(self.root.path, claim.job_id, claim.attempt)
@@ -497,20 +497,6 @@ def _die_with_parent(parent: int) -> None:
         return
     if os.getppid() != parent:  # the worker died before prctl took effect
         os._exit(1)
-
-
-def _redirect_console(adir: str) -> None:
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
-        out = os.open(os.path.join(adir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(out, fd)
-        os.close(out)
-    try:
-        sys.stdout.reconfigure(line_buffering=True)
-        sys.stderr.reconfigure(line_buffering=True)
-    except AttributeError:
-        pass
 
 
 def _usage_info(run: _Running, status: int, usage) -> Dict[str, Any]:

@@ -103,13 +103,18 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
             pass
 
 
-def append_console(directory: str) -> None:
-    """Send this process's stdout and stderr to the end of ``directory``'s console files."""
+def redirect_console(directory: str, truncate: bool = False) -> None:
+    """Send this process's stdout and stderr to ``directory``'s console files.
+
+    The files are opened for appending, so a job process and the container
+    it starts can both write to them without overwriting each other.
+    """
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
     for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
-        out = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        out = os.open(os.path.join(directory, name), flags, 0o600)
         os.dup2(out, fd)
         os.close(out)
     try:
@@ -130,7 +135,7 @@ def main(argv=None) -> int:
                          "ROOT JOB_ID ATTEMPT\n")
         return 2
     if "console" in options:
-        append_console(options["console"])
+        redirect_console(options["console"])
     ok = run_attempt(args[0], args[1], int(args[2]), code_dir=options.get("code"))
     return 0 if ok else 1
 
