@@ -66,6 +66,20 @@ alive() {  # <pid>
     [[ ${stat:0:1} != Z ]]
 }
 
+# True if a daemon wrote its pid file and that process is gone.  A pid file
+# being written is empty for a moment, and a daemonizing process changes its
+# pid: only a complete pid file naming a process that stays gone counts.
+died_during_startup() {  # <program name>
+    local file="$RUN_DIR/$1.pid" pid
+    pid=$(cat "$file" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    live_pid "$file" "$1" >/dev/null && return 1
+    sleep 0.5
+    pid=$(cat "$file" 2>/dev/null) || return 1
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    ! live_pid "$file" "$1" >/dev/null
+}
+
 # Print the pid recorded in a pid file if that process is alive and really is
 # the expected program (guards against pid reuse after a crash).
 live_pid() {  # <pidfile> <program name>
@@ -274,7 +288,7 @@ cmd_start() {
         # A daemon that exits early (say, its port is taken) leaves its pid
         # file behind; fail fast instead of waiting for the timeout.
         for prog in slurmctld slurmd; do
-            if [[ -e $RUN_DIR/$prog.pid ]] && ! live_pid "$RUN_DIR/$prog.pid" "$prog" >/dev/null; then
+            if died_during_startup "$prog"; then
                 show_logs
                 die "$prog exited during startup; run '$0 stop' to clean up"
             fi

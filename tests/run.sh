@@ -17,7 +17,10 @@
 # Settings: HITHER_FS_TEST_CACHE (default /var/tmp/hither_fs-test) holds the
 # cached builds, the copy and the virtualenv; HITHER_FS_TEST_USER (default
 # hithertest) is the user the tests run as; HITHER_FS_TEST_TIMEOUT (default 45m)
-# bounds the pytest run, so a hung test fails the run instead of stalling it.
+# bounds the pytest run, so a hung test fails the run instead of stalling it;
+# HITHER_FS_SLURM_DIR, HITHER_FS_SLURM_PORT and HITHER_FS_SLURM_CPUS (default
+# /tmp/hither_fs-slurm-tests, 6817, 8) place the test cluster. Two runs at once
+# on one machine need their own cache, user, Slurm directory and port.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,7 +32,7 @@ export HITHER_FS_SLURM_CPUS=${HITHER_FS_SLURM_CPUS:-8}
 say() { echo "[tests/run.sh] $*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
-    exec sudo --preserve-env=HITHER_FS_TEST_CACHE,HITHER_FS_TEST_USER,CI "$0" "$@"
+    exec sudo --preserve-env=HITHER_FS_TEST_CACHE,HITHER_FS_TEST_USER,HITHER_FS_TEST_TIMEOUT,HITHER_FS_SLURM_DIR,HITHER_FS_SLURM_PORT,HITHER_FS_SLURM_CPUS,CI "$0" "$@"
 fi
 
 # 1. system packages --------------------------------------------------------
@@ -55,7 +58,7 @@ as_user() { runuser -u "$TEST_USER" -- "$@"; }
 
 rm -rf "$CACHE/src"
 mkdir -p "$CACHE/src"
-tar -C "$REPO" --exclude=./.git --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$CACHE/src" -xf -
+tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -C "$CACHE/src" -xf -
 chown -R "$TEST_USER:" "$CACHE/src"
 if [ ! -x "$CACHE/venv/bin/python" ]; then
     install -d -o "$TEST_USER" "$CACHE/venv"
@@ -64,9 +67,9 @@ fi
 say "installing hither_fs into $CACHE/venv"
 (cd "$CACHE/src" && as_user "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -e ".[test]")
 
-# 4. the local Slurm cluster ---------------------------------------------------------
-"$REPO/slurm/cluster.sh" start >/dev/null
+# 4. the local Slurm cluster (stopped on any exit, even a failed start) ----------------
 trap '"$REPO/slurm/cluster.sh" stop >/dev/null || true' EXIT
+"$REPO/slurm/cluster.sh" start >/dev/null
 eval "$("$REPO/slurm/cluster.sh" env)"
 
 # 5. pytest, as the test user, with a clean environment ---------------------------------
