@@ -8,7 +8,7 @@ import sys
 from typing import Any, Dict, Iterator, List, Optional
 
 from . import queue
-from .root import FINAL_STATUSES, Root
+from .root import FINAL_STATUSES, Root, RootError
 from .runtime.layout import check_job_id
 
 
@@ -259,6 +259,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, LookupError, OSError, RuntimeError) as exc:
+    except (ValueError, LookupError, OSError, RuntimeError, RootError) as exc:
         print("hither-fs: {}".format(exc), file=sys.stderr)
         return 2

@@ -252,6 +252,7 @@ def _publish_dir(tmp: str, final: str) -> None:
 
 def materialize(root, sha1: str) -> str:
     """Unpack the code environment ``sha1`` under ``code/envs/`` (once per root); return its directory."""
+    root.store.blob_path(sha1)  # a sha1, never a path: raises ValueError otherwise
     final = os.path.join(root.layout.code, "envs", sha1[:2], sha1)
     if os.path.isdir(final):
         return final

@@ -19,6 +19,7 @@ import psutil
 
 from .root import PENDING, QUEUED, RUNNING, Root
 from .runtime.files import CorruptFileError, read_json, remove_quietly
+from .runtime.layout import is_job_id
 from .runtime.serialization import walk_refs
 from .runtime.store import BlobMissingError, sha1_of_file
 
@@ -110,6 +111,9 @@ def check_cache(root: Root) -> Iterator[Finding]:
 
 def check_tickets(root: Root, repair: bool) -> Iterator[Finding]:
     def stale(path: str, job_id: str, wanted: str) -> Iterator[Finding]:
+        if not is_job_id(job_id):  # workers skip it; it is not hither_fs's
+            yield Finding(path, "not a ticket: its name holds no job id", False, repair and remove_quietly(path))
+            return
         try:
             status = (root.read_job_file(job_id, "state.json", {}) or {}).get("status")
         except CorruptFileError:

@@ -22,6 +22,7 @@ from . import queue
 from .function import _registry
 from .root import Root
 from .runtime.code import stop_if_loading_script
+from .runtime.layout import check_queue_name
 from .worker import new_worker_id, run_in_process
 
 _counter = itertools.count(1)
@@ -102,7 +103,7 @@ class ParallelJobHandler(JobHandler):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError("num_workers must be a positive integer, not {!r}".format(num_workers))
         self.num_workers = num_workers
-        self.queue_name = queue_name
+        self.queue_name = check_queue_name(queue_name)
         self._workers: Dict[str, List[subprocess.Popen]] = {}
 
     def queue_for(self, root: Root) -> str:

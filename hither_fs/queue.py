@@ -17,6 +17,7 @@ import filelock
 from .root import (CANCELLED, ERROR, FINAL_STATUSES, FINISHED, PENDING, QUEUED, RUNNING,
                    Root, now_iso)
 from .runtime.files import CorruptFileError, read_json, remove_quietly, write_json
+from .runtime.layout import is_job_id
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -70,14 +71,25 @@ def promote_pending(root: Root) -> int:
     except FileNotFoundError:
         return 0
     for job_id in names:
-        if job_id.startswith("."):
-            continue
+        if not is_job_id(job_id):
+            continue  # a temp file or a stray file: not a ticket (fsck reports it)
+        verdict = None
         try:
             spec = root.read_spec(job_id)
         except FileNotFoundError:
             continue
-        verdict = None
+        except CorruptFileError as exc:
+            spec = {}
+            verdict = {"type": "CorruptFileError", "module": "hither_fs", "stage": "waiting for upstream jobs",
+                       "message": str(exc), "traceback": ""}
         for up in _upstream_ids(spec):
+            if not is_job_id(up):
+                # never a path: a hand-edited spec must not make anyone read outside the root
+                verdict = {"type": "ValueError", "module": "builtins", "stage": "waiting for upstream jobs",
+                           "message": "{} names upstream job {!r}, which is not a hither_fs job id "
+                                      "(expected 16 hex digits)".format(root.layout.job_file(job_id, "spec.json"), up),
+                           "traceback": ""}
+                break
             up_state = root.read_job_file(up, "state.json", {})
             status = up_state.get("status")
             if status in (ERROR, CANCELLED):
@@ -121,8 +133,11 @@ class Claim:
 
 
 def queue_tickets(root: Root, queue: str) -> List[str]:
+    """The tickets of a queue, oldest first. Names that are not tickets (temp files, a
+    stray file left by hand) are not work: they are skipped, and ``fsck`` reports them."""
     try:
-        return sorted(n for n in os.listdir(root.layout.queue_dir(queue)) if not n.startswith("."))
+        return sorted(n for n in os.listdir(root.layout.queue_dir(queue))
+                      if not n.startswith(".") and is_job_id(n.rsplit("-", 1)[-1]))
     except FileNotFoundError:
         return []
 
@@ -307,7 +322,10 @@ def running_jobs(root: Root) -> Iterable[Tuple[str, Dict[str, Any]]]:
     except FileNotFoundError:
         return
     for job_id in names:
-        if job_id.startswith("."):
-            continue
-        ticket = read_json(os.path.join(root.layout.running, job_id), {}, missing_ok=True)
+        if not is_job_id(job_id):
+            continue  # a temp file or a stray file: not a ticket (fsck reports it)
+        try:
+            ticket = read_json(os.path.join(root.layout.running, job_id), {}, missing_ok=True)
+        except CorruptFileError:
+            ticket = {}
         yield job_id, ticket

@@ -7,6 +7,7 @@ atomic rename (:mod:`hither_fs.runtime.files`).
 """
 
 import datetime
+import errno
 import os
 import stat
 import uuid
@@ -48,6 +49,29 @@ def default_root_path() -> str:
                             .format(ENV_ROOT, env))
         return os.path.abspath(os.path.expanduser(env))
     return os.path.abspath(os.path.expanduser(DEFAULT_ROOT))
+
+
+def _cannot_create(path: str, exc: OSError) -> str:
+    """Why no root can be made at ``path``, told by the nearest part of it that exists."""
+    base = path
+    while not os.path.exists(base) and os.path.dirname(base) != base:
+        base = os.path.dirname(base)
+    try:
+        read_only = bool(os.statvfs(base).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if not os.path.isdir(base):
+        why = "{} is a file, not a directory".format(base)
+    elif exc.errno == errno.EROFS or read_only:
+        why = "{} is on a read-only file system".format(base)
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        why = "this user may not create files or directories in {}".format(base)
+    elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "the disk (or quota) holding {} is full".format(base)
+    else:
+        why = "the file system holding {} refused to create it".format(base)
+    return ("cannot create hither_fs root at {}: {} ({}); choose another directory (hi.Root(path), "
+            "hi.Config(root=...) or ${})".format(path, why, exc.strerror or exc, ENV_ROOT))
 
 
 class Root:
@@ -109,16 +133,19 @@ class Root:
             for d in self.layout.top_dirs():
                 os.makedirs(d, mode=dir_mode, exist_ok=True)
         except OSError as exc:
-            raise RootError("cannot create hither_fs root at {}: {}".format(
-                path, exc.strerror or exc)) from None
+            raise RootError(_cannot_create(path, exc)) from None
         return read_json(marker)
 
-    def unsafe_reason(self, paths: Optional[List[str]] = None) -> Optional[str]:
+    def unsafe_reason(self, paths: Optional[List[str]] = None, *,
+                      allow_group_write: bool = False) -> Optional[str]:
         """Why running jobs from this root would let someone else run code, or None.
 
         Anyone who can write the root (or a job's directory or spec) can make
         its workers run code, so a worker refuses what others can write.
         ``paths`` defaults to the root and its top directories.
+        ``allow_group_write``: group write access is not a reason (a job's
+        files inside a private root: a umask of 002 makes them group-writable,
+        and nobody but the user can reach them anyway).
         """
         for path in paths if paths is not None else [self.path] + self.layout.top_dirs():
             try:
@@ -129,7 +156,7 @@ class Root:
                 return "{} is writable by every user (mode {:o})".format(path, stat.S_IMODE(st.st_mode))
             if st.st_uid != os.getuid() and not self.group_shared:
                 return "{} belongs to uid {}, not to this user (uid {})".format(path, st.st_uid, os.getuid())
-            if st.st_mode & stat.S_IWGRP and not self.group_shared:
+            if st.st_mode & stat.S_IWGRP and not (self.group_shared or allow_group_write):
                 return ("{} is group-writable but the root is not in group-shared mode "
                         "(root.json mode {!r})".format(path, self.info.get("mode")))
         return None

@@ -21,7 +21,7 @@ from . import queue
 from .handlers import JobHandler
 from .root import Root
 from .runtime.files import read_json
-from .runtime.layout import check_queue_name
+from .runtime.layout import check_queue_name, is_job_id
 from .worker import LeaseWatcher
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
@@ -252,8 +252,8 @@ class SlurmJobHandler(JobHandler):
             except FileNotFoundError:
                 continue
             for job_id in names:
-                if job_id.startswith("."):
-                    continue
+                if not is_job_id(job_id):
+                    continue  # a temp file or a stray file: not a ticket
                 state = root.read_job_file(job_id, "state.json", {}) or {}
                 if state.get("queue") == self.queue_name and state.get("status") in ("pending", "running"):
                     count += 1

@@ -18,6 +18,7 @@ from .job import Job
 from .queue import add_job, write_outcome
 from .root import CANCELLED, ERROR, FINISHED, Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
+from .runtime.layout import check_queue_name
 from .runtime.serialization import TAG, encode
 
 _jobs_lock = threading.Lock()
@@ -50,6 +51,7 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
     cfg = Config.current()
     root = Root.get(cfg["root"])
     handler = cfg["job_handler"] or default_handler()
+    queue_name = check_queue_name(handler.queue_for(root))  # a path component: checked before anything is written
 
     upstream: Dict[str, Job] = {}
 
@@ -73,7 +75,7 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         "args": args,
         "upstream": sorted(upstream),
         "key": key,
-        "queue": handler.queue_for(root),
+        "queue": queue_name,
         "handler": repr(handler),
         "container": _container_image(fn, cfg["container"]),
         "timeout": cfg["job_timeout"],
@@ -175,4 +177,8 @@ def wait(timeout: float = None) -> None:
         jobs = list(_jobs)
     for job in jobs:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        job.wait_done(left)
+        try:
+            job.wait_done(left)
+        except TimeoutError:  # say the caller's timeout, not what was left of it for this job
+            raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
+                job.id, job.function_name, timeout, job.status)) from None

@@ -29,8 +29,8 @@ from .cache import JobCache
 from .root import ERROR, FINISHED, Root, now_iso
 from .containers import run_container_attempt
 from .runtime.execute import redirect_console, run_attempt
-from .runtime.files import read_json, remove_quietly, write_json
-from .runtime.layout import check_queue_name
+from .runtime.files import CorruptFileError, read_json, remove_quietly, write_json
+from .runtime.layout import check_queue_name, is_job_id
 
 log = logging.getLogger("hither_fs.worker")
 
@@ -343,8 +343,13 @@ class Worker:
         except FileNotFoundError:
             return False
         for job_id in pending:
-            ticket = read_json(os.path.join(self.root.layout.pending, job_id), {}, missing_ok=True)
-            if ticket.get("queue") in self.queues:
+            if not is_job_id(job_id):
+                continue  # a temp file or a stray file: not a ticket
+            try:
+                ticket = read_json(os.path.join(self.root.layout.pending, job_id), {}, missing_ok=True)
+            except CorruptFileError:
+                ticket = {}
+            if isinstance(ticket, dict) and ticket.get("queue") in self.queues:
                 return True
         return False
 
@@ -361,7 +366,8 @@ class Worker:
                 claim = queue.try_claim(self.root, q, ticket, self.id, fits=self._fits)
                 if claim is not None:
                     job_dir = self.root.layout.job_dir(claim.job_id)
-                    reason = self.root.unsafe_reason([job_dir, os.path.join(job_dir, "spec.json")])
+                    reason = self.root.unsafe_reason([job_dir, os.path.join(job_dir, "spec.json")],
+                                                     allow_group_write=True)
                     if reason:
                         self._refuse(claim, "refusing to run job {}: {}".format(claim.job_id, reason))
                     else:

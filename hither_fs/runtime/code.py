@@ -64,9 +64,14 @@ def function_in_code_env(fspec: Dict[str, Any], code: Dict[str, Any], code_dir: 
 
     ``code`` is the spec's ``code`` entry (see :mod:`hither_fs.codeenv`): the
     module name and file of the function inside the environment, whose top
-    directory is the one import root.
+    directory is the one import root. The file must lie inside it.
     """
-    return dict(fspec, module=code["module"], file=os.path.join(code_dir, code["file"]),
+    rel = code.get("file")
+    if (not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel
+            or any(part in ("", ".", "..") for part in rel.split("/"))):
+        raise FunctionNotFoundError("unsafe function file {!r} in the job's code environment: it must be a "
+                                    "relative path inside the environment, without '..'".format(rel))
+    return dict(fspec, module=code["module"], file=os.path.join(code_dir, rel),
                 import_root=code_dir)
 
 

@@ -33,12 +33,18 @@ Standard library only: this module also runs inside job containers.
 import os
 import re
 
-_ID_RE = re.compile(r"^[0-9a-f]{16}$")
-_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+# \Z, not $: "$" would also accept a trailing newline
+_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
+_QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+
+
+def is_job_id(name: str) -> bool:
+    """Whether ``name`` is a job id (and so safe as a path component)."""
+    return isinstance(name, str) and _ID_RE.match(name) is not None
 
 
 def check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _ID_RE.match(job_id):
+    if not is_job_id(job_id):
         raise ValueError("not a hither_fs job id: {!r} (expected 16 hex digits)".format(job_id))
     return job_id
 
