@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import filelock
 
-from .runtime.files import makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.files import file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.serialization import walk_refs
 from .runtime.store import Store
 
@@ -65,7 +65,7 @@ class JobCache:
     def lock(self, root, key: str) -> filelock.BaseFileLock:
         shard = os.path.join(self.directory(root), key[:2])
         makedirs(shard)
-        return filelock.FileLock(os.path.join(shard, ".lock"), thread_local=False)
+        return filelock.FileLock(os.path.join(shard, ".lock"), mode=file_mode(shard), thread_local=False)
 
     # -- entries -----------------------------------------------------------
 

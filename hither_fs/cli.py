@@ -31,14 +31,16 @@ def _job_summary(root: Root, job_id: str) -> Optional[Dict[str, Any]]:
 
 
 def cmd_ls(args) -> int:
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     rows = [s for s in (_job_summary(root, j) for j in _iter_job_ids(root)) if s]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.function:
         rows = [r for r in rows if r["function"] == args.function]
     rows.sort(key=lambda r: r["submitted"])
-    if args.limit:
+    hidden = 0
+    if args.limit and len(rows) > args.limit:
+        hidden = len(rows) - args.limit
         rows = rows[-args.limit:]
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -46,6 +48,8 @@ def cmd_ls(args) -> int:
     print("{:16}  {:9}  {:20}  {:26}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR"))
     for r in rows:
         print("{id:16}  {status:9}  {function:20.20}  {submitted:26}  {error:.60}".format(**r))
+    if hidden:
+        print("... and {} older jobs (--limit 0 shows all)".format(hidden))
     return 0
 
 
@@ -57,7 +61,7 @@ def _resolve_job(root: Root, job_id: str) -> str:
 
 
 def cmd_show(args) -> int:
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     job_id = _resolve_job(root, args.job_id)
     out = {
         "directory": root.layout.job_dir(job_id),
@@ -73,7 +77,7 @@ def cmd_show(args) -> int:
 
 def cmd_logs(args) -> int:
     from .job import Job
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     job = Job(_resolve_job(root, args.job_id), root)
     console = job.get_console_output()
     streams = ["stderr"] if args.stderr else ["stdout"] if args.stdout else ["stdout", "stderr"]
@@ -83,7 +87,7 @@ def cmd_logs(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     code = 0
     for job_id in args.job_ids:
         _resolve_job(root, job_id)
@@ -118,7 +122,7 @@ def cmd_worker(args) -> int:
 
 def cmd_workers_ls(args) -> int:
     from .slurm import live_workers
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     rows = sorted(live_workers(root, max_age=float("inf")), key=lambda hb: hb.get("started", ""))
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -136,7 +140,7 @@ def cmd_workers_ls(args) -> int:
 def cmd_workers_stop(args) -> int:
     from .runtime.files import write_json
     from .slurm import live_workers
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     chosen = [hb for hb in live_workers(root, max_age=float("inf"))
               if args.all or hb.get("id") in args.worker_ids or set(args.queue or []) & set(hb.get("queues", []))]
     if not chosen:
@@ -161,7 +165,7 @@ def cmd_workers_submit(args) -> int:
 
 def cmd_fsck(args) -> int:
     from .fsck import fsck
-    root = Root.get(args.root)
+    root = Root.get(args.root, create=False)
     findings = fsck(root, repair=args.repair)
     for f in findings:
         tag = "DAMAGED" if f.damage else "repaired" if f.repaired else "stale"
@@ -200,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("--status", choices=["pending", "queued", "running"] + list(FINAL_STATUSES))
     p.add_argument("--function")
-    p.add_argument("--limit", type=int, default=50, help="show the newest N (0: all)")
+    p.add_argument("--limit", type=int, default=50, help="show the newest N (default 50; 0: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ls)
 

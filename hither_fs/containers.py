@@ -48,7 +48,7 @@ import filelock
 
 from . import codeenv
 from .runtime.execute import error_record
-from .runtime.files import read_json, remove_quietly, temp_name, write_json
+from .runtime.files import file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.layout import Layout
 from .runtime.store import sha1_of_file
 
@@ -209,7 +209,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
     if meta and os.path.exists(final):
         return _image_facts(meta, pulled=False)
     waited = time.monotonic()
-    with filelock.FileLock(final + ".lock", thread_local=False):
+    with filelock.FileLock(final + ".lock", mode=file_mode(images), thread_local=False):
         waited = time.monotonic() - waited
         meta = read_json(meta_path, None, missing_ok=True)
         if meta and os.path.exists(final):
@@ -412,7 +412,7 @@ def run_container_attempt(root_path: str, job_id: str, attempt: int, spec: Dict[
         if isinstance(exc, ContainerError):
             record.update(type="ContainerError", module="hither_fs", traceback="")
         try:
-            os.makedirs(adir, exist_ok=True)
+            makedirs(adir)
             write_json(os.path.join(adir, "runtime.json"), facts)
             write_json(os.path.join(adir, "error.json"), record)
             _append(os.path.join(adir, "stderr.txt"), "{}: {}\n".format(record["type"], record["message"]))

@@ -77,29 +77,33 @@ def _cannot_create(path: str, exc: OSError) -> str:
 class Root:
     """An opened root directory.
 
-    ``Root(path)`` creates the root if it does not exist. ``shared="group"``
-    creates it group-writable (setgid directories) for a lab's common root;
-    the default is private to the user.
+    ``Root(path)`` creates the root if it does not exist (``create=False``:
+    raise ``RootError`` instead). ``shared="group"`` creates it group-writable
+    (setgid directories, group-writable files) for a lab's common root; the
+    default is private to the user (0700 directories, 0600 files).
     """
 
     _opened: Dict[str, "Root"] = {}
 
-    def __init__(self, path: Optional[str] = None, *, shared: Optional[str] = None):
+    def __init__(self, path: Optional[str] = None, *, shared: Optional[str] = None, create: bool = True):
         path = default_root_path() if path is None else os.path.abspath(os.path.expanduser(str(path)))
         self.path = path
         self.layout = Layout(path)
         self.store = Store(self.layout.store)
+        if not create and not os.path.exists(self.layout.marker):
+            raise RootError("{} is not a hither_fs root (no root.json there)".format(path))
         self.info = self._open_or_create(shared)
         self.group_shared = self.info.get("mode") == "group"
-        self._dir_mode = 0o2770 if self.group_shared else 0o700
+        #: mode of lock files, which other group members must open for writing in a shared root
+        self.file_mode = 0o660 if self.group_shared else 0o600
 
     @classmethod
-    def get(cls, path: Optional[str] = None) -> "Root":
+    def get(cls, path: Optional[str] = None, create: bool = True) -> "Root":
         """The process-wide ``Root`` object for a path (opened once)."""
         resolved = default_root_path() if path is None else os.path.abspath(os.path.expanduser(str(path)))
         root = cls._opened.get(resolved)
         if root is None:
-            root = cls._opened[resolved] = cls(resolved)
+            root = cls._opened[resolved] = cls(resolved, create=create)
         return root
 
     # -- opening -----------------------------------------------------------
@@ -131,7 +135,7 @@ class Root:
             if not os.path.exists(marker):
                 write_json(marker, {"format": FORMAT, "mode": mode, "created": now_iso()})
             for d in self.layout.top_dirs():
-                os.makedirs(d, mode=dir_mode, exist_ok=True)
+                makedirs(d)
         except OSError as exc:
             raise RootError(_cannot_create(path, exc)) from None
         return read_json(marker)
@@ -164,7 +168,7 @@ class Root:
     # -- primitives --------------------------------------------------------
 
     def makedirs(self, path: str) -> None:
-        makedirs(path, self._dir_mode)
+        makedirs(path)
 
     def lock(self, job_id: str, timeout: float = -1) -> filelock.BaseFileLock:
         """The lock that serialises every state change of one job.
@@ -172,7 +176,7 @@ class Root:
         It is an ``flock`` on ``jobs/../<id>/lock``: the kernel drops it when
         its holder dies, so a crashed process never blocks a job.
         """
-        return filelock.FileLock(self.layout.job_file(job_id, "lock"), timeout=timeout,
+        return filelock.FileLock(self.layout.job_file(job_id, "lock"), timeout=timeout, mode=self.file_mode,
                                  thread_local=False)
 
     def job_exists(self, job_id: str) -> bool:

@@ -94,3 +94,35 @@ def test_waiting_costs_next_to_no_cpu(root_path, parallel):
         assert job.wait(timeout=30) == 7
         spent = time.process_time() - cpu0
     assert spent < 0.15, 'waiting 1.5 s cost {:.3f} CPU seconds'.format(spent)
+
+
+@pytest.mark.parametrize('umask', [0o022, 0o077, 0o000])
+def test_group_shared_root_stays_group_writable_whatever_the_umask(tmp_path, umask):
+    """Every directory a group-shared root grows is setgid 2770 and every file 0660
+    (so the lab's other members can add jobs, take locks and read results);
+    a private root is 0700/0600 - under any umask."""
+    from jobfuncs import echo
+    import numpy as np
+    for shared, dir_mode, file_mode in (('group', 0o2770, 0o660), ('private', 0o700, 0o600)):
+        old = os.umask(umask)
+        try:
+            root = Root(str(tmp_path / shared), shared=shared)
+            with hi.Config(root=root.path, job_cache=hi.JobCache()):
+                assert list(echo.run(x=np.arange(3)).wait()) == [0, 1, 2]
+        finally:
+            os.umask(old)
+        for dirpath, dirnames, filenames in os.walk(root.path):
+            assert stat.S_IMODE(os.stat(dirpath).st_mode) == dir_mode, dirpath
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                assert stat.S_IMODE(os.stat(path).st_mode) == file_mode, path
+        assert root.unsafe_reason() is None
+
+
+def test_read_only_commands_do_not_create_roots(tmp_path):
+    from conftest import run_python
+    missing = str(tmp_path / 'typo')
+    for args in (['ls'], ['fsck'], ['workers', 'ls'], ['show', '0123456789abcdef']):
+        proc = run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', '--root', missing, *args)
+        assert proc.returncode == 2 and 'is not a hither_fs root' in proc.stderr, (args, proc.stderr)
+    assert not os.path.exists(missing)

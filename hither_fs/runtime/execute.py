@@ -24,7 +24,7 @@ import traceback
 from typing import Any, Callable, Dict, Optional
 
 from .code import function_in_code_env, import_function
-from .files import makedirs, read_json, write_json
+from .files import file_mode, makedirs, read_json, write_json
 from .layout import Layout
 from .serialization import decode, encode
 from .store import Store
@@ -115,6 +115,7 @@ def redirect_console(directory: str, truncate: bool = False) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
     for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
         out = os.open(os.path.join(directory, name), flags, 0o600)
+        os.fchmod(out, file_mode(directory))
         os.dup2(out, fd)
         os.close(out)
     try:

@@ -12,6 +12,7 @@ Standard library only: this module also runs inside job containers.
 import json
 import os
 import socket
+import stat
 import uuid
 from typing import Any, Callable, Optional
 
@@ -40,6 +41,20 @@ def temp_name(path: str) -> str:
     return os.path.join(directory, ".{}.tmp-{}".format(base, tag))
 
 
+def group_shared(directory: str) -> bool:
+    """Whether ``directory`` belongs to a group-shared root (its directories are setgid)."""
+    try:
+        return bool(os.stat(directory).st_mode & stat.S_ISGID)
+    except OSError:
+        return False
+
+
+def file_mode(directory: str) -> int:
+    """Permission bits for a new file in ``directory``: the user's, and the group's
+    in a group-shared root - never anyone else's, whatever the umask."""
+    return 0o660 if group_shared(directory) else 0o600
+
+
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
     """Call ``write(f)`` on a temporary file, then rename it to ``path``.
 
@@ -49,6 +64,7 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     tmp = temp_name(path)
     try:
         with open(tmp, mode) as f:
+            os.fchmod(f.fileno(), file_mode(os.path.dirname(path)))
             write(f)
             if FSYNC:
                 f.flush()
@@ -90,8 +106,21 @@ def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
         raise CorruptFileError(path, "not valid JSON ({})".format(exc)) from None
 
 
-def makedirs(path: str, mode: int = 0o700) -> None:
-    os.makedirs(path, mode=mode, exist_ok=True)
+def makedirs(path: str) -> None:
+    """Create ``path`` and its missing parents, whatever the umask: 0700, or
+    setgid 2770 below a group-shared root's (setgid) directories."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        makedirs(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise
+    os.chmod(path, 0o2770 if group_shared(parent) else 0o700)
 
 
 def remove_quietly(path: str) -> bool:

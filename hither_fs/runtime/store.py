@@ -62,6 +62,7 @@ class Store:
         tmp = temp_name(os.path.join(self.path, "incoming"))
         try:
             with open(tmp, "wb") as f:
+                os.fchmod(f.fileno(), files.file_mode(self.path))
                 fill(f)
                 if files.FSYNC:
                     f.flush()
