@@ -55,15 +55,41 @@ def test_default_root_is_under_home(monkeypatch, tmp_path):
     assert Root().path == str(tmp_path / '.hither_fs')
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root reads every directory')  # permission bits bind only non-root
 def test_unreadable_root(tmp_path):
-    Root(str(tmp_path / 'u'))
-    os.chmod(tmp_path / 'u', 0)
+    """A root this user cannot read is a clear RootError. Permission bits do not bind root,
+    so when the tests run as root the check runs in a forked child as the user nobody."""
+    import tempfile
+    base = tempfile.mkdtemp(prefix='hither-fs-unreadable-')
+    os.chmod(base, 0o711)  # nobody may pass through, not list
+    path = os.path.join(base, 'u')
+    Root(path)
+    os.chmod(path, 0)
     try:
-        with pytest.raises(hi.RootError, match='not readable'):
-            Root(str(tmp_path / 'u'))
+        if os.geteuid() != 0:
+            with pytest.raises(hi.RootError, match='not readable'):
+                Root(path)
+            return
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                Root(path)
+                message = 'opened'
+            except BaseException as exc:  # report whatever happened to the parent
+                message = '{}: {}'.format(type(exc).__name__, exc)
+            os.write(write, message.encode())
+            os._exit(0)
+        os.close(write)
+        message = os.read(read, 4096).decode()
+        os.waitpid(pid, 0)
+        assert message.startswith('RootError:') and 'not readable' in message, message
     finally:
-        os.chmod(tmp_path / 'u', 0o700)
+        os.chmod(path, 0o700)
+        import shutil
+        shutil.rmtree(base)
 
 
 def test_failed_atomic_write_leaves_old_file(tmp_path):
