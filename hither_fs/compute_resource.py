@@ -68,7 +68,7 @@ class ComputeResource:
         self._stop = threading.Event()
 
     def clear(self) -> int:
-        """Cancel every job queued or pending for this resource; return how many."""
+        """Cancel every job queued for this resource; return how many."""
         count = 0
         for ticket in queue.queue_tickets(self.root, self.queue_name):
             job_id = ticket.rsplit("-", 1)[-1]
@@ -96,8 +96,14 @@ class ComputeResource:
         moved = 0
         for ticket in queue.queue_tickets(self.root, self.queue_name):
             job_id = ticket.rsplit("-", 1)[-1]
-            if self._answer_from_cache(job_id, ticket) or self._forward(job_id, ticket):
-                moved += 1
+            try:
+                if self._answer_from_cache(job_id, ticket) or self._forward(job_id, ticket):
+                    moved += 1
+            except FileNotFoundError:
+                continue  # being written by its submitter
+            except Exception as exc:  # a damaged record fails its own job, never the resource
+                log.warning("compute resource %r: job %s: %s", self.compute_resource_id, job_id, exc)
+                queue._fail_damaged(self.root, job_id, "forwarding to a compute resource", exc)
         if moved:
             self.job_handler.submitted(self.root, None)
         else:
@@ -138,9 +144,9 @@ class ComputeResource:
                 if state["status"] != QUEUED or state["queue"] != self.queue_name:
                     remove_quietly(self._ticket_path(ticket))
                     return False
+                queue.add_ticket(self.root, target, job_id)  # the new index entry before the state
                 state.update(queue=target, served_by=self.compute_resource_id)
                 self.root.write_state(job_id, state)
-                queue.add_ticket(self.root, target, job_id)
                 remove_quietly(self._ticket_path(ticket))
         except filelock.Timeout:
             return False

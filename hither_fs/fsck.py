@@ -8,15 +8,18 @@ removed, and temporary files left by writers that died between write and
 rename are swept.
 """
 
+import contextlib
 import os
 import re
 import socket
 import time
 from typing import Iterator, List, NamedTuple
 
+import filelock
 import numpy as np
 import psutil
 
+from . import queue
 from .root import PENDING, QUEUED, RUNNING, Root
 from .runtime.files import CorruptFileError, read_json, remove_quietly
 from .runtime.layout import is_job_id
@@ -109,16 +112,38 @@ def check_cache(root: Root) -> Iterator[Finding]:
                 yield from _check_refs(root, path, entry["value"])
 
 
+STALE_TICKET_SECONDS = 60.0
+
+
+def _status_under_lock(root: Root, job_id: str):
+    """A job's status read under its lock (so no claim is half-done), or None if busy or unreadable."""
+    try:
+        with root.lock(job_id, timeout=0):
+            return (root.read_job_file(job_id, "state.json", {}) or {}).get("status", "no state")
+    except (filelock.Timeout, CorruptFileError, OSError):
+        return None
+
+
 def check_tickets(root: Root, repair: bool) -> Iterator[Finding]:
+    """Tickets that disagree with their job's state, and live jobs that lost their ticket.
+
+    Young tickets are left alone: a submitter writes a job's ticket just before its state.
+    """
+    now = time.time()
+    indexed = {QUEUED: set(), PENDING: set(), RUNNING: set()}
+
     def stale(path: str, job_id: str, wanted: str) -> Iterator[Finding]:
         if not is_job_id(job_id):  # workers skip it; it is not hither_fs's
             yield Finding(path, "not a ticket: its name holds no job id", False, repair and remove_quietly(path))
             return
+        indexed[wanted].add(job_id)
         try:
-            status = (root.read_job_file(job_id, "state.json", {}) or {}).get("status")
-        except CorruptFileError:
+            if now - os.stat(path).st_mtime < STALE_TICKET_SECONDS:
+                return
+        except FileNotFoundError:
             return
-        if status != wanted:
+        status = _status_under_lock(root, job_id)
+        if status is not None and status != wanted:
             yield Finding(path, "ticket for a job that is {}, not {}".format(status, wanted), False,
                           repair and remove_quietly(path))
     for q in _listdir(root.layout.queues):
@@ -129,6 +154,34 @@ def check_tickets(root: Root, repair: bool) -> Iterator[Finding]:
         for job_id in _listdir(directory):
             if not job_id.startswith("."):
                 yield from stale(os.path.join(directory, job_id), job_id, wanted)
+    # the other way round: a live job that no index points to would never be run
+    for shard in _listdir(root.layout.jobs):
+        for job_id in _listdir(os.path.join(root.layout.jobs, shard)):
+            if not is_job_id(job_id):
+                continue
+            try:
+                state = root.read_job_file(job_id, "state.json", {}) or {}
+            except CorruptFileError:
+                continue
+            status = state.get("status")
+            if status not in indexed or job_id in indexed[status]:
+                continue
+            with contextlib.suppress(filelock.Timeout, OSError, CorruptFileError), root.lock(job_id, timeout=0):
+                state = root.read_state(job_id)
+                if state.get("status") != status:
+                    continue
+                repaired = False
+                if repair:
+                    if status == QUEUED:
+                        queue.add_ticket(root, state["queue"], job_id)
+                    elif status == PENDING:
+                        root.write_ticket(root.layout.pending_ticket(job_id), {"queue": state["queue"]})
+                    else:
+                        root.write_ticket(root.layout.running_ticket(job_id),
+                                          {"worker": state.get("worker"), "attempt": state.get("attempt")})
+                    repaired = True
+                yield Finding(root.layout.job_dir(job_id), "{} job without a ticket: no worker would see it".format(
+                    status), False, repaired)
 
 
 def check_temp_files(root: Root, repair: bool) -> Iterator[Finding]:

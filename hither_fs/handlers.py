@@ -16,12 +16,13 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from . import queue
 from .function import _registry
 from .root import Root
 from .runtime.code import stop_if_loading_script
+from .runtime.files import file_mode
 from .runtime.layout import check_queue_name
 from .worker import new_worker_id, run_in_process
 
@@ -36,6 +37,9 @@ class JobHandler:
 
     def queue_for(self, root: Root) -> str:
         raise NotImplementedError
+
+    def check(self, spec: Dict[str, Any]) -> None:
+        """Raise if this handler could never run a job of this spec (called before it is written)."""
 
     def resources_for(self, requested: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
         """What a job needs, recorded in its spec (``Config(job_resources=...)``)."""
@@ -55,7 +59,6 @@ class DefaultJobHandler(JobHandler):
 
     def __init__(self):
         self._n = next(_counter)
-        self._running = False
 
     def queue_for(self, root: Root) -> str:
         # per process: a forked child gets its own queue
@@ -65,25 +68,20 @@ class DefaultJobHandler(JobHandler):
         self.help(root)
 
     def help(self, root: Root) -> None:
-        if self._running:
-            return  # a job running here submitted another: it runs when that one is waited for
-        self._running = True
-        try:
-            q = self.queue_for(root)
-            while True:
-                queue.promote_pending(root)
-                claimed = None
-                for ticket in queue.queue_tickets(root, q):
-                    worker_id = new_worker_id("inproc")
-                    claimed = queue.try_claim(root, q, ticket, worker_id)
-                    if claimed is not None:
-                        fn = _registry.get(claimed.spec["function"]["name"])
-                        run_in_process(root, claimed, worker_id, fn.__wrapped__ if fn else None)
-                        break
-                if claimed is None:
-                    return
-        finally:
-            self._running = False
+        # re-entered when a job running here waits for a job it submitted: that one runs then
+        q = self.queue_for(root)
+        while True:
+            queue.promote_pending(root)
+            claimed = None
+            for ticket in queue.queue_tickets(root, q):
+                worker_id = new_worker_id("inproc")
+                claimed = queue.try_claim(root, q, ticket, worker_id)
+                if claimed is not None:
+                    fn = _registry.get(claimed.spec["function"]["name"])
+                    run_in_process(root, claimed, worker_id, fn.__wrapped__ if fn else None)
+                    break
+            if claimed is None:
+                return
 
     def __repr__(self):
         return "DefaultJobHandler()"
@@ -105,18 +103,30 @@ class ParallelJobHandler(JobHandler):
         self.num_workers = num_workers
         self.queue_name = check_queue_name(queue_name)
         self._workers: Dict[str, List[subprocess.Popen]] = {}
+        self._failures = 0
 
     def queue_for(self, root: Root) -> str:
         return self.queue_name
 
     def submitted(self, root: Root, job) -> None:
+        reason = root.unsafe_reason()
+        if reason:  # its workers would refuse the root: say so now, not by hanging
+            raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
         self._ensure_workers(root)
 
     def help(self, root: Root) -> None:
         self._ensure_workers(root)
 
     def _ensure_workers(self, root: Root) -> None:
-        procs = [p for p in self._workers.get(root.path, []) if p.poll() is None]
+        procs = []
+        for p in self._workers.get(root.path, []):
+            if p.poll() is None:
+                procs.append(p)
+            elif p.returncode != 0:
+                self._failures += 1
+                if self._failures > 3 * self.num_workers:
+                    raise RuntimeError("local workers keep failing (exit code {}); see {}".format(
+                        p.returncode, p.log_path))
         while len(procs) < self.num_workers:
             procs.append(start_worker_process(root, [self.queue_name], parent_pid=os.getpid()))
         self._workers[root.path] = procs
@@ -164,6 +174,11 @@ def start_worker_process(root: Root, queues: List[str], *, slots: int = 1, paren
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
     log_path = worker_log_path(root, "local-{}-{}-{}".format(socket.gethostname().split(".")[0],
                                                              os.getpid(), next(_counter)))
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode(os.path.dirname(log_path)))
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
+    finally:
+        os.close(log)
+    proc.log_path = log_path
+    return proc

@@ -5,6 +5,7 @@ A ``Job`` holds nothing but an id and a root, so any process can make one
 output and runtime facts all come from the job's directory.
 """
 
+import logging
 import os
 import time
 from typing import Any, Dict, Optional
@@ -16,6 +17,7 @@ from .runtime.execute import upstream_value
 from .runtime.files import CorruptFileError, read_text_tail
 
 _UNSET = object()
+log = logging.getLogger("hither_fs.job")
 
 #: Poll intervals while waiting: fast at first (a quick job is noticed within
 #: a millisecond or two), then backing off to 100 looks a second: each look is
@@ -128,7 +130,10 @@ class Job:
                 # Move things along ourselves: in-process jobs run here, and a
                 # pending job is promoted even if no worker is looking.
                 if self._handler is not None:
-                    self._handler.help(self.root)
+                    try:
+                        self._handler.help(self.root)
+                    except Exception as exc:  # e.g. sbatch failing for a while: keep waiting, say why
+                        log.warning("while waiting for job %s: %s", self.id, exc)
                 if status == PENDING:
                     queue.promote_pending(self.root)
                 next_help = now + 0.2

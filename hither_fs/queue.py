@@ -36,12 +36,14 @@ def add_job(root: Root, job_id: str, spec: Dict[str, Any], waiting_on: List[str]
     root.makedirs(root.layout.job_dir(job_id))
     write_json(root.layout.job_file(job_id, "spec.json"), spec)
     status = PENDING if waiting_on else QUEUED
-    root.write_state(job_id, {"status": status, "attempt": 0, "queue": spec["queue"],
-                              "submitted": now_iso(), "worker": None})
+    # the ticket before the state: a submitter killed in between leaves an orphan ticket
+    # (skipped, reported by fsck), never a queued job that no worker can find
     if waiting_on:
         root.write_ticket(root.layout.pending_ticket(job_id), {"queue": spec["queue"]})
     else:
         add_ticket(root, spec["queue"], job_id)
+    root.write_state(job_id, {"status": status, "attempt": 0, "queue": spec["queue"],
+                              "submitted": now_iso(), "worker": None})
 
 
 def write_outcome(root: Root, job_id: str, name: str, record: Dict[str, Any]) -> None:
@@ -64,7 +66,11 @@ def _upstream_ids(spec: Dict[str, Any]) -> List[str]:
 
 def promote_pending(root: Root) -> int:
     """Queue the pending jobs whose upstream jobs all finished; fail those whose
-    upstream failed. Returns how many jobs changed. Any process may call this."""
+    upstream failed. Returns how many jobs changed. Any process may call this.
+
+    A damaged record fails only the job it belongs to: one bad file never
+    stops the promotion of the others.
+    """
     changed = 0
     try:
         names = os.listdir(root.layout.pending)
@@ -73,52 +79,81 @@ def promote_pending(root: Root) -> int:
     for job_id in names:
         if not is_job_id(job_id):
             continue  # a temp file or a stray file: not a ticket (fsck reports it)
-        verdict = None
         try:
-            spec = root.read_spec(job_id)
-        except FileNotFoundError:
-            continue
-        except CorruptFileError as exc:
-            spec = {}
-            verdict = {"type": "CorruptFileError", "module": "hither_fs", "stage": "waiting for upstream jobs",
-                       "message": str(exc), "traceback": ""}
-        for up in _upstream_ids(spec):
-            if not is_job_id(up):
-                # never a path: a hand-edited spec must not make anyone read outside the root
-                verdict = {"type": "ValueError", "module": "builtins", "stage": "waiting for upstream jobs",
-                           "message": "{} names upstream job {!r}, which is not a hither_fs job id "
-                                      "(expected 16 hex digits)".format(root.layout.job_file(job_id, "spec.json"), up),
-                           "traceback": ""}
-                break
-            up_state = root.read_job_file(up, "state.json", {})
-            status = up_state.get("status")
-            if status in (ERROR, CANCELLED):
-                up_fn = root.read_job_file(up, "spec.json", {}).get("function", {}).get("name", "?")
-                verdict = {"type": "UpstreamJobError", "module": "hither_fs", "stage": "waiting for upstream jobs",
-                           "message": "upstream job {} ({}) {}: {}".format(
-                               up, up_fn, "was cancelled" if status == CANCELLED else "failed",
-                               up_state.get("error", "")),
-                           "traceback": "", "upstream": up}
-                break
-            if status != FINISHED:
-                verdict = "wait"
-        if verdict == "wait":
-            continue
-        try:
-            with root.lock(job_id, timeout=0):
-                state = root.read_state(job_id)
-                if state["status"] == PENDING:
-                    if verdict is None:
-                        state["status"] = QUEUED
-                        root.write_state(job_id, state)
-                        add_ticket(root, state["queue"], job_id)
-                    else:
-                        _fail(root, job_id, state, verdict)
-                    changed += 1
-                remove_quietly(root.layout.pending_ticket(job_id))
+            changed += _promote_one(root, job_id)
         except filelock.Timeout:
             continue
+        except (CorruptFileError, OSError, ValueError, KeyError) as exc:
+            _fail_damaged(root, job_id, "waiting for upstream jobs", exc)
+            changed += 1
     return changed
+
+
+def _pending_verdict(root: Root, job_id: str) -> Any:
+    """None: ready to queue; "wait": not yet; a dict: the error to fail it with."""
+    spec = root.read_spec(job_id)
+    verdict = None
+    for up in _upstream_ids(spec):
+        if not is_job_id(up):
+            # never a path: a hand-edited spec must not make anyone read outside the root
+            return {"type": "ValueError", "module": "builtins", "stage": "waiting for upstream jobs",
+                    "message": "{} names upstream job {!r}, which is not a hither_fs job id "
+                               "(expected 16 hex digits)".format(root.layout.job_file(job_id, "spec.json"), up),
+                    "traceback": ""}
+        up_state = root.read_job_file(up, "state.json", {})
+        status = up_state.get("status")
+        if status in (ERROR, CANCELLED):
+            up_fn = root.read_job_file(up, "spec.json", {}).get("function", {}).get("name", "?")
+            return {"type": "UpstreamJobError", "module": "hither_fs", "stage": "waiting for upstream jobs",
+                    "message": "upstream job {} ({}) {}: {}".format(
+                        up, up_fn, "was cancelled" if status == CANCELLED else "failed", up_state.get("error", "")),
+                    "traceback": "", "upstream": up}
+        if status != FINISHED:
+            verdict = "wait"
+    return verdict
+
+
+def _promote_one(root: Root, job_id: str) -> int:
+    try:
+        verdict = _pending_verdict(root, job_id)
+    except FileNotFoundError:
+        return 0  # being created, or gone
+    if verdict == "wait":
+        return 0
+    with root.lock(job_id, timeout=0):
+        state = root.read_state(job_id)
+        changed = 0
+        if state["status"] == PENDING:
+            if verdict is None:
+                # the index entry before the state: a crash in between leaves a ticket
+                # that claimers drop as stale, never a queued job nobody can find
+                add_ticket(root, state["queue"], job_id)
+                state["status"] = QUEUED
+                root.write_state(job_id, state)
+            else:
+                _fail(root, job_id, state, verdict)
+            changed = 1
+        remove_quietly(root.layout.pending_ticket(job_id))
+        return changed
+
+
+def _fail_damaged(root: Root, job_id: str, stage: str, exc: Exception) -> None:
+    """Fail a job whose own records cannot be read (naming the damage), and drop its tickets."""
+    try:
+        with root.lock(job_id, timeout=0):
+            try:
+                state = root.read_state(job_id)
+            except (CorruptFileError, FileNotFoundError, ValueError):
+                state = {}
+            if state.get("status") in FINAL_STATUSES:
+                return
+            state.setdefault("queue", "?")
+            _fail(root, job_id, state, {"type": type(exc).__name__, "module": type(exc).__module__,
+                                        "stage": stage, "message": str(exc), "traceback": ""})
+            remove_quietly(root.layout.pending_ticket(job_id))
+            remove_quietly(root.layout.running_ticket(job_id))
+    except (filelock.Timeout, OSError):
+        pass
 
 
 # -- queued -> running ---------------------------------------------------------
@@ -156,8 +191,7 @@ def try_claim(root: Root, queue: str, ticket: str, worker_id: str,
                 state = root.read_state(job_id)
                 spec = root.read_spec(job_id)
             except FileNotFoundError:
-                remove_quietly(ticket_path)
-                return None
+                return None  # being written by its submitter (the ticket comes first)
             except CorruptFileError as exc:
                 # never run from a damaged record: the job fails, naming the file
                 state = root.read_job_file(job_id, "state.json", {}) if "state.json" not in exc.path else {}
@@ -288,11 +322,11 @@ def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str
             return None
         spec = root.read_spec(job_id)
         max_attempts = int(spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
-        remove_quietly(root.layout.running_ticket(job_id))
         shutil.rmtree(root.layout.attempt_dir(job_id, attempt), ignore_errors=True)
         if state.get("cancel_requested"):
             _fail(root, job_id, state, cancelled_record(job_id, "while running (its worker was lost)"),
                   CANCELLED)
+            remove_quietly(root.layout.running_ticket(job_id))
             return CANCELLED
         if not count_attempt:
             state["attempt"] = attempt - 1
@@ -303,16 +337,21 @@ def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str
                     "message": "handed back {} times because its workers' time ran out before it finished "
                                "(last: {}); give the allocations a longer time limit".format(
                                    state["handed_back"], why), "traceback": ""})
+                remove_quietly(root.layout.running_ticket(job_id))
                 return ERROR
         elif attempt >= max_attempts:
             _fail(root, job_id, state, {
                 "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
                 "message": "worker lost {} times, giving up (last: {})".format(attempt, why),
                 "traceback": ""})
+            remove_quietly(root.layout.running_ticket(job_id))
             return ERROR
+        # new index entry, state, old index entry - in that order: a crash at any point leaves
+        # something that the next look repairs (a stale ticket, or a running ticket to re-check)
+        add_ticket(root, state["queue"], job_id)
         state.update(status=QUEUED, worker=None, requeued=why)
         root.write_state(job_id, state)
-        add_ticket(root, state["queue"], job_id)
+        remove_quietly(root.layout.running_ticket(job_id))
         return QUEUED
 
 

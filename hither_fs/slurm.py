@@ -8,6 +8,7 @@ clusters have no accounting. What a running allocation is doing comes from
 the root - the heartbeat files of its worker - not from Slurm.
 """
 
+import hashlib
 import math
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any, Dict, Iterable, List, Optional
 from . import queue
 from .handlers import JobHandler
 from .root import Root
-from .runtime.files import read_json
+from .runtime.files import CorruptFileError, read_json
 from .runtime.layout import check_queue_name, is_job_id
 from .worker import LeaseWatcher
 
@@ -115,7 +116,7 @@ class Allocation:
         log_dir = os.path.join(root.path, "logs", "slurm")
         root.makedirs(log_dir)
         cmd = ["sbatch", "--parsable",
-               "--job-name=hither-fs-{}".format(queue_name),
+               "--job-name={}".format(job_name(root, queue_name)),
                "--time={}".format(format_slurm_time(self.seconds)),
                "--cpus-per-task={}".format(self.cpus),
                "--mem={}M".format(int(math.ceil(self.memory_gb * 1024))),
@@ -129,9 +130,11 @@ class Allocation:
     def environment(self, root: Root, queue_name: str) -> Dict[str, str]:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        # no HITHER_FS_TIME_LIMIT: the script asks Slurm for the time left when the worker
+        # starts, so the deadline counts from the allocation's start, not the worker's
+        env.pop("HITHER_FS_TIME_LIMIT", None)
         env.update(HITHER_FS_ROOT=root.path, HITHER_FS_QUEUE=queue_name, HITHER_FS_SLOTS=str(self.slots),
-                   HITHER_FS_PYTHON=self.python, HITHER_FS_TIME_LIMIT=format_slurm_time(self.seconds),
-                   HITHER_FS_IDLE_TIMEOUT=str(self.idle_timeout),
+                   HITHER_FS_PYTHON=self.python, HITHER_FS_IDLE_TIMEOUT=str(self.idle_timeout),
                    HITHER_FS_MEMORY_GB=str(self.memory_gb), HITHER_FS_DRAIN_MARGIN=str(self.drain_margin),
                    PYTHONPATH=os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p))
         return env
@@ -142,12 +145,19 @@ class Allocation:
         return out.strip().split(";")[0]
 
 
-def squeue_states(job_ids: Iterable[str]) -> Dict[str, str]:
-    """One ``squeue`` call for several jobs: ``{job id: state}`` of those Slurm still knows."""
-    ids = sorted(set(job_ids))
-    if not ids:
-        return {}
-    out = _run(["squeue", "--noheader", "--jobs=" + ",".join(ids), "--format=%i %T"])
+def job_name(root: Root, queue_name: str) -> str:
+    """The Slurm job name of an allocation: its queue, and a short hash of its root (so two
+    roots' allocations of the same queue are told apart)."""
+    return "hither-fs-{}-{}".format(queue_name, hashlib.sha1(root.path.encode()).hexdigest()[:8])
+
+
+def squeue_states(name: str) -> Dict[str, str]:
+    """One ``squeue`` call: ``{job id: state}`` of this user's Slurm jobs called ``name``.
+
+    Asking by name rather than by id also sees allocations submitted by other
+    processes, and never fails on ids Slurm has already forgotten.
+    """
+    out = _run(["squeue", "--noheader", "--me", "--name=" + name, "--format=%i %T"])
     states = {}
     for line in out.splitlines():
         parts = line.split()
@@ -220,10 +230,18 @@ class SlurmJobHandler(JobHandler):
         self._next_look = 0.0
         self._next_squeue = 0.0
         self._squeue_backoff = squeue_interval
+        self._in_slurm: set = set()  # allocations Slurm listed at the last look
         self._watchers: Dict[str, LeaseWatcher] = {}
 
     def queue_for(self, root: Root) -> str:
         return self.queue_name
+
+    def check(self, spec) -> None:
+        timeout = spec.get("timeout")
+        usable = self.allocation.seconds - self.allocation.drain_margin
+        if timeout and timeout > usable:
+            raise ValueError("job_timeout {} s cannot fit in an allocation whose time limit {} leaves {} s "
+                             "for jobs; raise time_limit".format(timeout, self.allocation.time_limit, usable))
 
     def resources_for(self, requested):
         need = {"cpus": self.allocation.cpus_per_slot, "memory_gb": self.allocation.memory_gb_per_slot}
@@ -235,8 +253,7 @@ class SlurmJobHandler(JobHandler):
         return need
 
     def submitted(self, root: Root, job) -> None:
-        self._next_look = 0.0
-        self.scale(root)
+        self.scale(root)  # at most once a second: submitting many jobs stays cheap
 
     def help(self, root: Root) -> None:
         self.scale(root)
@@ -244,19 +261,17 @@ class SlurmJobHandler(JobHandler):
     # -- scaling -------------------------------------------------------------------
 
     def demand(self, root: Root) -> int:
-        """Jobs of this queue that are queued, pending or running."""
+        """Jobs of this queue that are queued, pending or running (from the index, not the job records)."""
         count = len(queue.queue_tickets(root, self.queue_name))
-        for directory in (root.layout.pending, root.layout.running):
+        for job_id in os.listdir(root.layout.pending) if os.path.isdir(root.layout.pending) else []:
+            if is_job_id(job_id):
+                ticket = read_json(root.layout.pending_ticket(job_id), {}, missing_ok=True) or {}
+                count += ticket.get("queue") == self.queue_name
+        for job_id, _ in queue.running_jobs(root):
             try:
-                names = os.listdir(directory)
-            except FileNotFoundError:
+                count += (root.read_job_file(job_id, "state.json", {}) or {}).get("queue") == self.queue_name
+            except CorruptFileError:
                 continue
-            for job_id in names:
-                if not is_job_id(job_id):
-                    continue  # a temp file or a stray file: not a ticket
-                state = root.read_job_file(job_id, "state.json", {}) or {}
-                if state.get("queue") == self.queue_name and state.get("status") in ("pending", "running"):
-                    count += 1
         return count
 
     def scale(self, root: Root) -> List[str]:
@@ -271,48 +286,44 @@ class SlurmJobHandler(JobHandler):
         # every live allocation counts against max_allocations, draining ones too:
         # their replacement is submitted when they leave
         workers = [hb for hb in live_workers(root) if self.queue_name in hb.get("queues", [])]
-        beating = {str(hb.get("slurm_job_id")) for hb in workers}
-        for sid in list(self.submitted_allocations):
-            if sid in beating:
-                del self.submitted_allocations[sid]  # started: its heartbeat tells the rest
-        self._forget_dead_allocations(now)
-        have = len(workers) + len(self.submitted_allocations)
         need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
+        if need <= len(workers):
+            return []
+        self._look_at_slurm(root, now)
+        beating = {str(hb.get("slurm_job_id")) for hb in workers}
+        starting = (self._in_slurm | set(self.submitted_allocations)) - beating
         new = []
-        for _ in range(need - have):
+        for _ in range(need - len(workers) - len(starting)):
             sid = self.allocation.submit(root, self.queue_name)
             self.submitted_allocations[sid] = now
             self.history.append(sid)
             new.append(sid)
-        if new:
-            self._squeue_backoff = self.squeue_interval
-            self._next_squeue = now + self.squeue_interval
         return new
 
-    def _forget_dead_allocations(self, now: float) -> None:
-        """Ask Slurm, in one batched call at most every interval, about allocations
-        that have not yet shown a heartbeat; forget those Slurm no longer runs."""
-        if not self.submitted_allocations or now < self._next_squeue:
+    def _look_at_slurm(self, root: Root, now: float) -> None:
+        """Which allocations of this queue Slurm has, pending or running: one batched
+        ``squeue`` per interval at most, backing off while it fails."""
+        if now < self._next_squeue:
             return
         try:
-            states = squeue_states(self.submitted_allocations)
+            states = squeue_states(job_name(root, self.queue_name))
         except (SlurmError, subprocess.TimeoutExpired):
-            states = None
-        if states is None:
             self._squeue_backoff = min(self._squeue_backoff * 2, 300.0)
-        else:
-            for sid in list(self.submitted_allocations):
-                if states.get(sid, "COMPLETED") in _FINAL_SLURM_STATES:
-                    del self.submitted_allocations[sid]
-            self._squeue_backoff = min(self._squeue_backoff * 1.5, 60.0)
-        self._next_squeue = now + self._squeue_backoff
+            self._next_squeue = now + self._squeue_backoff
+            return
+        self._squeue_backoff = self.squeue_interval
+        self._next_squeue = now + self.squeue_interval
+        self._in_slurm = {sid for sid, state in states.items()
+                          if state not in _FINAL_SLURM_STATES and state != "COMPLETING"}
+        # what squeue lists speaks for itself; keep only submissions too recent to be listed
+        self.submitted_allocations = {sid: t for sid, t in self.submitted_allocations.items()
+                                      if sid not in states and now - t < 2 * self.squeue_interval}
 
     def cancel_allocations(self, root: Root) -> None:
         """``scancel`` every allocation serving this handler's queue (their jobs go back to the queue)."""
-        ids = set(self.submitted_allocations)
-        ids |= {str(hb["slurm_job_id"]) for hb in live_workers(root)
-                if self.queue_name in hb.get("queues", []) and hb.get("slurm_job_id")}
-        scancel(ids)
+        ours = set(self.history) | {str(hb["slurm_job_id"]) for hb in live_workers(root)
+                                    if self.queue_name in hb.get("queues", []) and hb.get("slurm_job_id")}
+        scancel(ours & set(squeue_states(job_name(root, self.queue_name))))  # only what Slurm still has
         self.submitted_allocations.clear()
 
     def __repr__(self):

@@ -90,6 +90,7 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
 
     if spec["container"]:
         _prepare_container_job(fn, root, spec)
+    handler.check(spec)
 
     if cache is not None and not cfg["force_run"]:
         with cache.lock(root, key):
@@ -103,9 +104,9 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
                     cache.mark_in_flight(root, key, job.id)
     else:
         job = _create(root, spec, handler)
-    handler.submitted(root, job)
     with _jobs_lock:
-        _jobs.append(job)
+        _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
+    handler.submitted(root, job)
     return job
 
 
@@ -136,9 +137,11 @@ def _attach_in_flight(root: Root, cache: JobCache, key: str, handler):
     job_id = cache.in_flight(root, key)
     if job_id is None or not root.job_exists(job_id):
         return None
-    status = root.read_state(job_id)["status"]
-    if status in (ERROR, CANCELLED):
+    state = root.read_state(job_id)
+    if state["status"] in (ERROR, CANCELLED):
         return None
+    if state["queue"].startswith("inproc-") and state["queue"] != handler.queue_for(root):
+        return None  # only its own process runs an in-process job, and that may be gone
     return Job(job_id, root, handler)
 
 

@@ -29,7 +29,7 @@ from .cache import JobCache
 from .root import ERROR, FINISHED, Root, now_iso
 from .containers import run_container_attempt
 from .runtime.execute import redirect_console, run_attempt
-from .runtime.files import CorruptFileError, read_json, remove_quietly, write_json
+from .runtime.files import CorruptFileError, file_mode, read_json, remove_quietly, write_json
 from .runtime.layout import check_queue_name, is_job_id
 
 log = logging.getLogger("hither_fs.worker")
@@ -123,7 +123,8 @@ class LeaseWatcher:
         now = time.monotonic()
         if hb and hb.get("host") == HOST:
             try:
-                alive = abs(psutil.Process(hb["pid"]).create_time() - hb["create_time"]) < 0.01
+                # a tolerance: create times are derived from the boot time, which moves with clock steps
+                alive = abs(psutil.Process(hb["pid"]).create_time() - hb["create_time"]) < 1.0
             except psutil.Error:
                 alive = False
             if not alive:
@@ -209,6 +210,7 @@ class Worker:
         self.draining = False   # claim nothing more (the allocation is ending)
         self.stop_signal = 0
         self.warning_signal = 0
+        self.uncommitted: List[Any] = []  # (run, runtime, failure) whose commit failed: retried
         self.in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
         self.jobs_done = 0
         self.watcher = LeaseWatcher(root, lease)
@@ -247,19 +249,20 @@ class Worker:
                         self.heartbeat.beat(jobs=jobs, state="stopping" if self.stopping else
                                             "draining" if self.draining else "running")
                         next_beat = now + self.heartbeat_interval
+                    self._retry_commits()
                     if busy or now >= next_pending:
-                        busy |= queue.promote_pending(self.root) > 0
                         next_pending = now + 0.25
+                        busy |= queue.promote_pending(self.root) > 0
                     if now >= next_lease:
-                        self.watcher.recover(skip=self.id)
                         next_lease = now + max(0.5, self.watcher.lease / 4)
+                        self.watcher.recover(skip=self.id)
                     if not (self.stopping or self.draining):
                         busy |= self._claim()
                 except Exception:
                     # a damaged file or a full disk must not end the worker: report, back off, go on
                     log.exception("worker %s: error in its loop, carrying on", self.id)
+                    busy = False
                     time.sleep(0.5)
-                    continue
                 if self.running or busy:
                     idle_since = now
                 elif self._should_exit(now - idle_since):
@@ -276,6 +279,26 @@ class Worker:
             self.heartbeat.remove()
         log.info("worker %s exits after %d job(s)", self.id, self.jobs_done)
         return 0
+
+    def _retry_commits(self) -> None:
+        """Commit again what could not be committed; after a minute, hand the job back instead."""
+        for item in list(self.uncommitted):
+            run, runtime, failure = item
+            self.uncommitted.remove(item)
+            try:
+                final = queue.commit_attempt(self.root, run.claim, self.id, runtime, failure)
+                record_in_cache(self.root, run.claim.spec, final)
+                self.jobs_done += 1
+            except Exception as exc:
+                if time.monotonic() - run.started_mono > 60 + (run.claim.spec.get("timeout") or 0):
+                    log.error("giving job %s back after failed commits: %s", run.claim.job_id, exc)
+                    try:
+                        queue.requeue_lost(self.root, run.claim.job_id, self.id, run.claim.attempt,
+                                           "its worker could not record the outcome: {}".format(exc))
+                    except Exception:
+                        self.uncommitted.append(item)
+                else:
+                    self.uncommitted.append(item)
 
     def _on_stop_signal(self, signum, frame) -> None:
         # only flags: a handler that did I/O could interrupt the loop's own writes
@@ -371,7 +394,12 @@ class Worker:
                     if reason:
                         self._refuse(claim, "refusing to run job {}: {}".format(claim.job_id, reason))
                     else:
-                        self._start(claim)
+                        try:
+                            self._start(claim)
+                        except Exception as exc:  # fork or mkdir failed: give the job back
+                            log.exception("could not start job %s", claim.job_id)
+                            queue.requeue_lost(self.root, claim.job_id, self.id, claim.attempt,
+                                               "its worker could not start it: {}".format(exc), count_attempt=False)
                     claimed = True
         return claimed
 
@@ -446,6 +474,12 @@ class Worker:
             if state.get("cancel_requested"):
                 run.failure = queue.cancelled_record(job_id, "while running")
                 kill_tree(run.pid)
+            elif state.get("worker") != self.id or state.get("attempt") != run.claim.attempt:
+                # another worker judged this one lost and took the job: stop the now useless run
+                log.warning("job %s was taken back from worker %s; stopping its run", job_id, self.id)
+                run.failure = {"type": "WorkerLostError", "module": "hither_fs", "stage": "running",
+                               "message": "the claim was taken back", "traceback": ""}
+                kill_tree(run.pid)
 
     def _reap(self, block: bool = False) -> bool:
         done = False
@@ -481,10 +515,15 @@ class Worker:
         runtime.update(base_runtime(self.id))
         try:
             final = queue.commit_attempt(self.root, run.claim, self.id, runtime, failure)
+        except Exception:
+            # (a full disk, say) the job stays ours and running: try again soon, never leave it stuck
+            log.exception("could not commit job %s; will retry", run.claim.job_id)
+            self.uncommitted.append((run, runtime, failure))
+            return
+        try:
             record_in_cache(self.root, run.claim.spec, final)
         except Exception:
-            log.exception("could not commit job %s", run.claim.job_id)
-            final = None
+            log.exception("could not record job %s in its cache", run.claim.job_id)
         self.jobs_done += 1
         log.info("job %s (%s) -> %s", run.claim.job_id, run.claim.spec["function"]["name"], final)
 
@@ -552,24 +591,34 @@ def run_in_process(root: Root, claim: queue.Claim, worker_id: str, function) -> 
     beater = threading.Thread(target=beat, daemon=True)
     beater.start()
     start, cpu0 = time.time(), time.process_time()
-    with open(os.path.join(adir, "stdout.txt"), "w") as out, open(os.path.join(adir, "stderr.txt"), "w") as err:
-        with contextlib.redirect_stdout(_Tee(sys.stdout, out)), contextlib.redirect_stderr(_Tee(sys.stderr, err)):
-            if claim.spec.get("container"):
-                run_container_attempt(root.path, claim.job_id, claim.attempt, claim.spec)
-            else:
-                run_attempt(root.path, claim.job_id, claim.attempt, function=function)
-    end = time.time()
-    stop.set()
-    beater.join()
-    runtime = {"pid": os.getpid(), "start": _iso(start), "end": _iso(end), "wall_seconds": round(end - start, 6),
-               "cpu_seconds": round(time.process_time() - cpu0, 6), "attempt": claim.attempt,
-               "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               "in_process": True}
-    runtime.update(base_runtime(worker_id))
-    final = queue.commit_attempt(root, claim, worker_id, runtime)
-    record_in_cache(root, claim.spec, final)
-    heartbeat.remove()
+    try:
+        with _console_file(adir, "stdout.txt") as out, _console_file(adir, "stderr.txt") as err:
+            with contextlib.redirect_stdout(_Tee(sys.stdout, out)), contextlib.redirect_stderr(_Tee(sys.stderr, err)):
+                if claim.spec.get("container"):
+                    run_container_attempt(root.path, claim.job_id, claim.attempt, claim.spec)
+                else:
+                    run_attempt(root.path, claim.job_id, claim.attempt, function=function)
+        end = time.time()
+        runtime = {"pid": os.getpid(), "start": _iso(start), "end": _iso(end), "wall_seconds": round(end - start, 6),
+                   "cpu_seconds": round(time.process_time() - cpu0, 6), "attempt": claim.attempt,
+                   "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                   "in_process": True}
+        runtime.update(base_runtime(worker_id))
+        final = queue.commit_attempt(root, claim, worker_id, runtime)
+        record_in_cache(root, claim.spec, final)
+    finally:
+        stop.set()
+        beater.join()
+        heartbeat.remove()
+    error = root.read_job_file(claim.job_id, "error.json", {}) if final != "finished" else {}
+    if error.get("type") == "KeyboardInterrupt":
+        raise KeyboardInterrupt  # Ctrl-C during an in-process job stops the script, as it would without hither_fs
     return final
+
+
+def _console_file(directory: str, name: str):
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(directory))
+    return os.fdopen(fd, "w")
 
 
 class _Tee:

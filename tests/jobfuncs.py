@@ -96,3 +96,9 @@ def chaos_square(i):
     import random
     time.sleep(random.random() * 0.02)
     return i * i
+
+
+@hi.function('outer_job', '0.1.0')
+def outer_job(x):
+    """Submits and waits for a job of its own (in the submitting process's default handler)."""
+    return add.run(x=x, y=1).wait() * 10

@@ -206,3 +206,49 @@ def test_lock_of_a_dead_process_does_not_block(root):
     with root.lock(job.id, timeout=5):
         pass
     assert queue.cancel(root, job.id) == 'cancelled'
+
+
+def test_a_damaged_upstream_record_fails_only_its_own_pipeline(root):
+    with hi.Config(job_handler=QueueOnly('q6')):
+        up = add.run(x=1, y=1)
+        down = add.run(x=up, y=1)
+        other = add.run(x=5, y=5)
+    with open(os.path.join(up.directory, 'state.json'), 'w') as f:
+        f.write('{"status": "fin')  # damaged while the downstream job waits on it
+    w = start_worker(root, 'q6')
+    try:
+        assert other.wait(timeout=60) == 10  # the worker goes on with everything else
+        with pytest.raises(hi.JobError, match='state.json: not valid JSON'):
+            down.wait(timeout=60)
+        assert w.poll() is None
+    finally:
+        stop([w])
+
+
+def test_fsck_repair_reindexes_a_queued_job_that_lost_its_ticket(root):
+    from conftest import run_python
+    with hi.Config(job_handler=QueueOnly('q7')):
+        job = add.run(x=2, y=3)
+    queue_dir = os.path.join(root.path, 'queue', 'q7')
+    for ticket in os.listdir(queue_dir):
+        os.unlink(os.path.join(queue_dir, ticket))  # as if its writer died at the wrong moment
+    out = run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', 'fsck', '--repair').stdout
+    assert 'queued job without a ticket' in out and 'repaired' in out, out
+    w = start_worker(root, 'q7')
+    try:
+        assert job.wait(timeout=60) == 5
+    finally:
+        stop([w])
+
+
+def test_in_process_job_may_run_and_wait_for_its_own_jobs(root_path):
+    from jobfuncs import outer_job
+    assert outer_job.run(x=4).wait(timeout=60) == 50
+
+
+def test_slurm_handler_refuses_a_timeout_no_allocation_can_hold(root_path):
+    handler = hi.SlurmJobHandler(time_limit='00:10:00', drain_margin=20)
+    with hi.Config(job_handler=handler, job_timeout=3600):
+        with pytest.raises(ValueError, match='job_timeout 3600 s cannot fit'):
+            add.run(x=1, y=1)
+    assert handler.history == []  # refused before anything was written or submitted

@@ -50,9 +50,9 @@ class Store:
         """Hash a finished temp file and move it to its content address."""
         sha1 = sha1_of_file(tmp)
         final = self.blob_path(sha1, ext)
-        if os.path.exists(final):
+        if os.path.exists(final) and os.path.getsize(final) == os.path.getsize(tmp):
             os.unlink(tmp)  # same bytes already stored
-        else:
+        else:  # new, or replacing a truncated copy
             makedirs(os.path.dirname(final))
             os.replace(tmp, final)
         return sha1
