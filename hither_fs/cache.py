@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import filelock
 
-from .runtime.files import file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.files import CorruptFileError, file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.serialization import walk_refs
 from .runtime.store import Store
 
@@ -89,12 +89,24 @@ class JobCache:
                 return None
         return entry
 
-    def record(self, root, key: str, spec: Dict[str, Any], outcome: Dict[str, Any], is_error: bool) -> bool:
-        """Write the entry for a finished job once; return whether this call wrote it."""
+    def record(self, root, key: str, spec: Dict[str, Any], outcome: Dict[str, Any], is_error: bool,
+               replace: bool = False) -> bool:
+        """Write the entry for a finished job; return whether this call wrote it.
+
+        An entry is written once per key (concurrent writers: the first wins),
+        except that a result replaces a cached error or an unreadable entry, and
+        ``replace`` (a ``force_run`` job) replaces whatever was there.
+        """
         directory = self.directory(root)
         path = self._entry_path(directory, key)
-        if os.path.exists(path):
-            return False
+        if os.path.exists(path) and not replace:
+            try:
+                existing = read_json(path)
+            except CorruptFileError:
+                existing = None
+            if is_error or (existing is not None and "value" in existing):
+                return False
+            replace = True  # a result in place of an error or damage
         entry = {"key": key, "function": spec["function"]["name"], "version": spec["function"]["version"],
                  "job_id": spec["id"], "root": root.path}
         if is_error:
@@ -106,6 +118,9 @@ class JobCache:
         tmp = temp_name(path)
         write_json(tmp, entry)
         try:
+            if replace:
+                os.replace(tmp, path)
+                return True
             os.link(tmp, path)  # fails if another writer got there first: one entry per key
             return True
         except FileExistsError:

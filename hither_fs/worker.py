@@ -49,7 +49,8 @@ def record_in_cache(root: Root, spec: Dict[str, Any], status: Optional[str]) -> 
     cache = JobCache(cache_spec.get("path"))
     job_id = spec["id"]
     if status == FINISHED:
-        cache.record(root, spec["key"], spec, root.read_job_file(job_id, "result.json"), is_error=False)
+        cache.record(root, spec["key"], spec, root.read_job_file(job_id, "result.json"), is_error=False,
+                     replace=bool(cache_spec.get("replace")))
     elif status == ERROR and cache_spec.get("failing"):
         cache.record(root, spec["key"], spec, root.read_job_file(job_id, "error.json"), is_error=True)
     cache.clear_in_flight(root, spec["key"], job_id)

@@ -102,3 +102,11 @@ def chaos_square(i):
 def outer_job(x):
     """Submits and waits for a job of its own (in the submitting process's default handler)."""
     return add.run(x=x, y=1).wait() * 10
+
+
+@hi.function('flaky', '0.1.0')
+def flaky(flag):
+    """Fails while the file ``flag`` exists."""
+    if os.path.exists(flag):
+        raise RuntimeError('flag is up')
+    return 'ok'

@@ -120,3 +120,28 @@ with hi.Config(job_handler=hi.ParallelJobHandler(1), job_cache=hi.JobCache()):
     assert len(outs) == 1, outs
     assert outs.pop().endswith(' 42')
     assert runs(log) == ['21']
+
+
+def test_force_run_and_a_later_success_replace_cache_entries(root_path, tmp_path):
+    log = str(tmp_path / 'log')
+    with hi.Config(job_cache=hi.JobCache()):
+        first = counted.run(x=7, log=log)
+        first.wait()
+        with hi.Config(force_run=True):
+            forced = counted.run(x=7, log=log)
+            forced.wait()
+        assert counted.run(x=7, log=log).id == forced.id  # the forced run's result is the cached one now
+    assert runs(log) == ['7', '7']
+
+
+def test_a_success_replaces_a_cached_error(root_path, tmp_path):
+    flag = tmp_path / 'fail'
+    flag.write_text('yes')
+    from jobfuncs import flaky
+    with hi.Config(job_cache=hi.JobCache(), cache_failing=True):
+        with pytest.raises(RuntimeError):
+            flaky.run(flag=str(flag)).wait()
+        flag.unlink()
+        with hi.Config(rerun_failing=True):
+            assert flaky.run(flag=str(flag)).wait() == 'ok'
+        assert flaky.run(flag=str(flag)).wait() == 'ok'  # the cached error is gone
