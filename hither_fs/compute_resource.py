@@ -103,7 +103,7 @@ class ComputeResource:
                 continue  # being written by its submitter
             except Exception as exc:  # a damaged record fails its own job, never the resource
                 log.warning("compute resource %r: job %s: %s", self.compute_resource_id, job_id, exc)
-                queue._fail_damaged(self.root, job_id, "forwarding to a compute resource", exc)
+                queue.fail_damaged(self.root, job_id, "forwarding to a compute resource", exc)
         if moved:
             self.job_handler.submitted(self.root, None)
         else:

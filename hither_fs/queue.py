@@ -84,7 +84,7 @@ def promote_pending(root: Root) -> int:
         except filelock.Timeout:
             continue
         except (CorruptFileError, OSError, ValueError, KeyError) as exc:
-            _fail_damaged(root, job_id, "waiting for upstream jobs", exc)
+            fail_damaged(root, job_id, "waiting for upstream jobs", exc)
             changed += 1
     return changed
 
@@ -137,7 +137,7 @@ def _promote_one(root: Root, job_id: str) -> int:
         return changed
 
 
-def _fail_damaged(root: Root, job_id: str, stage: str, exc: Exception) -> None:
+def fail_damaged(root: Root, job_id: str, stage: str, exc: Exception) -> None:
     """Fail a job whose own records cannot be read (naming the damage), and drop its tickets."""
     try:
         with root.lock(job_id, timeout=0):
