@@ -12,7 +12,8 @@ All three run side by side in one process on the same machine and disk:
   write the result and the final state (each write by temp file + fsync +
   rename, as hither_fs does) - with no Python job code at all.
 
-It also reports how long ``job.wait()`` takes to notice a finished job.
+It also reports how long ``job.wait()`` takes to notice a finished job, and
+what waiting costs the waiting process.
 """
 
 import argparse
@@ -74,8 +75,9 @@ def bench_floor(n, workdir):
     return time.perf_counter() - t0
 
 
-def notice_latency(workdir, samples=10):
-    """Seconds between a job's state becoming final and wait() returning."""
+def waiting(workdir, samples=10, long_wait=10.0):
+    """Seconds between a job's state becoming final and wait() returning (median), and the
+    share of one core the waiting process used while it waited ``long_wait`` seconds."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'tests'))
     from jobfuncs import sleepy
     handler = hi.ParallelJobHandler(num_workers=1)
@@ -88,8 +90,12 @@ def notice_latency(workdir, samples=10):
             returned = time.time()
             finished = os.stat(os.path.join(job.directory, 'state.json')).st_mtime
             lags.append(returned - finished)
+        job = sleepy.run(seconds=long_wait)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        job.wait()
+        cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     handler.halt()
-    return statistics.median(lags)
+    return statistics.median(lags), cpu_share
 
 
 def main():
@@ -102,7 +108,7 @@ def main():
         t_hither = bench_hither(n, workdir)
         t_pool = bench_pool(n)
         t_floor = bench_floor(n, workdir)
-        lag = notice_latency(workdir)
+        lag, cpu_share = waiting(workdir)
     rows = [('hither_fs ParallelJobHandler(2)', t_hither), ('ProcessPoolExecutor(2)', t_pool),
             ('filesystem floor (1 process)', t_floor)]
     print('{} no-op jobs'.format(n))
@@ -112,9 +118,11 @@ def main():
             else '{:.1f}x faster'.format(t / t_hither)
         print('{:34} {:10.3f} {:12.0f} {:>16}'.format(name, t, n / t, ratio))
     print('wait() notices a finished job after {:.1f} ms (median of 10)'.format(lag * 1000))
+    print('waiting 10 s for a job used {:.2f}% of one core'.format(cpu_share * 100))
     if args.json:
         with open(args.json, 'w') as f:
-            json.dump({'jobs': n, 'seconds': dict(rows), 'notice_latency_s': lag}, f, indent=1)
+            json.dump({'jobs': n, 'seconds': dict(rows), 'notice_latency_s': lag, 'wait_cpu_share': cpu_share},
+                      f, indent=1)
 
 
 if __name__ == '__main__':

@@ -20,9 +20,10 @@ _UNSET = object()
 log = logging.getLogger("hither_fs.job")
 
 #: Poll intervals while waiting: fast at first (a quick job is noticed within
-#: a millisecond or two), then backing off to 100 looks a second: each look is
-#: one stat call, so a long wait costs well under 1% of a core.
-POLL_MIN, POLL_MAX, POLL_GROWTH = 0.0005, 0.01, 1.3
+#: a millisecond or two), backing off to 10 ms, and over the first minute of a
+#: long wait to 50 ms. Each look is one stat call, so a long wait costs a
+#: fraction of a percent of a core.
+POLL_MIN, POLL_MAX, POLL_MAX_LONG, POLL_GROWTH = 0.0005, 0.01, 0.05, 1.3
 
 
 class Job:
@@ -112,6 +113,7 @@ class Job:
         interval = POLL_MIN
         last_sig = None
         next_help = 0.0
+        started = time.monotonic()
         status = self.status
         while True:
             try:
@@ -142,7 +144,8 @@ class Job:
                     self.id, self.function_name, timeout, self.status))
             sleep = interval if deadline is None else min(interval, max(0.0, deadline - now))
             time.sleep(sleep)
-            interval = min(POLL_MAX, interval * POLL_GROWTH)
+            cap = min(POLL_MAX_LONG, POLL_MAX + (now - started) / 1500.0)
+            interval = min(cap, interval * POLL_GROWTH)
 
     def cancel(self) -> bool:
         """Cancel the job: a queued or pending job never runs, a running one is killed.
