@@ -126,7 +126,7 @@ class ComputeResource:
                 state = self.root.read_state(job_id)
                 if state["status"] != QUEUED:
                     return False
-                queue.write_outcome(self.root, job_id, "result.json", {"value": entry["value"]})
+                queue.write_record(self.root, job_id, "result.json", {"value": entry["value"]})
                 state.update(status=FINISHED, finished=now_iso(), cached=True,
                              served_by=self.compute_resource_id)
                 self.root.write_state(job_id, state)

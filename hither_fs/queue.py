@@ -46,14 +46,15 @@ def add_job(root: Root, job_id: str, spec: Dict[str, Any], waiting_on: List[str]
                               "submitted": now_iso(), "worker": None})
 
 
-def write_outcome(root: Root, job_id: str, name: str, record: Dict[str, Any]) -> None:
+def write_record(root: Root, job_id: str, name: str, record: Dict[str, Any]) -> None:
+    """Write one of a job's JSON records (spec, result, error...) in its directory."""
     write_json(root.layout.job_file(job_id, name), record)
 
 
 def _fail(root: Root, job_id: str, state: Dict[str, Any], error: Dict[str, Any],
           status: str = ERROR) -> None:
     """Record a final error (caller holds the lock)."""
-    write_outcome(root, job_id, "error.json", error)
+    write_record(root, job_id, "error.json", error)
     state.update(status=status, finished=now_iso(), error="{}: {}".format(error["type"], error["message"]))
     root.write_state(job_id, state)
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List
 from .cache import JobCache, cache_key
 from .config import Config
 from .job import Job
-from .queue import add_job, write_outcome
+from .queue import add_job, write_record
 from .root import CANCELLED, ERROR, FINISHED, Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
 from .runtime.layout import check_queue_name
@@ -158,12 +158,12 @@ def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Di
     spec.update(id=job_id, from_cache={"key": entry["key"], "job_id": original, "root": entry.get("root"),
                                        "cache": cache.path or "root"})
     root.makedirs(root.layout.job_dir(job_id))
-    write_outcome(root, job_id, "spec.json", spec)
+    write_record(root, job_id, "spec.json", spec)
     if wanted == FINISHED:
-        write_outcome(root, job_id, "result.json", {"value": entry["value"]})
+        write_record(root, job_id, "result.json", {"value": entry["value"]})
         state = {"status": FINISHED, "error": None}
     else:
-        write_outcome(root, job_id, "error.json", entry["error"])
+        write_record(root, job_id, "error.json", entry["error"])
         state = {"status": ERROR, "error": "{}: {}".format(entry["error"].get("type"), entry["error"].get("message"))}
     state.update(attempt=0, queue=spec["queue"], worker=None, submitted=now_iso(), finished=now_iso(),
                  cached=True)
