@@ -7,19 +7,23 @@ of it runs). An entry is one JSON file, ``<dir>/ab/<key>.json``, holding
 the encoded result; arrays and files it refers to live in the cache's store
 (the root's own store for ``JobCache()``).
 
-Two submitters of the same job at the same time get one execution: under the
-cache shard's lock, the first records an *in-flight* marker naming its job and
-the second attaches to that job.
+Two submitters of the same job at the same time - on one node or on several,
+with or without working file locks - get one execution: the first to create
+the *in-flight marker* ``<dir>/ab/<key>.inflight`` (by ``link``, which
+refuses to replace an existing file on every shared filesystem) runs the
+job; the others read the marker and attach to that job. A marker whose job
+failed is stale: it is taken away by a rename (one process wins) and the
+next submitter runs the job again.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 from typing import Any, Dict, Optional
 
-import filelock
-
-from .runtime.files import CorruptFileError, file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly,
+                            temp_name, with_parents, write_new)
 from .runtime.serialization import walk_refs
 from .runtime.store import Store
 
@@ -47,6 +51,7 @@ class JobCache:
         self.path = None if path is None else os.path.abspath(os.path.expanduser(str(path)))
         if self.path is not None and os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError("job cache path {} is a file, not a directory".format(self.path))
+        self._registered = False
 
     def __repr__(self):
         return "JobCache({})".format(repr(self.path) if self.path else "in the root")
@@ -54,18 +59,19 @@ class JobCache:
     # -- where -------------------------------------------------------------
 
     def directory(self, root) -> str:
-        return self.path or root.layout.cache
+        if self.path is None:
+            return root.layout.cache
+        if not self._registered:
+            makedirs(self.path)
+            register_tree(self.path, bool(os.stat(self.path).st_mode & 0o2000))
+            self._registered = True
+        return self.path
 
     def store(self, root) -> Store:
         return Store(os.path.join(self.path, "store")) if self.path else root.store
 
     def _entry_path(self, directory: str, key: str, suffix: str = ".json") -> str:
         return os.path.join(directory, key[:2], key + suffix)
-
-    def lock(self, root, key: str) -> filelock.BaseFileLock:
-        shard = os.path.join(self.directory(root), key[:2])
-        makedirs(shard)
-        return filelock.FileLock(os.path.join(shard, ".lock"), mode=file_mode(shard), thread_local=False)
 
     # -- entries -----------------------------------------------------------
 
@@ -80,7 +86,7 @@ class JobCache:
             entry = read_json(path, missing_ok=True)
         except Exception:
             return None
-        if not entry or entry.get("key") != key:
+        if not isinstance(entry, dict) or entry.get("key") != key:
             return None
         if "value" in entry:
             try:
@@ -104,7 +110,7 @@ class JobCache:
                 existing = read_json(path)
             except CorruptFileError:
                 existing = None
-            if is_error or (existing is not None and "value" in existing):
+            if is_error or (isinstance(existing, dict) and "value" in existing):
                 return False
             replace = True  # a result in place of an error or damage
         entry = {"key": key, "function": spec["function"]["name"], "version": spec["function"]["version"],
@@ -114,9 +120,8 @@ class JobCache:
         else:
             self._copy_blobs(root.store, self.store(root), outcome["value"])
             entry["value"] = outcome["value"]
-        makedirs(os.path.dirname(path))
         tmp = temp_name(path)
-        write_json(tmp, entry)
+        with_parents(lambda: write_new(tmp, dumps(entry)), os.path.dirname(path))
         try:
             if replace:
                 os.replace(tmp, path)
@@ -140,15 +145,65 @@ class JobCache:
 
     # -- in flight -----------------------------------------------------------
 
+    def _marker(self, root, key: str) -> str:
+        return self._entry_path(self.directory(root), key, ".inflight")
+
     def in_flight(self, root, key: str) -> Optional[str]:
-        marker = read_json(self._entry_path(self.directory(root), key, ".inflight"), {}, missing_ok=True)
-        return marker.get("job_id") if marker.get("root") == root.path else None
+        """The job of this root that is computing ``key`` now, according to its marker."""
+        try:
+            marker = read_json(self._marker(root, key), {}, missing_ok=True)
+        except CorruptFileError:
+            return None
+        if not isinstance(marker, dict) or marker.get("root") != root.path:
+            return None
+        return marker.get("job_id")
 
-    def mark_in_flight(self, root, key: str, job_id: str) -> None:
-        write_json(self._entry_path(self.directory(root), key, ".inflight"),
-                   {"job_id": job_id, "root": root.path})
+    def claim_in_flight(self, root, key: str, job_id: str) -> bool:
+        """Become the one job computing ``key``: True unless another job's marker is there."""
+        path = self._marker(root, key)
+        tmp = temp_name(path)
+        with_parents(lambda: write_new(tmp, dumps({"job_id": job_id, "root": root.path})), os.path.dirname(path))
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            remove_quietly(tmp)
 
-    def clear_in_flight(self, root, key: str, job_id: str) -> None:
-        path = self._entry_path(self.directory(root), key, ".inflight")
-        if read_json(path, {}, missing_ok=True).get("job_id") == job_id:
-            remove_quietly(path)
+    def release_in_flight(self, root, key: str, job_id: str) -> bool:
+        """Remove the marker if it still names ``job_id`` (it has ended, or failed): taken by a
+        rename first, so that a marker another submitter has just put there is never removed."""
+        path = self._marker(root, key)
+        held = temp_name(path)
+        try:
+            os.rename(path, held)
+        except FileNotFoundError:
+            return False
+        try:
+            marker = read_json(held, {})
+        except CorruptFileError:
+            marker = {}
+        if isinstance(marker, dict) and marker.get("job_id") == job_id:
+            remove_quietly(held)
+            return True
+        with contextlib.suppress(FileExistsError):
+            os.link(held, path)  # not ours: put it back (unless an even newer one is there)
+        remove_quietly(held)
+        return False
+
+
+def record_outcome(root, spec: Dict[str, Any], status: str, result: Optional[Dict[str, Any]] = None,
+                   error: Optional[Dict[str, Any]] = None) -> None:
+    """After a commit: remember the outcome in the job's cache, if it has one, and end
+    its in-flight marker."""
+    cache_spec = spec.get("cache")
+    if not cache_spec or status is None:
+        return
+    cache = JobCache(cache_spec.get("path"))
+    if status == "finished" and result is not None:
+        cache.record(root, spec["key"], spec, result, is_error=False, replace=bool(cache_spec.get("replace")))
+    elif status == "error" and error is not None and cache_spec.get("failing"):
+        cache.record(root, spec["key"], spec, error, is_error=True)
+    cache.release_in_flight(root, spec["key"], spec["id"])
+

@@ -7,32 +7,40 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import queue
-from .root import FINAL_STATUSES, Root, RootError
-from .runtime.layout import check_job_id
+from . import protocol
+from .protocol import Status
+from .root import Root, RootError
+from .runtime.files import CorruptFileError, listdir
+from .runtime.layout import check_job_id, is_job_id
 
 
 def _iter_job_ids(root: Root) -> Iterator[str]:
-    jobs = root.layout.jobs
-    for shard in sorted(os.listdir(jobs)):
-        for job_id in os.listdir(os.path.join(jobs, shard)):
-            if not job_id.startswith("."):
+    for shard in sorted(listdir(root.layout.jobs)):
+        for job_id in listdir(os.path.join(root.layout.jobs, shard)):
+            if is_job_id(job_id):
                 yield job_id
 
 
-def _job_summary(root: Root, job_id: str) -> Optional[Dict[str, Any]]:
-    state = root.read_job_file(job_id, "state.json")
-    spec = root.read_job_file(job_id, "spec.json")
-    if not state or not spec:
+def _job_summary(root: Root, job_id: str, running: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    try:
+        state = protocol.read_state(root, job_id)
+        spec = protocol.read_spec(root, job_id)
+    except (OSError, CorruptFileError):
         return None
-    return {"id": job_id, "status": state["status"], "function": spec["function"]["name"],
-            "submitted": state.get("submitted", ""), "attempt": state.get("attempt", 0),
-            "worker": state.get("worker") or "", "error": state.get("error") or ""}
+    status = state.get("status", "?")
+    worker = state.get("worker") or ""
+    attempt = state.get("attempt", 0)
+    if status == Status.QUEUED and job_id in running:
+        status, worker, attempt = Status.RUNNING.value, running[job_id].worker, running[job_id].attempt
+    return {"id": job_id, "status": status, "function": (spec.get("function") or {}).get("name", "?"),
+            "submitted": state.get("submitted") or spec.get("created") or "", "attempt": attempt,
+            "worker": worker, "error": protocol.summary(state)}
 
 
 def cmd_ls(args) -> int:
     root = Root.get(args.root, create=False)
-    rows = [s for s in (_job_summary(root, j) for j in _iter_job_ids(root)) if s]
+    running = {token.job_id: token for token, _ in protocol.running_claims(root)}
+    rows = [s for s in (_job_summary(root, j, running) for j in _iter_job_ids(root)) if s]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.function:
@@ -55,7 +63,7 @@ def cmd_ls(args) -> int:
 
 def _resolve_job(root: Root, job_id: str) -> str:
     check_job_id(job_id)
-    if not root.job_exists(job_id):
+    if not protocol.job_exists(root, job_id):
         raise SystemExit("hither-fs: no job {} in root {}".format(job_id, root.path))
     return job_id
 
@@ -63,20 +71,17 @@ def _resolve_job(root: Root, job_id: str) -> str:
 def cmd_show(args) -> int:
     root = Root.get(args.root, create=False)
     job_id = _resolve_job(root, args.job_id)
-    out = {
-        "directory": root.layout.job_dir(job_id),
-        "spec": root.read_spec(job_id),
-        "state": root.read_state(job_id),
-        "runtime": root.read_job_file(job_id, "runtime.json"),
-        "result": root.read_job_file(job_id, "result.json"),
-        "error": root.read_job_file(job_id, "error.json"),
-    }
-    print(json.dumps({k: v for k, v in out.items() if v is not None}, indent=1, sort_keys=False))
+    state = protocol.live_status(root, job_id, protocol.read_state(root, job_id))
+    out = {"directory": root.layout.job_dir(job_id), "spec": protocol.read_spec(root, job_id), "state": state}
+    tokens = protocol.find_tokens(root, {job_id})
+    if job_id in tokens:
+        out["token"] = tokens[job_id].path
+    print(json.dumps(out, indent=1, sort_keys=False))
     return 0
 
 
 def cmd_logs(args) -> int:
-    from .job import Job
+    from .job import Job  # the user-facing Job knows where live and final output is
     root = Root.get(args.root, create=False)
     job = Job(_resolve_job(root, args.job_id), root)
     console = job.get_console_output()
@@ -91,10 +96,12 @@ def cmd_cancel(args) -> int:
     code = 0
     for job_id in args.job_ids:
         _resolve_job(root, job_id)
-        status = queue.cancel(root, job_id)
-        if status == "running":
+    found = protocol.find_tokens(root, set(args.job_ids))
+    for job_id in args.job_ids:
+        status = protocol.cancel(root, job_id, found.get(job_id))
+        if status == Status.RUNNING:
             print("{}: cancel requested; its worker kills it".format(job_id))
-        elif status == "cancelled":
+        elif status == Status.CANCELLED:
             print("{}: cancelled".format(job_id))
         else:
             print("{}: already {}".format(job_id, status))
@@ -138,7 +145,7 @@ def cmd_workers_ls(args) -> int:
 
 
 def cmd_workers_stop(args) -> int:
-    from .runtime.files import write_json
+    from .runtime.files import with_parents, write_new
     from .slurm import live_workers
     root = Root.get(args.root, create=False)
     chosen = [hb for hb in live_workers(root, max_age=float("inf"))
@@ -147,7 +154,11 @@ def cmd_workers_stop(args) -> int:
         print("no such workers", file=sys.stderr)
         return 1
     for hb in chosen:
-        write_json(root.layout.worker_stop_request(hb["id"]), {"requested": True})
+        path = root.layout.stop_request(hb["id"])
+        try:
+            with_parents(lambda: write_new(path), os.path.dirname(path))
+        except FileExistsError:
+            pass
         print("{}: asked to stop after its running jobs".format(hb["id"]))
     return 0
 
@@ -157,7 +168,7 @@ def cmd_workers_submit(args) -> int:
     root = Root.get(args.root)
     alloc = Allocation(partition=args.partition, time_limit=args.time, slots=args.slots,
                        cpus_per_slot=args.cpus_per_slot, memory_gb_per_slot=args.memory_gb_per_slot,
-                       idle_timeout=args.idle_timeout, sbatch_args=args.sbatch_arg or [])
+                       idle_timeout=args.idle_timeout, sbatch_args=args.sbatch_arg or [], lease=args.lease)
     for _ in range(args.count):
         print("submitted allocation {} for queue {}".format(alloc.submit(root, args.queue), args.queue))
     return 0
@@ -202,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list jobs")
     p.add_argument("--root", default=argparse.SUPPRESS)
-    p.add_argument("--status", choices=["pending", "queued", "running"] + list(FINAL_STATUSES))
+    p.add_argument("--status", choices=[s.value for s in Status])
     p.add_argument("--function")
     p.add_argument("--limit", type=int, default=50, help="show the newest N (default 50; 0: all)")
     p.add_argument("--json", action="store_true")
@@ -244,12 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb-per-slot", type=float, default=2.0)
     p.add_argument("--idle-timeout", type=float, default=120.0)
     p.add_argument("--sbatch-arg", action="append", help="extra sbatch argument (repeatable)")
+    p.add_argument("--lease", type=float, default=30.0,
+                   help="seconds without a heartbeat before a worker's jobs are taken back (default 30)")
     p.set_defaults(func=cmd_workers_submit)
 
     p = sub.add_parser("fsck", help="check the whole root; report damaged files")
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("--repair", action="store_true",
-                   help="remove stale tickets and temp files of dead writers (damaged data is only reported)")
+                   help="put back what a crash left behind: tokens of jobs that lost theirs, stale tickets, "
+                        "temp files of dead writers (damaged data is only reported)")
     p.set_defaults(func=cmd_fsck)
 
     p = sub.add_parser("cancel", help="cancel jobs (running ones are killed)")

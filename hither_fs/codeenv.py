@@ -35,7 +35,7 @@ import shutil
 import threading
 from typing import Any, Dict, List, Optional, Tuple
 
-from .runtime.files import temp_name
+from .runtime.files import makedirs, temp_name
 from .runtime.store import Store, sha1_of_file
 
 FORMAT = 1
@@ -257,18 +257,18 @@ def materialize(root, sha1: str) -> str:
     if os.path.isdir(final):
         return final
     files = read_manifest(root.store, sha1)
-    root.makedirs(os.path.dirname(final))
+    makedirs(os.path.dirname(final))
     tmp = temp_name(final)
     try:
         for rel, blob in sorted(files.items()):
             dst = os.path.join(tmp, *rel.split("/"))
-            root.makedirs(os.path.dirname(dst))
+            makedirs(os.path.dirname(dst))
             src = root.store.verified_path(blob)
             try:
                 os.link(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
-        root.makedirs(tmp)  # an environment may be empty
+        makedirs(tmp)  # an environment may be empty
         _publish_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -300,12 +300,12 @@ def materialize_runtime(root) -> str:
     final = os.path.join(root.layout.code, "runtime", h.hexdigest())
     if os.path.isdir(final):
         return final
-    root.makedirs(os.path.dirname(final))
+    makedirs(os.path.dirname(final))
     tmp = temp_name(final)
     try:
         for rel, src in files.items():
             dst = os.path.join(tmp, *rel.split("/"))
-            root.makedirs(os.path.dirname(dst))
+            makedirs(os.path.dirname(dst))
             shutil.copyfile(src, dst)
         _publish_dir(tmp, final)
     except BaseException:

@@ -9,19 +9,18 @@ with every other handler; there is no server to connect to.
 """
 
 import logging
-import os
 import threading
 import time
 from typing import Dict, Optional
 
-import filelock
-
-from . import queue
+from . import protocol
 from .cache import JobCache
 from .handlers import JobHandler
-from .root import FINISHED, QUEUED, Root, now_iso
+from .protocol import Status, Token
+from .queue import iter_tickets, ticket_token
+from .root import Root
 from .runtime.code import stop_if_loading_script
-from .runtime.files import remove_quietly
+from .runtime.files import CorruptFileError
 from .runtime.layout import check_queue_name
 
 log = logging.getLogger("hither_fs.compute_resource")
@@ -70,9 +69,10 @@ class ComputeResource:
     def clear(self) -> int:
         """Cancel every job queued for this resource; return how many."""
         count = 0
-        for ticket in queue.queue_tickets(self.root, self.queue_name):
-            job_id = ticket.rsplit("-", 1)[-1]
-            if queue.cancel(self.root, job_id) == "cancelled":
+        for path, name in list(iter_tickets(self.root.layout, self.queue_name)):
+            token = Token.parse(ticket_token(name))
+            if token is not None and protocol.fail(self.root, path, token.job_id, protocol.cancelled_record(
+                    token.job_id, "before it ran (its compute resource was cleared)"), Status.CANCELLED):
                 count += 1
         return count
 
@@ -92,18 +92,21 @@ class ComputeResource:
 
     def serve_once(self) -> int:
         """Forward what is queued for this resource; record finished jobs in the cache."""
-        queue.promote_pending(self.root)
         moved = 0
-        for ticket in queue.queue_tickets(self.root, self.queue_name):
-            job_id = ticket.rsplit("-", 1)[-1]
+        target = self.job_handler.queue_for(self.root)
+        for path, name in list(iter_tickets(self.root.layout, self.queue_name)):
+            token = Token.parse(ticket_token(name))
+            if token is None:
+                continue  # a stray file: not a ticket
             try:
-                if self._answer_from_cache(job_id, ticket) or self._forward(job_id, ticket):
+                if self._answer_from_cache(path, token.job_id) or self._forward(path, token.job_id, target):
                     moved += 1
             except FileNotFoundError:
-                continue  # being written by its submitter
+                continue  # gone meanwhile
             except Exception as exc:  # a damaged record fails its own job, never the resource
-                log.warning("compute resource %r: job %s: %s", self.compute_resource_id, job_id, exc)
-                queue.fail_damaged(self.root, job_id, "forwarding to a compute resource", exc)
+                log.warning("compute resource %r: job %s: %s", self.compute_resource_id, token.job_id, exc)
+                protocol.fail(self.root, path, token.job_id, protocol.error_record(
+                    type(exc).__name__, str(exc), "forwarding to a compute resource", module=type(exc).__module__))
         if moved:
             self.job_handler.submitted(self.root, None)
         else:
@@ -111,54 +114,32 @@ class ComputeResource:
         self._remember_finished()
         return moved
 
-    def _ticket_path(self, ticket: str) -> str:
-        return os.path.join(self.root.layout.queue_dir(self.queue_name), ticket)
-
-    def _answer_from_cache(self, job_id: str, ticket: str) -> bool:
+    def _answer_from_cache(self, path: str, job_id: str) -> bool:
         if self.job_cache is None:
             return False
-        spec = self.root.read_spec(job_id)
+        spec = protocol.read_spec(self.root, job_id)
         entry = self.job_cache.lookup(self.root, spec["key"])
         if not entry or "value" not in entry:
             return False
-        try:
-            with self.root.lock(job_id, timeout=0):
-                state = self.root.read_state(job_id)
-                if state["status"] != QUEUED:
-                    return False
-                queue.write_record(self.root, job_id, "result.json", {"value": entry["value"]})
-                state.update(status=FINISHED, finished=now_iso(), cached=True,
-                             served_by=self.compute_resource_id)
-                self.root.write_state(job_id, state)
-                remove_quietly(self._ticket_path(ticket))
-                return True
-        except filelock.Timeout:
-            return False
+        return protocol.finish_from_cache(self.root, path, job_id, {"value": entry["value"]},
+                                          served_by=self.compute_resource_id)
 
-    def _forward(self, job_id: str, ticket: str) -> bool:
+    def _forward(self, path: str, job_id: str, target: str) -> bool:
         """Move a job from the resource's queue to the queue of its handler."""
-        target = self.job_handler.queue_for(self.root)
-        try:
-            with self.root.lock(job_id, timeout=0):
-                state = self.root.read_state(job_id)
-                if state["status"] != QUEUED or state["queue"] != self.queue_name:
-                    remove_quietly(self._ticket_path(ticket))
-                    return False
-                queue.add_ticket(self.root, target, job_id)  # the new index entry before the state
-                state.update(queue=target, served_by=self.compute_resource_id)
-                self.root.write_state(job_id, state)
-                remove_quietly(self._ticket_path(ticket))
-        except filelock.Timeout:
+        if not protocol.forward(self.root, path, target):
             return False
         if self.job_cache is not None:
-            self._forwarded[job_id] = self.root.read_spec(job_id)["key"]
+            self._forwarded[job_id] = protocol.read_spec(self.root, job_id)["key"]
         return True
 
     def _remember_finished(self) -> None:
         for job_id, key in list(self._forwarded.items()):
-            state = self.root.read_job_file(job_id, "state.json", {}) or {}
-            if state.get("status") == FINISHED:
-                self.job_cache.record(self.root, key, self.root.read_spec(job_id),
-                                      self.root.read_job_file(job_id, "result.json"), is_error=False)
-            if state.get("status") in ("finished", "error", "cancelled"):
+            try:
+                state = protocol.read_state(self.root, job_id)
+            except (OSError, CorruptFileError):
+                continue
+            if state.get("status") == Status.FINISHED:
+                self.job_cache.record(self.root, key, protocol.read_spec(self.root, job_id), state["result"],
+                                      is_error=False)
+            if state.get("status") in protocol.FINAL_VALUES:
                 del self._forwarded[job_id]

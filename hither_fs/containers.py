@@ -13,18 +13,20 @@ A worker runs each job in a forked child process (see
 3. runs ``python3 -m hither_fs.runtime.execute`` in the container with
    ``spython``'s ``Client.execute``: ``--containall --cleanenv`` (no host
    environment, private ``/tmp`` and an empty home, so the user's ``~/.local``
-   and ``PYTHONPATH`` stay out), ``PYTHONNOUSERSITE=1``, and three binds at
+   and ``PYTHONPATH`` stay out), ``PYTHONNOUSERSITE=1``, and four binds at
    their host paths: the root read-write (the job reads its spec and inputs
-   and writes its result and console output there), the code environment and
-   the stand-in read-only. ``--nv`` is added when the function asks for a GPU.
+   there and puts the arrays of its result in the store), the attempt's
+   scratch directory on the node's own disk read-write (its outcome and
+   console output), the code environment and the stand-in read-only.
+   ``--nv`` is added when the function asks for a GPU.
 
-The in-container runner writes ``attempt-N/result.json`` or ``error.json``
+The in-container runner writes ``outcome.json`` into the scratch directory
 itself, like any attempt; the worker commits the outcome as usual. Timeout
 and cancel kill the child's process group, and with it ``singularity`` and
 everything it started.
 
 spython has sharp edges, handled here: it captures the output of what it
-runs (so the runner appends the job's console to the attempt files itself,
+runs (so the runner appends the job's console to the scratch files itself,
 and what Apptainer says goes into the job's ``stderr.txt``); it calls
 ``sys.exit`` for a bind path that is missing on the host; ``environ=``
 replaces the whole environment (not used: the child's own environment is
@@ -47,9 +49,8 @@ from typing import Any, Dict, Iterator, List, Optional
 import filelock
 
 from . import codeenv
-from .runtime.execute import error_record
+from .runtime.execute import OUTCOME, error_record
 from .runtime.files import file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
-from .runtime.layout import Layout
 from .runtime.store import sha1_of_file
 
 PULL_SCHEMES = ("docker://", "library://", "oras://", "shub://", "https://")
@@ -201,7 +202,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
     """
     fmt = image_format()
     images = root.layout.images
-    root.makedirs(images)
+    makedirs(images)
     name = image_name(url, fmt)
     final = os.path.join(images, name)
     meta_path = final + ".json"
@@ -280,7 +281,7 @@ def _cached_file_sha1(root, path: str) -> str:
     if known and known.get("sha1"):
         return known["sha1"]
     sha1 = sha1_of_file(path)
-    root.makedirs(os.path.dirname(cache))
+    makedirs(os.path.dirname(cache))
     write_json(cache, {"path": path, "size": st.st_size, "sha1": sha1})
     return sha1
 
@@ -291,11 +292,11 @@ def resolve_image(root, image: str) -> Dict[str, Any]:
 
 # -- running ---------------------------------------------------------------------------
 
-def exec_arguments(root_path: str, job_id: str, attempt: int, image_path: str, code_dir: str,
+def exec_arguments(root_path: str, job_id: str, out_dir: str, image_path: str, code_dir: str,
                    lib_dir: str, gpu: bool = False) -> Dict[str, Any]:
-    """The keyword arguments of spython's ``Client.execute`` for one attempt."""
-    adir = Layout(root_path).attempt_dir(job_id, attempt)
-    for path in (root_path, code_dir, lib_dir):
+    """The keyword arguments of spython's ``Client.execute`` for one attempt
+    (``out_dir``: the attempt's scratch directory)."""
+    for path in (root_path, out_dir, code_dir, lib_dir):
         if ":" in path or "," in path:
             raise ContainerError("cannot bind {} into a container: ':' and ',' are not allowed in "
                                  "bind paths".format(path))
@@ -306,11 +307,12 @@ def exec_arguments(root_path: str, job_id: str, attempt: int, image_path: str, c
     options = ["--containall", "--cleanenv"]
     for key, value in sorted(env.items()):
         options += ["--env", "{}={}".format(key, value)]
-    options += ["--pwd", adir]
-    command = ["python3", "-m", "hither_fs.runtime.execute", "--code", code_dir, "--console", adir,
-               root_path, job_id, str(int(attempt))]
+    options += ["--pwd", out_dir]
+    command = ["python3", "-m", "hither_fs.runtime.execute", "--code", code_dir, "--console", out_dir,
+               "--out", out_dir, root_path, job_id]
     return {"image": image_path, "command": command,
-            "bind": ["{0}:{0}".format(root_path), "{0}:{0}:ro".format(code_dir), "{0}:{0}:ro".format(lib_dir)],
+            "bind": ["{0}:{0}".format(root_path), "{0}:{0}".format(out_dir), "{0}:{0}:ro".format(code_dir),
+                     "{0}:{0}:ro".format(lib_dir)],
             "options": options, "nv": bool(gpu)}
 
 
@@ -359,20 +361,21 @@ def _append(path: str, text: str) -> None:
         os.close(fd)
 
 
-def run_container_attempt(root_path: str, job_id: str, attempt: int, spec: Dict[str, Any]) -> bool:
+def run_container_attempt(root_path: str, job_id: str, spec: Dict[str, Any], out_dir: str) -> bool:
     """Run one attempt of a containerized job; return True if it produced a result.
 
     Never raises (except ``KeyboardInterrupt``): whatever goes wrong becomes
-    the attempt's ``error.json``. Facts about the image and the command go to
-    ``attempt-N/runtime.json`` and from there into the job's ``runtime.json``.
+    the attempt's error outcome. Facts about the image and the command go to
+    ``runtime.json`` in ``out_dir`` (the attempt's scratch directory) and from
+    there into the job's runtime facts.
     """
     from .root import Root
-    adir = Layout(root_path).attempt_dir(job_id, attempt)
+    adir = out_dir
     facts: Dict[str, Any] = {"image": spec.get("container"), "container_runner": "singularity (spython)"}
     stage = "starting the container"
     try:
         root = Root.get(root_path)
-        root.makedirs(adir)
+        makedirs(adir)
         stage = "finding Singularity/Apptainer"
         facts["singularity"] = singularity_executable()
         stage = "getting the container image"
@@ -383,7 +386,7 @@ def run_container_attempt(root_path: str, job_id: str, attempt: int, spec: Dict[
                                  "that could not capture one)")
         code_dir = codeenv.materialize(root, spec["code"]["manifest"])
         lib_dir = codeenv.materialize_runtime(root)
-        args = exec_arguments(root.path, job_id, attempt, facts["image_path"], code_dir, lib_dir,
+        args = exec_arguments(root.path, job_id, adir, facts["image_path"], code_dir, lib_dir,
                               gpu=wants_gpu(spec))
         facts["container_command"] = command_line(args)
         write_json(os.path.join(adir, "runtime.json"), facts)
@@ -396,10 +399,9 @@ def run_container_attempt(root_path: str, job_id: str, attempt: int, spec: Dict[
         if said:
             _append(os.path.join(adir, "stderr.txt"), "[singularity] " + said.replace("\n", "\n[singularity] ") + "\n")
         write_json(os.path.join(adir, "runtime.json"), facts)
-        if os.path.exists(os.path.join(adir, "result.json")):
-            return True
-        if os.path.exists(os.path.join(adir, "error.json")):
-            return False
+        outcome = read_json(os.path.join(adir, OUTCOME), None, missing_ok=True)
+        if isinstance(outcome, dict) and ("result" in outcome or "error" in outcome):
+            return "result" in outcome
         hint = ""
         if "python3" in said and ("not found" in said or "no such file" in said.lower()):
             hint = " (the image needs python3 and numpy)"
@@ -414,7 +416,7 @@ def run_container_attempt(root_path: str, job_id: str, attempt: int, spec: Dict[
         try:
             makedirs(adir)
             write_json(os.path.join(adir, "runtime.json"), facts)
-            write_json(os.path.join(adir, "error.json"), record)
+            write_json(os.path.join(adir, OUTCOME), {"error": record})
             _append(os.path.join(adir, "stderr.txt"), "{}: {}\n".format(record["type"], record["message"]))
         except Exception:
             pass

@@ -1,32 +1,44 @@
-"""``hither-fs fsck``: check a whole root and report what is damaged.
+"""``hither-fs fsck``: check a whole root and report what is damaged or left over.
 
-Damage is reported, never repaired silently: a job record that does not
-parse, a result that refers to a missing blob, a blob whose bytes no longer
-match its sha1, an ``.npy`` that would need pickle. With ``--repair`` only
-housekeeping is done: tickets that disagree with their job's state are
-removed, and temporary files left by writers that died between write and
-rename are swept.
+Damage is reported, never repaired silently: a record that does not parse, a
+result that refers to a missing blob, a blob whose bytes no longer match its
+sha1, an ``.npy`` that would need pickle, two tokens for one job. With
+``--repair`` only what a crash can leave behind is put right, and only when
+it is old enough that no live process can still be in the middle of it
+(:data:`STALE_SECONDS` by the file's age, or a writer on this host whose pid
+is dead):
+
+- a live job with no token (its submitter died between publishing the job
+  and queueing it) gets one;
+- a job whose token was taken by a process that died before publishing the
+  next state (a window of two system calls) goes back to its queue;
+- tokens of jobs that are final or gone, stray files in the queues,
+  temporary files and unpublished job directories of dead writers, waiter
+  markers nobody needs and heartbeat directories of long-dead idle workers
+  are removed.
 """
 
-import contextlib
 import os
 import re
+import shutil
 import socket
 import time
-from typing import Iterator, List, NamedTuple
+from typing import Dict, Iterator, List, NamedTuple, Optional
 
-import filelock
 import numpy as np
 import psutil
 
-from . import queue
-from .root import PENDING, QUEUED, RUNNING, Root
-from .runtime.files import CorruptFileError, read_json, remove_quietly
-from .runtime.layout import is_job_id
+from . import protocol
+from .protocol import FINAL_VALUES, Status, Token
+from .queue import is_bucket, is_ticket, queue_names, ticket_token
+from .root import Root
+from .runtime.files import CorruptFileError, listdir, read_json, remove_quietly
+from .runtime.layout import is_job_id, is_worker_id
 from .runtime.serialization import walk_refs
 from .runtime.store import BlobMissingError, sha1_of_file
 
-_TEMP_RE = re.compile(r"^\..+\.tmp-(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}$")
+_TEMP_RE = re.compile(r"^\.(?P<base>.+)\.tmp-(?P<host>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}$")
+STALE_SECONDS = 60.0
 STALE_TEMP_SECONDS = 3600.0
 
 
@@ -37,11 +49,22 @@ class Finding(NamedTuple):
     repaired: bool = False
 
 
-def _listdir(path: str) -> List[str]:
+def _age(path: str) -> float:
     try:
-        return sorted(os.listdir(path))
+        return time.time() - os.lstat(path).st_mtime
     except FileNotFoundError:
-        return []
+        return 0.0
+
+
+def _writer_dead(name: str, path: str, min_age: float = STALE_TEMP_SECONDS) -> bool:
+    """Whether the process that made the temporary file ``name`` is gone: a dead pid on
+    this host, or (another host's, whose pids mean nothing here) older than ``min_age``."""
+    m = _TEMP_RE.match(name)
+    if not m:
+        return False
+    if m.group("host") == socket.gethostname():
+        return not psutil.pid_exists(int(m.group("pid"))) and _age(path) > 1.0
+    return _age(path) > min_age
 
 
 def _check_refs(root: Root, path: str, value) -> Iterator[Finding]:
@@ -51,40 +74,176 @@ def _check_refs(root: Root, path: str, value) -> Iterator[Finding]:
         ext = ".npy" if ref["__hither__"] != "file" else ""
         try:
             root.store.verified_path(ref["sha1"], ext)
-        except (BlobMissingError, CorruptFileError) as exc:
+        except (BlobMissingError, CorruptFileError, ValueError) as exc:
             yield Finding(path, "refers to a bad blob: {}".format(exc), True)
 
 
-def check_jobs(root: Root) -> Iterator[Finding]:
-    for shard in _listdir(root.layout.jobs):
-        for job_id in _listdir(os.path.join(root.layout.jobs, shard)):
-            if job_id.startswith("."):
+def _job_dirs(root: Root) -> Iterator[str]:
+    for shard in sorted(listdir(root.layout.jobs)):
+        shard_dir = os.path.join(root.layout.jobs, shard)
+        for name in sorted(listdir(shard_dir)):
+            yield os.path.join(shard_dir, name)
+
+
+def check_jobs(root: Root, tokens: Dict[str, protocol.Found], repair: bool) -> Iterator[Finding]:
+    """Every job's records, and whether each live job has the token that keeps it moving."""
+    for jdir in _job_dirs(root):
+        name = os.path.basename(jdir)
+        if not is_job_id(name):
+            if name.startswith(".") and _writer_dead(name, jdir):
+                yield Finding(jdir, "unpublished job directory of a submitter that died", False,
+                              repair and _rmtree(jdir))
+            continue
+        yield from _check_job(root, name, jdir, tokens, repair)
+
+
+def _rmtree(path: str) -> bool:
+    shutil.rmtree(path, ignore_errors=True)
+    return True
+
+
+def _check_job(root: Root, job_id: str, jdir: str, tokens: Dict[str, protocol.Found],
+               repair: bool) -> Iterator[Finding]:
+    records = {}
+    for name in ("spec.json", "state.json"):
+        path = os.path.join(jdir, name)
+        try:
+            records[name] = read_json(path)
+        except FileNotFoundError:
+            yield Finding(jdir, "job directory without {}".format(name), True)
+        except CorruptFileError as exc:
+            yield Finding(path, exc.problem, True)
+    state = records.get("state.json")
+    taken = []
+    for name in listdir(jdir):
+        path = os.path.join(jdir, name)
+        m = _TEMP_RE.match(name)
+        if not m:
+            continue
+        if m.group("base") == "state.json":
+            taken.append((name, path))
+        elif _writer_dead(name, path):
+            yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
+    if not isinstance(state, dict):
+        return
+    status = state.get("status")
+    if status == Status.FINISHED:
+        result = state.get("result")
+        if not isinstance(result, dict) or "value" not in result:
+            yield Finding(os.path.join(jdir, "state.json"), "state is finished but holds no result", True)
+        else:
+            yield from _check_refs(root, os.path.join(jdir, "state.json"), result["value"])
+    if status in FINAL_VALUES:
+        for name, path in taken:
+            if _writer_dead(name, path, STALE_SECONDS):
+                yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
+        ddir = os.path.join(jdir, "downstream")
+        for down in listdir(ddir):
+            if is_job_id(down) and not os.path.lexists(os.path.join(root.layout.pending, Token(down).name)):
+                yield Finding(os.path.join(ddir, down), "marker of a job that waits no more", False,
+                              repair and remove_quietly(os.path.join(ddir, down)))
+        return
+    if job_id in tokens or _age(os.path.join(jdir, "state.json")) < STALE_SECONDS:
+        return
+    # a live job without a token: nobody would ever move it
+    dead_takers = [(n, p) for n, p in taken if _writer_dead(n, p, STALE_SECONDS)]
+    if dead_takers:
+        problem = "{} job whose token was taken by a process that died before it wrote the next state".format(status)
+    else:
+        problem = "{} job without a token: no worker would see it".format(status)
+    repaired = False
+    if repair and job_id not in protocol.find_tokens(root, {job_id}):  # look again, right before acting
+        if dead_takers:
+            protocol.restore_token(root, job_id, dead_takers[0][1], "its token was left with a process that died "
+                                   "(put back by hither-fs fsck --repair)")
+        else:
+            protocol.add_missing_token(root, job_id, state)
+        repaired = True
+    yield Finding(jdir, problem, False, repaired)
+
+
+def check_tokens(root: Root, repair: bool) -> Iterator[Finding]:
+    """Files in queue/, pending/ and running/ that are not tokens, and tokens of jobs that
+    are final or gone."""
+    def stray(path: str) -> Iterator[Finding]:
+        name = os.path.basename(path)
+        if name.startswith("."):
+            if _writer_dead(name, path):
+                yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
+            return
+        yield Finding(path, "not a ticket: its name holds no job token", False, repair and remove_quietly(path))
+
+    def check(path: str, token: Optional[Token], wanted: Status) -> Iterator[Finding]:
+        if token is None:
+            yield from stray(path)
+            return
+        if _age(path) < STALE_SECONDS:
+            return
+        try:
+            state = protocol.read_state(root, token.job_id)
+        except FileNotFoundError:
+            yield Finding(path, "token of job {}, which is not in the root".format(token.job_id), False,
+                          repair and remove_quietly(path))
+            return
+        except CorruptFileError:
+            return  # reported with the job
+        if state.get("status") in FINAL_VALUES:
+            yield Finding(path, "token of a job that is {}".format(state["status"]), False,
+                          repair and remove_quietly(path))
+
+    for q in queue_names(root.layout):
+        qdir = root.layout.queue_dir(q)
+        for bucket in listdir(qdir):
+            bdir = os.path.join(qdir, bucket)
+            if bucket == "bell":
                 continue
-            jdir = os.path.join(root.layout.jobs, shard, job_id)
-            records = {}
-            for name in ("spec.json", "state.json", "result.json", "error.json", "runtime.json"):
-                path = os.path.join(jdir, name)
-                try:
-                    records[name] = read_json(path, None, missing_ok=True)
-                except CorruptFileError as exc:
-                    yield Finding(path, exc.problem, True)
-            state = records.get("state.json") or {}
-            if not os.path.exists(os.path.join(jdir, "spec.json")):
-                yield Finding(jdir, "job directory without spec.json", True)
-            if state.get("status") == "finished":
-                result = records.get("result.json")
-                if result is None and not os.path.exists(os.path.join(jdir, "result.json")):
-                    yield Finding(jdir, "state is finished but result.json is missing", True)
-                elif result is not None:
-                    yield from _check_refs(root, os.path.join(jdir, "result.json"), result.get("value"))
+            if not os.path.isdir(bdir):
+                yield from stray(bdir)
+                continue
+            if not is_bucket(bucket):
+                yield Finding(bdir, "a directory that is not a bucket (left alone)", False)
+                continue
+            for name in listdir(bdir):
+                path = os.path.join(bdir, name)
+                yield from check(path, Token.parse(ticket_token(name)) if is_ticket(name) else None, Status.QUEUED)
+    for name in listdir(root.layout.pending):
+        yield from check(os.path.join(root.layout.pending, name), Token.parse(name), Status.PENDING)
+    for name in listdir(root.layout.running):
+        token = Token.parse(name)
+        yield from check(os.path.join(root.layout.running, name),
+                         token if token is not None and token.worker else None, Status.RUNNING)
+
+
+def check_duplicates(tokens_by_job: Dict[str, List[str]]) -> Iterator[Finding]:
+    for job_id, paths in sorted(tokens_by_job.items()):
+        if len(paths) > 1:
+            yield Finding(paths[0], "job {} has {} tokens ({}): it could run twice".format(
+                job_id, len(paths), ", ".join(paths)), True)
+
+
+def _all_tokens(root: Root) -> Dict[str, List[str]]:
+    out: Dict[str, List[str]] = {}
+    for q in queue_names(root.layout):
+        qdir = root.layout.queue_dir(q)
+        for bucket in filter(is_bucket, listdir(qdir)):
+            for name in filter(is_ticket, listdir(os.path.join(qdir, bucket))):
+                token = Token.parse(ticket_token(name))
+                if token:
+                    out.setdefault(token.job_id, []).append(os.path.join(qdir, bucket, name))
+    for directory in (root.layout.pending, root.layout.running):
+        for name in listdir(directory):
+            token = Token.parse(name)
+            if token:
+                out.setdefault(token.job_id, []).append(os.path.join(directory, name))
+    return out
 
 
 def check_store(root: Root) -> Iterator[Finding]:
-    for shard in _listdir(root.layout.store):
-        for name in _listdir(os.path.join(root.layout.store, shard)):
+    for shard in sorted(listdir(root.layout.store)):
+        for name in sorted(listdir(os.path.join(root.layout.store, shard))):
+            path = os.path.join(root.layout.store, shard, name)
             if name.startswith("."):
                 continue
-            path = os.path.join(root.layout.store, shard, name)
             sha1 = name[:-4] if name.endswith(".npy") else name
             actual = sha1_of_file(path)
             if actual != sha1:
@@ -98,8 +257,8 @@ def check_store(root: Root) -> Iterator[Finding]:
 
 
 def check_cache(root: Root) -> Iterator[Finding]:
-    for shard in _listdir(root.layout.cache):
-        for name in _listdir(os.path.join(root.layout.cache, shard)):
+    for shard in sorted(listdir(root.layout.cache)):
+        for name in sorted(listdir(os.path.join(root.layout.cache, shard))):
             if not name.endswith(".json") or name.startswith("."):
                 continue
             path = os.path.join(root.layout.cache, shard, name)
@@ -108,105 +267,39 @@ def check_cache(root: Root) -> Iterator[Finding]:
             except CorruptFileError as exc:
                 yield Finding(path, exc.problem, True)
                 continue
-            if "value" in entry:
+            if isinstance(entry, dict) and "value" in entry:
                 yield from _check_refs(root, path, entry["value"])
 
 
-STALE_TICKET_SECONDS = 60.0
-
-
-def _status_under_lock(root: Root, job_id: str):
-    """A job's status read under its lock (so no claim is half-done), or None if busy or unreadable."""
-    try:
-        with root.lock(job_id, timeout=0):
-            return (root.read_job_file(job_id, "state.json", {}) or {}).get("status", "no state")
-    except (filelock.Timeout, CorruptFileError, OSError):
-        return None
-
-
-def check_tickets(root: Root, repair: bool) -> Iterator[Finding]:
-    """Tickets that disagree with their job's state, and live jobs that lost their ticket.
-
-    Young tickets are left alone: a submitter writes a job's ticket just before its state.
-    """
-    now = time.time()
-    indexed = {QUEUED: set(), PENDING: set(), RUNNING: set()}
-
-    def stale(path: str, job_id: str, wanted: str) -> Iterator[Finding]:
-        if not is_job_id(job_id):  # workers skip it; it is not hither_fs's
-            yield Finding(path, "not a ticket: its name holds no job id", False, repair and remove_quietly(path))
-            return
-        indexed[wanted].add(job_id)
-        try:
-            if now - os.stat(path).st_mtime < STALE_TICKET_SECONDS:
-                return
-        except FileNotFoundError:
-            return
-        status = _status_under_lock(root, job_id)
-        if status is not None and status != wanted:
-            yield Finding(path, "ticket for a job that is {}, not {}".format(status, wanted), False,
-                          repair and remove_quietly(path))
-    for q in _listdir(root.layout.queues):
-        for ticket in _listdir(os.path.join(root.layout.queues, q)):
-            if not ticket.startswith("."):
-                yield from stale(os.path.join(root.layout.queues, q, ticket), ticket.rsplit("-", 1)[-1], QUEUED)
-    for directory, wanted in ((root.layout.pending, PENDING), (root.layout.running, RUNNING)):
-        for job_id in _listdir(directory):
-            if not job_id.startswith("."):
-                yield from stale(os.path.join(directory, job_id), job_id, wanted)
-    # the other way round: a live job that no index points to would never be run
-    for shard in _listdir(root.layout.jobs):
-        for job_id in _listdir(os.path.join(root.layout.jobs, shard)):
-            if not is_job_id(job_id):
-                continue
-            try:
-                state = root.read_job_file(job_id, "state.json", {}) or {}
-            except CorruptFileError:
-                continue
-            status = state.get("status")
-            if status not in indexed or job_id in indexed[status]:
-                continue
-            with contextlib.suppress(filelock.Timeout, OSError, CorruptFileError), root.lock(job_id, timeout=0):
-                state = root.read_state(job_id)
-                if state.get("status") != status:
-                    continue
-                repaired = False
-                if repair:
-                    if status == QUEUED:
-                        queue.add_ticket(root, state["queue"], job_id)
-                    elif status == PENDING:
-                        root.write_ticket(root.layout.pending_ticket(job_id), {"queue": state["queue"]})
-                    else:
-                        root.write_ticket(root.layout.running_ticket(job_id),
-                                          {"worker": state.get("worker"), "attempt": state.get("attempt")})
-                    repaired = True
-                yield Finding(root.layout.job_dir(job_id), "{} job without a ticket: no worker would see it".format(
-                    status), False, repaired)
+def check_workers(root: Root, repair: bool) -> Iterator[Finding]:
+    """Heartbeat directories of workers that stopped beating long ago and hold no claims."""
+    claimed = {t.worker for t, _ in protocol.running_claims(root)}
+    for worker_id in listdir(root.layout.workers):
+        if not is_worker_id(worker_id) or worker_id in claimed:
+            continue
+        hb = root.layout.heartbeat(worker_id)
+        if not os.path.lexists(hb) or _age(hb) > STALE_TEMP_SECONDS:
+            yield Finding(root.layout.worker_dir(worker_id), "worker that stopped beating long ago", False,
+                          repair and _rmtree(root.layout.worker_dir(worker_id)))
 
 
 def check_temp_files(root: Root, repair: bool) -> Iterator[Finding]:
-    """Temp files whose writer is gone: dead pid on this host, or old elsewhere."""
-    host, now = socket.gethostname(), time.time()
-    for dirpath, _, files in os.walk(root.path):
+    """Temp files elsewhere in the root (store, cache, workers, logs) whose writer is gone."""
+    skip = {root.layout.jobs, root.layout.queues, root.layout.pending, root.layout.running}
+    for dirpath, dirnames, files in os.walk(root.path):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
         for name in files:
-            m = _TEMP_RE.match(name)
-            if not m:
-                continue
             path = os.path.join(dirpath, name)
-            if m.group("host") == host:
-                dead = not psutil.pid_exists(int(m.group("pid")))
-            else:
-                try:
-                    dead = now - os.stat(path).st_mtime > STALE_TEMP_SECONDS
-                except FileNotFoundError:
-                    continue
-            if dead:
+            if _writer_dead(name, path):
                 yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
 
 
 def fsck(root: Root, repair: bool = False) -> List[Finding]:
+    all_tokens = _all_tokens(root)
+    tokens = protocol.find_tokens(root)
     findings: List[Finding] = []
-    for check in (check_jobs(root), check_store(root), check_cache(root),
-                  check_tickets(root, repair), check_temp_files(root, repair)):
+    for check in (check_duplicates(all_tokens), check_jobs(root, tokens, repair), check_tokens(root, repair),
+                  check_store(root), check_cache(root), check_workers(root, repair),
+                  check_temp_files(root, repair)):
         findings.extend(check)
     return findings

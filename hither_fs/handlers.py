@@ -9,6 +9,7 @@ A handler names the queue its jobs go to and makes sure someone serves it:
   its jobs are done.
 """
 
+import atexit
 import datetime
 import itertools
 import os
@@ -16,15 +17,18 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
-from . import queue
-from .function import _registry
+from . import protocol
+from .attempts import run_in_process
+from .cache import record_outcome
+from .lease import Heartbeat
+from .queue import QueueReader, remove_empty_queue, ticket_token
 from .root import Root
 from .runtime.code import stop_if_loading_script
-from .runtime.files import file_mode
+from .runtime.files import file_mode, makedirs
 from .runtime.layout import check_queue_name
-from .worker import new_worker_id, run_in_process
+from .worker import new_worker_id
 
 _counter = itertools.count(1)
 
@@ -45,8 +49,8 @@ class JobHandler:
         """What a job needs, recorded in its spec (``Config(job_resources=...)``)."""
         return dict(requested) if requested else None
 
-    def submitted(self, root: Root, job) -> None:
-        """Called after a job of this handler was written to the root."""
+    def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
+        """Called after a job of this handler was written to the root (``function``: its callable)."""
 
     def help(self, root: Root) -> None:
         """Called now and then while this process waits for one of the handler's jobs."""
@@ -59,29 +63,60 @@ class DefaultJobHandler(JobHandler):
 
     def __init__(self):
         self._n = next(_counter)
+        self._functions: Dict[str, Callable] = {}
+        self._readers: Dict[str, QueueReader] = {}
+        self._worker_id = new_worker_id("inproc")
+        self._heartbeats: Dict[str, Heartbeat] = {}
 
     def queue_for(self, root: Root) -> str:
         # per process: a forked child gets its own queue
         return "inproc-{}-{}-{}".format(socket.gethostname().split(".")[0], os.getpid(), self._n)
 
-    def submitted(self, root: Root, job) -> None:
+    def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
+        if function is not None:
+            self._functions[job.id] = function
         self.help(root)
 
     def help(self, root: Root) -> None:
         # re-entered when a job running here waits for a job it submitted: that one runs then
         q = self.queue_for(root)
+        reader = self._readers.get(root.path)
+        if reader is None:
+            reader = self._readers[root.path] = QueueReader(root.layout, q, max_age=0.0)
+            atexit.register(remove_empty_queue, root.layout, q)
         while True:
-            queue.promote_pending(root)
-            claimed = None
-            for ticket in queue.queue_tickets(root, q):
-                worker_id = new_worker_id("inproc")
-                claimed = queue.try_claim(root, q, ticket, worker_id)
-                if claimed is not None:
-                    fn = _registry.get(claimed.spec["function"]["name"])
-                    run_in_process(root, claimed, worker_id, fn.__wrapped__ if fn else None)
+            for path in reader.candidates():
+                reader.drop(path)
+                token = protocol.Token.parse(ticket_token(os.path.basename(path)))
+                if token is None:
+                    continue
+                try:
+                    spec = protocol.read_spec(root, token.job_id)
+                except FileNotFoundError:
+                    continue
+                claim = protocol.claim(root, path, self._worker_id, spec)
+                if claim is not None:
+                    self._run(root, claim)
                     break
-            if claimed is None:
+            else:
                 return
+
+    def _run(self, root: Root, claim: protocol.Claim) -> None:
+        heartbeat = self._heartbeats.get(root.path)
+        if heartbeat is None:
+            heartbeat = self._heartbeats[root.path] = Heartbeat(
+                root, self._worker_id, {"queues": [self.queue_for(root)], "slots": 1, "in_process": True})
+            atexit.register(heartbeat.remove)
+        heartbeat.beat(jobs=[claim.job_id])
+        function = self._functions.pop(claim.job_id, None)
+        outcome = run_in_process(root, claim, self._worker_id, function,
+                                 beat=lambda: heartbeat.beat(jobs=[claim.job_id]))
+        final = protocol.commit(root, claim, outcome)
+        heartbeat.beat(jobs=[])
+        if final is not None:
+            record_outcome(root, claim.spec, final, outcome.result, outcome.error)
+        if (outcome.error or {}).get("type") == "KeyboardInterrupt":
+            raise KeyboardInterrupt  # Ctrl-C during an in-process job stops the script, as without hither_fs
 
     def __repr__(self):
         return "DefaultJobHandler()"
@@ -108,7 +143,7 @@ class ParallelJobHandler(JobHandler):
     def queue_for(self, root: Root) -> str:
         return self.queue_name
 
-    def submitted(self, root: Root, job) -> None:
+    def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
         reason = root.unsafe_reason()
         if reason:  # its workers would refuse the root: say so now, not by hanging
             raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
@@ -156,7 +191,7 @@ class ParallelJobHandler(JobHandler):
 def worker_log_path(root: Root, name: str) -> str:
     day = datetime.date.today().isoformat()
     directory = os.path.join(root.path, "logs", day)
-    root.makedirs(directory)
+    makedirs(directory)
     return os.path.join(directory, name + ".log")
 
 

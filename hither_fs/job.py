@@ -10,20 +10,25 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from . import queue
+from . import protocol
 from .errors import JobNotFinishedError, job_error
-from .root import FINAL_STATUSES, FINISHED, PENDING, Root
-from .runtime.execute import upstream_value
-from .runtime.files import CorruptFileError, read_text_tail
+from .protocol import FINAL_VALUES, Status
+from .root import Root
+from .runtime.files import CorruptFileError, listdir, read_text_tail
+from .runtime.layout import live_console_prefix
+from .runtime.serialization import decode
 
-_UNSET = object()
 log = logging.getLogger("hither_fs.job")
 
 #: Poll intervals while waiting: fast at first (a quick job is noticed within
 #: a millisecond or two), backing off to 10 ms, and over the first minute of a
-#: long wait to 50 ms. Each look is one stat call, so a long wait costs a
-#: fraction of a percent of a core.
+#: long wait to 50 ms. Each look is one open of state.json (an open, not a
+#: stat: a shared filesystem may answer a stat from a cache that is seconds
+#: old, but revalidates a file it opens).
 POLL_MIN, POLL_MAX, POLL_MAX_LONG, POLL_GROWTH = 0.0005, 0.01, 0.05, 1.3
+#: How often the waiter lets its handler look after its workers (start local
+#: workers, scale Slurm allocations).
+HELP_INTERVAL = 0.2
 
 
 class Job:
@@ -34,22 +39,22 @@ class Job:
         self.root.layout.job_dir(job_id)  # validates the id
         self.id = job_id
         self._handler = handler
-        self._result: Any = _UNSET
         self._spec: Optional[Dict[str, Any]] = None
+        self._final: Optional[Dict[str, Any]] = None  # the final state, once seen (it never changes)
 
     # -- facts ---------------------------------------------------------------
 
     @property
     def spec(self) -> Dict[str, Any]:
         if self._spec is None:
-            self._spec = self.root.read_spec(self.id)
+            self._spec = protocol.read_spec(self.root, self.id)
         return self._spec
 
     @property
     def function_name(self) -> str:
         try:
             return self.spec["function"]["name"]
-        except CorruptFileError:
+        except (CorruptFileError, KeyError, TypeError):
             return "?"  # the damaged spec is reported by the job's error
 
     @property
@@ -57,8 +62,17 @@ class Job:
         """The job's directory in the root (``spec.json``, ``state.json``, ...)."""
         return self.root.layout.job_dir(self.id)
 
+    def _read_state(self) -> Dict[str, Any]:
+        if self._final is not None:
+            return self._final
+        state = protocol.read_state(self.root, self.id)
+        if state.get("status") in FINAL_VALUES:
+            self._final = state
+        return state
+
     def get_state(self) -> Dict[str, Any]:
-        return self.root.read_state(self.id)
+        """The job's state record; a queued job that a worker has claimed shows as running."""
+        return protocol.live_status(self.root, self.id, self._read_state())
 
     @property
     def status(self) -> str:
@@ -66,36 +80,41 @@ class Job:
         return self.get_state()["status"]
 
     def is_done(self) -> bool:
-        return self.status in FINAL_STATUSES
+        return self._read_state().get("status") in FINAL_VALUES
 
     def get_runtime_info(self) -> Dict[str, Any]:
         """Host, pid, start and end, wall and CPU seconds, peak memory (empty until run)."""
-        return self.root.read_job_file(self.id, "runtime.json", {}) or {}
+        return dict(self._read_state().get("runtime") or {})
 
     def get_console_output(self) -> Dict[str, str]:
-        """``{'stdout': ..., 'stderr': ...}``: final output, or the live output of a running attempt."""
+        """``{'stdout': ..., 'stderr': ...}``: final output, or the live output of a running job."""
         state = self.get_state()
-        directory = self.directory
-        if state["status"] not in FINAL_STATUSES and state.get("attempt"):
-            directory = self.root.layout.attempt_dir(self.id, state["attempt"])
-        return {name: read_text_tail(os.path.join(directory, name + ".txt")) for name in ("stdout", "stderr")}
+        out = {}
+        for name in ("stdout", "stderr"):
+            if state["status"] in FINAL_VALUES:
+                size = (state.get("console") or {}).get(name)
+                out[name] = read_text_tail(os.path.join(self.directory, name + ".txt")) if size else ""
+            elif state["status"] == Status.RUNNING:
+                prefix = live_console_prefix(name, state.get("gen", 0), state.get("attempt", 1))
+                live = sorted(n for n in listdir(self.directory) if n.startswith(prefix))
+                out[name] = read_text_tail(os.path.join(self.directory, live[-1])) if live else ""
+            else:
+                out[name] = ""
+        return out
 
     # -- outcome ---------------------------------------------------------------
 
     def get_result(self) -> Any:
         """The result of a finished job; the job's error if it failed."""
-        if self._result is not _UNSET:
-            return self._result
-        state = self.get_state()
-        status = state["status"]
-        if status == FINISHED:
-            self._result = upstream_value(self.root.layout, self.root.store, self.id)
-            return self._result
-        if status in FINAL_STATUSES:
-            record = self.root.read_job_file(self.id, "error.json", {}) or {
-                "type": "JobError", "message": state.get("error") or "no error record"}
+        state = self._read_state()
+        status = state.get("status")
+        if status == Status.FINISHED:
+            return decode(state["result"]["value"], self.root.store)
+        if status in FINAL_VALUES:
+            record = state.get("error") if isinstance(state.get("error"), dict) else {
+                "type": "JobError", "message": protocol.summary(state) or "no error record"}
             raise job_error(self.id, self.function_name, record)
-        raise JobNotFinishedError("job {} ({}) is {}".format(self.id, self.function_name, status))
+        raise JobNotFinishedError("job {} ({}) is {}".format(self.id, self.function_name, self.status))
 
     def wait(self, timeout: Optional[float] = None) -> Any:
         """Wait until the job is done; return its result or raise its error.
@@ -109,41 +128,27 @@ class Job:
     def wait_done(self, timeout: Optional[float] = None) -> str:
         """Wait until the job reaches a final status and return it (never raises the job's error)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        state_path = self.root.layout.job_file(self.id, "state.json")
         interval = POLL_MIN
-        last_sig = None
         next_help = 0.0
         started = time.monotonic()
-        status = self.status
         while True:
-            try:
-                st = os.stat(state_path)
-                sig = (st.st_ino, st.st_mtime_ns, st.st_size)
-            except FileNotFoundError:
-                sig = None
-            if sig != last_sig:
-                last_sig = sig
-                status = self.status
-                if status in FINAL_STATUSES:
-                    return status
-                interval = POLL_MIN
+            status = self._read_state().get("status")
+            if status in FINAL_VALUES:
+                return status
             now = time.monotonic()
             if now >= next_help:
-                # Move things along ourselves: in-process jobs run here, and a
-                # pending job is promoted even if no worker is looking.
+                # in-process jobs run here; a local or Slurm handler starts or scales its workers
                 if self._handler is not None:
                     try:
                         self._handler.help(self.root)
                     except Exception as exc:  # e.g. sbatch failing for a while: keep waiting, say why
                         log.warning("while waiting for job %s: %s", self.id, exc)
-                if status == PENDING:
-                    queue.promote_pending(self.root)
-                next_help = now + 0.2
+                next_help = now + HELP_INTERVAL
+                continue
             if deadline is not None and now >= deadline:
                 raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
                     self.id, self.function_name, timeout, self.status))
-            sleep = interval if deadline is None else min(interval, max(0.0, deadline - now))
-            time.sleep(sleep)
+            time.sleep(interval if deadline is None else min(interval, max(0.0, deadline - now)))
             cap = min(POLL_MAX_LONG, POLL_MAX + (now - started) / 1500.0)
             interval = min(cap, interval * POLL_GROWTH)
 
@@ -152,8 +157,8 @@ class Job:
 
         Returns False if the job had already finished (or failed).
         """
-        status = queue.cancel(self.root, self.id)
-        return status not in (FINISHED, "error")
+        status = protocol.cancel(self.root, self.id)
+        return status not in (Status.FINISHED, Status.ERROR)
 
     def __repr__(self):
         return "<Job {} {}>".format(self.id, self._spec["function"]["name"] if self._spec else "")
@@ -168,6 +173,6 @@ class Job:
 def get_job(job_id: str, root: Optional[str] = None) -> Job:
     """Re-attach to a job by id, from any process that sees the root."""
     job = Job(job_id, Root.get(root))
-    if not job.root.job_exists(job_id):
+    if not protocol.job_exists(job.root, job_id):
         raise LookupError("no job {} in root {}".format(job_id, job.root.path))
     return job

@@ -1,371 +1,261 @@
-"""A job's life on the bus: enqueue, promote, claim, commit, cancel, recover.
+"""Queues: where the tickets of ready jobs wait, and how a worker finds the front.
 
-Every change of a job's status happens under that job's lock and ends with
-one atomic rename of ``state.json`` - the commit point. Tickets (empty-ish
-files in ``queue/``, ``pending/`` and ``running/``) are indexes that let
-workers find live work without looking at finished jobs; the state file is
-always the truth, and a ticket that disagrees with it is simply dropped.
+A queue is a directory ``queue/<name>/`` of *buckets*, and a bucket is a
+directory of at most about a thousand tickets. A ticket is an empty file
+named ``<stamp>-<token>`` (see :mod:`hither_fs.protocol` for tokens), where
+the stamp is the time it was made in nanoseconds, so names sort oldest first::
+
+    queue/local/
+      bell                                              rung when tickets are added
+      00000000000000000000-requeued/                    jobs handed back: served first
+      01764452810733210876-node3-41207/                 one submitting process's bucket
+        01764452810733291000-3f9a0c1d2e4b5a69.0.1
+        ...
+
+Each writing process fills a bucket of its own and starts a new one after
+:data:`BUCKET_SIZE` tickets or :data:`BUCKET_AGE` seconds, so no directory
+grows without bound and a reader finds the front by listing the small top
+directory and then one bucket: the cost of the next claim is the same with a
+hundred or a hundred thousand jobs queued. Empty buckets that no writer uses
+any more are removed by the workers (``rmdir`` refuses a bucket that gained a
+ticket meanwhile, and a writer whose bucket vanished simply starts another).
+
+The *bell* lets an idle worker notice new work with one open per poll instead
+of a directory listing: a writer replaces it (at most every
+:data:`RING_INTERVAL` seconds) after adding tickets.
+
+Listings may be stale on a shared filesystem (another node's cache); that
+only makes a worker try a ticket that is already gone (its claim fails
+cleanly) or see a new one a little later. Nothing here decides who gets a
+job: the rename in :func:`hither_fs.protocol.claim` does.
 """
 
 import os
-import shutil
+import random
+import re
+import socket
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+import uuid
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import filelock
+from .runtime.files import listdir, read_bytes, remove_quietly, with_parents, write_bytes, write_new
+from .runtime.layout import Layout, check_queue_name
 
-from .root import (CANCELLED, ERROR, FINAL_STATUSES, FINISHED, PENDING, QUEUED, RUNNING,
-                   Root, now_iso)
-from .runtime.files import CorruptFileError, read_json, remove_quietly, write_json
-from .runtime.layout import is_job_id
+BUCKET_SIZE = 1000
+BUCKET_AGE = 30.0
+#: Jobs handed back to the queue go here: its name sorts before every other bucket.
+REQUEUE_BUCKET = "00000000000000000000-requeued"
+RING_INTERVAL = 0.25
+#: How many tickets at the front a worker chooses among, so that workers that
+#: listed the same bucket do not all try the same ticket.
+SPREAD = 8
 
-DEFAULT_MAX_ATTEMPTS = 3
-
-
-def _queue_ticket(root: Root, queue: str, job_id: str) -> str:
-    return os.path.join(root.layout.queue_dir(queue), "{:020d}-{}".format(time.time_ns(), job_id))
-
-
-def add_ticket(root: Root, queue: str, job_id: str) -> None:
-    """Index a queued job in ``queue/<queue>/`` (tickets sort oldest first)."""
-    root.write_ticket(_queue_ticket(root, queue, job_id), {})
+_STAMP = re.compile(r"^[0-9]{20}-")
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
-def add_job(root: Root, job_id: str, spec: Dict[str, Any], waiting_on: List[str]) -> None:
-    """Write a new job into the root: spec, then state, then its ticket."""
-    root.makedirs(root.layout.job_dir(job_id))
-    write_json(root.layout.job_file(job_id, "spec.json"), spec)
-    status = PENDING if waiting_on else QUEUED
-    # the ticket before the state: a submitter killed in between leaves an orphan ticket
-    # (skipped, reported by fsck), never a queued job that no worker can find
-    if waiting_on:
-        root.write_ticket(root.layout.pending_ticket(job_id), {"queue": spec["queue"]})
-    else:
-        add_ticket(root, spec["queue"], job_id)
-    root.write_state(job_id, {"status": status, "attempt": 0, "queue": spec["queue"],
-                              "submitted": now_iso(), "worker": None})
+def is_bucket(name: str) -> bool:
+    return bool(_STAMP.match(name))
 
 
-def write_record(root: Root, job_id: str, name: str, record: Dict[str, Any]) -> None:
-    """Write one of a job's JSON records (spec, result, error...) in its directory."""
-    write_json(root.layout.job_file(job_id, name), record)
+def is_ticket(name: str) -> bool:
+    return bool(_STAMP.match(name))
 
 
-def _fail(root: Root, job_id: str, state: Dict[str, Any], error: Dict[str, Any],
-          status: str = ERROR) -> None:
-    """Record a final error (caller holds the lock)."""
-    write_record(root, job_id, "error.json", error)
-    state.update(status=status, finished=now_iso(), error="{}: {}".format(error["type"], error["message"]))
-    root.write_state(job_id, state)
+def ticket_token(name: str) -> str:
+    """The token part of a ticket's name."""
+    return name[21:]
 
 
-# -- pending -> queued -------------------------------------------------------
+class TicketWriter:
+    """Where this process puts new tickets: a bucket of its own per queue, and the bell.
 
-def _upstream_ids(spec: Dict[str, Any]) -> List[str]:
-    return list(spec.get("upstream", []))
-
-
-def promote_pending(root: Root) -> int:
-    """Queue the pending jobs whose upstream jobs all finished; fail those whose
-    upstream failed. Returns how many jobs changed. Any process may call this.
-
-    A damaged record fails only the job it belongs to: one bad file never
-    stops the promotion of the others.
+    One per process and root (:func:`writer_for`).
     """
-    changed = 0
-    try:
-        names = os.listdir(root.layout.pending)
-    except FileNotFoundError:
-        return 0
-    for job_id in names:
-        if not is_job_id(job_id):
-            continue  # a temp file or a stray file: not a ticket (fsck reports it)
+
+    def __init__(self, layout: Layout, clock: Callable[[], float] = time.time):
+        self.layout = layout
+        self.clock = clock
+        self._buckets: Dict[str, Tuple[str, int, float]] = {}  # queue -> (bucket, tickets, started)
+        self._rung: Dict[str, float] = {}
+
+    def _bucket(self, queue: str) -> str:
+        now = self.clock()
+        current = self._buckets.get(queue)
+        if current is None or current[1] >= BUCKET_SIZE or now - current[2] >= BUCKET_AGE:
+            name = "{:020d}-{}-{}{}".format(time.time_ns(), _HOST, os.getpid(), uuid.uuid4().hex[:4])
+            current = (name, 0, now)
+        self._buckets[queue] = (current[0], current[1] + 1, current[2])
+        return current[0]
+
+    def ticket_path(self, queue: str, token: str, front: bool = False) -> str:
+        bucket = REQUEUE_BUCKET if front else self._bucket(queue)
+        return os.path.join(self.layout.queue_dir(queue), bucket, "{:020d}-{}".format(time.time_ns(), token))
+
+    def place(self, queue: str, token: str, front: bool = False) -> str:
+        """Create the ticket of ``token`` in ``queue`` and return its path."""
+        path = self.ticket_path(queue, token, front)
         try:
-            changed += _promote_one(root, job_id)
-        except filelock.Timeout:
-            continue
-        except (CorruptFileError, OSError, ValueError, KeyError) as exc:
-            fail_damaged(root, job_id, "waiting for upstream jobs", exc)
-            changed += 1
-    return changed
+            with_parents(lambda: write_new(path), os.path.dirname(path))
+        except FileNotFoundError:  # a worker removed our (empty, old-looking) bucket just now
+            self._buckets.pop(queue, None)
+            path = self.ticket_path(queue, token, front)
+            with_parents(lambda: write_new(path), os.path.dirname(path))
+        return path
+
+    def move_into(self, queue: str, src: str, token: str) -> Optional[str]:
+        """Rename the ticket ``src`` into ``queue`` (exclusive: None if it was gone)."""
+        path = self.ticket_path(queue, token)
+        try:
+            with_parents(lambda: os.rename(src, path), os.path.dirname(path))
+        except FileNotFoundError:
+            return None
+        return path
+
+    def ring(self, queue: str, force: bool = False) -> None:
+        """Tell idle workers of ``queue`` that there is work (at most every RING_INTERVAL s).
+
+        A worker that hears the bell keeps listing the queue for a while (see
+        :class:`QueueReader`), so a ticket added just after a ring is found too.
+        """
+        now = self.clock()
+        if not force and now - self._rung.get(queue, -1e9) < RING_INTERVAL:
+            return
+        self._rung[queue] = now
+        bell = self.layout.bell(queue)
+        with_parents(lambda: write_bytes(bell, uuid.uuid4().hex.encode()), os.path.dirname(bell))
 
 
-def _pending_verdict(root: Root, job_id: str) -> Any:
-    """None: ready to queue; "wait": not yet; a dict: the error to fail it with."""
-    spec = root.read_spec(job_id)
-    verdict = None
-    for up in _upstream_ids(spec):
-        if not is_job_id(up):
-            # never a path: a hand-edited spec must not make anyone read outside the root
-            return {"type": "ValueError", "module": "builtins", "stage": "waiting for upstream jobs",
-                    "message": "{} names upstream job {!r}, which is not a hither_fs job id "
-                               "(expected 16 hex digits)".format(root.layout.job_file(job_id, "spec.json"), up),
-                    "traceback": ""}
-        up_state = root.read_job_file(up, "state.json", {})
-        status = up_state.get("status")
-        if status in (ERROR, CANCELLED):
-            up_fn = root.read_job_file(up, "spec.json", {}).get("function", {}).get("name", "?")
-            return {"type": "UpstreamJobError", "module": "hither_fs", "stage": "waiting for upstream jobs",
-                    "message": "upstream job {} ({}) {}: {}".format(
-                        up, up_fn, "was cancelled" if status == CANCELLED else "failed", up_state.get("error", "")),
-                    "traceback": "", "upstream": up}
-        if status != FINISHED:
-            verdict = "wait"
-    return verdict
+_writers: Dict[str, TicketWriter] = {}
 
 
-def _promote_one(root: Root, job_id: str) -> int:
-    try:
-        verdict = _pending_verdict(root, job_id)
-    except FileNotFoundError:
-        return 0  # being created, or gone
-    if verdict == "wait":
-        return 0
-    with root.lock(job_id, timeout=0):
-        state = root.read_state(job_id)
-        changed = 0
-        if state["status"] == PENDING:
-            if verdict is None:
-                # the index entry before the state: a crash in between leaves a ticket
-                # that claimers drop as stale, never a queued job nobody can find
-                add_ticket(root, state["queue"], job_id)
-                state["status"] = QUEUED
-                root.write_state(job_id, state)
-            else:
-                _fail(root, job_id, state, verdict)
-            changed = 1
-        remove_quietly(root.layout.pending_ticket(job_id))
-        return changed
+def writer_for(layout: Layout) -> TicketWriter:
+    """This process's ticket writer for a root."""
+    w = _writers.get(layout.path)
+    if w is None:
+        w = _writers[layout.path] = TicketWriter(layout)
+    return w
 
 
-def fail_damaged(root: Root, job_id: str, stage: str, exc: Exception) -> None:
-    """Fail a job whose own records cannot be read (naming the damage), and drop its tickets."""
-    try:
-        with root.lock(job_id, timeout=0):
-            try:
-                state = root.read_state(job_id)
-            except (CorruptFileError, FileNotFoundError, ValueError):
-                state = {}
-            if state.get("status") in FINAL_STATUSES:
+class QueueReader:
+    """A worker's view of the front of one queue: cached listings, refreshed when used up.
+
+    ``candidates()`` returns a few tickets from the front (the oldest, then
+    the next :data:`SPREAD` in random order), ``drop()`` forgets one that was
+    claimed or found gone. A listing is at most ``max_age`` seconds old when used.
+    """
+
+    def __init__(self, layout: Layout, queue: str, clock: Callable[[], float] = time.monotonic,
+                 max_age: float = 1.0):
+        self.layout = layout
+        self.queue = check_queue_name(queue)
+        self.dir = layout.queue_dir(queue)
+        self.clock = clock
+        self.max_age = max_age
+        self._buckets: List[str] = []
+        self._listed_top = -1e9
+        self._bucket: Optional[str] = None
+        self._tickets: List[str] = []
+        self._listed_bucket = -1e9
+        self._bell: Optional[bytes] = None
+
+    def candidates(self) -> List[str]:
+        now = self.clock()
+        if not self._tickets or now - self._listed_bucket > self.max_age:
+            self.refresh(now)
+        # the oldest ticket first (first in, first out); should another worker win it, the
+        # next few in random order, so that workers that listed together spread out
+        rest = self._tickets[1:SPREAD]
+        random.shuffle(rest)
+        return [os.path.join(self.dir, self._bucket, name) for name in self._tickets[:1] + rest]
+
+    def drop(self, path: str) -> None:
+        name = os.path.basename(path)
+        if name in self._tickets:
+            self._tickets.remove(name)
+
+    def refresh(self, now: Optional[float] = None) -> None:
+        """List the front: the top directory (at most every ``max_age`` s), then buckets
+        oldest first until one holds tickets. Empty buckets no writer uses are removed."""
+        now = self.clock() if now is None else now
+        if now - self._listed_top > self.max_age or not self._buckets:
+            self._buckets = sorted(n for n in listdir(self.dir) if is_bucket(n))
+            self._listed_top = now
+        self._tickets = []
+        self._listed_bucket = now
+        while self._buckets:
+            bucket = self._buckets[0]
+            names = sorted(n for n in listdir(os.path.join(self.dir, bucket)) if is_ticket(n))
+            if names:
+                self._bucket, self._tickets = bucket, names
                 return
-            state.setdefault("queue", "?")
-            _fail(root, job_id, state, {"type": type(exc).__name__, "module": type(exc).__module__,
-                                        "stage": stage, "message": str(exc), "traceback": ""})
-            remove_quietly(root.layout.pending_ticket(job_id))
-            remove_quietly(root.layout.running_ticket(job_id))
-    except (filelock.Timeout, OSError):
+            self._buckets.pop(0)
+            self._tidy(bucket)
+
+    def _tidy(self, bucket: str) -> None:
+        # a bucket is left to its writer for twice the time it may write into it
+        try:
+            stamp = int(bucket[:20]) / 1e9
+        except ValueError:
+            return
+        if time.time() - stamp > 2 * BUCKET_AGE:
+            try:
+                os.rmdir(os.path.join(self.dir, bucket))
+            except OSError:
+                pass  # not empty after all, or gone already: both fine
+
+    def bell_rang(self) -> bool:
+        """Whether the bell changed since the last look (one open)."""
+        try:
+            data, _ = read_bytes(self.layout.bell(self.queue), limit=4096)
+        except (OSError, ValueError):
+            data = b""
+        rang = self._bell is not None and data != self._bell
+        self._bell = data
+        return rang
+
+
+def iter_tickets(layout: Layout, queue: str) -> Iterator[Tuple[str, str]]:
+    """Every ticket of ``queue`` as ``(path, name)``, front first (a full listing: for
+    cancelling, counting and fsck, never for claiming)."""
+    qdir = layout.queue_dir(queue)
+    for bucket in sorted(n for n in listdir(qdir) if is_bucket(n)):
+        for name in sorted(n for n in listdir(os.path.join(qdir, bucket)) if is_ticket(n)):
+            yield os.path.join(qdir, bucket, name), name
+
+
+def queue_names(layout: Layout) -> List[str]:
+    names = []
+    for n in listdir(layout.queues):
+        try:
+            names.append(check_queue_name(n))
+        except ValueError:
+            continue
+    return sorted(names)
+
+
+def count_tickets(layout: Layout, queue: str, cap: Optional[int] = None) -> int:
+    """How many tickets ``queue`` holds, counting no further than ``cap``."""
+    n = 0
+    for _ in iter_tickets(layout, queue):
+        n += 1
+        if cap is not None and n >= cap:
+            break
+    return n
+
+
+def remove_empty_queue(layout: Layout, queue: str) -> None:
+    """Remove a queue directory that has no buckets left (a process's private queue at exit)."""
+    qdir = layout.queue_dir(queue)
+    for name in listdir(qdir):
+        if is_bucket(name):
+            try:
+                os.rmdir(os.path.join(qdir, name))
+            except OSError:
+                return
+    remove_quietly(layout.bell(queue))
+    try:
+        os.rmdir(qdir)
+    except OSError:
         pass
 
-
-# -- queued -> running ---------------------------------------------------------
-
-class Claim:
-    """A job a worker has claimed: the attempt number fences its outcome."""
-
-    def __init__(self, job_id: str, attempt: int, spec: Dict[str, Any]):
-        self.job_id = job_id
-        self.attempt = attempt
-        self.spec = spec
-
-
-def queue_tickets(root: Root, queue: str) -> List[str]:
-    """The tickets of a queue, oldest first. Names that are not tickets (temp files, a
-    stray file left by hand) are not work: they are skipped, and ``fsck`` reports them."""
-    try:
-        return sorted(n for n in os.listdir(root.layout.queue_dir(queue))
-                      if not n.startswith(".") and is_job_id(n.rsplit("-", 1)[-1]))
-    except FileNotFoundError:
-        return []
-
-
-def try_claim(root: Root, queue: str, ticket: str, worker_id: str,
-              fits: Optional[Callable[[Dict[str, Any]], bool]] = None) -> Optional[Claim]:
-    """Claim the job behind one queue ticket, or return None if someone else has
-    it (or ``fits(spec)`` says this worker cannot take it now)."""
-    job_id = ticket.rsplit("-", 1)[-1]
-    ticket_path = os.path.join(root.layout.queue_dir(queue), ticket)
-    try:
-        with root.lock(job_id, timeout=0):
-            if not os.path.exists(ticket_path):
-                return None
-            try:
-                state = root.read_state(job_id)
-                spec = root.read_spec(job_id)
-            except FileNotFoundError:
-                return None  # being written by its submitter (the ticket comes first)
-            except CorruptFileError as exc:
-                # never run from a damaged record: the job fails, naming the file
-                state = root.read_job_file(job_id, "state.json", {}) if "state.json" not in exc.path else {}
-                state.setdefault("queue", queue)
-                _fail(root, job_id, state, {"type": "CorruptFileError", "module": "hither_fs",
-                                            "stage": "claiming", "message": str(exc), "traceback": ""})
-                remove_quietly(ticket_path)
-                return None
-            if state["status"] != QUEUED:
-                remove_quietly(ticket_path)  # stale index entry
-                return None
-            if fits is not None and not fits(spec):
-                return None
-            attempt = int(state.get("attempt", 0)) + 1
-            state.update(status=RUNNING, attempt=attempt, worker=worker_id, started=now_iso())
-            root.write_ticket(root.layout.running_ticket(job_id), {"worker": worker_id, "attempt": attempt})
-            root.write_state(job_id, state)  # the commit of the claim
-            remove_quietly(ticket_path)
-            return Claim(job_id, attempt, spec)
-    except filelock.Timeout:
-        return None
-    except FileNotFoundError:
-        # the job directory vanished (deleted by hand): drop its ticket
-        remove_quietly(ticket_path)
-        return None
-
-
-# -- running -> final ------------------------------------------------------------
-
-def _move_if_exists(src: str, dst: str) -> bool:
-    try:
-        os.replace(src, dst)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def commit_attempt(root: Root, claim: Claim, worker_id: str, runtime: Dict[str, Any],
-                   failure: Optional[Dict[str, Any]] = None) -> Optional[str]:
-    """Publish an attempt's outputs and final status, if the claim still holds.
-
-    ``failure`` describes an attempt that ended without writing its own
-    outcome (killed, timed out, crashed). Returns the final status, or None if
-    the claim was lost meanwhile (then the attempt's outputs are discarded).
-    """
-    job_id, attempt = claim.job_id, claim.attempt
-    adir = root.layout.attempt_dir(job_id, attempt)
-    with root.lock(job_id):
-        state = root.read_state(job_id)
-        if state.get("worker") != worker_id or state.get("attempt") != attempt or state["status"] != RUNNING:
-            shutil.rmtree(adir, ignore_errors=True)
-            return None
-        jdir = root.layout.job_dir(job_id)
-        for name in ("stdout.txt", "stderr.txt"):  # kept only when there was output
-            src = os.path.join(adir, name)
-            if os.path.exists(src) and os.path.getsize(src) > 0:
-                os.replace(src, os.path.join(jdir, name))
-        try:  # facts the attempt recorded about itself (a container job's image), under the worker's
-            attempt_facts = read_json(os.path.join(adir, "runtime.json"), {}, missing_ok=True)
-        except Exception:
-            attempt_facts = {}
-        attempt_facts = attempt_facts if isinstance(attempt_facts, dict) else {}
-        write_json(os.path.join(jdir, "runtime.json"), dict(attempt_facts, **runtime))
-        if failure is None and _move_if_exists(os.path.join(adir, "result.json"), os.path.join(jdir, "result.json")):
-            status = FINISHED
-            remove_quietly(os.path.join(jdir, "error.json"))
-        else:
-            if failure is None:
-                try:
-                    failure = read_json(os.path.join(adir, "error.json"))
-                except FileNotFoundError:
-                    failure = {"type": "JobProcessError", "module": "hither_fs", "stage": "running",
-                               "message": "the job ended without writing a result", "traceback": ""}
-            status = CANCELLED if failure.get("type") == "JobCancelledError" else ERROR
-        shutil.rmtree(adir, ignore_errors=True)
-        # the commit point: from here on the job is final
-        if status == FINISHED:
-            state.update(status=FINISHED, finished=now_iso(), error=None)
-            root.write_state(job_id, state)
-        else:
-            _fail(root, job_id, state, failure, status)
-        remove_quietly(root.layout.running_ticket(job_id))
-        return status
-
-
-# -- cancel ------------------------------------------------------------------------
-
-def cancelled_record(job_id: str, why: str) -> Dict[str, Any]:
-    return {"type": "JobCancelledError", "module": "hither_fs", "stage": "cancelled",
-            "message": "job {} was cancelled {}".format(job_id, why), "traceback": ""}
-
-
-def cancel(root: Root, job_id: str) -> str:
-    """Cancel a job; a running job is killed by its worker. Returns the status after."""
-    with root.lock(job_id):
-        state = root.read_state(job_id)
-        status = state["status"]
-        if status in FINAL_STATUSES:
-            return status
-        if status == RUNNING:
-            state["cancel_requested"] = now_iso()
-            root.write_state(job_id, state)
-            return RUNNING
-        _fail(root, job_id, state, cancelled_record(job_id, "before it ran"), CANCELLED)
-        remove_quietly(root.layout.pending_ticket(job_id))
-        for ticket in queue_tickets(root, state["queue"]):
-            if ticket.endswith("-" + job_id):
-                remove_quietly(os.path.join(root.layout.queue_dir(state["queue"]), ticket))
-        return CANCELLED
-
-
-# -- lost workers ------------------------------------------------------------------
-
-def requeue_lost(root: Root, job_id: str, worker_id: str, attempt: int, why: str,
-                 count_attempt: bool = True) -> Optional[str]:
-    """Hand a job back to the queue from a worker that is gone or leaving.
-
-    A counted attempt brings the job closer to failing with ``WorkerLostError``
-    (after ``max_attempts``); an uncounted one (a worker that saw its time
-    limit coming and gave the job back in time) does not.
-    """
-    with root.lock(job_id):
-        state = root.read_state(job_id)
-        if state["status"] in FINAL_STATUSES:
-            remove_quietly(root.layout.running_ticket(job_id))  # left by a worker that died after its commit
-            return None
-        if state["status"] != RUNNING or state.get("worker") != worker_id or state.get("attempt") != attempt:
-            return None
-        spec = root.read_spec(job_id)
-        max_attempts = int(spec.get("max_attempts", DEFAULT_MAX_ATTEMPTS))
-        shutil.rmtree(root.layout.attempt_dir(job_id, attempt), ignore_errors=True)
-        if state.get("cancel_requested"):
-            _fail(root, job_id, state, cancelled_record(job_id, "while running (its worker was lost)"),
-                  CANCELLED)
-            remove_quietly(root.layout.running_ticket(job_id))
-            return CANCELLED
-        if not count_attempt:
-            state["attempt"] = attempt - 1
-            state["handed_back"] = int(state.get("handed_back", 0)) + 1
-            if state["handed_back"] > max_attempts:
-                _fail(root, job_id, state, {
-                    "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
-                    "message": "handed back {} times because its workers' time ran out before it finished "
-                               "(last: {}); give the allocations a longer time limit".format(
-                                   state["handed_back"], why), "traceback": ""})
-                remove_quietly(root.layout.running_ticket(job_id))
-                return ERROR
-        elif attempt >= max_attempts:
-            _fail(root, job_id, state, {
-                "type": "WorkerLostError", "module": "hither_fs", "stage": "running",
-                "message": "worker lost {} times, giving up (last: {})".format(attempt, why),
-                "traceback": ""})
-            remove_quietly(root.layout.running_ticket(job_id))
-            return ERROR
-        # new index entry, state, old index entry - in that order: a crash at any point leaves
-        # something that the next look repairs (a stale ticket, or a running ticket to re-check)
-        add_ticket(root, state["queue"], job_id)
-        state.update(status=QUEUED, worker=None, requeued=why)
-        root.write_state(job_id, state)
-        remove_quietly(root.layout.running_ticket(job_id))
-        return QUEUED
-
-
-def running_jobs(root: Root) -> Iterable[Tuple[str, Dict[str, Any]]]:
-    try:
-        names = os.listdir(root.layout.running)
-    except FileNotFoundError:
-        return
-    for job_id in names:
-        if not is_job_id(job_id):
-            continue  # a temp file or a stray file: not a ticket (fsck reports it)
-        try:
-            ticket = read_json(os.path.join(root.layout.running, job_id), {}, missing_ok=True)
-        except CorruptFileError:
-            ticket = {}
-        yield job_id, ticket

@@ -1,9 +1,8 @@
 """The root: the shared directory that is both the job bus and the store.
 
-:class:`Root` opens (or creates) a root, checks who may write it, and owns the
-small set of primitives everything else is built from: per-job file locks and
-the reading and writing of job records. Every file is written by temp file and
-atomic rename (:mod:`hither_fs.runtime.files`).
+:class:`Root` opens (or creates) a root, checks its format version and who
+may write it. How jobs move through it is :mod:`hither_fs.protocol`'s
+business; where things are is :class:`~hither_fs.runtime.layout.Layout`'s.
 """
 
 import datetime
@@ -13,24 +12,19 @@ import stat
 import uuid
 from typing import Any, Dict, List, Optional
 
-import filelock
-
-from .runtime.files import makedirs, read_json, write_json
+from .runtime.files import makedirs, read_json, register_tree, write_json
 from .runtime.layout import Layout
 from .runtime.store import Store
 
-FORMAT = 1
+#: Version of the root's layout and protocol. Format 1 (hither_fs 0.1) kept per-job
+#: lock files and several records per job; format 2 claims jobs by renaming tokens.
+FORMAT = 2
 ENV_ROOT = "HITHER_FS_ROOT"
 DEFAULT_ROOT = os.path.join("~", ".hither_fs")
 
-#: Job statuses. ``pending`` waits for upstream jobs; the last three are final.
-PENDING, QUEUED, RUNNING = "pending", "queued", "running"
-FINISHED, ERROR, CANCELLED = "finished", "error", "cancelled"
-FINAL_STATUSES = (FINISHED, ERROR, CANCELLED)
-
 
 class RootError(Exception):
-    """The root directory cannot be used (wrong type, permissions, ownership)."""
+    """The root directory cannot be used (wrong type, permissions, ownership, format)."""
 
 
 def now_iso() -> str:
@@ -74,6 +68,17 @@ def _cannot_create(path: str, exc: OSError) -> str:
             "hi.Config(root=...) or ${})".format(path, why, exc.strerror or exc, ENV_ROOT))
 
 
+def _wrong_format(marker: str, found: Any) -> str:
+    if found == 1:
+        return ("{} is a root of format 1 (hither_fs 0.1), whose jobs this hither_fs (format {}) cannot "
+                "read without misreading them. Finish or cancel its jobs and collect its results with "
+                "hither_fs 0.1, then move it aside and start a new root here (or point HITHER_FS_ROOT "
+                "elsewhere); its store/ and cache/ directories can be kept in a new root's place, "
+                "they are unchanged.".format(os.path.dirname(marker), FORMAT))
+    return ("{} says root format {!r}; this hither_fs reads format {}. Use the hither_fs version that "
+            "made it, or another root.".format(marker, found, FORMAT))
+
+
 class Root:
     """An opened root directory.
 
@@ -94,7 +99,8 @@ class Root:
             raise RootError("{} is not a hither_fs root (no root.json there)".format(path))
         self.info = self._open_or_create(shared)
         self.group_shared = self.info.get("mode") == "group"
-        #: mode of lock files, which other group members must open for writing in a shared root
+        register_tree(path, self.group_shared)
+        #: mode of new files, which other group members must open in a shared root
         self.file_mode = 0o660 if self.group_shared else 0o600
 
     @classmethod
@@ -105,6 +111,9 @@ class Root:
         if root is None:
             root = cls._opened[resolved] = cls(resolved, create=create)
         return root
+
+    def __repr__(self):
+        return "Root({!r})".format(self.path)
 
     # -- opening -----------------------------------------------------------
 
@@ -119,9 +128,8 @@ class Root:
                 raise RootError("hither_fs root {} is not readable by this user".format(path))
             if os.path.exists(marker):
                 info = read_json(marker)
-                if info.get("format") != FORMAT:
-                    raise RootError("{} has root format {!r}; this hither_fs reads format {}".format(
-                        marker, info.get("format"), FORMAT))
+                if not isinstance(info, dict) or info.get("format") != FORMAT:
+                    raise RootError(_wrong_format(marker, info.get("format") if isinstance(info, dict) else info))
                 return info
             if [n for n in os.listdir(path) if not n.startswith(".")]:
                 raise RootError("{} exists, is not empty and is not a hither_fs root (no root.json); "
@@ -131,6 +139,7 @@ class Root:
         try:
             os.makedirs(path, mode=dir_mode, exist_ok=True)
             os.chmod(path, dir_mode)
+            register_tree(path, mode == "group")
             # the marker first: a concurrent opener then sees a root, not a stranger's directory
             if not os.path.exists(marker):
                 write_json(marker, {"format": FORMAT, "mode": mode, "created": now_iso()})
@@ -138,7 +147,10 @@ class Root:
                 makedirs(d)
         except OSError as exc:
             raise RootError(_cannot_create(path, exc)) from None
-        return read_json(marker)
+        info = read_json(marker)
+        if info.get("format") != FORMAT:
+            raise RootError(_wrong_format(marker, info.get("format")))
+        return info
 
     def unsafe_reason(self, paths: Optional[List[str]] = None, *,
                       allow_group_write: bool = False) -> Optional[str]:
@@ -156,46 +168,18 @@ class Root:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            if st.st_mode & stat.S_IWOTH:
-                return "{} is writable by every user (mode {:o})".format(path, stat.S_IMODE(st.st_mode))
-            if st.st_uid != os.getuid() and not self.group_shared:
-                return "{} belongs to uid {}, not to this user (uid {})".format(path, st.st_uid, os.getuid())
-            if st.st_mode & stat.S_IWGRP and not (self.group_shared or allow_group_write):
-                return ("{} is group-writable but the root is not in group-shared mode "
-                        "(root.json mode {!r})".format(path, self.info.get("mode")))
+            reason = self.unsafe_stat_reason(path, st, allow_group_write=allow_group_write)
+            if reason:
+                return reason
         return None
 
-    # -- primitives --------------------------------------------------------
-
-    def makedirs(self, path: str) -> None:
-        makedirs(path)
-
-    def lock(self, job_id: str, timeout: float = -1) -> filelock.BaseFileLock:
-        """The lock that serialises every state change of one job.
-
-        It is an ``flock`` on ``jobs/../<id>/lock``: the kernel drops it when
-        its holder dies, so a crashed process never blocks a job.
-        """
-        return filelock.FileLock(self.layout.job_file(job_id, "lock"), timeout=timeout, mode=self.file_mode,
-                                 thread_local=False)
-
-    def job_exists(self, job_id: str) -> bool:
-        return os.path.exists(self.layout.job_file(job_id, "spec.json"))
-
-    def read_spec(self, job_id: str) -> Dict[str, Any]:
-        return read_json(self.layout.job_file(job_id, "spec.json"))
-
-    def read_state(self, job_id: str) -> Dict[str, Any]:
-        return read_json(self.layout.job_file(job_id, "state.json"))
-
-    def write_state(self, job_id: str, state: Dict[str, Any]) -> None:
-        state["updated"] = now_iso()
-        write_json(self.layout.job_file(job_id, "state.json"), state)
-
-    def read_job_file(self, job_id: str, name: str, default: Any = None) -> Any:
-        return read_json(self.layout.job_file(job_id, name), default, missing_ok=True)
-
-    def write_ticket(self, path: str, data: Dict[str, Any]) -> None:
-        """Create a small ticket file (atomically, like every file in the root)."""
-        self.makedirs(os.path.dirname(path))
-        write_json(path, data)
+    def unsafe_stat_reason(self, path: str, st: os.stat_result, *, allow_group_write: bool = False) -> Optional[str]:
+        """:meth:`unsafe_reason` for one file whose ``stat`` the caller already has."""
+        if st.st_mode & stat.S_IWOTH:
+            return "{} is writable by every user (mode {:o})".format(path, stat.S_IMODE(st.st_mode))
+        if st.st_uid != os.getuid() and not self.group_shared:
+            return "{} belongs to uid {}, not to this user (uid {})".format(path, st.st_uid, os.getuid())
+        if st.st_mode & stat.S_IWGRP and not (self.group_shared or allow_group_write):
+            return ("{} is group-writable but the root is not in group-shared mode "
+                    "(root.json mode {!r})".format(path, self.info.get("mode")))
+        return None

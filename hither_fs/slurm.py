@@ -18,12 +18,13 @@ import sys
 import time
 from typing import Any, Dict, Iterable, List, Optional
 
-from . import queue
+from . import protocol
 from .handlers import JobHandler
+from .lease import LeaseJudge, Recovery
+from .queue import count_tickets
 from .root import Root
-from .runtime.files import CorruptFileError, read_json
-from .runtime.layout import check_queue_name, is_job_id
-from .worker import LeaseWatcher
+from .runtime.files import CorruptFileError, listdir, read_json
+from .runtime.layout import check_queue_name, is_worker_id
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
 _FINAL_SLURM_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
@@ -81,7 +82,7 @@ class Allocation:
     def __init__(self, *, partition: Optional[str] = None, time_limit: str = "01:00:00",
                  slots: int = 4, cpus_per_slot: int = 1, memory_gb_per_slot: float = 2.0,
                  idle_timeout: float = 120.0, warning_lead: int = 120, drain_margin: float = 20.0,
-                 sbatch_args: Iterable[str] = (), python: Optional[str] = None):
+                 sbatch_args: Iterable[str] = (), python: Optional[str] = None, lease: float = 30.0):
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError("slots must be a positive integer, not {!r}".format(slots))
         if isinstance(cpus_per_slot, bool) or not isinstance(cpus_per_slot, int) or cpus_per_slot < 1:
@@ -103,6 +104,9 @@ class Allocation:
         self.drain_margin = drain_margin
         self.sbatch_args = [str(a) for a in sbatch_args]
         self.python = python or sys.executable
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
+            raise ValueError("lease must be a positive number of seconds, not {!r}".format(lease))
+        self.lease = float(lease)
 
     @property
     def cpus(self) -> int:
@@ -136,6 +140,7 @@ class Allocation:
         env.update(HITHER_FS_ROOT=root.path, HITHER_FS_QUEUE=queue_name, HITHER_FS_SLOTS=str(self.slots),
                    HITHER_FS_PYTHON=self.python, HITHER_FS_IDLE_TIMEOUT=str(self.idle_timeout),
                    HITHER_FS_MEMORY_GB=str(self.memory_gb), HITHER_FS_DRAIN_MARGIN=str(self.drain_margin),
+                   HITHER_FS_LEASE=str(self.lease),
                    PYTHONPATH=os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p))
         return env
 
@@ -173,23 +178,20 @@ def scancel(job_ids: Iterable[str]) -> None:
 
 
 def live_workers(root: Root, max_age: float = 60.0) -> List[Dict[str, Any]]:
-    """Heartbeats of workers that beat within ``max_age`` seconds (by file age)."""
-    try:
-        names = os.listdir(root.layout.workers)
-    except FileNotFoundError:
-        return []
+    """Heartbeats of workers that beat within ``max_age`` seconds (by the file's age as this
+    node sees it: for display and scaling, never for taking jobs back)."""
     now = time.time()
     found = []
-    for name in names:
-        if not name.endswith(".json") or name.startswith("."):
+    for name in listdir(root.layout.workers):
+        if not is_worker_id(name):
             continue
-        path = os.path.join(root.layout.workers, name)
+        path = root.layout.heartbeat(name)
         try:
             age = now - os.stat(path).st_mtime
             hb = read_json(path)
         except (OSError, ValueError):
             continue
-        if age <= max_age:
+        if isinstance(hb, dict) and age <= max_age:
             hb["age_seconds"] = age
             found.append(hb)
     return found
@@ -206,14 +208,18 @@ class SlurmJobHandler(JobHandler):
     claims no more jobs), and ``drain_margin`` seconds before the limit it
     hands its unfinished jobs back to the queue for the next allocation.
     A job may ask for more than one slot's worth with
-    ``hi.Config(job_resources={'cpus': 4, 'memory_gb': 16})``.
+    ``hi.Config(job_resources={'cpus': 4, 'memory_gb': 16})``. ``lease``: seconds
+    without a heartbeat (on the observer's clock) after which an allocation's
+    worker counts as lost and its jobs run elsewhere - an allocation that is
+    suspended longer than that loses its jobs, and discards their outcomes when
+    it is resumed.
     """
 
     def __init__(self, *, partition: Optional[str] = None, time_limit: str = "01:00:00",
                  cpus_per_slot: int = 1, memory_gb_per_slot: float = 2.0, slots: int = 4,
                  max_allocations: int = 2, sbatch_args: Iterable[str] = (), idle_timeout: float = 120.0,
                  warning_lead: int = 120, drain_margin: float = 20.0, queue_name: str = "slurm",
-                 squeue_interval: float = 10.0):
+                 squeue_interval: float = 10.0, lease: float = 30.0):
         from .runtime.code import stop_if_loading_script
         stop_if_loading_script("hi.SlurmJobHandler()")
         if isinstance(max_allocations, bool) or not isinstance(max_allocations, int) or max_allocations < 1:
@@ -221,7 +227,7 @@ class SlurmJobHandler(JobHandler):
         self.allocation = Allocation(partition=partition, time_limit=time_limit, slots=slots,
                                      cpus_per_slot=cpus_per_slot, memory_gb_per_slot=memory_gb_per_slot,
                                      idle_timeout=idle_timeout, warning_lead=warning_lead,
-                                     drain_margin=drain_margin, sbatch_args=sbatch_args)
+                                     drain_margin=drain_margin, sbatch_args=sbatch_args, lease=lease)
         self.max_allocations = max_allocations
         self.queue_name = check_queue_name(queue_name)
         self.squeue_interval = squeue_interval
@@ -231,7 +237,9 @@ class SlurmJobHandler(JobHandler):
         self._next_squeue = 0.0
         self._squeue_backoff = squeue_interval
         self._in_slurm: set = set()  # allocations Slurm listed at the last look
-        self._watchers: Dict[str, LeaseWatcher] = {}
+        self._pending_queue: Dict[str, Any] = {}
+        self.lease = lease
+        self._recovery: Dict[str, Recovery] = {}
 
     def queue_for(self, root: Root) -> str:
         return self.queue_name
@@ -260,18 +268,22 @@ class SlurmJobHandler(JobHandler):
 
     # -- scaling -------------------------------------------------------------------
 
-    def demand(self, root: Root) -> int:
-        """Jobs of this queue that are queued, pending or running (from the index, not the job records)."""
-        count = len(queue.queue_tickets(root, self.queue_name))
-        for job_id in os.listdir(root.layout.pending) if os.path.isdir(root.layout.pending) else []:
-            if is_job_id(job_id):
-                ticket = read_json(root.layout.pending_ticket(job_id), {}, missing_ok=True) or {}
-                count += ticket.get("queue") == self.queue_name
-        for job_id, _ in queue.running_jobs(root):
-            try:
-                count += (root.read_job_file(job_id, "state.json", {}) or {}).get("queue") == self.queue_name
-            except CorruptFileError:
-                continue
+    def demand(self, root: Root, workers: List[Dict[str, Any]], cap: int) -> int:
+        """Jobs of this queue that are queued, pending or running - counted no further than
+        ``cap`` (the root is never read whole for this)."""
+        count = count_tickets(root.layout, self.queue_name, cap=cap)
+        for hb in workers:
+            count += len(hb.get("jobs") or [])
+        for token in protocol.pending_tokens(root):
+            if count >= cap:
+                break
+            queue = self._pending_queue.get(token.job_id)
+            if queue is None:
+                try:
+                    queue = self._pending_queue[token.job_id] = protocol.read_spec(root, token.job_id).get("queue")
+                except (OSError, CorruptFileError):
+                    continue
+            count += queue == self.queue_name
         return count
 
     def scale(self, root: Root) -> List[str]:
@@ -280,12 +292,14 @@ class SlurmJobHandler(JobHandler):
         if now < self._next_look:
             return []
         self._next_look = now + 1.0
-        watcher = self._watchers.setdefault(root.path, LeaseWatcher(root, lease=30.0))
-        watcher.recover()  # jobs of allocations that died get back in the queue
-        demand = self.demand(root)
+        recovery = self._recovery.get(root.path)
+        if recovery is None:
+            recovery = self._recovery[root.path] = Recovery(root, LeaseJudge(self.lease))
+        recovery.run()  # jobs of allocations that died get back in the queue
         # every live allocation counts against max_allocations, draining ones too:
         # their replacement is submitted when they leave
         workers = [hb for hb in live_workers(root) if self.queue_name in hb.get("queues", [])]
+        demand = self.demand(root, workers, cap=self.max_allocations * self.allocation.slots + 1)
         need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
         if need <= len(workers):
             return []

@@ -12,13 +12,16 @@ import socket
 import threading
 from typing import Any, Dict, List
 
+from . import protocol
 from .cache import JobCache, cache_key
 from .config import Config
+from .handlers import DefaultJobHandler
 from .job import Job
-from .queue import add_job, write_record
-from .root import CANCELLED, ERROR, FINISHED, Root, new_job_id, now_iso
+from .protocol import Status
+from .root import Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
-from .runtime.layout import check_queue_name
+from .runtime.files import CorruptFileError
+from .runtime.layout import check_queue_name, is_job_id
 from .runtime.serialization import TAG, encode
 
 _jobs_lock = threading.Lock()
@@ -26,10 +29,9 @@ _jobs: List[Job] = []
 _default_handler = None
 
 
-def default_handler():
+def default_handler() -> DefaultJobHandler:
     global _default_handler
     if _default_handler is None:
-        from .handlers import DefaultJobHandler
         _default_handler = DefaultJobHandler()
     return _default_handler
 
@@ -94,20 +96,16 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
     handler.check(spec)
 
     if cache is not None and not cfg["force_run"]:
-        with cache.lock(root, key):
-            entry = cache.lookup(root, key)
-            if entry is not None and ("value" in entry or not cfg["rerun_failing"]):
-                job = _job_from_cache(root, cache, entry, spec, handler)
-            else:
-                job = _attach_in_flight(root, cache, key, handler)
-                if job is None:
-                    job = _create(root, spec, handler)
-                    cache.mark_in_flight(root, key, job.id)
+        entry = cache.lookup(root, key)
+        if entry is not None and ("value" in entry or not cfg["rerun_failing"]):
+            job = _job_from_cache(root, cache, entry, spec, handler)
+        else:
+            job = _create_once(root, cache, spec, handler)
     else:
         job = _create(root, spec, handler)
     with _jobs_lock:
         _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
-    handler.submitted(root, job)
+    handler.submitted(root, job, fn.__wrapped__)
     return job
 
 
@@ -128,46 +126,65 @@ def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:
 
 
 def _create(root: Root, spec: Dict[str, Any], handler) -> Job:
-    job_id = new_job_id()
-    spec["id"] = job_id
-    add_job(root, job_id, spec, spec["upstream"])
-    return Job(job_id, root, handler)
+    spec["id"] = new_job_id()
+    protocol.submit(root, spec)
+    return Job(spec["id"], root, handler)
 
 
-def _attach_in_flight(root: Root, cache: JobCache, key: str, handler):
-    job_id = cache.in_flight(root, key)
-    if job_id is None or not root.job_exists(job_id):
-        return None
-    state = root.read_state(job_id)
-    if state["status"] in (ERROR, CANCELLED):
-        return None
-    if state["queue"].startswith("inproc-") and state["queue"] != handler.queue_for(root):
-        return None  # only its own process runs an in-process job, and that may be gone
-    return Job(job_id, root, handler)
+def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> Job:
+    """A job for a cache key that is not cached yet: the job already computing it (in this
+    root, by any process on any node), or a new one that others will attach to.
+
+    A new job is published first and queued only once its in-flight marker is in place;
+    a submitter that loses the race for the marker withdraws its job (nobody saw it) and
+    attaches to the winner's.
+    """
+    key = spec["key"]
+    for _ in range(100):
+        holder = cache.in_flight(root, key)
+        if holder is not None:
+            try:
+                state = protocol.read_state(root, holder)
+            except (OSError, CorruptFileError, ValueError):
+                state = {}
+            if state.get("status") not in (None, Status.ERROR, Status.CANCELLED):
+                queue = state.get("queue", "")
+                if not queue.startswith("inproc-") or queue == handler.queue_for(root):
+                    return Job(holder, root, handler)
+                return _create(root, spec, handler)  # only its own process runs an in-process job
+            cache.release_in_flight(root, key, holder)  # failed, or gone: run it again
+            continue
+        spec["id"] = new_job_id()
+        protocol.publish(root, spec)
+        if cache.claim_in_flight(root, key, spec["id"]):
+            protocol.release(root, spec)
+            return Job(spec["id"], root, handler)
+        protocol.withdraw(root, spec["id"])
+    raise RuntimeError("could not agree with other submitters on a job for cache key {}".format(key))
 
 
 def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Dict[str, Any], handler) -> Job:
     """A finished job for a cache hit: the original job when it is in this root,
     otherwise a new job record holding the cached outcome (no function runs)."""
-    wanted = FINISHED if "value" in entry else ERROR
+    wanted = Status.FINISHED if "value" in entry else Status.ERROR
     original = entry.get("job_id")
-    if entry.get("root") == root.path and original and root.job_exists(original):
-        if root.read_state(original)["status"] == wanted:
-            return Job(original, root, handler)
+    if entry.get("root") == root.path and is_job_id(original):
+        try:
+            if protocol.read_state(root, original).get("status") == wanted:
+                return Job(original, root, handler)
+        except (OSError, CorruptFileError):
+            pass
     job_id = new_job_id()
     spec.update(id=job_id, from_cache={"key": entry["key"], "job_id": original, "root": entry.get("root"),
                                        "cache": cache.path or "root"})
-    root.makedirs(root.layout.job_dir(job_id))
-    write_record(root, job_id, "spec.json", spec)
-    if wanted == FINISHED:
-        write_record(root, job_id, "result.json", {"value": entry["value"]})
-        state = {"status": FINISHED, "error": None}
+    now = now_iso()
+    state = {"status": wanted.value, "attempt": 0, "queue": spec["queue"], "submitted": now, "finished": now,
+             "cached": True}
+    if wanted == Status.FINISHED:
+        state["result"] = {"value": entry["value"]}
     else:
-        write_record(root, job_id, "error.json", entry["error"])
-        state = {"status": ERROR, "error": "{}: {}".format(entry["error"].get("type"), entry["error"].get("message"))}
-    state.update(attempt=0, queue=spec["queue"], worker=None, submitted=now_iso(), finished=now_iso(),
-                 cached=True)
-    root.write_state(job_id, state)
+        state["error"] = entry["error"]
+    protocol.submit_final(root, spec, state)
     return Job(job_id, root, handler)
 
 

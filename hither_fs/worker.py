@@ -4,167 +4,53 @@
 submitting process: ``ParallelJobHandler`` starts such workers locally, and
 Slurm allocations run the same command on compute nodes.
 
-The worker is one thread in a polling loop. Each job runs in a forked child
-in its own session (so a timeout or cancel kills the whole process tree);
-the child's stdout and stderr go to files in the attempt directory; the
-parent measures wall and CPU time and peak memory with ``os.wait4`` and
-commits the outcome. The worker writes a heartbeat file, and while it runs it
-also watches the other workers' heartbeats: a job whose worker has died is
-handed back to the queue (see :mod:`hither_fs.queue`).
+The worker is one thread in a loop of named steps (:meth:`Worker.step`):
+reap the runs that ended and commit them, police the running ones (timeouts,
+console output), read the requests left for it (stop, cancel), beat, take
+back the jobs of lost workers, and claim new jobs for its free slots. Each
+job runs in a forked child (:mod:`hither_fs.attempts`); the protocol steps
+are :mod:`hither_fs.protocol`'s and the lease rules :mod:`hither_fs.lease`'s.
+
+What it costs the shared filesystem, which on a cluster is what matters: a
+busy worker lists the front of its queue only when it has a free slot; an
+idle one looks at the queue's bell once every 0.8 s (one open), beats every
+10 s and checks leases every ``lease/3`` s - under two metadata operations a
+second - and still starts a new job within a second of it being queued.
 """
 
+import contextlib
 import logging
 import os
 import signal
-import socket
-import sys
 import time
 import uuid
-from typing import Any, Dict, List, Optional
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional
 
-import psutil
-
-from . import queue
-from .cache import JobCache
-from .root import ERROR, FINISHED, Root, now_iso
-from .containers import run_container_attempt
-from .runtime.execute import redirect_console, run_attempt
-from .runtime.files import CorruptFileError, file_mode, read_json, remove_quietly, write_json
-from .runtime.layout import check_queue_name, is_job_id
+from . import protocol
+from .attempts import Attempt, scratch_root
+from .cache import record_outcome
+from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
+from .protocol import Claim, Outcome
+from .queue import QueueReader, count_tickets, ticket_token
+from .root import Root
+from .runtime.files import CorruptFileError, HOST, listdir, remove_quietly
+from .runtime.layout import check_queue_name
 
 log = logging.getLogger("hither_fs.worker")
 
-HOST = socket.gethostname()
+#: After this long without work a worker counts as idle: it stops listing its queues
+#: and watches their bells instead, and beats less often.
+IDLE_AFTER = 30.0
+BELL_INTERVAL = 0.8
+IDLE_BEAT = 10.0
+IDLE_LISTING = 30.0
+PENDING_SWEEP = 30.0
 
 
 def new_worker_id(prefix: str = "w") -> str:
-    return "{}-{}-{}-{}".format(prefix, HOST.split(".")[0], os.getpid(), uuid.uuid4().hex[:6])
-
-
-def record_in_cache(root: Root, spec: Dict[str, Any], status: Optional[str]) -> None:
-    """After a commit: remember the outcome in the job's cache, if it has one."""
-    cache_spec = spec.get("cache")
-    if not cache_spec or status is None:
-        return
-    cache = JobCache(cache_spec.get("path"))
-    job_id = spec["id"]
-    if status == FINISHED:
-        cache.record(root, spec["key"], spec, root.read_job_file(job_id, "result.json"), is_error=False,
-                     replace=bool(cache_spec.get("replace")))
-    elif status == ERROR and cache_spec.get("failing"):
-        cache.record(root, spec["key"], spec, root.read_job_file(job_id, "error.json"), is_error=True)
-    cache.clear_in_flight(root, spec["key"], job_id)
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a job process, its process group and any descendant that left it."""
-    try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    for proc in descendants:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
-def base_runtime(worker_id: str) -> Dict[str, Any]:
-    info = {"host": HOST, "worker": worker_id, "python": sys.version.split()[0]}
-    for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node")):
-        if os.environ.get(var):
-            info[key] = os.environ[var]
-    return info
-
-
-class Heartbeat:
-    """The file ``workers/<id>.json`` that tells others this worker is alive.
-
-    ``beat`` is a counter, not a timestamp: observers judge liveness by
-    whether it advances on their own clock, since node clocks disagree.
-    """
-
-    def __init__(self, root: Root, worker_id: str, info: Dict[str, Any]):
-        self.root = root
-        self.path = root.layout.worker_file(worker_id)
-        self.info = dict(info, id=worker_id, host=HOST, pid=os.getpid(),
-                         create_time=psutil.Process().create_time(), started=now_iso())
-        self.beat_count = 0
-
-    def beat(self, **fields: Any) -> None:
-        self.beat_count += 1
-        self.info.update(fields, beat=self.beat_count, last_beat=now_iso())
-        self.root.makedirs(os.path.dirname(self.path))
-        write_json(self.path, self.info)
-
-    def remove(self) -> None:
-        remove_quietly(self.path)
-        remove_quietly(self.root.layout.worker_stop_request(self.info["id"]))
-
-
-class LeaseWatcher:
-    """Decides when a running job's worker is gone.
-
-    Same host: the worker's pid is dead or belongs to another process (create
-    time differs) - known at once. Other hosts: its heartbeat counter has not
-    advanced for ``lease`` seconds, measured on this process's clock.
-    """
-
-    def __init__(self, root: Root, lease: float):
-        self.root = root
-        self.lease = lease
-        self.seen: Dict[str, Any] = {}  # worker id -> (beat or None, local time it last changed)
-
-    def lost_reason(self, worker_id: str) -> Optional[str]:
-        hb = read_json(self.root.layout.worker_file(worker_id), None, missing_ok=True) if worker_id else None
-        now = time.monotonic()
-        if hb and hb.get("host") == HOST:
-            try:
-                # a tolerance: create times are derived from the boot time, which moves with clock steps
-                alive = abs(psutil.Process(hb["pid"]).create_time() - hb["create_time"]) < 1.0
-            except psutil.Error:
-                alive = False
-            if not alive:
-                return "worker {} (pid {} on {}) is dead".format(worker_id, hb["pid"], HOST)
-        beat = hb.get("beat") if hb else None
-        last = self.seen.get(worker_id)
-        if last is None or last[0] != beat:
-            self.seen[worker_id] = (beat, now)
-            return None
-        if now - last[1] > self.lease:
-            what = "heartbeat stopped" if hb else "no heartbeat file"
-            return "worker {}: {} for {:.0f} s".format(worker_id, what, now - last[1])
-        return None
-
-    def recover(self, skip: str = "") -> int:
-        """Hand back the jobs of lost workers; return how many."""
-        count = 0
-        for job_id, ticket in list(queue.running_jobs(self.root)):
-            worker_id = ticket.get("worker")
-            if worker_id == skip:
-                continue
-            why = self.lost_reason(worker_id)
-            if why:
-                try:
-                    if queue.requeue_lost(self.root, job_id, worker_id, ticket.get("attempt"), why):
-                        log.warning("job %s handed back: %s", job_id, why)
-                        count += 1
-                except FileNotFoundError:
-                    remove_quietly(self.root.layout.running_ticket(job_id))
-        return count
-
-
-class _Running:
-    def __init__(self, claim: queue.Claim, pid: int):
-        self.claim = claim
-        self.pid = pid
-        self.started = time.time()
-        self.started_mono = time.monotonic()
-        self.failure: Optional[Dict[str, Any]] = None
+    host = "".join(c if c.isalnum() or c == "-" else "-" for c in HOST.split(".")[0]) or "host"
+    return "{}-{}-{}-{}".format(prefix, host, os.getpid(), uuid.uuid4().hex[:6])
 
 
 class Worker:
@@ -180,6 +66,9 @@ class Worker:
     to the queue for another worker, and jobs that cannot finish in time
     (their ``job_timeout`` says so) are not claimed. Slurm's warning signal
     (``sbatch --signal=B:USR1@N``) makes the worker stop claiming at once.
+    ``lease``: seconds without a heartbeat after which this worker takes
+    another's jobs back. ``clock`` and ``host`` are the worker's monotonic
+    clock and host identity (tests give their own).
 
     Signals: SIGTERM or SIGINT let running jobs finish, then the worker exits;
     inside a Slurm allocation SIGTERM means the allocation is being cancelled,
@@ -188,10 +77,11 @@ class Worker:
 
     def __init__(self, root: Root, queues: List[str], slots: int = 1, *,
                  cpus: Optional[float] = None, memory_gb: Optional[float] = None,
-                 idle_timeout: Optional[float] = None, lease: float = 30.0, heartbeat: float = 2.0,
+                 idle_timeout: Optional[float] = None, lease: float = DEFAULT_LEASE, heartbeat: float = 2.0,
                  parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
                  time_limit: Optional[float] = None, drain_margin: float = 20.0,
-                 worker_id: Optional[str] = None):
+                 worker_id: Optional[str] = None, clock: Callable[[], float] = time.monotonic,
+                 host: Optional[Host] = None):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.root = root
@@ -204,21 +94,34 @@ class Worker:
         self.parent_pid = parent_pid
         self.max_jobs = max_jobs
         self.drain_margin = drain_margin
-        self.deadline = None if time_limit is None else time.monotonic() + time_limit - drain_margin
+        self.clock = clock
         self.id = worker_id or new_worker_id()
-        self.running: Dict[int, _Running] = {}
+        self.in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
+        now = clock()
+        self.deadline = None if time_limit is None else now + time_limit - drain_margin
+        self.running: Dict[str, Attempt] = {}      # job id -> its run
+        self.uncommitted: List[Any] = []           # (attempt, outcome) whose commit failed: retried
         self.stopping = False   # claim nothing more; exit when running jobs are done
         self.draining = False   # claim nothing more (the allocation is ending)
         self.stop_signal = 0
         self.warning_signal = 0
-        self.uncommitted: List[Any] = []  # (run, runtime, failure) whose commit failed: retried
-        self.in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
         self.jobs_done = 0
-        self.watcher = LeaseWatcher(root, lease)
+        self.scratch = scratch_root(self.id)
+        self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
+        self.judge = LeaseJudge(lease, host=host, clock=clock)
+        self.recovery = Recovery(root, self.judge, me=self.id)
         self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots, "cpus": cpus,
-                                                  "memory_gb": memory_gb, **base_runtime(self.id)})
+                                                  "memory_gb": memory_gb, "lease": lease,
+                                                  **_slurm_facts()}, host=host)
+        self._specs: "OrderedDict[str, Any]" = OrderedDict()  # recently read specs (jobs seen but not taken)
+        self._pending_seen: Dict[str, float] = {}
+        self.last_active = now
+        self._last_beat = now
+        self._interval = 0.001
+        self._due = {"beat": now, "requests": now, "recover": now + min(5.0, lease / 3), "pending": now,
+                     "bell": now, "listing": now}
 
-    # -- the loop ----------------------------------------------------------------
+    # -- the loop ---------------------------------------------------------------------
 
     def run(self) -> int:
         reason = self.root.unsafe_reason()
@@ -230,76 +133,315 @@ class Worker:
         # SIGCHLD stays pending while blocked, so the loop can sleep in
         # sigtimedwait and wake the moment a job process exits.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        os.makedirs(self.scratch, mode=0o700, exist_ok=True)
         log.info("worker %s serving %s in %s with %d slot(s)", self.id, self.queues, self.root.path, self.slots)
-        interval = 0.001
-        now = time.monotonic()
-        next_beat = next_lease = next_pending = now
-        idle_since = now
+        self.heartbeat.beat(jobs=[], state="running")
         try:
             while True:
                 try:
-                    busy = self._reap()
-                    now = time.monotonic()
-                    if self._handle_stop_conditions(now):
+                    if self.step():
                         break
-                    self._police()
-                    # beat on time, and within half a second of a change of the running jobs
-                    jobs = sorted(r.claim.job_id for r in self.running.values())
-                    if now >= next_beat or (jobs != self.heartbeat.info.get("jobs")
-                                            and now >= next_beat - self.heartbeat_interval + 0.5):
-                        self.heartbeat.beat(jobs=jobs, state="stopping" if self.stopping else
-                                            "draining" if self.draining else "running")
-                        next_beat = now + self.heartbeat_interval
-                    self._retry_commits()
-                    if busy or now >= next_pending:
-                        next_pending = now + 0.25
-                        busy |= queue.promote_pending(self.root) > 0
-                    if now >= next_lease:
-                        next_lease = now + max(0.5, self.watcher.lease / 4)
-                        self.watcher.recover(skip=self.id)
-                    if not (self.stopping or self.draining):
-                        busy |= self._claim()
                 except Exception:
                     # a damaged file or a full disk must not end the worker: report, back off, go on
                     log.exception("worker %s: error in its loop, carrying on", self.id)
-                    busy = False
                     time.sleep(0.5)
-                if self.running or busy:
-                    idle_since = now
-                elif self._should_exit(now - idle_since):
-                    break
-                interval = 0.001 if busy else min(0.05, interval * 1.5)
-                if self.running:
-                    signal.sigtimedwait({signal.SIGCHLD}, interval)
-                else:
-                    time.sleep(interval)
+                self.sleep()
         finally:
-            for run in list(self.running.values()):
-                kill_tree(run.pid)
-            self._reap(block=True)
+            self._hand_back_all("its worker stopped", count_attempt=False)
+            for attempt, _ in self.uncommitted:
+                with contextlib.suppress(Exception):
+                    protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
+                                     "its worker stopped before it could record the outcome", counted=False)
             self.heartbeat.remove()
+            with contextlib.suppress(OSError):
+                os.rmdir(self.scratch)
         log.info("worker %s exits after %d job(s)", self.id, self.jobs_done)
         return 0
 
-    def _retry_commits(self) -> None:
+    def step(self) -> bool:
+        """One pass of the loop; True when the worker should exit now."""
+        now = self.clock()
+        self.reap()
+        if self.handle_stop_conditions(now):
+            return True
+        self.police(now)
+        self.read_requests(now)
+        self.beat(now)
+        self.retry_commits(now)
+        self.recover(now)
+        self.sweep_pending(now)
+        if not (self.stopping or self.draining):
+            self.claim(now)
+        return self.should_exit(now)
+
+    def sleep(self) -> None:
+        """Until a job process exits or the next poll is due."""
+        idle = self.clock() - self.last_active >= IDLE_AFTER
+        if self.running:
+            signal.sigtimedwait({signal.SIGCHLD}, 0.25 if len(self.running) >= self.slots else self._interval)
+        else:
+            time.sleep(BELL_INTERVAL if idle else self._interval)
+        self._interval = min(0.25, self._interval * 1.5)
+
+    def _active(self) -> None:
+        self.last_active = self.clock()
+        self._interval = 0.001
+
+    # -- claiming ---------------------------------------------------------------------------
+
+    def claim(self, now: float) -> bool:
+        """Fill free slots from the front of the queues."""
+        if len(self.running) >= self.slots or self._at_max_jobs():
+            return False
+        if now - self.last_active >= IDLE_AFTER and now < self._due["listing"]:
+            # idle: one open of each bell instead of listing the queues
+            if not any([self.readers[q].bell_rang() for q in self.queues]):
+                return False
+            self._active()  # someone rang: list the queues for a while, tickets may follow
+        self._due["listing"] = now + IDLE_LISTING
+        claimed = False
+        for q in self.queues:
+            reader = self.readers[q]
+            while len(self.running) < self.slots and not self._at_max_jobs():
+                if not self._claim_one(q, reader):
+                    break
+                claimed = True
+        if claimed:
+            self._active()
+        return claimed
+
+    def _claim_one(self, queue: str, reader: QueueReader) -> bool:
+        for path in reader.candidates():
+            reader.drop(path)
+            token = protocol.Token.parse(ticket_token(os.path.basename(path)))
+            if token is None:
+                continue  # a stray file: not a ticket (fsck reports it)
+            try:
+                spec, unsafe = self._spec(token.job_id)
+            except FileNotFoundError:
+                self._drop_orphan(path, token)
+                continue
+            except (CorruptFileError, OSError, ValueError) as exc:
+                claim = protocol.claim(self.root, path, self.id, {})
+                if claim is not None:
+                    self._finish_now(claim, protocol.error_record("CorruptFileError", str(exc), "claiming"))
+                    return True
+                continue
+            if not self._fits(spec):
+                continue
+            claim = protocol.claim(self.root, path, self.id, spec)
+            if claim is None:
+                continue  # another worker was first
+            self._specs.pop(token.job_id, None)
+            if unsafe:
+                message = "refusing to run job {}: {}".format(token.job_id, unsafe)
+                log.warning("%s", message)
+                self._finish_now(claim, protocol.error_record("PermissionError", message, "claiming",
+                                                              module="builtins"))
+                return True
+            attempt = Attempt(self.root, claim, self.id, self.scratch)
+            try:
+                attempt.start()
+            except Exception as exc:  # fork or mkdir failed: give the job back
+                log.exception("could not start job %s", token.job_id)
+                protocol.requeue(self.root, claim.token, claim.path,
+                                 "its worker could not start it: {}".format(exc), counted=False)
+                return False
+            self.running[token.job_id] = attempt
+            log.debug("job %s attempt %d started as pid %d", token.job_id, token.attempt, attempt.pid)
+            return True
+        return False
+
+    def _spec(self, job_id: str):
+        cached = self._specs.get(job_id)
+        if cached is None:
+            cached = protocol.read_spec_checked(self.root, job_id)
+            self._specs[job_id] = cached
+            while len(self._specs) > 1000:
+                self._specs.popitem(last=False)
+        return cached
+
+    def _drop_orphan(self, path: str, token: protocol.Token) -> None:
+        """A ticket whose job directory is gone (deleted by hand): take it out of the queue."""
+        claim = protocol.claim(self.root, path, self.id, {})
+        if claim is not None:
+            log.warning("dropped ticket %s: job %s is not in the root", path, token.job_id)
+            remove_quietly(claim.path)
+
+    def _finish_now(self, claim: Claim, error: Dict[str, Any]) -> None:
+        """Commit a claimed job as failed without running it."""
+        attempt = Attempt(self.root, claim, self.id, self.scratch)
+        attempt.failure = error
+        self.running[claim.job_id] = attempt  # reaped (and committed) by the next pass
+
+    def _fits(self, spec: Dict[str, Any]) -> bool:
+        """Whether a job's needs fit in what is free now (and in the time left)."""
+        need = spec.get("resources") or {}
+        for key, capacity in (("cpus", self.cpus), ("memory_gb", self.memory_gb)):
+            if capacity is not None and need.get(key):
+                used = sum((a.claim.spec.get("resources") or {}).get(key) or 0 for a in self.running.values())
+                if used + need[key] > capacity + 1e-9:
+                    return False
+        timeout = spec.get("timeout")
+        if self.deadline is not None and timeout and self.clock() + timeout > self.deadline:
+            return False
+        return True
+
+    def _at_max_jobs(self) -> bool:
+        return self.max_jobs is not None and self.jobs_done + len(self.running) >= self.max_jobs
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def police(self, now: float) -> None:
+        """Kill runs past their timeout; copy console output into the root."""
+        for attempt in self.running.values():
+            if attempt.pid < 0 or attempt.failure is not None:
+                continue
+            timeout = attempt.claim.spec.get("timeout")
+            if timeout and time.monotonic() - attempt.started_mono > timeout:
+                attempt.kill(protocol.error_record(
+                    "JobTimeoutError", "job {} ran longer than its job_timeout of {} s and was killed".format(
+                        attempt.job_id, timeout), "running"))
+                continue
+            try:
+                attempt.console.copy()
+            except OSError as exc:
+                log.warning("job %s: cannot copy its console output into the root: %s", attempt.job_id, exc)
+
+    def reap(self, block: bool = False) -> bool:
+        """Commit the runs that ended."""
+        done = False
+        for job_id, attempt in list(self.running.items()):
+            ended = attempt.poll(block)
+            if ended is None:
+                continue
+            del self.running[job_id]
+            done = True
+            status, usage = ended
+            if attempt.lost:
+                attempt.console.discard()
+                attempt.cleanup()
+                continue
+            if attempt.failure is None and os.WIFSIGNALED(status) and self.stop_signal:
+                # killed along with this worker (scancel signals the whole allocation): not the job's fault
+                attempt.console.discard()
+                attempt.cleanup()
+                protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
+                                 "killed by signal {} while its worker was being stopped".format(
+                                     os.WTERMSIG(status)), counted=True)
+                continue
+            self._commit(attempt, attempt.outcome(status, usage))
+        if done:
+            self._active()
+        return done
+
+    def _commit(self, attempt: Attempt, outcome: Outcome) -> None:
+        try:
+            final = protocol.commit(self.root, attempt.claim, outcome)
+        except Exception:
+            # (a full disk, say) the job stays ours: try again soon, never leave it stuck
+            log.exception("could not commit job %s; will retry", attempt.job_id)
+            self.uncommitted.append((attempt, outcome))
+            return
+        attempt.cleanup()
+        if final is None:
+            log.warning("job %s: its claim was taken back meanwhile; this run's outcome is discarded",
+                        attempt.job_id)
+            return
+        try:
+            record_outcome(self.root, attempt.claim.spec, final, outcome.result, outcome.error)
+        except Exception:
+            log.exception("could not record job %s in its cache", attempt.job_id)
+        self.jobs_done += 1
+        log.info("job %s (%s) -> %s", attempt.job_id, attempt.claim.spec.get("function", {}).get("name"), final)
+
+    def retry_commits(self, now: float) -> None:
         """Commit again what could not be committed; after a minute, hand the job back instead."""
         for item in list(self.uncommitted):
-            run, runtime, failure = item
             self.uncommitted.remove(item)
+            attempt, outcome = item
             try:
-                final = queue.commit_attempt(self.root, run.claim, self.id, runtime, failure)
-                record_in_cache(self.root, run.claim.spec, final)
-                self.jobs_done += 1
+                final = protocol.commit(self.root, attempt.claim, outcome)
             except Exception as exc:
-                if time.monotonic() - run.started_mono > 60 + (run.claim.spec.get("timeout") or 0):
-                    log.error("giving job %s back after failed commits: %s", run.claim.job_id, exc)
+                if time.monotonic() - attempt.started_mono > 60 + (attempt.claim.spec.get("timeout") or 0):
+                    log.error("giving job %s back after failed commits: %s", attempt.job_id, exc)
                     try:
-                        queue.requeue_lost(self.root, run.claim.job_id, self.id, run.claim.attempt,
-                                           "its worker could not record the outcome: {}".format(exc))
+                        protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
+                                         "its worker could not record the outcome: {}".format(exc))
+                        attempt.cleanup()
                     except Exception:
                         self.uncommitted.append(item)
                 else:
                     self.uncommitted.append(item)
+                continue
+            attempt.cleanup()
+            if final is not None:
+                with contextlib.suppress(Exception):
+                    record_outcome(self.root, attempt.claim.spec, final, outcome.result, outcome.error)
+                self.jobs_done += 1
+
+    # -- requests, heartbeat, leases -----------------------------------------------------------
+
+    def read_requests(self, now: float) -> None:
+        """Stop and cancel requests left in this worker's directory: every second while it
+        runs jobs, at each heartbeat otherwise."""
+        if now < self._due["requests"]:
+            return
+        self._due["requests"] = now + (1.0 if self.running else self._beat_interval(now))
+        directory = self.root.layout.worker_dir(self.id)
+        for name in listdir(directory):
+            if name == "stop" and not self.stopping:
+                self.stopping = True
+                log.info("worker %s: stop requested, finishing running jobs and exiting", self.id)
+            elif name.startswith("cancel."):
+                job_id = name[len("cancel."):]
+                attempt = self.running.get(job_id)
+                if attempt is not None:
+                    attempt.kill(protocol.cancelled_record(job_id, "while running"))
+                remove_quietly(os.path.join(directory, name))
+
+    def _beat_interval(self, now: float) -> float:
+        idle = not self.running and now - self.last_active >= IDLE_AFTER
+        return min(IDLE_BEAT, self.judge.lease / 3) if idle else self.heartbeat_interval
+
+    def beat(self, now: float) -> None:
+        """On time, and within half a second of a change of the running jobs."""
+        jobs = sorted(self.running)
+        changed = jobs != self.heartbeat.info.get("jobs") and now - self._last_beat >= 0.5
+        if now < self._due["beat"] and not changed:
+            return
+        self.heartbeat.beat(jobs=jobs, state="stopping" if self.stopping else
+                            "draining" if self.draining else "running")
+        self._last_beat = now
+        self._due["beat"] = now + self._beat_interval(now)
+
+    def recover(self, now: float) -> None:
+        """Every lease/3 s: hand back the jobs of lost workers, and check this worker's own claims."""
+        if now < self._due["recover"]:
+            return
+        self._due["recover"] = now + self.judge.lease / 3
+        claims = protocol.running_claims(self.root)
+        mine = {token.job_id: (token, path) for token, path in claims if token.worker == self.id}
+        for job_id, (token, path) in mine.items():
+            if job_id not in self.running and not any(a.claim.path == path for a, _ in self.uncommitted):
+                # a claim this worker does not know it made (the answer to its rename was lost)
+                protocol.requeue(self.root, token, path, "claimed but never started", counted=False)
+        for job_id, attempt in self.running.items():
+            if job_id not in mine and attempt.pid > 0 and not attempt.lost \
+                    and attempt.started_mono < now - 5.0 and not os.path.lexists(attempt.claim.path):
+                # this worker was judged lost (it was stopped, or cut off) and its job handed back:
+                # the run is useless now; its outcome will be discarded anyway
+                log.warning("job %s was taken back from worker %s; stopping its run", job_id, self.id)
+                attempt.lost = True
+                attempt.kill()
+        self.recovery.run(claims)
+
+    def sweep_pending(self, now: float) -> None:
+        if now >= self._due["pending"]:
+            self._due["pending"] = now + PENDING_SWEEP
+            protocol.sweep_pending(self.root, self._pending_seen, now)
+
+    # -- stopping ---------------------------------------------------------------------------------
 
     def _on_stop_signal(self, signum, frame) -> None:
         # only flags: a handler that did I/O could interrupt the loop's own writes
@@ -308,8 +450,8 @@ class Worker:
     def _on_warning_signal(self, signum, frame) -> None:
         self.warning_signal = signum
 
-    def _handle_stop_conditions(self, now: float) -> bool:
-        """Act on signals, stop requests and the deadline; True means exit now."""
+    def handle_stop_conditions(self, now: float) -> bool:
+        """Act on signals and the deadline; True means exit now."""
         if self.stop_signal and not self.stopping:
             self.stopping = True
             if self.in_slurm and self.stop_signal == signal.SIGTERM:
@@ -320,9 +462,6 @@ class Worker:
         if self.warning_signal and not self.draining:
             self.draining = True
             log.info("worker %s: end-of-allocation warning, claiming no more jobs", self.id)
-        if not self.stopping and os.path.exists(self.root.layout.worker_stop_request(self.id)):
-            self.stopping = True
-            log.info("worker %s: stop requested, finishing running jobs and exiting", self.id)
         if self.deadline is not None and now >= self.deadline:
             if self.running:
                 log.warning("worker %s: time limit near, handing back %d job(s)", self.id, len(self.running))
@@ -332,27 +471,28 @@ class Worker:
 
     def _hand_back_all(self, why: str, count_attempt: bool) -> None:
         """Kill the running jobs and put them back in the queue for another worker."""
-        for run in list(self.running.values()):
-            if run.pid > 0:
-                kill_tree(run.pid)
-        for key, run in list(self.running.items()):
-            if run.pid > 0:
+        for attempt in self.running.values():
+            attempt.kill()
+        for job_id, attempt in list(self.running.items()):
+            attempt.poll(block=True)
+            attempt.console.discard()
+            attempt.cleanup()
+            if not attempt.lost:
                 try:
-                    os.waitpid(run.pid, 0)
-                except ChildProcessError:
-                    pass
-            try:
-                queue.requeue_lost(self.root, run.claim.job_id, self.id, run.claim.attempt, why,
-                                   count_attempt=count_attempt)
-            except Exception:
-                log.exception("could not hand back job %s", run.claim.job_id)
-            del self.running[key]
+                    protocol.requeue(self.root, attempt.claim.token, attempt.claim.path, why,
+                                     counted=count_attempt)
+                except Exception:
+                    log.exception("could not hand back job %s", job_id)
+            del self.running[job_id]
 
-    def _should_exit(self, idle_for: float) -> bool:
+    def should_exit(self, now: float) -> bool:
+        if self.running or self.uncommitted:
+            return False
         if self.stopping:
             return True
         if self.max_jobs is not None and self.jobs_done >= self.max_jobs:
             return True
+        idle_for = now - self.last_active
         if self.idle_timeout is not None and idle_for >= self.idle_timeout:
             return True
         if self.parent_pid is not None and os.getppid() != self.parent_pid and idle_for >= 1.0:
@@ -360,277 +500,21 @@ class Worker:
         return False
 
     def _work_left(self) -> bool:
-        if any(queue.queue_tickets(self.root, q) for q in self.queues):
+        if any(count_tickets(self.root.layout, q, cap=1) for q in self.queues):
             return True
-        try:
-            pending = os.listdir(self.root.layout.pending)
-        except FileNotFoundError:
-            return False
-        for job_id in pending:
-            if not is_job_id(job_id):
-                continue  # a temp file or a stray file: not a ticket
+        for token in protocol.pending_tokens(self.root):
             try:
-                ticket = read_json(os.path.join(self.root.layout.pending, job_id), {}, missing_ok=True)
-            except CorruptFileError:
-                ticket = {}
-            if isinstance(ticket, dict) and ticket.get("queue") in self.queues:
-                return True
+                if protocol.read_spec(self.root, token.job_id).get("queue") in self.queues:
+                    return True
+            except (OSError, CorruptFileError):
+                continue
         return False
 
-    # -- claiming and starting --------------------------------------------------------
 
-    def _claim(self) -> bool:
-        claimed = False
-        for q in self.queues:
-            for ticket in queue.queue_tickets(self.root, q):
-                if len(self.running) >= self.slots:
-                    return claimed
-                if self.max_jobs is not None and self.jobs_done + len(self.running) >= self.max_jobs:
-                    return claimed
-                claim = queue.try_claim(self.root, q, ticket, self.id, fits=self._fits)
-                if claim is not None:
-                    job_dir = self.root.layout.job_dir(claim.job_id)
-                    reason = self.root.unsafe_reason([job_dir, os.path.join(job_dir, "spec.json")],
-                                                     allow_group_write=True)
-                    if reason:
-                        self._refuse(claim, "refusing to run job {}: {}".format(claim.job_id, reason))
-                    else:
-                        try:
-                            self._start(claim)
-                        except Exception as exc:  # fork or mkdir failed: give the job back
-                            log.exception("could not start job %s", claim.job_id)
-                            queue.requeue_lost(self.root, claim.job_id, self.id, claim.attempt,
-                                               "its worker could not start it: {}".format(exc), count_attempt=False)
-                    claimed = True
-        return claimed
-
-    def _refuse(self, claim: queue.Claim, message: str) -> None:
-        """Fail a claimed job without running it (committed by the next reap)."""
-        log.warning("%s", message)
-        run = _Running(claim, -1)
-        run.failure = {"type": "PermissionError", "module": "builtins", "stage": "claiming",
-                       "message": message, "traceback": ""}
-        self.running[-id(run)] = run
-
-    def _fits(self, spec: Dict[str, Any]) -> bool:
-        """Whether a job's needs fit in what is free now (and in the time left)."""
-        need = spec.get("resources") or {}
-        for key, capacity in (("cpus", self.cpus), ("memory_gb", self.memory_gb)):
-            if capacity is not None and need.get(key):
-                used = sum((r.claim.spec.get("resources") or {}).get(key) or 0 for r in self.running.values())
-                if used + need[key] > capacity + 1e-9:
-                    return False
-        timeout = spec.get("timeout")
-        if self.deadline is not None and timeout and time.monotonic() + timeout > self.deadline:
-            return False
-        return True
-
-    def _start(self, claim: queue.Claim) -> None:
-        adir = self.root.layout.attempt_dir(claim.job_id, claim.attempt)
-        self.root.makedirs(adir)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        parent = os.getpid()
-        pid = os.fork()
-        if pid == 0:  # the job process
-            code = 3
-            try:
-                os.setsid()
-                _die_with_parent(parent)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGUSR1, signal.SIG_DFL)
-                redirect_console(adir, truncate=True)
-                os.environ["HITHER_FS_JOB_ID"] = claim.job_id
-                if claim.spec.get("container"):
-                    ok = run_container_attempt(self.root.path, claim.job_id, claim.attempt, claim.spec)
-                else:
-                    ok = run_attempt(self.root.path, claim.job_id, claim.attempt)
-                code = 0 if ok else 1
-            finally:
-                os._exit(code)
-        self.running[pid] = _Running(claim, pid)
-        log.debug("job %s attempt %d started as pid %d", claim.job_id, claim.attempt, pid)
-
-    # -- watching running jobs ----------------------------------------------------------
-
-    def _police(self) -> None:
-        """Kill jobs that were cancelled or ran past their timeout."""
-        for run in list(self.running.values()):
-            if run.pid < 0 or run.failure is not None:
-                continue
-            job_id = run.claim.job_id
-            timeout = run.claim.spec.get("timeout")
-            if timeout and time.monotonic() - run.started_mono > timeout:
-                run.failure = {"type": "JobTimeoutError", "module": "hither_fs", "stage": "running",
-                               "message": "job {} ran longer than its job_timeout of {} s and was killed".format(
-                                   job_id, timeout), "traceback": ""}
-                kill_tree(run.pid)
-                continue
-            try:
-                state = self.root.read_state(job_id)
-            except Exception:
-                continue
-            if state.get("cancel_requested"):
-                run.failure = queue.cancelled_record(job_id, "while running")
-                kill_tree(run.pid)
-            elif state.get("worker") != self.id or state.get("attempt") != run.claim.attempt:
-                # another worker judged this one lost and took the job: stop the now useless run
-                log.warning("job %s was taken back from worker %s; stopping its run", job_id, self.id)
-                run.failure = {"type": "WorkerLostError", "module": "hither_fs", "stage": "running",
-                               "message": "the claim was taken back", "traceback": ""}
-                kill_tree(run.pid)
-
-    def _reap(self, block: bool = False) -> bool:
-        done = False
-        for key, run in list(self.running.items()):
-            if run.pid < 0:  # never started
-                self._finish(run, {}, None)
-                del self.running[key]
-                done = True
-                continue
-            try:
-                pid, status, usage = os.wait4(run.pid, 0 if block else os.WNOHANG)
-            except ChildProcessError:
-                pid, status, usage = run.pid, 0, None
-            if pid == 0:
-                continue
-            del self.running[key]
-            self._finish(run, _usage_info(run, status, usage), status)
-            done = True
-        return done
-
-    def _finish(self, run: _Running, runtime: Dict[str, Any], status: Optional[int]) -> None:
-        failure = run.failure
-        if failure is None and status is not None and os.WIFSIGNALED(status) and self.stop_signal:
-            # killed along with this worker (scancel signals the whole allocation): not the job's fault
-            queue.requeue_lost(self.root, run.claim.job_id, self.id, run.claim.attempt,
-                               "killed by signal {} while its worker was being stopped".format(
-                                   os.WTERMSIG(status)), count_attempt=True)
-            return
-        if failure is None and status is not None and os.WIFSIGNALED(status):
-            failure = {"type": "JobProcessError", "module": "hither_fs", "stage": "running",
-                       "message": "the job process was killed by signal {}".format(os.WTERMSIG(status)),
-                       "traceback": ""}
-        runtime.update(base_runtime(self.id))
-        try:
-            final = queue.commit_attempt(self.root, run.claim, self.id, runtime, failure)
-        except Exception:
-            # (a full disk, say) the job stays ours and running: try again soon, never leave it stuck
-            log.exception("could not commit job %s; will retry", run.claim.job_id)
-            self.uncommitted.append((run, runtime, failure))
-            return
-        try:
-            record_in_cache(self.root, run.claim.spec, final)
-        except Exception:
-            log.exception("could not record job %s in its cache", run.claim.job_id)
-        self.jobs_done += 1
-        log.info("job %s (%s) -> %s", run.claim.job_id, run.claim.spec["function"]["name"], final)
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this job process if its worker dies (Linux).
-
-    A worker killed outright cannot kill its jobs; without this they would
-    run on as orphans while the job is re-run elsewhere.
-    """
-    try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the worker died before prctl took effect
-        os._exit(1)
-
-
-def _usage_info(run: _Running, status: int, usage) -> Dict[str, Any]:
-    end = time.time()
-    info: Dict[str, Any] = {
-        "pid": run.pid,
-        "start": _iso(run.started),
-        "end": _iso(end),
-        "wall_seconds": round(end - run.started, 6),
-        "attempt": run.claim.attempt,
-    }
-    if usage is not None:
-        info["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 6)
-        info["peak_memory_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
-    if os.WIFEXITED(status):
-        info["exit_code"] = os.WEXITSTATUS(status)
-    elif os.WIFSIGNALED(status):
-        info["killed_by_signal"] = os.WTERMSIG(status)
+def _slurm_facts() -> Dict[str, Any]:
+    info = {}
+    for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node")):
+        if os.environ.get(var):
+            info[key] = os.environ[var]
     return info
 
-
-def _iso(t: float) -> str:
-    import datetime
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def run_in_process(root: Root, claim: queue.Claim, worker_id: str, function) -> Optional[str]:
-    """Run a claimed job inside this process (``DefaultJobHandler``).
-
-    Console output is copied to the attempt's files while still reaching the
-    terminal; a heartbeat is kept so other workers do not think the job lost.
-    """
-    import contextlib
-    import resource
-    import threading
-
-    adir = root.layout.attempt_dir(claim.job_id, claim.attempt)
-    root.makedirs(adir)
-    heartbeat = Heartbeat(root, worker_id, {"queues": [claim.spec["queue"]], "slots": 1, "in_process": True})
-    heartbeat.beat(jobs=[claim.job_id])
-    stop = threading.Event()
-
-    def beat():
-        while not stop.wait(2.0):
-            heartbeat.beat(jobs=[claim.job_id])
-
-    beater = threading.Thread(target=beat, daemon=True)
-    beater.start()
-    start, cpu0 = time.time(), time.process_time()
-    try:
-        with _console_file(adir, "stdout.txt") as out, _console_file(adir, "stderr.txt") as err:
-            with contextlib.redirect_stdout(_Tee(sys.stdout, out)), contextlib.redirect_stderr(_Tee(sys.stderr, err)):
-                if claim.spec.get("container"):
-                    run_container_attempt(root.path, claim.job_id, claim.attempt, claim.spec)
-                else:
-                    run_attempt(root.path, claim.job_id, claim.attempt, function=function)
-        end = time.time()
-        runtime = {"pid": os.getpid(), "start": _iso(start), "end": _iso(end), "wall_seconds": round(end - start, 6),
-                   "cpu_seconds": round(time.process_time() - cpu0, 6), "attempt": claim.attempt,
-                   "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                   "in_process": True}
-        runtime.update(base_runtime(worker_id))
-        final = queue.commit_attempt(root, claim, worker_id, runtime)
-        record_in_cache(root, claim.spec, final)
-    finally:
-        stop.set()
-        beater.join()
-        heartbeat.remove()
-    error = root.read_job_file(claim.job_id, "error.json", {}) if final != "finished" else {}
-    if error.get("type") == "KeyboardInterrupt":
-        raise KeyboardInterrupt  # Ctrl-C during an in-process job stops the script, as it would without hither_fs
-    return final
-
-
-def _console_file(directory: str, name: str):
-    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, file_mode(directory))
-    return os.fdopen(fd, "w")
-
-
-class _Tee:
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()

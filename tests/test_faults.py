@@ -12,7 +12,7 @@ import pytest
 
 import hither_fs as hi
 from conftest import REPO, TESTS
-from hither_fs import queue
+from hither_fs.queue import iter_tickets
 from hither_fs.runtime.files import CorruptFileError
 from jobfuncs import add, chaos_square, echo, sleepy
 from test_jobs import wait_for_file
@@ -28,11 +28,11 @@ class QueueOnly(hi.JobHandler):
         return self.name
 
 
-def start_worker(root, queue_name, *extra, preexec_fn=None):
+def start_worker(root, queue_name, *extra, preexec_fn=None, stderr=None):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
     return subprocess.Popen([sys.executable, '-m', 'hither_fs', 'worker', '--root', root.path,
                              '--queue', queue_name, '--heartbeat', '0.5', '--log-level', 'warning'] + list(extra),
-                            env=env, cwd=REPO, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn)
+                            env=env, cwd=REPO, stdin=subprocess.DEVNULL, preexec_fn=preexec_fn, stderr=stderr)
 
 
 def stop(procs):
@@ -83,8 +83,7 @@ def test_chaos_500_jobs_while_workers_are_killed(root):
         n, kills, sum(a > 1 for a in attempts), reruns))
     assert kills >= 3
     assert all(j.status == 'finished' for j in jobs)
-    for d in ('running', os.path.join('queue', 'chaos')):
-        assert [n for n in os.listdir(os.path.join(root.path, d)) if not n.startswith('.')] == []
+    assert list(iter_tickets(root.layout, 'chaos')) == [] and os.listdir(os.path.join(root.path, 'running')) == []
     # a writer killed between write and rename leaves only a hidden temp file, which nothing
     # reads; hither-fs fsck --repair sweeps them
     temps = [os.path.join(dp, f) for dp, _, fs in os.walk(root.path) for f in fs if '.tmp-' in f]
@@ -109,7 +108,7 @@ def test_worker_killed_mid_job_its_job_runs_elsewhere(root, tmp_path):
     finally:
         stop([first, second])
     state = job.get_state()
-    assert state['attempt'] == 2 and 'dead' in state['requeued']
+    assert state['attempt'] == 2 and 'dead' in state['history'][-1]['why']
 
 
 def test_too_many_lost_workers_fail_the_job_clearly(root, tmp_path):
@@ -152,7 +151,7 @@ def test_damaged_result_blob_is_reported_never_used(root, parallel):
     with hi.Config(job_handler=parallel(1)):
         job = echo.run(x=np.arange(1000.0))
         job.wait(timeout=60)
-    sha1 = root.read_job_file(job.id, 'result.json')['value']['sha1']
+    sha1 = job.get_state()['result']['value']['sha1']
     path = root.store.blob_path(sha1, '.npy')
     with open(path, 'r+b') as f:
         f.seek(200)
@@ -190,33 +189,50 @@ def test_full_disk_gives_a_clear_error_and_no_partial_files(root):
     assert [f for dp, _, fs in os.walk(root.path) for f in fs if '.tmp-' in f] == []
 
 
-def test_lock_of_a_dead_process_does_not_block(root):
+def test_a_stopped_worker_blocks_nothing_and_discards_its_outcome_when_resumed(root, tmp_path):
+    """SIGSTOP a worker in the middle of a job (as ``scontrol suspend`` does): the other
+    worker goes on with the rest of the queue, takes the job back once the lease is over
+    and runs it; the stopped worker, resumed, finds its claim gone and records nothing."""
+    pid_file = str(tmp_path / 'pid')
     with hi.Config(job_handler=QueueOnly('q5')):
-        job = add.run(x=1, y=1)
-    code = ('import sys, time, hither_fs as hi; lock = hi.Root(sys.argv[1]).lock(sys.argv[2]); '
-            'lock.acquire(); print("locked", flush=True); time.sleep(600)')
-    holder = subprocess.Popen([sys.executable, '-c', code, root.path, job.id], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, PYTHONPATH=REPO))
-    assert holder.stdout.readline().strip() == 'locked'
-    import filelock
-    with pytest.raises(filelock.Timeout):
-        root.lock(job.id, timeout=0.2).acquire()
-    holder.send_signal(signal.SIGKILL)
-    holder.wait()
-    with root.lock(job.id, timeout=5):
-        pass
-    assert queue.cancel(root, job.id) == 'cancelled'
+        slow = sleepy.run(seconds=1, pid_file=pid_file, result='ran')
+    first = start_worker(root, 'q5', '--lease', '2', stderr=subprocess.PIPE)
+    second = None
+    try:
+        wait_for_file(pid_file)
+        first.send_signal(signal.SIGSTOP)
+        os.unlink(pid_file)
+        second = start_worker(root, 'q5', '--lease', '2')
+        with hi.Config(job_handler=QueueOnly('q5')):
+            others = [add.run(x=i, y=1) for i in range(20)]
+        assert [j.wait(timeout=60) for j in others] == list(range(1, 21))  # nothing waits for the stopped one
+        assert slow.wait(timeout=60) == 'ran'
+        state = slow.get_state()
+        assert state['attempt'] == 2 and 'heartbeat stopped' in state['history'][-1]['why']
+        assert state['worker'] != state['history'][-1]['worker']
+        first.send_signal(signal.SIGCONT)  # its child finished long ago: it commits at once, and must lose
+        said = ''
+        while 'outcome is discarded' not in said:
+            line = first.stderr.readline().decode()
+            assert line, 'the resumed worker ended without saying it discarded its outcome: ' + said
+            said += line
+        assert slow.get_state() == state  # the record is the second run's, untouched
+    finally:
+        first.send_signal(signal.SIGCONT)
+        stop([first] + ([second] if second else []))
 
 
 def test_a_damaged_upstream_record_fails_only_its_own_pipeline(root):
-    with hi.Config(job_handler=QueueOnly('q6')):
-        up = add.run(x=1, y=1)
-        down = add.run(x=up, y=1)
-        other = add.run(x=5, y=5)
-    with open(os.path.join(up.directory, 'state.json'), 'w') as f:
-        f.write('{"status": "fin')  # damaged while the downstream job waits on it
     w = start_worker(root, 'q6')
     try:
+        with hi.Config(job_handler=QueueOnly('q6')):
+            up = add.run(x=1, y=1)
+            assert up.wait(timeout=60) == 2
+        with open(os.path.join(up.directory, 'state.json'), 'w') as f:
+            f.write('{"status": "fin')  # damaged before a downstream job reads it
+        with hi.Config(job_handler=QueueOnly('q6')):
+            down = add.run(x=hi.get_job(up.id), y=1)
+            other = add.run(x=5, y=5)
         assert other.wait(timeout=60) == 10  # the worker goes on with everything else
         with pytest.raises(hi.JobError, match='state.json: not valid JSON'):
             down.wait(timeout=60)
@@ -229,11 +245,12 @@ def test_fsck_repair_reindexes_a_queued_job_that_lost_its_ticket(root):
     from conftest import run_python
     with hi.Config(job_handler=QueueOnly('q7')):
         job = add.run(x=2, y=3)
-    queue_dir = os.path.join(root.path, 'queue', 'q7')
-    for ticket in os.listdir(queue_dir):
-        os.unlink(os.path.join(queue_dir, ticket))  # as if its writer died at the wrong moment
+    for path, _ in list(iter_tickets(root.layout, 'q7')):
+        os.unlink(path)  # as if its submitter died between publishing the job and queueing it...
+    an_hour_ago = time.time() - 3600
+    os.utime(os.path.join(job.directory, 'state.json'), (an_hour_ago, an_hour_ago))  # ...an hour ago
     out = run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', 'fsck', '--repair').stdout
-    assert 'queued job without a ticket' in out and 'repaired' in out, out
+    assert 'queued job without a token' in out and 'repaired' in out, out
     w = start_worker(root, 'q7')
     try:
         assert job.wait(timeout=60) == 5

@@ -1,5 +1,6 @@
 """Jobs on local worker daemons: status, console, runtime facts, cancel, timeout, pipelines."""
 
+import json
 import os
 import time
 
@@ -8,6 +9,7 @@ import psutil
 import pytest
 
 import hither_fs as hi
+from hither_fs.queue import iter_tickets
 from jobfuncs import add, burn, echo, fail, noisy, sleepy, spawn_tree
 
 
@@ -55,8 +57,11 @@ def test_statuses_console_and_runtime_info(root_path, parallel, tmp_path):
         assert key in info, key
     # a human finds the same things by hand
     d = queued.directory
-    assert sorted(n for n in os.listdir(d) if not n.startswith('.')) == [
-        'lock', 'result.json', 'runtime.json', 'spec.json', 'state.json', 'stderr.txt', 'stdout.txt']
+    assert sorted(os.listdir(d)) == ['spec.json', 'state.json', 'stderr.txt', 'stdout.txt']
+    with open(os.path.join(d, 'state.json')) as f:
+        state = json.load(f)
+    assert state['status'] == 'finished' and state['result'] == {'value': 3}
+    assert state['runtime']['pid'] == info['pid'] and state['console'] == {'stdout': 21, 'stderr': 10}
     quiet = [n for n in os.listdir(blocker.directory) if n.endswith('.txt')]
     assert quiet == []  # no output, no console files
 
@@ -76,7 +81,7 @@ def test_error_on_worker_keeps_type_message_traceback(root_path, parallel):
         with pytest.raises(ValueError, match='no good') as info:
             job.wait(timeout=30)
     assert 'jobfuncs.py' in info.value.remote_traceback
-    assert job.root.read_job_file(job.id, 'error.json')['type'] == 'ValueError'
+    assert job.get_state()['error']['type'] == 'ValueError'
 
 
 def test_cancel_running_job_kills_its_process_tree(root_path, parallel, tmp_path):
@@ -119,8 +124,8 @@ def test_upstream_error_fails_downstream_naming_it(root_path, parallel):
         with pytest.raises(hi.UpstreamJobError) as info:
             further.wait(timeout=60)
     assert down.status == 'error'
-    assert bad.id in str(down.root.read_job_file(down.id, 'error.json')['message'])
-    assert 'fail' in str(down.root.read_job_file(down.id, 'error.json')['message'])
+    assert bad.id in down.get_state()['error']['message']
+    assert 'fail' in down.get_state()['error']['message']
     assert down.id in str(info.value)
 
 
@@ -141,14 +146,12 @@ def test_queue_index_holds_only_live_work(root, parallel):
         jobs = [add.run(x=i, y=1) for i in range(30)]
         hi.wait()
     assert [j.get_result() for j in jobs] == list(range(1, 31))
-    # finished jobs leave no trace where workers look for work (the running
-    # ticket goes just after the state commit, so give the last one a moment)
-    for d in ('queue/local', 'running', 'pending'):
-        path = os.path.join(root.path, d)
-        deadline = time.monotonic() + 5
-        while os.path.exists(path) and os.listdir(path):
-            assert time.monotonic() < deadline, (d, os.listdir(path))
-            time.sleep(0.01)
+    # finished jobs leave no trace where workers look for work: no ticket, no claim
+    assert list(iter_tickets(root.layout, 'local')) == []
+    assert os.listdir(os.path.join(root.path, 'running')) == []
+    assert os.listdir(os.path.join(root.path, 'pending')) == []
+    # and three files at most in a job's directory: spec, state, and console output only if any
+    assert {len(os.listdir(j.directory)) for j in jobs} == {2}
     # every file in the root has its final name: no temp files left behind
     leftovers = [os.path.join(dp, f) for dp, _, fs in os.walk(root.path) for f in fs if '.tmp-' in f]
     assert leftovers == []

@@ -162,7 +162,7 @@ def test_crafted_object_array_blob_is_refused_and_never_unpickled(root, tmp_path
     finally:
         stop([w])
     # the submitting side reads results the same way
-    edit_json(os.path.join(good.directory, 'result.json'), lambda r: r.__setitem__('value', ref))
+    edit_json(os.path.join(good.directory, 'state.json'), lambda r: r['result'].__setitem__('value', ref))
     with pytest.raises(CorruptFileError, match='refused to load'):
         hi.get_job(good.id).get_result()
     assert not os.path.exists(marker)
@@ -203,8 +203,7 @@ def test_spec_paths_that_climb_out_of_the_root_fail_the_job_and_touch_nothing(ro
     outside = tmp_path / 'outside'
     outside.mkdir()
     # decoys where the paths would lead if they were used: root/jobs/../../outside, root/store/../../outside
-    (outside / 'state.json').write_text('{"status": "finished"}')
-    (outside / 'result.json').write_text('{"value": 1000}')
+    (outside / 'state.json').write_text('{"status": "finished", "result": {"value": 1000}}')
     np.save(str(outside / 'decoy.npy'), np.array([1000.0]))
     (outside / 'decoy').write_text('stolen')
     src = tmp_path / 'input.txt'
@@ -305,7 +304,7 @@ def test_stray_files_in_the_index_directories_block_nothing(root):
         assert w.poll() is None
     finally:
         stop([w])
-    assert hi.SlurmJobHandler(queue_name=q).demand(root) == 0  # no allocations for strays
+    assert hi.SlurmJobHandler(queue_name=q).demand(root, [], cap=100) == 0  # no allocations for strays
     # a worker whose submitter is gone drains and exits: strays are not work left
     lone = start_worker(root, q, '--parent-pid', '1')
     assert lone.wait(timeout=60) == 0
@@ -337,12 +336,14 @@ def test_code_environment_paths_stay_inside(root, tmp_path):
         for attempt, file in enumerate(['../outside/evil.py', str(outside / 'evil.py')], start=1):
             edit_json(spec_path(job), lambda spec: spec.update(
                 container='/images/unused', code={'manifest': '0' * 40, 'module': '__main__', 'file': file}))
-            # what a container runs: python3 -m hither_fs.runtime.execute --code DIR ROOT JOB ATTEMPT
+            # what a container runs: python3 -m hither_fs.runtime.execute --out DIR --code DIR ROOT JOB
+            out = tmp_path / 'scratch-{}'.format(attempt)
+            out.mkdir()
             proc = run_python('import sys, hither_fs.runtime.execute as e; sys.exit(e.main())',
-                              '--code', str(env_dir), root.path, job.id, str(attempt))
+                              '--out', str(out), '--code', str(env_dir), root.path, job.id)
             assert proc.returncode == 1, proc.stderr
-            with open(os.path.join(job.directory, 'attempt-{}'.format(attempt), 'error.json')) as f:
-                error = json.load(f)
+            with open(str(out / 'outcome.json')) as f:
+                error = json.load(f)['error']
             assert "unsafe function file {!r} in the job's code environment".format(file) in error['message']
             assert not marker.exists()
     finally:

@@ -1,20 +1,24 @@
 """Run one attempt of one job: the code that executes where the job runs.
 
-An attempt reads ``spec.json``, finds the function, decodes the arguments
+An attempt finds the function of a job's spec, decodes the arguments
 (reading upstream results for pipeline inputs), calls the function and writes
-``attempt-N/result.json`` or ``attempt-N/error.json``. It never touches
-``state.json``: the worker that launched the attempt commits the outcome, so a
-late or duplicate attempt can never overwrite a recorded result.
+its outcome - ``{"result": {"value": ...}}`` or ``{"error": {...}}`` - to
+``outcome.json`` in the attempt's scratch directory, on the node's own disk.
+It never touches the job's records in the root: the worker that launched the
+attempt commits the outcome (:func:`hither_fs.protocol.commit`), so a late or
+duplicate attempt can never overwrite a recorded result. Arrays and files of
+the result go to the root's content-addressed store, where writing the same
+bytes twice is harmless.
 
 Console capture is the launcher's business (file descriptors redirected to
-``attempt-N/stdout.txt`` and ``stderr.txt``), so output of C code and child
-processes is captured too.
+``stdout.txt`` and ``stderr.txt`` in the scratch directory), so output of C
+code and child processes is captured too.
 
 Standard library and numpy only, Python 3.8+: this module also runs inside
-job containers, as ``python3 -m hither_fs.runtime.execute ROOT JOB_ID ATTEMPT``
+job containers, as ``python3 -m hither_fs.runtime.execute --out DIR ROOT JOB_ID``
 with ``--code DIR`` (the job's unpacked code environment, where the function
 is imported from) and ``--console DIR`` (append stdout and stderr to the
-attempt's files: the container runner on the host cannot hand its own file
+scratch files: the container runner on the host cannot hand its own file
 descriptors through spython, which captures the output of what it runs).
 """
 
@@ -24,7 +28,7 @@ import traceback
 from typing import Any, Callable, Dict, Optional
 
 from .code import function_in_code_env, import_function
-from .files import file_mode, makedirs, read_json, write_json
+from .files import CorruptFileError, file_mode, read_json, write_json
 from .layout import Layout
 from .serialization import decode, encode
 from .store import Store
@@ -41,28 +45,36 @@ def error_record(exc: BaseException, stage: str, tb: Optional[str] = None) -> Di
     }
 
 
+OUTCOME = "outcome.json"
+
+
 def upstream_value(layout: Layout, store: Store, job_id: str) -> Any:
-    record = read_json(layout.job_file(job_id, "result.json"))
-    return decode(record["value"], store)
+    """The result of a finished job, decoded (its ``state.json`` holds it)."""
+    path = layout.state_file(job_id)
+    state = read_json(path)
+    if not isinstance(state, dict) or state.get("status") != "finished" or "result" not in state:
+        raise CorruptFileError(path, "job {} has no result (status {!r})".format(
+            job_id, state.get("status") if isinstance(state, dict) else None))
+    return decode(state["result"]["value"], store)
 
 
-def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callable] = None,
-                code_dir: Optional[str] = None) -> bool:
+def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, Any]] = None,
+                function: Optional[Callable] = None, code_dir: Optional[str] = None) -> bool:
     """Run the job once; return True if the function returned a value.
 
-    ``function`` skips the import when the caller already holds the callable
-    (a job run inside the submitting process). ``code_dir`` is given inside a
-    container: the function is imported from the job's code environment.
-    (On the host, callers send containerized jobs to :mod:`hither_fs.containers`
-    instead, which runs this inside the container.)
+    ``out_dir`` receives ``outcome.json``. ``spec`` is the job's spec if the
+    caller has read it already. ``function`` skips the import when the caller
+    already holds the callable (a job run inside the submitting process).
+    ``code_dir`` is given inside a container: the function is imported from
+    the job's code environment. (On the host, callers send containerized jobs
+    to :mod:`hither_fs.containers` instead, which runs this inside the container.)
     """
     layout = Layout(root)
     store = Store(layout.store)
-    out_dir = layout.attempt_dir(job_id, attempt)
-    makedirs(out_dir)
     stage = "reading the job spec"
     try:
-        spec = read_json(layout.job_file(job_id, "spec.json"))
+        if spec is None:
+            spec = read_json(layout.spec_file(job_id))
         fspec = spec["function"]
         if code_dir is not None:
             fspec = function_in_code_env(fspec, spec["code"], code_dir)
@@ -83,7 +95,7 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
         value = function(**kwargs)
         stage = "storing the result"
         encoded = encode(value, store, "result of {}".format(fspec["name"]))
-        write_json(os.path.join(out_dir, "result.json"), {"value": encoded})
+        write_json(os.path.join(out_dir, OUTCOME), {"result": {"value": encoded}})
         return True
     except BaseException as exc:  # the job's error is data, whatever it is
         record = error_record(exc, stage)
@@ -92,7 +104,7 @@ def run_attempt(root: str, job_id: str, attempt: int, function: Optional[Callabl
             frames = traceback.extract_tb(exc.__traceback__)[1:]
             record["traceback"] = "Traceback (most recent call last):\n" + "".join(
                 traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
-        write_json(os.path.join(out_dir, "error.json"), record)
+        write_json(os.path.join(out_dir, OUTCOME), {"error": record})
         sys.stderr.write(record["traceback"])
         return False
     finally:
@@ -128,16 +140,16 @@ def redirect_console(directory: str, truncate: bool = False) -> None:
 def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     options = {}
-    while len(args) > 1 and args[0] in ("--code", "--console"):
+    while len(args) > 1 and args[0] in ("--code", "--console", "--out"):
         options[args[0][2:]] = args[1]
         del args[:2]
-    if len(args) != 3:
-        sys.stderr.write("usage: python -m hither_fs.runtime.execute [--code DIR] [--console DIR] "
-                         "ROOT JOB_ID ATTEMPT\n")
+    if len(args) != 2 or "out" not in options:
+        sys.stderr.write("usage: python -m hither_fs.runtime.execute --out DIR [--code DIR] [--console DIR] "
+                         "ROOT JOB_ID\n")
         return 2
     if "console" in options:
         redirect_console(options["console"])
-    ok = run_attempt(args[0], args[1], int(args[2]), code_dir=options.get("code"))
+    ok = run_attempt(args[0], args[1], options["out"], code_dir=options.get("code"))
     return 0 if ok else 1
 
 

@@ -1,20 +1,34 @@
-"""Atomic file writes and checked JSON reads.
+"""Atomic file writes and checked reads, with as few metadata operations as possible.
 
-Every file hither_fs puts in the root goes through :func:`atomic_write`: the
-bytes are written to a temporary name in the same directory (carrying host,
-pid and a random part, so writers on different nodes never collide), flushed
-to disk, then renamed over the final name. A reader therefore sees either the
-old file, the new file, or no file - never half of one.
+Every file with content that hither_fs puts in the root becomes visible
+whole: it is written under a temporary name in the same directory (carrying
+host, pid and a random part, so writers on different nodes never collide)
+and renamed over its final name, or written inside a directory that is not
+yet published (see :func:`hither_fs.protocol.submit`). A reader therefore
+sees the old file, the new file, or no file - never half of one. Empty marker
+files (tickets, requests) are created exclusively (``O_EXCL``), which is
+atomic on every shared filesystem.
+
+On a cluster filesystem each open, stat, rename or directory listing is a
+round trip to a metadata server, so this module avoids the hidden ones: files
+are opened with :func:`os.open` (no extra ``fstat`` or terminal check), modes
+are given at creation instead of by a later ``chmod`` wherever the umask
+cannot spoil them, and parent directories are made only when a create fails
+for want of them. Reads open by name every time (close-to-open consistency:
+an NFS client revalidates a file when it opens it, not when it stats it) and
+refuse anything that is not a regular file, so a FIFO or a symlink planted in
+the root cannot hang or redirect a reader.
 
 Standard library only: this module also runs inside job containers.
 """
 
+import errno
 import json
 import os
 import socket
 import stat
 import uuid
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 HOST = socket.gethostname()
 
@@ -23,6 +37,12 @@ HOST = socket.gethostname()
 #: the writer is killed; fsync adds survival of a machine crash on a local
 #: disk, at about a millisecond per file. ``HITHER_FS_FSYNC=1`` turns it on.
 FSYNC = os.environ.get("HITHER_FS_FSYNC", "0") not in ("", "0", "false", "no")
+
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+#: Directories known to be group-shared or private, by path prefix (see :func:`register_tree`).
+_trees: Dict[str, bool] = {}
 
 
 class CorruptFileError(Exception):
@@ -41,8 +61,22 @@ def temp_name(path: str) -> str:
     return os.path.join(directory, ".{}.tmp-{}".format(base, tag))
 
 
+# -- modes -------------------------------------------------------------------
+
+def register_tree(path: str, group_shared: bool) -> None:
+    """Say once whether the tree at ``path`` (a root, a cache directory) is
+    group-shared, so that new files need no ``stat`` of their directory."""
+    _trees[os.path.abspath(path)] = group_shared
+
+
 def group_shared(directory: str) -> bool:
-    """Whether ``directory`` belongs to a group-shared root (its directories are setgid)."""
+    """Whether ``directory`` belongs to a group-shared tree (its directories are setgid)."""
+    best = None
+    for prefix in _trees:
+        if (directory == prefix or directory.startswith(prefix + os.sep)) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    if best is not None:
+        return _trees[best]
     try:
         return bool(os.stat(directory).st_mode & stat.S_ISGID)
     except OSError:
@@ -51,8 +85,62 @@ def group_shared(directory: str) -> bool:
 
 def file_mode(directory: str) -> int:
     """Permission bits for a new file in ``directory``: the user's, and the group's
-    in a group-shared root - never anyone else's, whatever the umask."""
+    in a group-shared tree - never anyone else's, whatever the umask."""
     return 0o660 if group_shared(directory) else 0o600
+
+
+def dir_mode(directory: str) -> int:
+    return 0o2770 if group_shared(directory) else 0o700
+
+
+def _fix_mode(fd_or_path: Any, mode: int) -> None:
+    """A umask may have taken the group bits away from a group-shared file: put them back.
+    (0600 and 0700 need nothing: a umask can only remove bits, and the user's are never
+    removed by a sane one.)"""
+    if mode & 0o070:
+        if isinstance(fd_or_path, int):
+            os.fchmod(fd_or_path, mode)
+        else:
+            os.chmod(fd_or_path, mode)
+
+
+# -- writing -------------------------------------------------------------------
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def write_new(path: str, data: bytes = b"") -> None:
+    """Create ``path``, which must not exist, with ``data``: for empty markers, and for
+    files inside a directory that nobody can see yet. Raises ``FileExistsError``."""
+    mode = file_mode(os.path.dirname(path))
+    fd = os.open(path, _CREATE_FLAGS, mode)
+    try:
+        _fix_mode(fd, mode)
+        if data:
+            _write_all(fd, data)
+        if FSYNC:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        remove_quietly(path)
+        raise
+    os.close(fd)
+
+
+def overwrite(path: str, data: bytes) -> None:
+    """Replace the content of ``path``, a private file that only this process can name
+    (a temporary file, or a token this process has just taken)."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _write_all(fd, data)
+        if FSYNC:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
@@ -62,29 +150,77 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
     ``path`` is left as it was.
     """
     tmp = temp_name(path)
+    perm = file_mode(os.path.dirname(path))
     try:
-        with open(tmp, mode) as f:
-            os.fchmod(f.fileno(), file_mode(os.path.dirname(path)))
+        fd = os.open(tmp, _CREATE_FLAGS, perm)
+        with os.fdopen(fd, mode) as f:
+            _fix_mode(fd, perm)
             write(f)
             if FSYNC:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        remove_quietly(tmp)
         raise
 
 
 def write_bytes(path: str, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
+    """``data`` into ``path`` by temporary file and rename: two metadata operations."""
+    tmp = temp_name(path)
+    try:
+        write_new(tmp, data)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n"
 
 
 def write_json(path: str, obj: Any) -> None:
-    data = json.dumps(obj, indent=1, sort_keys=True).encode("utf-8") + b"\n"
-    write_bytes(path, data)
+    write_bytes(path, dumps(obj))
+
+
+# -- reading -------------------------------------------------------------------
+
+def read_bytes(path: str, limit: Optional[int] = None) -> Tuple[bytes, os.stat_result]:
+    """The bytes of the regular file ``path`` and its ``fstat``, in one open.
+
+    A symlink, FIFO, device or directory raises :class:`CorruptFileError`
+    (never a hang, never a read outside the root); ``limit`` bytes at most
+    (more is damage, not data).
+    """
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CorruptFileError(path, "is a symbolic link, not a file hither_fs wrote") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptFileError(path, "is not a regular file (mode {:o})".format(st.st_mode))
+        if limit is not None and st.st_size > limit:
+            raise CorruptFileError(path, "is {} bytes, more than the {} a record may have".format(st.st_size, limit))
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks), st
+    finally:
+        os.close(fd)
+
+
+def parse_json(path: str, data: bytes) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptFileError(path, "not valid JSON ({})".format(exc)) from None
 
 
 def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
@@ -94,33 +230,58 @@ def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
     naming the path, so damage is reported rather than used.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data, _ = read_bytes(path)
     except FileNotFoundError:
         if missing_ok:
             return default
         raise
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise CorruptFileError(path, "not valid JSON ({})".format(exc)) from None
+    return parse_json(path, data)
 
+
+# -- directories -------------------------------------------------------------------
 
 def makedirs(path: str) -> None:
     """Create ``path`` and its missing parents, whatever the umask: 0700, or
-    setgid 2770 below a group-shared root's (setgid) directories."""
-    if os.path.isdir(path):
-        return
-    parent = os.path.dirname(path)
-    if parent and parent != path:
-        makedirs(parent)
+    setgid 2770 below a group-shared tree. One ``mkdir`` when only ``path`` is missing."""
     try:
-        os.mkdir(path)
+        mkdir(path)
     except FileExistsError:
-        if os.path.isdir(path):
-            return
-        raise
-    os.chmod(path, 0o2770 if group_shared(parent) else 0o700)
+        if not os.path.isdir(path):
+            raise
+    except FileNotFoundError:
+        parent = os.path.dirname(path)
+        if not parent or parent == path:
+            raise
+        makedirs(parent)
+        try:
+            mkdir(path)
+        except FileExistsError:
+            pass
+
+
+def mkdir(path: str) -> None:
+    """One ``mkdir`` with the tree's mode (raises ``FileExistsError``/``FileNotFoundError``)."""
+    mode = dir_mode(os.path.dirname(path))
+    os.mkdir(path, mode)
+    _fix_mode(path, mode)
+
+
+def with_parents(create: Callable[[], Any], directory: str) -> Any:
+    """Run ``create()``; if it fails because ``directory`` is missing, make it and try again.
+    Directories are made only when needed, so the common case costs nothing extra."""
+    try:
+        return create()
+    except FileNotFoundError:
+        makedirs(directory)
+        return create()
+
+
+def listdir(path: str) -> list:
+    """Names in ``path`` (none if it does not exist)."""
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def remove_quietly(path: str) -> bool:
@@ -134,11 +295,21 @@ def remove_quietly(path: str) -> bool:
 
 def read_text_tail(path: str, limit: Optional[int] = None) -> str:
     try:
-        with open(path, "rb") as f:
-            if limit is not None:
-                size = os.fstat(f.fileno()).st_size
-                if size > limit:
-                    f.seek(size - limit)
-            return f.read().decode("utf-8", errors="replace")
-    except FileNotFoundError:
+        fd = os.open(path, _READ_FLAGS)
+    except (FileNotFoundError, OSError):
         return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return ""
+        if limit is not None and st.st_size > limit:
+            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+    finally:
+        os.close(fd)

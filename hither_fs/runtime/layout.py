@@ -3,29 +3,29 @@
 The root is a plain directory tree, readable by hand::
 
     ROOT/
-      root.json                  format version and sharing mode
-      jobs/3f/3f9a.../           one directory per job, sharded by id
-        spec.json                what to run: function, version, arguments
-        state.json               status, attempts, worker, timestamps
-        stdout.txt stderr.txt    console output of the attempt that counted (if any)
-        result.json | error.json the outcome
-        runtime.json             host, pid, times, CPU seconds, peak memory
-        attempt-N/               scratch of a running attempt (live logs)
-      queue/<queue>/<ticket>     one empty file per job ready to run
-      pending/<job id>           jobs waiting for upstream jobs
-      running/<job id>           jobs claimed by a worker (lease checks)
-      store/ab/<sha1>[.npy]      content-addressed arrays and files
-      cache/ab/<key>.json        job cache entries (for JobCache())
-      workers/<worker id>.json   worker heartbeats (and <worker id>.stop requests)
-      images/                    container images pulled for this root (hither_fs.containers)
-      code/envs/ab/<sha1>/       code environments of container jobs, unpacked (read-only in jobs)
-      code/runtime/<sha1>/       the hither_fs stand-in that container jobs import
-      logs/                      worker logs (local and Slurm allocations)
+      root.json                         format version and sharing mode
+      jobs/3f/3f9a.../                  one directory per job, sharded by id
+        spec.json                       what to run: function, version, arguments
+        state.json                      status; once final also the result or error and runtime facts
+        stdout.txt stderr.txt           console output of the run that counted (only if any)
+        downstream/<job id>             jobs waiting for this one (only while they wait)
+      queue/<queue>/bell                rung when work is added (idle workers watch it)
+      queue/<queue>/<bucket>/<ticket>   one empty file per job ready to run, in buckets of ~1000
+      pending/<token>                   one empty file per job waiting for upstream jobs
+      running/<token>.<worker>          one empty file per job a worker has claimed
+      workers/<worker id>/              heartbeat.json, and requests to that worker (stop, cancel.<job id>)
+      store/ab/<sha1>[.npy]             content-addressed arrays and files
+      cache/ab/<key>.json               job cache entries (for JobCache())
+      images/                           container images pulled for this root (hither_fs.containers)
+      code/envs/ab/<sha1>/              code environments of container jobs, unpacked (read-only in jobs)
+      code/runtime/<sha1>/              the hither_fs stand-in that container jobs import
+      logs/                             worker logs (local and Slurm allocations)
 
 Ids and hashes are hex, so one level of 256 shards keeps directories small
 (a million jobs make 4,000 entries per shard) without spending directories on
-small roots; the ``queue``, ``pending`` and ``running`` directories hold only
-live work, so finding the next job never looks at finished ones.
+small roots. The ``queue``, ``pending`` and ``running`` directories hold only
+live work, so finding the next job never looks at finished ones. How the
+files of a job change is :mod:`hither_fs.protocol`'s business.
 
 Standard library only: this module also runs inside job containers.
 """
@@ -36,6 +36,7 @@ import re
 # \Z, not $: "$" would also accept a trailing newline
 _ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 _QUEUE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\Z")
+_WORKER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,119}\Z")
 
 
 def is_job_id(name: str) -> bool:
@@ -58,6 +59,17 @@ def check_queue_name(name: str) -> str:
     return name
 
 
+def is_worker_id(name: str) -> bool:
+    """Worker ids are path components and parts of token names: no dots, no slashes."""
+    return isinstance(name, str) and _WORKER_RE.match(name) is not None
+
+
+def live_console_prefix(name: str, gen: int, attempt: int) -> str:
+    """How the hidden live console files of one run start: ``.stdout.txt.g<gen>a<attempt>.``
+    (the rest is a temporary-file tag; the commit renames it to ``stdout.txt``)."""
+    return ".{}.txt.g{}a{}.".format(name, gen, attempt)
+
+
 def sharded(base: str, key: str) -> str:
     return os.path.join(base, key[:2], key)
 
@@ -77,10 +89,11 @@ class Layout:
         self.workers = os.path.join(self.path, "workers")
         self.code = os.path.join(self.path, "code")
         self.images = os.path.join(self.path, "images")
+        self.logs = os.path.join(self.path, "logs")
 
     def top_dirs(self):
         return [self.jobs, self.queues, self.pending, self.running,
-                self.store, self.cache, self.workers, self.code, self.images]
+                self.store, self.cache, self.workers, self.code, self.images, self.logs]
 
     def job_dir(self, job_id: str) -> str:
         return sharded(self.jobs, check_job_id(job_id))
@@ -88,20 +101,31 @@ class Layout:
     def job_file(self, job_id: str, name: str) -> str:
         return os.path.join(self.job_dir(job_id), name)
 
-    def attempt_dir(self, job_id: str, attempt: int) -> str:
-        return os.path.join(self.job_dir(job_id), "attempt-{}".format(int(attempt)))
+    def spec_file(self, job_id: str) -> str:
+        return self.job_file(job_id, "spec.json")
+
+    def state_file(self, job_id: str) -> str:
+        return self.job_file(job_id, "state.json")
+
+    def downstream_dir(self, job_id: str) -> str:
+        return self.job_file(job_id, "downstream")
 
     def queue_dir(self, queue: str) -> str:
         return os.path.join(self.queues, check_queue_name(queue))
 
-    def pending_ticket(self, job_id: str) -> str:
-        return os.path.join(self.pending, check_job_id(job_id))
+    def bell(self, queue: str) -> str:
+        return os.path.join(self.queue_dir(queue), "bell")
 
-    def running_ticket(self, job_id: str) -> str:
-        return os.path.join(self.running, check_job_id(job_id))
+    def worker_dir(self, worker_id: str) -> str:
+        if not is_worker_id(worker_id):
+            raise ValueError("not a hither_fs worker id: {!r}".format(worker_id))
+        return os.path.join(self.workers, worker_id)
 
-    def worker_file(self, worker_id: str) -> str:
-        return os.path.join(self.workers, worker_id + ".json")
+    def heartbeat(self, worker_id: str) -> str:
+        return os.path.join(self.worker_dir(worker_id), "heartbeat.json")
 
-    def worker_stop_request(self, worker_id: str) -> str:
-        return os.path.join(self.workers, worker_id + ".stop")
+    def stop_request(self, worker_id: str) -> str:
+        return os.path.join(self.worker_dir(worker_id), "stop")
+
+    def cancel_request(self, worker_id: str, job_id: str) -> str:
+        return os.path.join(self.worker_dir(worker_id), "cancel." + check_job_id(job_id))

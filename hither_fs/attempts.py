@@ -1,0 +1,320 @@
+"""Running one claimed job: in a forked child (workers) or in this process (the
+in-process handler).
+
+A run works in a *scratch directory* on the node's own disk
+(``$TMPDIR/hither_fs-<uid>/<worker>/<job>.<gen>/``): the child's stdout and
+stderr go there, and so does its ``outcome.json``. Nothing of a run touches
+the shared root until it has something to say - a no-op job costs the root
+no metadata operation at all while it runs. Console output is copied into a
+hidden live file in the job's directory as it grows (:class:`Console`), so
+``hither-fs logs`` shows it from any node while the job runs; the commit
+renames it to ``stdout.txt``/``stderr.txt``.
+
+A child runs in its own session, so a timeout or a cancel kills its whole
+process tree (:func:`kill_tree`); it dies with its worker (``PR_SET_PDEATHSIG``);
+the worker measures its wall and CPU time and peak memory with ``os.wait4``.
+"""
+
+import contextlib
+import datetime
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import psutil
+
+from .containers import run_container_attempt
+from .protocol import Claim, Outcome, error_record
+from .root import Root
+from .runtime.execute import OUTCOME, redirect_console, run_attempt
+from .runtime.files import HOST, CorruptFileError, file_mode, read_json, temp_name
+from .runtime.layout import live_console_prefix
+
+CONSOLE = ("stdout", "stderr")
+
+
+def iso(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def scratch_root(worker_id: str) -> str:
+    """This worker's scratch directory on the node's own disk."""
+    return os.path.join(tempfile.gettempdir(), "hither_fs-{}".format(os.getuid()), worker_id)
+
+
+def base_runtime(worker_id: str) -> Dict[str, Any]:
+    info = {"host": HOST, "worker": worker_id, "python": sys.version.split()[0]}
+    for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node")):
+        if os.environ.get(var):
+            info[key] = os.environ[var]
+    return info
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a job process, its process group and any descendant that left it."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for proc in descendants:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+class Console:
+    """Copies a run's console files from scratch into hidden live files in the job's
+    directory, creating each live file only when its stream first has output."""
+
+    def __init__(self, root: Root, claim: Claim, scratch: str):
+        self.job_dir = root.layout.job_dir(claim.job_id)
+        self.scratch = scratch
+        self.token = claim.token
+        self.copied = {name: 0 for name in CONSOLE}
+        self.live: Dict[str, Tuple[str, int]] = {}  # name -> (path, fd)
+
+    def copy(self) -> None:
+        """Copy what was written since the last call (a local ``fstat`` when nothing was)."""
+        for name in CONSOLE:
+            src = os.path.join(self.scratch, name + ".txt")
+            try:
+                size = os.stat(src).st_size
+            except FileNotFoundError:
+                continue
+            if size <= self.copied[name]:
+                continue
+            if name not in self.live:
+                base = live_console_prefix(name, self.token.gen, self.token.attempt)
+                path = temp_name(os.path.join(self.job_dir, base[1:-1]))  # .stdout.txt.gNaM.tmp-host.pid.rand
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, file_mode(self.job_dir))
+                self.live[name] = (path, fd)
+            fd_out = self.live[name][1]
+            with open(src, "rb") as f:
+                f.seek(self.copied[name])
+                while True:
+                    chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    os.write(fd_out, chunk)
+                    self.copied[name] += len(chunk)
+
+    def close(self) -> Dict[str, Tuple[str, int]]:
+        """Copy the rest and close; returns ``{name: (live path, size)}`` for :class:`Outcome`."""
+        with contextlib.suppress(OSError):
+            self.copy()
+        out = {}
+        for name, (path, fd) in self.live.items():
+            os.close(fd)
+            out[name] = (path, self.copied[name])
+        self.live.clear()
+        return out
+
+    def discard(self) -> None:
+        for path, fd in self.live.values():
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        self.live.clear()
+
+
+def _outcome_from(scratch: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]], Dict[str, Any]]:
+    """(result, error, facts) that a run left in its scratch directory."""
+    try:
+        outcome = read_json(os.path.join(scratch, OUTCOME), None, missing_ok=True)
+    except CorruptFileError:
+        outcome = None
+    try:
+        facts = read_json(os.path.join(scratch, "runtime.json"), {}, missing_ok=True)
+    except CorruptFileError:
+        facts = {}
+    facts = facts if isinstance(facts, dict) else {}
+    if isinstance(outcome, dict) and isinstance(outcome.get("result"), dict):
+        return outcome["result"], None, facts
+    if isinstance(outcome, dict) and isinstance(outcome.get("error"), dict):
+        return None, outcome["error"], facts
+    return None, None, facts
+
+
+class Attempt:
+    """One run of a claimed job in a forked child process."""
+
+    def __init__(self, root: Root, claim: Claim, worker_id: str, scratch_base: str):
+        self.root = root
+        self.claim = claim
+        self.worker_id = worker_id
+        self.scratch = os.path.join(scratch_base, "{}.{}".format(claim.job_id, claim.token.gen))
+        self.console = Console(root, claim, self.scratch)
+        self.pid = -1
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        #: set when the worker ends the run itself (timeout, cancel, refusal, lost claim)
+        self.failure: Optional[Dict[str, Any]] = None
+        self.lost = False
+
+    @property
+    def job_id(self) -> str:
+        return self.claim.job_id
+
+    def start(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        os.makedirs(self.scratch, mode=0o700)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the job process
+            code = 3
+            try:
+                os.setsid()
+                _die_with_parent(parent)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+                    signal.signal(sig, signal.SIG_DFL)
+                redirect_console(self.scratch, truncate=True)
+                os.environ["HITHER_FS_JOB_ID"] = self.job_id
+                spec = self.claim.spec
+                if spec.get("container"):
+                    ok = run_container_attempt(self.root.path, self.job_id, spec, self.scratch)
+                else:
+                    ok = run_attempt(self.root.path, self.job_id, self.scratch, spec=spec)
+                code = 0 if ok else 1
+            finally:
+                os._exit(code)
+        self.pid = pid
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+
+    def kill(self, failure: Optional[Dict[str, Any]] = None) -> None:
+        if failure is not None and self.failure is None:
+            self.failure = failure
+        if self.pid > 0:
+            kill_tree(self.pid)
+
+    def poll(self, block: bool = False) -> Optional[Tuple[int, Any]]:
+        """``(wait status, rusage)`` once the child has exited, else None."""
+        if self.pid < 0:
+            return 0, None
+        try:
+            pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return 0, None
+        return None if pid == 0 else (status, usage)
+
+    def outcome(self, status: int, usage: Any, stopping: bool = False) -> Outcome:
+        """What the run amounts to, for :func:`hither_fs.protocol.commit`."""
+        end = time.time()
+        runtime: Dict[str, Any] = {"pid": self.pid, "start": iso(self.started), "end": iso(end),
+                                   "wall_seconds": round(end - self.started, 6), "attempt": self.claim.token.attempt}
+        if usage is not None:
+            runtime["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 6)
+            runtime["peak_memory_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+        if os.WIFEXITED(status):
+            runtime["exit_code"] = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            runtime["killed_by_signal"] = os.WTERMSIG(status)
+        result, error, facts = _outcome_from(self.scratch) if self.pid > 0 else (None, None, {})
+        runtime = dict(facts, **runtime)
+        runtime.update(base_runtime(self.worker_id))
+        if self.failure is not None:
+            result, error = None, self.failure
+        elif result is None and error is None:
+            if os.WIFSIGNALED(status):
+                error = error_record("JobProcessError", "the job process was killed by signal {}".format(
+                    os.WTERMSIG(status)), "running")
+            else:
+                error = error_record("JobProcessError", "the job ended without writing a result", "running")
+        return Outcome(result=result, error=error, runtime=runtime, console=self.console.close())
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this job process if its worker dies (Linux).
+
+    A worker killed outright cannot kill its jobs; without this they would
+    run on as orphans while the job is re-run elsewhere.
+    """
+    try:
+        import ctypes  # only here: the worker itself never needs it
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os._exit(1)
+
+
+# -- in this process ----------------------------------------------------------------
+
+def run_in_process(root: Root, claim: Claim, worker_id: str, function: Optional[Callable],
+                   beat: Callable[[], None]) -> Outcome:
+    """Run a claimed job inside this process (``DefaultJobHandler``).
+
+    Console output is copied to the scratch files while still reaching the
+    terminal; ``beat`` is called every two seconds from a thread, so other
+    processes do not take the job for lost while it runs.
+    """
+    scratch = os.path.join(scratch_root(worker_id), "{}.{}".format(claim.job_id, claim.token.gen))
+    shutil.rmtree(scratch, ignore_errors=True)
+    os.makedirs(scratch, mode=0o700)
+    stop = threading.Event()
+
+    def beating():
+        while not stop.wait(2.0):
+            beat()
+
+    beater = threading.Thread(target=beating, daemon=True)
+    beater.start()
+    start, cpu0 = time.time(), time.process_time()
+    console = Console(root, claim, scratch)
+    try:
+        with _console_file(scratch, "stdout.txt") as out, _console_file(scratch, "stderr.txt") as err:
+            with contextlib.redirect_stdout(_Tee(sys.stdout, out)), contextlib.redirect_stderr(_Tee(sys.stderr, err)):
+                if claim.spec.get("container"):
+                    run_container_attempt(root.path, claim.job_id, claim.spec, scratch)
+                else:
+                    run_attempt(root.path, claim.job_id, scratch, spec=claim.spec, function=function)
+        end = time.time()
+        result, error, facts = _outcome_from(scratch)
+        runtime = dict(facts, pid=os.getpid(), start=iso(start), end=iso(end), wall_seconds=round(end - start, 6),
+                       cpu_seconds=round(time.process_time() - cpu0, 6), attempt=claim.token.attempt,
+                       peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, in_process=True)
+        runtime.update(base_runtime(worker_id))
+        if result is None and error is None:
+            error = error_record("JobProcessError", "the job ended without writing a result", "running")
+        return Outcome(result=result, error=error, runtime=runtime, console=console.close())
+    finally:
+        stop.set()
+        beater.join()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _console_file(directory: str, name: str):
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    return os.fdopen(fd, "w")
+
+
+class _Tee:
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()

@@ -1,0 +1,203 @@
+"""Heartbeats and leases: how workers show they are alive, and how a lost worker's
+jobs are taken back.
+
+A worker rewrites ``workers/<id>/heartbeat.json`` every few seconds with a
+counter, ``beat``, that grows by one each time. Observers judge it on their
+own clock: it is lost when its counter has not moved for ``lease`` seconds of
+the observer's time. No timestamp is ever compared across nodes (their
+clocks disagree), and a worker that is stopped (``SIGSTOP``, ``scontrol
+suspend``) or whose node hangs is lost exactly like a dead one. On the same
+host - same host name *and* same pid namespace, since two nodes may share a
+name or a kernel - a dead pid, or a pid now used by another process, means
+lost at once.
+
+:class:`LeaseJudge` holds that rule and nothing else (the clock and the host
+are parameters, so it is tested with a fake clock); :class:`Recovery` applies
+it to the claims in ``running/`` and hands the jobs of lost workers back
+through :func:`hither_fs.protocol.requeue`.
+"""
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import psutil
+
+from . import protocol
+from .protocol import Token
+from .root import Root, now_iso
+from .runtime.files import CorruptFileError, HOST, listdir, read_json, remove_quietly, with_parents, write_json
+from .runtime.layout import is_worker_id
+
+log = logging.getLogger("hither_fs.lease")
+
+DEFAULT_LEASE = 30.0
+
+
+@dataclass(frozen=True)
+class Host:
+    """Who may judge a process by its pid: the same host name in the same pid namespace."""
+
+    name: str
+    pidns: str
+
+    @classmethod
+    def this(cls) -> "Host":
+        try:
+            pidns = os.readlink("/proc/self/ns/pid")
+        except OSError:
+            pidns = ""
+        return cls(HOST, pidns)
+
+
+def pid_alive(pid: int, create_time: Optional[float]) -> bool:
+    """Whether ``pid`` is the process that was started at ``create_time``."""
+    try:
+        # a tolerance: create times are derived from the boot time, which moves with clock steps
+        return create_time is None or abs(psutil.Process(pid).create_time() - create_time) < 1.0
+    except psutil.Error:
+        return False
+
+
+class Heartbeat:
+    """The file ``workers/<id>/heartbeat.json`` that tells others this worker is alive."""
+
+    def __init__(self, root: Root, worker_id: str, info: Dict[str, Any], host: Optional[Host] = None):
+        host = host or Host.this()
+        self.root = root
+        self.path = root.layout.heartbeat(worker_id)
+        self.info = dict(info, id=worker_id, host=host.name, pidns=host.pidns, pid=os.getpid(),
+                         create_time=psutil.Process().create_time(), started=now_iso())
+        self.beat_count = 0
+
+    def beat(self, **fields: Any) -> None:
+        self.beat_count += 1
+        self.info.update(fields, beat=self.beat_count, last_beat=now_iso())
+        # the directory comes back if recovery removed it while this worker was stopped
+        with_parents(lambda: write_json(self.path, self.info), os.path.dirname(self.path))
+
+    def remove(self) -> None:
+        """Remove the heartbeat and every request left for this worker."""
+        remove_worker_dir(self.root, self.info["id"])
+
+
+def remove_worker_dir(root: Root, worker_id: str) -> None:
+    """Remove a worker's directory: its heartbeat and the requests left for it."""
+    directory = root.layout.worker_dir(worker_id)
+    for name in listdir(directory):
+        remove_quietly(os.path.join(directory, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(directory)
+
+
+def read_heartbeat(root: Root, worker_id: str) -> Optional[Dict[str, Any]]:
+    try:
+        hb = read_json(root.layout.heartbeat(worker_id), None, missing_ok=True)
+    except (CorruptFileError, OSError, ValueError):
+        return None
+    return hb if isinstance(hb, dict) else None
+
+
+class LeaseJudge:
+    """Decides when a worker is lost, from what an observer sees of its heartbeat.
+
+    ``clock`` is the observer's monotonic clock; ``host`` the observer's host.
+    ``lost(worker_id, heartbeat)`` is called with the heartbeat as read now
+    (None if there is no heartbeat file) and returns why the worker is lost,
+    or None.
+    """
+
+    def __init__(self, lease: float = DEFAULT_LEASE, host: Optional[Host] = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 alive: Callable[[int, Optional[float]], bool] = pid_alive):
+        self.lease = lease
+        self.host = host or Host.this()
+        self.clock = clock
+        self.alive = alive
+        self._seen: Dict[str, Tuple[Any, float]] = {}  # worker id -> (beat, observer time it was first seen)
+
+    def lost(self, worker_id: str, heartbeat: Optional[Dict[str, Any]]) -> Optional[str]:
+        now = self.clock()
+        if heartbeat and heartbeat.get("host") == self.host.name and heartbeat.get("pidns", "") == self.host.pidns:
+            pid = heartbeat.get("pid")
+            if isinstance(pid, int) and not self.alive(pid, heartbeat.get("create_time")):
+                return "worker {} (pid {} on {}) is dead".format(worker_id, pid, self.host.name)
+        beat = heartbeat.get("beat") if heartbeat else None
+        last = self._seen.get(worker_id)
+        if last is None or last[0] != beat:
+            self._seen[worker_id] = (beat, now)
+            return None
+        if now - last[1] >= self.lease:
+            what = "heartbeat stopped" if heartbeat else "no heartbeat file"
+            return "worker {}: {} for {:.0f} s".format(worker_id, what, now - last[1])
+        return None
+
+    def forget(self, worker_id: str) -> None:
+        self._seen.pop(worker_id, None)
+
+
+class Recovery:
+    """Hands back the jobs of lost workers.
+
+    Each :meth:`run` lists ``running/`` once, then reads the heartbeats of at
+    most ``per_round`` workers that hold claims (in turns, so that with many
+    workers each one is still looked at every few rounds), and every
+    ``sweep_every`` rounds also those of workers that hold none, to remove
+    the heartbeat directories of dead idle workers.
+    """
+
+    def __init__(self, root: Root, judge: LeaseJudge, me: Optional[str] = None, per_round: int = 8,
+                 sweep_every: int = 20):
+        self.root = root
+        self.judge = judge
+        self.me = me
+        self.per_round = per_round
+        self.sweep_every = sweep_every
+        self._cursor = 0
+        self._rounds = 0
+
+    def run(self, claims: Optional[List[Tuple[Token, str]]] = None) -> int:
+        """One round; returns how many jobs were handed back. ``claims`` is a fresh
+        listing of ``running/`` if the caller has one."""
+        claims = protocol.running_claims(self.root) if claims is None else claims
+        by_worker: Dict[str, List[Tuple[Token, str]]] = {}
+        for token, path in claims:
+            if token.worker != self.me:
+                by_worker.setdefault(token.worker, []).append((token, path))
+        self._rounds += 1
+        workers = sorted(by_worker)
+        if self._rounds % self.sweep_every == 0:
+            workers += sorted(w for w in listdir(self.root.layout.workers)
+                              if is_worker_id(w) and w not in by_worker and w != self.me)
+        if len(workers) > self.per_round:
+            start = self._cursor % len(workers)
+            workers = (workers[start:] + workers[:start])[:self.per_round]
+            self._cursor += self.per_round
+        handed_back = 0
+        for worker_id in workers:
+            why = self.judge.lost(worker_id, read_heartbeat(self.root, worker_id))
+            if why is None:
+                continue
+            for token, path in by_worker.get(worker_id, []):
+                handed_back += self._hand_back(token, path, why)
+            self.judge.forget(worker_id)
+            remove_worker_dir(self.root, worker_id)
+        return handed_back
+
+    def _hand_back(self, token: Token, path: str, why: str) -> int:
+        cancel = os.path.lexists(self.root.layout.cancel_request(token.worker, token.job_id))
+        try:
+            status = protocol.requeue(self.root, token, path, why, counted=True, cancel_requested=cancel)
+        except protocol.JobGoneError:
+            remove_quietly(path)
+            return 0
+        except (OSError, CorruptFileError) as exc:
+            log.warning("could not hand back job %s: %s", token.job_id, exc)
+            return 0
+        if status is not None:
+            log.warning("job %s handed back (%s): %s", token.job_id, status, why)
+        return status is not None
+

@@ -1,0 +1,813 @@
+"""The job protocol: every change of a job's status, in one place.
+
+Nothing but this module writes a job's ``state.json``, its tickets or its
+claims. It needs no lock that reaches across nodes: on NFS, Lustre, GPFS and
+BeeGFS alike, renaming a file that exists once can succeed only once, and
+that is the whole of its mutual exclusion.
+
+Tokens
+------
+A live job is represented by exactly one *token*: an empty file named
+``<job id>.<gen>.<attempt>``. Where the token lies says what the job is
+waiting for, and whoever moves it owns the job's next step::
+
+    status     its token                                            who moves it next
+    pending    pending/<id>.0.1                                     whoever sees its upstream jobs end
+    queued     queue/<queue>/<bucket>/<stamp>-<id>.<gen>.<attempt>  a worker claiming it
+    running    running/<id>.<gen>.<attempt>.<worker>                that worker (commit, hand-back), or
+                                                                    lease recovery once the worker is lost
+    finished, error, cancelled: no token at all
+
+``attempt`` is the run the token is for; ``gen`` grows each time a job goes
+back to the queue, so a token's name never comes back and a stale process can
+never find a later token under an old name.
+
+Transitions
+-----------
+::
+
+    transition   from -> to                       by                           steps
+    submit       - -> pending | queued            the submitter                publish, token
+    promote      pending -> queued                anyone who sees it ready     take, state, ticket
+    claim        queued -> running                a worker                     rename ticket to running/
+    forward      queued -> queued                 a compute resource           rename ticket into its queue
+    commit       running -> finished|error|cancelled   the claiming worker     take, state
+    requeue      running -> queued                the worker (hand-back) or lease recovery   take, state, ticket
+    fail         pending|queued|running -> error  whoever holds the token      take, state
+    cancel       pending|queued -> cancelled      anyone                       take, state
+                 running -> (request)             anyone                       a request file for the worker,
+                                                                               which then commits "cancelled"
+
+*publish*: a new job's directory is built under a temporary name with its
+``spec.json`` and first ``state.json`` and renamed into place whole.
+
+*take*: rename the token to a private temporary name inside the job's
+directory. One process can take a given token; a process that finds it gone
+has lost (a worker that was paused past its lease finds out this way, and
+discards its outcome). The fence is this one rename, written once, in
+:func:`_take`.
+
+*state*: the holder writes the next state into the file it took and renames
+that file over ``state.json``. So ``state.json`` is replaced only by the one
+process that holds the job, and a paused process can never publish late: the
+file it would publish was taken away from it. (The submitter writes the first
+``state.json`` before anyone can see the job.)
+
+Crash consistency: a process killed between two steps leaves either a token
+(whoever looks next carries on: lease recovery, promotion, a claim), or a
+final state with a token left over (dropped by whoever finds it), or - killed
+between *take* and *state*, a window of two system calls - a job whose token
+is a temporary file in its own directory, which ``hither-fs fsck`` reports
+and ``--repair`` puts back in the queue.
+"""
+
+import contextlib
+import enum
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from .queue import iter_tickets, queue_names, ticket_token, writer_for
+from .root import Root, now_iso
+from .runtime.files import (CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
+                            remove_quietly, temp_name, with_parents, write_new)
+from .runtime.layout import is_job_id, is_worker_id
+
+DEFAULT_MAX_ATTEMPTS = 3
+#: A spec or state bigger than this is damage, not a record (results go to the store when big).
+RECORD_LIMIT = 256 << 20
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"      # waiting for upstream jobs
+    QUEUED = "queued"        # ready; a worker will claim it
+    RUNNING = "running"      # claimed by a worker
+    FINISHED = "finished"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL
+
+
+FINAL = frozenset({Status.FINISHED, Status.ERROR, Status.CANCELLED})
+FINAL_VALUES = frozenset(s.value for s in FINAL)
+
+
+class JobGoneError(Exception):
+    """A token names a job whose directory is not in the root (deleted by hand)."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """The name of a live job's token: ``<id>.<gen>.<attempt>[.<worker>]``."""
+
+    job_id: str
+    gen: int = 0
+    attempt: int = 1
+    worker: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        base = "{}.{}.{}".format(self.job_id, self.gen, self.attempt)
+        return base if self.worker is None else base + "." + self.worker
+
+    @classmethod
+    def parse(cls, name: str) -> Optional["Token"]:
+        """The token a file name stands for, or None for anything else (temp files, strays)."""
+        parts = name.split(".")
+        if len(parts) not in (3, 4) or not is_job_id(parts[0]):
+            return None
+        if not (parts[1].isdigit() and parts[2].isdigit()) or int(parts[2]) < 1:
+            return None
+        if len(parts) == 4 and not is_worker_id(parts[3]):
+            return None
+        return cls(parts[0], int(parts[1]), int(parts[2]), parts[3] if len(parts) == 4 else None)
+
+    def claimed_by(self, worker_id: str) -> "Token":
+        return Token(self.job_id, self.gen, self.attempt, worker_id)
+
+    def unclaimed(self) -> "Token":
+        return Token(self.job_id, self.gen, self.attempt)
+
+
+@dataclass
+class Claim:
+    """A job a worker holds: its running token, where it lies, and the job's spec."""
+
+    token: Token
+    path: str
+    spec: Dict[str, Any]
+
+    @property
+    def job_id(self) -> str:
+        return self.token.job_id
+
+
+@dataclass
+class Outcome:
+    """How a run ended, as its worker reports it to :func:`commit`.
+
+    ``console`` maps ``stdout``/``stderr`` to ``(live file in the job's directory, size)``
+    for output the worker copied into the root while the job ran.
+    """
+
+    result: Optional[Dict[str, Any]] = None
+    error: Optional[Dict[str, Any]] = None
+    runtime: Dict[str, Any] = field(default_factory=dict)
+    console: Dict[str, Tuple[str, int]] = field(default_factory=dict)
+
+    @property
+    def status(self) -> Status:
+        if self.result is not None:
+            return Status.FINISHED
+        if self.error is not None and self.error.get("type") == "JobCancelledError":
+            return Status.CANCELLED
+        return Status.ERROR
+
+
+def error_record(type_name: str, message: str, stage: str, module: str = "hither_fs",
+                 traceback: str = "", **extra: Any) -> Dict[str, Any]:
+    return dict(extra, type=type_name, module=module, message=message, stage=stage, traceback=traceback)
+
+
+def cancelled_record(job_id: str, why: str) -> Dict[str, Any]:
+    return error_record("JobCancelledError", "job {} was cancelled {}".format(job_id, why), "cancelled")
+
+
+def summary(state: Dict[str, Any]) -> str:
+    """The error of a final state in one line ('' when there is none)."""
+    err = state.get("error")
+    if isinstance(err, dict):
+        return "{}: {}".format(err.get("type", "?"), err.get("message", ""))
+    return err or ""
+
+
+# -- reading ---------------------------------------------------------------------
+
+def _read_record(path: str) -> Tuple[Dict[str, Any], os.stat_result]:
+    data, st = read_bytes(path, limit=RECORD_LIMIT)
+    record = parse_json(path, data)
+    if not isinstance(record, dict):
+        raise CorruptFileError(path, "not a JSON object")
+    return record, st
+
+
+def read_spec(root: Root, job_id: str) -> Dict[str, Any]:
+    return _read_record(root.layout.spec_file(job_id))[0]
+
+
+def read_state(root: Root, job_id: str) -> Dict[str, Any]:
+    """A job's state, read afresh (open by name: a waiter on another node sees a new
+    state as soon as the rename that published it is done)."""
+    return _read_record(root.layout.state_file(job_id))[0]
+
+
+def job_exists(root: Root, job_id: str) -> bool:
+    return os.path.lexists(root.layout.spec_file(job_id))
+
+
+def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The spec a worker is about to run, and why it must not run it (or None).
+
+    The job's directory is opened first and the spec read through it, so the
+    directory whose mode was checked is the one the spec came from.
+    """
+    jdir = root.layout.job_dir(job_id)
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        dfd = os.open(jdir, flags)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFileError(jdir, "cannot be opened as a directory ({})".format(exc.strerror)) from None
+    try:
+        reason = root.unsafe_stat_reason(jdir, os.fstat(dfd), allow_group_write=True)
+        path = os.path.join(jdir, "spec.json")
+        fd = os.open("spec.json", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                     dir_fd=dfd)
+    except OSError as exc:
+        os.close(dfd)
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptFileError(os.path.join(jdir, "spec.json"), "cannot be read ({})".format(exc.strerror)) from None
+    os.close(dfd)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptFileError(path, "is not a regular file")
+        if st.st_size > RECORD_LIMIT:
+            raise CorruptFileError(path, "is {} bytes, more than a record may have".format(st.st_size))
+        reason = reason or root.unsafe_stat_reason(path, st, allow_group_write=True)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    spec = parse_json(path, b"".join(chunks))
+    if not isinstance(spec, dict):
+        raise CorruptFileError(path, "not a JSON object")
+    return spec, reason
+
+
+# -- the one exclusive step ---------------------------------------------------------
+
+def _take(root: Root, token_path: str, job_id: str) -> Optional[str]:
+    """Take a job's token: rename it to a private temporary file in the job's directory.
+
+    Returns that file's path, or None if someone else took the token first.
+    This is the fence of the whole protocol: exactly one process can rename a
+    name that exists once.
+    """
+    held = temp_name(root.layout.state_file(job_id))
+    try:
+        os.rename(token_path, held)
+        return held
+    except FileNotFoundError:
+        if os.path.lexists(held):
+            return held  # our rename happened, only its answer was lost (an NFS retransmission)
+        if os.path.lexists(token_path):
+            raise JobGoneError("{} names job {}, which is not in {}".format(token_path, job_id, root.path)) from None
+        return None
+
+
+@contextlib.contextmanager
+def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[str]]:
+    """Take the token for a block; if the block fails (say, the disk is full), put it
+    back where it was, so the job is exactly as before."""
+    held = _take(root, token_path, job_id)
+    if held is None:
+        yield None
+        return
+    try:
+        yield held
+    except BaseException:
+        if os.path.lexists(held):
+            os.rename(held, token_path)
+        raise
+
+
+def _publish(root: Root, held: str, job_id: str, state: Dict[str, Any]) -> None:
+    """Write ``state`` into the file this process took and rename it over state.json."""
+    state["updated"] = now_iso()
+    overwrite(held, dumps(state))
+    os.rename(held, root.layout.state_file(job_id))
+
+
+# -- submit ----------------------------------------------------------------------------
+
+def _publish_job(root: Root, spec: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """Make a job's directory appear whole: spec.json and state.json in a hidden
+    directory, renamed into place (no reader ever sees half a job)."""
+    job_dir = root.layout.job_dir(spec["id"])
+    tmp = temp_name(job_dir)
+    with_parents(lambda: mkdir(tmp), os.path.dirname(tmp))
+    try:
+        write_new(os.path.join(tmp, "spec.json"), dumps(spec))
+        state["updated"] = now_iso()
+        write_new(os.path.join(tmp, "state.json"), dumps(state))
+        os.rename(tmp, job_dir)
+    except BaseException:
+        for name in ("spec.json", "state.json"):
+            remove_quietly(os.path.join(tmp, name))
+        with contextlib.suppress(OSError):
+            os.rmdir(tmp)
+        raise
+
+
+def submit(root: Root, spec: Dict[str, Any]) -> Status:
+    """Put a new job in the root: :func:`publish` its directory, then :func:`release` it."""
+    publish(root, spec)
+    return release(root, spec)
+
+
+def publish(root: Root, spec: Dict[str, Any]) -> None:
+    """Make a new job's directory appear, not yet in any queue (no token: nobody runs it).
+
+    ``spec`` names the job's ``id``, ``queue`` and ``upstream`` jobs.
+    """
+    status = Status.PENDING if spec.get("upstream") else Status.QUEUED
+    _publish_job(root, spec, {"status": status.value, "attempt": 0, "queue": spec["queue"], "submitted": now_iso()})
+
+
+def release(root: Root, spec: Dict[str, Any]) -> Status:
+    """Give a published job its token: a ticket in its queue, or - if it has upstream jobs
+    that have not all finished - a pending token. Returns its status."""
+    job_id, queue = spec["id"], spec["queue"]
+    upstream = list(spec.get("upstream") or [])
+    token = Token(job_id)
+    writer = writer_for(root.layout)
+    if not upstream:
+        writer.place(queue, token.name)
+        writer.ring(queue)
+        return Status.QUEUED
+    pending = os.path.join(root.layout.pending, token.name)
+    with_parents(lambda: write_new(pending), root.layout.pending)
+    # Registered as a waiter first, the upstream states read second; whoever finishes
+    # an upstream job publishes its state first and looks for waiters second. So either
+    # that finisher sees our marker, or we see its final state: never neither.
+    for up in upstream:
+        if is_job_id(up):
+            marker = os.path.join(root.layout.downstream_dir(up), job_id)
+            with contextlib.suppress(FileExistsError, FileNotFoundError):
+                with_parents(lambda: write_new(marker), os.path.dirname(marker))
+    return promote(root, job_id, spec) or Status.PENDING
+
+
+def withdraw(root: Root, job_id: str) -> None:
+    """Remove a job that was published but never released (nobody else knows its id)."""
+    job_dir = root.layout.job_dir(job_id)
+    for name in ("spec.json", "state.json"):
+        remove_quietly(os.path.join(job_dir, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(job_dir)
+
+
+def submit_final(root: Root, spec: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """Put a job in the root that is final from the start (a cache hit): no token."""
+    _publish_job(root, spec, state)
+
+
+# -- pending -> queued -----------------------------------------------------------------
+
+def _upstream_verdict(root: Root, job_id: str, spec: Dict[str, Any]) -> Any:
+    """None: ready to queue; "wait": not yet; a dict: the error to fail the job with."""
+    verdict = None
+    for up in spec.get("upstream") or []:
+        if not is_job_id(up):
+            # never a path: a hand-edited spec must not make anyone read outside the root
+            return error_record("ValueError", "{} names upstream job {!r}, which is not a hither_fs job id "
+                                "(expected 16 hex digits)".format(root.layout.spec_file(job_id), up),
+                                "waiting for upstream jobs", module="builtins")
+        try:
+            up_state = read_state(root, up)
+        except FileNotFoundError:
+            return error_record("UpstreamJobError", "upstream job {} is not in the root".format(up),
+                                "waiting for upstream jobs", upstream=up)
+        except CorruptFileError as exc:
+            return error_record("CorruptFileError", str(exc), "waiting for upstream jobs")
+        status = up_state.get("status")
+        if status in (Status.ERROR, Status.CANCELLED):
+            try:
+                up_fn = read_spec(root, up).get("function", {}).get("name", "?")
+            except (OSError, CorruptFileError):
+                up_fn = "?"
+            return error_record("UpstreamJobError", "upstream job {} ({}) {}: {}".format(
+                up, up_fn, "was cancelled" if status == Status.CANCELLED else "failed", summary(up_state)),
+                "waiting for upstream jobs", upstream=up)
+        if status != Status.FINISHED:
+            verdict = "wait"
+    return verdict
+
+
+def promote(root: Root, job_id: str, spec: Optional[Dict[str, Any]] = None) -> Optional[Status]:
+    """Queue a pending job whose upstream jobs all finished, or fail it if one of them
+    failed. Returns the new status, or None if it must wait (or someone else moved it)."""
+    token = Token(job_id)
+    path = os.path.join(root.layout.pending, token.name)
+    try:
+        spec = spec if spec is not None else read_spec(root, job_id)
+    except FileNotFoundError:
+        return None
+    except CorruptFileError as exc:
+        return Status.ERROR if fail(root, path, job_id, error_record(
+            "CorruptFileError", str(exc), "waiting for upstream jobs")) else None
+    verdict = _upstream_verdict(root, job_id, spec)
+    if verdict == "wait":
+        return None
+    with _holding(root, path, job_id) as held:
+        if held is None:
+            return None
+        if verdict is None:
+            _publish(root, held, job_id, {"status": Status.QUEUED.value, "attempt": 0, "queue": spec["queue"],
+                                          "submitted": spec.get("created")})
+        else:
+            _publish(root, held, job_id, _final(spec, token, {}, Status.ERROR, error=verdict))
+    if verdict is None:
+        writer = writer_for(root.layout)
+        writer.place(spec["queue"], token.name)
+        writer.ring(spec["queue"])
+        return Status.QUEUED
+    notify_downstream(root, job_id)
+    return Status.ERROR
+
+
+def notify_downstream(root: Root, job_id: str) -> int:
+    """After a job became final: promote (or fail) the jobs waiting for it. One open when
+    none waits. Returns how many changed."""
+    ddir = root.layout.downstream_dir(job_id)
+    try:
+        waiting = os.listdir(ddir)
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    changed = 0
+    for down in waiting:
+        if is_job_id(down):
+            try:
+                changed += promote(root, down) is not None
+            except (OSError, CorruptFileError, JobGoneError):
+                pass  # the pending sweep retries (see promote_stale)
+        remove_quietly(os.path.join(ddir, down))
+    with contextlib.suppress(OSError):
+        os.rmdir(ddir)
+    return changed
+
+
+def live_status(root: Root, job_id: str, state: Dict[str, Any]) -> Dict[str, Any]:
+    """``state`` as a person means it: a queued job that a worker has claimed is
+    ``running`` (the claim, not state.json, says so: see the module docstring)."""
+    if state.get("status") != Status.QUEUED:
+        return state
+    for token, _ in running_claims(root, job_id):
+        return dict(state, status=Status.RUNNING.value, worker=token.worker, attempt=token.attempt,
+                    gen=token.gen)
+    return state
+
+
+def pending_tokens(root: Root) -> List[Token]:
+    return [t for t in (Token.parse(n) for n in listdir(root.layout.pending)) if t is not None]
+
+
+# -- queued -> running -------------------------------------------------------------------
+
+def claim(root: Root, ticket_path: str, worker_id: str, spec: Dict[str, Any]) -> Optional[Claim]:
+    """Claim the job behind a ticket: rename the ticket to ``running/<token>.<worker>``.
+
+    Returns None if another worker got there first (or the ticket is gone).
+    """
+    token = Token.parse(ticket_token(os.path.basename(ticket_path)))
+    if token is None:
+        return None
+    mine = token.claimed_by(worker_id)
+    path = os.path.join(root.layout.running, mine.name)
+    try:
+        with_parents(lambda: os.rename(ticket_path, path), root.layout.running)
+    except FileNotFoundError:
+        return None
+    return Claim(mine, path, spec)
+
+
+def running_claims(root: Root, job_id: Optional[str] = None) -> List[Tuple[Token, str]]:
+    """Every claim in ``running/`` (one listing), or those of one job."""
+    out = []
+    for name in listdir(root.layout.running):
+        if job_id is not None and not name.startswith(job_id + "."):
+            continue
+        token = Token.parse(name)
+        if token is not None and token.worker is not None:
+            out.append((token, os.path.join(root.layout.running, name)))
+    return out
+
+
+# -- running -> final ----------------------------------------------------------------------
+
+def _prior(root: Root, token: Token) -> Dict[str, Any]:
+    """The state before this run, when it holds anything the final state must keep
+    (the history of earlier runs): only for jobs that went back to the queue."""
+    if token.gen == 0:
+        return {}
+    try:
+        return read_state(root, token.job_id)
+    except (OSError, CorruptFileError):
+        return {}
+
+
+def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: Status,
+           result: Optional[Dict[str, Any]] = None, error: Optional[Dict[str, Any]] = None,
+           runtime: Optional[Dict[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
+    state: Dict[str, Any] = {
+        "status": status.value,
+        "attempt": token.attempt if runtime else prior.get("attempt", 0),
+        "queue": prior.get("queue") or spec.get("queue"),
+        "submitted": prior.get("submitted") or spec.get("created"),
+        "finished": now_iso(),
+    }
+    if prior.get("history"):
+        state["history"] = prior["history"]
+    if runtime:
+        state["worker"] = token.worker
+        state["started"] = runtime.get("start")
+        state["runtime"] = runtime
+    if result is not None:
+        state["result"] = result
+    if error is not None:
+        state["error"] = error
+    state.update(extra)
+    return state
+
+
+def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
+    """Record how a claimed run ended, if the claim still holds.
+
+    Returns the final status, or None if the claim was lost meanwhile (the
+    worker was judged lost and the job went back to the queue): then the
+    outcome is discarded and the live console files are removed. If writing
+    fails (a full disk) the claim is restored and the error raised: the job
+    stays this worker's, to commit again or hand back.
+    """
+    job_id = claim.job_id
+    with _holding(root, claim.path, job_id) as held:
+        if held is None:
+            for live, _ in outcome.console.values():
+                remove_quietly(live)
+            return None
+        status = outcome.status
+        console = {}
+        for name, (live, size) in outcome.console.items():
+            if size > 0:
+                with contextlib.suppress(FileNotFoundError):  # (already moved by an earlier try)
+                    os.replace(live, root.layout.job_file(job_id, name + ".txt"))
+                console[name] = size
+            else:
+                remove_quietly(live)
+        extra = {"console": console} if console else {}
+        _publish(root, held, job_id, _final(claim.spec, claim.token, _prior(root, claim.token), status,
+                                           result=outcome.result, error=outcome.error,
+                                           runtime=outcome.runtime or {"worker": claim.token.worker}, **extra))
+    notify_downstream(root, job_id)
+    return status
+
+
+def requeue(root: Root, token: Token, path: str, why: str, *, counted: bool = True,
+            cancel_requested: bool = False) -> Optional[Status]:
+    """Hand a running job back to the queue, from its worker or from lease recovery.
+
+    A counted run (its worker was lost) brings the job closer to failing with
+    ``WorkerLostError`` after ``max_attempts``; an uncounted one (a worker that
+    saw its time limit coming and gave the job back in time) does not, though
+    more than ``max_attempts`` hand-backs fail it too. Returns the new status,
+    or None if the token was gone (someone else moved the job).
+    """
+    job_id = token.job_id
+    new = Token(job_id, token.gen + 1, token.attempt + 1 if counted else token.attempt)
+    with _holding(root, path, job_id) as held:
+        if held is None:
+            return None
+        try:
+            spec = read_spec(root, job_id)
+        except (OSError, CorruptFileError):
+            spec = {}
+        prior = _prior(root, token) if token.gen else {}
+        queue = prior.get("queue") or spec.get("queue") or "?"
+        max_attempts = int(spec.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+        history = list(prior.get("history") or [])
+        history.append({"attempt": token.attempt, "worker": token.worker, "ended": now_iso(),
+                        "why": why, "counted": counted})
+        handed_back = int(prior.get("handed_back") or 0) + (0 if counted else 1)
+        base = dict(prior, history=history, handed_back=handed_back, queue=queue, attempt=token.attempt,
+                    submitted=prior.get("submitted") or spec.get("created"))
+        failure = None
+        status = Status.ERROR
+        if cancel_requested:
+            failure, status = cancelled_record(job_id, "while running (its worker was lost)"), Status.CANCELLED
+        elif counted and token.attempt >= max_attempts:
+            failure = error_record("WorkerLostError", "worker lost {} times, giving up (last: {})".format(
+                token.attempt, why), "running")
+        elif not counted and handed_back > max_attempts:
+            failure = error_record("WorkerLostError", "handed back {} times because its workers' time ran out "
+                                   "before it finished (last: {}); give the allocations a longer time limit"
+                                   .format(handed_back, why), "running")
+        elif not spec:
+            failure = error_record("CorruptFileError", "spec.json of job {} cannot be read".format(job_id),
+                                   "requeueing")
+        if failure is not None:
+            _publish(root, held, job_id, _final(spec, token, base, status, error=failure))
+        else:
+            status = Status.QUEUED
+            _publish(root, held, job_id, dict(base, status=Status.QUEUED.value, requeued=why))
+    if status == Status.QUEUED:
+        writer = writer_for(root.layout)
+        writer.place(queue, new.name, front=True)
+        writer.ring(queue)
+    else:
+        notify_downstream(root, job_id)
+    return status
+
+
+def fail(root: Root, token_path: str, job_id: str, error: Dict[str, Any],
+         status: Status = Status.ERROR) -> bool:
+    """Make a job final with ``error`` (a damaged record, a refusal, a failed upstream
+    job), taking whatever token it has at ``token_path``. False if it was gone."""
+    name = os.path.basename(token_path)
+    token = Token.parse(name) or Token.parse(ticket_token(name)) or Token(job_id)
+    try:
+        spec = read_spec(root, job_id)
+    except (OSError, CorruptFileError):
+        spec = {}
+    try:
+        with _holding(root, token_path, job_id) as held:
+            if held is None:
+                return False
+            _publish(root, held, job_id, _final(spec, token, _prior(root, token), status, error=error))
+    except JobGoneError:
+        remove_quietly(token_path)
+        return False
+    notify_downstream(root, job_id)
+    return True
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+@dataclass
+class Found:
+    """Where a live job's token lies."""
+
+    status: Status
+    path: str
+    token: Token
+
+
+def find_tokens(root: Root, job_ids: Optional[set] = None, queues: Optional[List[str]] = None) -> Dict[str, Found]:
+    """Where the tokens of live jobs are: one pass over ``pending/``, ``running/`` and the
+    queues (all of them unless ``queues`` is given). For cancelling and checking, not for
+    anything done per job."""
+    found: Dict[str, Found] = {}
+
+    def want(token: Optional[Token]) -> bool:
+        return token is not None and (job_ids is None or token.job_id in job_ids)
+    for token in pending_tokens(root):
+        if want(token):
+            found[token.job_id] = Found(Status.PENDING, os.path.join(root.layout.pending, token.name), token)
+    for token, path in running_claims(root):
+        if want(token):
+            found[token.job_id] = Found(Status.RUNNING, path, token)
+    for q in queues if queues is not None else queue_names(root.layout):
+        for path, name in iter_tickets(root.layout, q):
+            token = Token.parse(ticket_token(name))
+            if want(token):
+                found[token.job_id] = Found(Status.QUEUED, path, token)
+    return found
+
+
+def request_cancel(root: Root, worker_id: str, job_id: str) -> None:
+    """Ask a worker to kill a job it runs (it commits the job as cancelled)."""
+    path = root.layout.cancel_request(worker_id, job_id)
+    with contextlib.suppress(FileExistsError):
+        with_parents(lambda: write_new(path), os.path.dirname(path))
+
+
+def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 20) -> Status:
+    """Cancel a job: a pending or queued job never runs; a running one is killed by its
+    worker (then this returns ``RUNNING``: the request is made). Returns the status after."""
+    state: Dict[str, Any] = {}
+    for i in range(tries):
+        try:
+            state = read_state(root, job_id)
+        except CorruptFileError:
+            state = {}
+        if state.get("status") in FINAL_VALUES:
+            return Status(state["status"])
+        if found is None or i:
+            try:
+                queue = [read_spec(root, job_id)["queue"]]
+            except (OSError, CorruptFileError, KeyError):
+                queue = []
+            found = find_tokens(root, {job_id}, queue).get(job_id) or (
+                find_tokens(root, {job_id}).get(job_id) if queue else None)
+        if found is not None:
+            if found.status == Status.RUNNING:
+                request_cancel(root, found.token.worker, job_id)
+                return Status.RUNNING
+            if fail(root, found.path, job_id, cancelled_record(job_id, "before it ran"), Status.CANCELLED):
+                return Status.CANCELLED
+        # between two places (being claimed, handed back) or not yet visible here: look again
+        time.sleep(min(0.5, 0.01 * (2 ** i)))
+    return Status(state.get("status", "queued"))
+
+
+# -- compute resources ---------------------------------------------------------------------
+
+def forward(root: Root, ticket_path: str, target_queue: str) -> bool:
+    """Move a queued job's ticket into another queue (a compute resource hands its jobs to
+    its own handler's queue). Exclusive like a claim."""
+    name = ticket_token(os.path.basename(ticket_path))
+    writer = writer_for(root.layout)
+    if writer.move_into(target_queue, ticket_path, name) is None:
+        return False
+    writer.ring(target_queue)
+    return True
+
+
+def finish_from_cache(root: Root, ticket_path: str, job_id: str, result: Dict[str, Any], **extra: Any) -> bool:
+    """Finish a queued job with a cached result instead of running it."""
+    token = Token.parse(ticket_token(os.path.basename(ticket_path))) or Token(job_id)
+    spec = read_spec(root, job_id)
+    with _holding(root, ticket_path, job_id) as held:
+        if held is None:
+            return False
+        _publish(root, held, job_id, _final(spec, token, _prior(root, token), Status.FINISHED, result=result,
+                                           cached=True, **extra))
+    notify_downstream(root, job_id)
+    return True
+
+
+# -- repair --------------------------------------------------------------------------------------
+
+def restore_token(root: Root, job_id: str, held: str, why: str) -> Status:
+    """Carry on with a job whose token was taken by a process that died before it
+    published the next state (``fsck --repair``): the job goes back to its queue, or
+    is dropped if it is final after all. ``held`` is the file that process took."""
+    state = read_state(root, job_id)
+    if state.get("status") in FINAL_VALUES:
+        remove_quietly(held)
+        return Status(state["status"])
+    history = list(state.get("history") or [])
+    history.append({"attempt": int(state.get("attempt") or 0) + 1, "worker": None, "ended": now_iso(),
+                    "why": why, "counted": True})
+    attempt = len([h for h in history if h.get("counted")]) + 1
+    _publish(root, held, job_id, dict(state, status=Status.QUEUED.value, history=history, requeued=why,
+                                      attempt=attempt - 1))
+    writer = writer_for(root.layout)
+    writer.place(state["queue"], Token(job_id, len(history), attempt).name, front=True)
+    writer.ring(state["queue"], force=True)
+    return Status.QUEUED
+
+
+def add_missing_token(root: Root, job_id: str, state: Dict[str, Any]) -> str:
+    """Give a live job that has no token its token (``fsck --repair``, after a crash
+    between publishing a job and creating its token, or between a hand-back's state and
+    its ticket). The caller has made sure that no token exists."""
+    history = state.get("history") or []
+    token = Token(job_id, len(history), int(state.get("attempt") or 0) + 1)
+    if state.get("status") == Status.PENDING:
+        path = os.path.join(root.layout.pending, Token(job_id).name)
+        with_parents(lambda: write_new(path), root.layout.pending)
+        return path
+    writer = writer_for(root.layout)
+    path = writer.place(state["queue"], token.name, front=True)
+    writer.ring(state["queue"], force=True)
+    return path
+
+
+def sweep_pending(root: Root, last_looked: Dict[str, float], now: float, min_age: float = 30.0,
+                  budget: int = 10) -> int:
+    """The safety net of promotion: pending jobs not looked at for ``min_age`` seconds (on
+    the caller's clock ``now``; never, for jobs it has not seen before) are looked at
+    again, ``budget`` at most per call, longest-waiting first.
+
+    Promotion normally happens when an upstream job ends (:func:`notify_downstream`);
+    this catches the rest (a finisher killed in between, a listing that was stale).
+    """
+    tokens = pending_tokens(root)
+    live = {t.job_id for t in tokens}
+    for job_id in list(last_looked):
+        if job_id not in live:
+            del last_looked[job_id]
+    changed = 0
+    due = [t.job_id for t in tokens if now - last_looked.get(t.job_id, -1e18) >= min_age]
+    for job_id in sorted(due, key=lambda j: last_looked.get(j, -1e18))[:budget]:
+        last_looked[job_id] = now
+        try:
+            changed += promote(root, job_id) is not None
+        except (OSError, CorruptFileError, JobGoneError):
+            continue
+    return changed
