@@ -139,14 +139,17 @@ class ParallelJobHandler(JobHandler):
         self.queue_name = check_queue_name(queue_name)
         self._workers: Dict[str, List[subprocess.Popen]] = {}
         self._failures = 0
+        self._checked: set = set()  # roots found safe (checked once: a stat of every top directory)
 
     def queue_for(self, root: Root) -> str:
         return self.queue_name
 
     def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
-        reason = root.unsafe_reason()
-        if reason:  # its workers would refuse the root: say so now, not by hanging
-            raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
+        if root.path not in self._checked:
+            reason = root.unsafe_reason()
+            if reason:  # its workers would refuse the root: say so now, not by hanging
+                raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
+            self._checked.add(root.path)
         self._ensure_workers(root)
 
     def help(self, root: Root) -> None:

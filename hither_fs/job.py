@@ -26,6 +26,10 @@ log = logging.getLogger("hither_fs.job")
 #: stat: a shared filesystem may answer a stat from a cache that is seconds
 #: old, but revalidates a file it opens).
 POLL_MIN, POLL_MAX, POLL_MAX_LONG, POLL_GROWTH = 0.0005, 0.01, 0.05, 1.3
+#: The longest interval of a wait that allows some lag (``hi.wait()`` while jobs remain).
+POLL_LAG_MAX = 0.5
+#: A waiter promotes the pending job it waits for itself once it has waited this long.
+PROMOTE_AFTER = 1.0
 #: How often the waiter lets its handler look after its workers (start local
 #: workers, scale Slurm allocations).
 HELP_INTERVAL = 0.2
@@ -125,10 +129,14 @@ class Job:
         self.wait_done(timeout)
         return self.get_result()
 
-    def wait_done(self, timeout: Optional[float] = None) -> str:
-        """Wait until the job reaches a final status and return it (never raises the job's error)."""
+    def wait_done(self, timeout: Optional[float] = None, poll: float = POLL_MIN, lag: float = 0.0) -> str:
+        """Wait until the job reaches a final status and return it (never raises the job's error).
+
+        ``poll`` is the first interval between looks (they grow from there). ``lag``:
+        the share of the time waited so far that may pass before the end is noticed
+        (for a wait whose end nobody needs to the millisecond: fewer looks)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = POLL_MIN
+        interval = poll
         next_help = 0.0
         started = time.monotonic()
         while True:
@@ -143,6 +151,13 @@ class Job:
                         self._handler.help(self.root)
                     except Exception as exc:  # e.g. sbatch failing for a while: keep waiting, say why
                         log.warning("while waiting for job %s: %s", self.id, exc)
+                if status == Status.PENDING and now - started > PROMOTE_AFTER:
+                    # its upstream jobs' workers promote it when they finish, unless it started
+                    # waiting after they were claimed: then the one waiting for it does
+                    try:
+                        protocol.promote(self.root, self.id)
+                    except Exception as exc:
+                        log.debug("could not promote job %s: %s", self.id, exc)
                 next_help = now + HELP_INTERVAL
                 continue
             if deadline is not None and now >= deadline:
@@ -150,7 +165,7 @@ class Job:
                     self.id, self.function_name, timeout, self.status))
             time.sleep(interval if deadline is None else min(interval, max(0.0, deadline - now)))
             cap = min(POLL_MAX_LONG, POLL_MAX + (now - started) / 1500.0)
-            interval = min(cap, interval * POLL_GROWTH)
+            interval = max(min(cap, interval * POLL_GROWTH), min(POLL_LAG_MAX, lag * (now - started)))
 
     def cancel(self) -> bool:
         """Cancel the job: a queued or pending job never runs, a running one is killed.

@@ -143,7 +143,10 @@ class Claim:
 
     token: Token
     path: str
-    spec: Dict[str, Any]
+    spec: Optional[Dict[str, Any]]
+    #: False when the job's directory had no ``downstream/`` when it was claimed (its link
+    #: count said so): the commit then need not look for waiting jobs (see :func:`commit`).
+    downstream: bool = True
 
     @property
     def job_id(self) -> str:
@@ -213,11 +216,15 @@ def job_exists(root: Root, job_id: str) -> bool:
     return os.path.lexists(root.layout.spec_file(job_id))
 
 
-def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional[str]]:
-    """The spec a worker is about to run, and why it must not run it (or None).
+def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional[str], bool]:
+    """The spec a worker is about to run, why it must not run it (or None), and whether
+    jobs may be waiting for it.
 
     The job's directory is opened first and the spec read through it, so the
-    directory whose mode was checked is the one the spec came from.
+    directory whose mode was checked is the one the spec came from. The
+    directory's link count comes with it: 2 means it has no subdirectory, so
+    no ``downstream/`` (a filesystem that does not count subdirectories, such
+    as Btrfs with its 1, says "maybe").
     """
     jdir = root.layout.job_dir(job_id)
     flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -228,7 +235,9 @@ def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional
             raise
         raise CorruptFileError(jdir, "cannot be opened as a directory ({})".format(exc.strerror)) from None
     try:
-        reason = root.unsafe_stat_reason(jdir, os.fstat(dfd), allow_group_write=True)
+        dst = os.fstat(dfd)
+        reason = root.unsafe_stat_reason(jdir, dst, allow_group_write=True)
+        downstream = dst.st_nlink != 2
         path = os.path.join(jdir, "spec.json")
         fd = os.open("spec.json", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
                      dir_fd=dfd)
@@ -256,7 +265,7 @@ def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional
     spec = parse_json(path, b"".join(chunks))
     if not isinstance(spec, dict):
         raise CorruptFileError(path, "not a JSON object")
-    return spec, reason
+    return spec, reason, downstream
 
 
 # -- the one exclusive step ---------------------------------------------------------
@@ -479,10 +488,12 @@ def pending_tokens(root: Root) -> List[Token]:
 
 # -- queued -> running -------------------------------------------------------------------
 
-def claim(root: Root, ticket_path: str, worker_id: str, spec: Dict[str, Any]) -> Optional[Claim]:
+def claim(root: Root, ticket_path: str, worker_id: str, spec: Optional[Dict[str, Any]] = None) -> Optional[Claim]:
     """Claim the job behind a ticket: rename the ticket to ``running/<token>.<worker>``.
 
     Returns None if another worker got there first (or the ticket is gone).
+    ``spec`` is the job's spec if the caller read it before (to see whether the job
+    fits); the caller reads it after claiming otherwise.
     """
     token = Token.parse(ticket_token(os.path.basename(ticket_path)))
     if token is None:
@@ -490,9 +501,9 @@ def claim(root: Root, ticket_path: str, worker_id: str, spec: Dict[str, Any]) ->
     mine = token.claimed_by(worker_id)
     path = os.path.join(root.layout.running, mine.name)
     try:
-        with_parents(lambda: os.rename(ticket_path, path), root.layout.running)
+        os.rename(ticket_path, path)
     except FileNotFoundError:
-        return None
+        return None  # (running/ itself is made with the root and never removed)
     return Claim(mine, path, spec)
 
 
@@ -531,8 +542,9 @@ def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: St
         "submitted": prior.get("submitted") or spec.get("created"),
         "finished": now_iso(),
     }
-    if prior.get("history"):
-        state["history"] = prior["history"]
+    for key in ("history", "handed_back"):
+        if prior.get(key):
+            state[key] = prior[key]
     if runtime:
         state["worker"] = token.worker
         state["started"] = runtime.get("start")
@@ -553,6 +565,12 @@ def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
     outcome is discarded and the live console files are removed. If writing
     fails (a full disk) the claim is restored and the error raised: the job
     stays this worker's, to commit again or hand back.
+
+    Then the jobs waiting for this one are promoted - unless the claim saw
+    that none waited when it was made. A job that starts waiting during the
+    run is promoted by its own submitter while it waits for it
+    (:func:`promote` from :meth:`hither_fs.job.Job.wait_done`), or else by
+    the workers' pending sweep.
     """
     job_id = claim.job_id
     with _holding(root, claim.path, job_id) as held:
@@ -573,7 +591,8 @@ def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
         _publish(root, held, job_id, _final(claim.spec, claim.token, _prior(root, claim.token), status,
                                            result=outcome.result, error=outcome.error,
                                            runtime=outcome.runtime or {"worker": claim.token.worker}, **extra))
-    notify_downstream(root, job_id)
+    if claim.downstream:
+        notify_downstream(root, job_id)
     return status
 
 

@@ -46,9 +46,12 @@ BUCKET_AGE = 30.0
 #: Jobs handed back to the queue go here: its name sorts before every other bucket.
 REQUEUE_BUCKET = "00000000000000000000-requeued"
 RING_INTERVAL = 0.25
-#: How many tickets at the front a worker chooses among, so that workers that
-#: listed the same bucket do not all try the same ticket.
-SPREAD = 8
+#: Workers that compete for the same tickets spread out: each loss to another worker
+#: doubles how many tickets at the front a worker chooses among (up to MAX_SPREAD), and
+#: each CONTENTION_MEMORY seconds without a loss halves it again, down to 1 (first in,
+#: first out).
+MAX_SPREAD = 256
+CONTENTION_MEMORY = 2.0
 
 _STAMP = re.compile(r"^[0-9]{20}-")
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
@@ -140,9 +143,10 @@ def writer_for(layout: Layout) -> TicketWriter:
 class QueueReader:
     """A worker's view of the front of one queue: cached listings, refreshed when used up.
 
-    ``candidates()`` returns a few tickets from the front (the oldest, then
-    the next :data:`SPREAD` in random order), ``drop()`` forgets one that was
-    claimed or found gone. A listing is at most ``max_age`` seconds old when used.
+    ``candidates()`` returns a few tickets from the front (the oldest first,
+    or - while other workers compete for the same tickets - from a random
+    place near the front), ``drop()`` forgets one that was claimed, ``lost()``
+    one that another worker claimed first. A listing is at most ``max_age`` seconds old when used.
     """
 
     def __init__(self, layout: Layout, queue: str, clock: Callable[[], float] = time.monotonic,
@@ -158,16 +162,30 @@ class QueueReader:
         self._tickets: List[str] = []
         self._listed_bucket = -1e9
         self._bell: Optional[bytes] = None
+        self._spread = 1
+        self._last_loss = -1e9
+        self._losses = 0
 
     def candidates(self) -> List[str]:
         now = self.clock()
-        if not self._tickets or now - self._listed_bucket > self.max_age:
+        if not self._tickets or now - self._listed_bucket > self.max_age or self._losses >= 2:
             self.refresh(now)
-        # the oldest ticket first (first in, first out); should another worker win it, the
-        # next few in random order, so that workers that listed together spread out
-        rest = self._tickets[1:SPREAD]
-        random.shuffle(rest)
-        return [os.path.join(self.dir, self._bucket, name) for name in self._tickets[:1] + rest]
+        # The oldest ticket first (first in, first out) - unless other workers took tickets
+        # from under this one lately: then one of the first few, at random, so that workers
+        # that listed the same bucket spread out instead of all trying the same ticket.
+        while self._spread > 1 and now - self._last_loss > CONTENTION_MEMORY:
+            self._spread //= 2
+            self._last_loss += CONTENTION_MEMORY
+        first = random.randrange(min(self._spread, len(self._tickets))) if self._tickets else 0
+        names = self._tickets[first:first + 4] + self._tickets[:first][:4]
+        return [os.path.join(self.dir, self._bucket, name) for name in names]
+
+    def lost(self, path: str) -> None:
+        """Say that another worker claimed ``path`` first."""
+        self.drop(path)
+        self._spread = min(MAX_SPREAD, self._spread * 2)
+        self._last_loss = self.clock()
+        self._losses += 1  # twice since the last listing: the listing is out of date, list again
 
     def drop(self, path: str) -> None:
         name = os.path.basename(path)
@@ -183,6 +201,7 @@ class QueueReader:
             self._listed_top = now
         self._tickets = []
         self._listed_bucket = now
+        self._losses = 0
         while self._buckets:
             bucket = self._buckets[0]
             names = sorted(n for n in listdir(os.path.join(self.dir, bucket)) if is_ticket(n))

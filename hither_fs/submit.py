@@ -10,13 +10,14 @@ import inspect
 import os
 import socket
 import threading
-from typing import Any, Dict, List
+import time
+from typing import Any, Dict, List, Optional
 
 from . import protocol
 from .cache import JobCache, cache_key
 from .config import Config
 from .handlers import DefaultJobHandler
-from .job import Job
+from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
 from .root import Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
@@ -188,18 +189,28 @@ def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Di
     return Job(job_id, root, handler)
 
 
-def wait(timeout: float = None) -> None:
+def wait(timeout: Optional[float] = None) -> None:
     """Wait for every job created in this process to finish (errors are not raised here:
-    ``job.get_result()`` raises them)."""
-    import time
+    ``job.get_result()`` raises them).
+
+    It waits for the newest unfinished job first: once that one is done the
+    others (queues are served oldest first) mostly are too, so each job's
+    state is read about once, however many jobs there are. While it waits for
+    the newest of many, it looks at most every 5% of the time waited so far
+    (within 10 ms at first, never more than half a second late).
+    """
     stop_if_loading_script("hi.wait()")
     deadline = None if timeout is None else time.monotonic() + timeout
     with _jobs_lock:
-        jobs = list(_jobs)
-    for job in jobs:
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        left = [job for job in _jobs]
+    while left:
+        job = left[-1]
         try:
-            job.wait_done(left)
+            # with others still to come, a few milliseconds of lag cost nothing: look less often
+            many = len(left) > 1
+            job.wait_done(None if deadline is None else max(0.0, deadline - time.monotonic()),
+                          poll=POLL_MAX if many else POLL_MIN, lag=0.05 if many else 0.0)
         except TimeoutError:  # say the caller's timeout, not what was left of it for this job
             raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
                 job.id, job.function_name, timeout, job.status)) from None
+        left = [j for j in left[:-1] if not j.is_done()]

@@ -42,8 +42,11 @@ log = logging.getLogger("hither_fs.worker")
 #: After this long without work a worker counts as idle: it stops listing its queues
 #: and watches their bells instead, and beats less often.
 IDLE_AFTER = 30.0
-BELL_INTERVAL = 0.8
-IDLE_BEAT = 10.0
+BELL_INTERVAL = 0.9
+#: An idle worker holds no claims, so nobody judges its lease: it beats only for
+#: ``hither-fs workers ls`` and for Slurm scaling, which count beats younger than 60 s.
+IDLE_BEAT = 20.0
+IDLE_RECOVERY = 15.0
 IDLE_LISTING = 30.0
 PENDING_SWEEP = 30.0
 
@@ -176,7 +179,7 @@ class Worker:
 
     def sleep(self) -> None:
         """Until a job process exits or the next poll is due."""
-        idle = self.clock() - self.last_active >= IDLE_AFTER
+        idle = self._idle(self.clock())
         if self.running:
             signal.sigtimedwait({signal.SIGCHLD}, 0.25 if len(self.running) >= self.slots else self._interval)
         else:
@@ -193,7 +196,7 @@ class Worker:
         """Fill free slots from the front of the queues."""
         if len(self.running) >= self.slots or self._at_max_jobs():
             return False
-        if now - self.last_active >= IDLE_AFTER and now < self._due["listing"]:
+        if self._idle(now) and now < self._due["listing"]:
             # idle: one open of each bell instead of listing the queues
             if not any([self.readers[q].bell_rang() for q in self.queues]):
                 return False
@@ -211,28 +214,44 @@ class Worker:
         return claimed
 
     def _claim_one(self, queue: str, reader: QueueReader) -> bool:
+        """Claim one job and start it. A worker with limits (CPUs, memory, a deadline)
+        reads a job's spec before it claims, to see whether it fits; others claim first
+        and read the spec after, so a ticket lost to another worker costs one rename."""
+        limited = self.cpus is not None or self.memory_gb is not None or self.deadline is not None
         for path in reader.candidates():
             reader.drop(path)
             token = protocol.Token.parse(ticket_token(os.path.basename(path)))
             if token is None:
                 continue  # a stray file: not a ticket (fsck reports it)
+            checked = None
+            if limited:
+                try:
+                    checked = self._spec(token.job_id)
+                except FileNotFoundError:
+                    self._drop_orphan(path, token)
+                    continue
+                except (CorruptFileError, OSError, ValueError):
+                    checked = None  # claimed below, then failed with the damage named
+                else:
+                    if not self._fits(checked[0]):
+                        continue
+            claim = protocol.claim(self.root, path, self.id)
+            if claim is None:
+                reader.lost(path)  # another worker was first
+                continue
+            self._specs.pop(token.job_id, None)
             try:
-                spec, unsafe = self._spec(token.job_id)
+                spec, unsafe, downstream = checked if checked is not None else \
+                    protocol.read_spec_checked(self.root, token.job_id)
             except FileNotFoundError:
-                self._drop_orphan(path, token)
+                log.warning("dropped ticket %s: job %s is not in the root", path, token.job_id)
+                remove_quietly(claim.path)
                 continue
             except (CorruptFileError, OSError, ValueError) as exc:
-                claim = protocol.claim(self.root, path, self.id, {})
-                if claim is not None:
-                    self._finish_now(claim, protocol.error_record("CorruptFileError", str(exc), "claiming"))
-                    return True
-                continue
-            if not self._fits(spec):
-                continue
-            claim = protocol.claim(self.root, path, self.id, spec)
-            if claim is None:
-                continue  # another worker was first
-            self._specs.pop(token.job_id, None)
+                self._finish_now(claim, protocol.error_record("CorruptFileError", str(exc), "claiming"))
+                return True
+            claim.spec = spec
+            claim.downstream = downstream
             if unsafe:
                 message = "refusing to run job {}: {}".format(token.job_id, unsafe)
                 log.warning("%s", message)
@@ -263,13 +282,15 @@ class Worker:
 
     def _drop_orphan(self, path: str, token: protocol.Token) -> None:
         """A ticket whose job directory is gone (deleted by hand): take it out of the queue."""
-        claim = protocol.claim(self.root, path, self.id, {})
+        claim = protocol.claim(self.root, path, self.id)
         if claim is not None:
             log.warning("dropped ticket %s: job %s is not in the root", path, token.job_id)
             remove_quietly(claim.path)
 
     def _finish_now(self, claim: Claim, error: Dict[str, Any]) -> None:
         """Commit a claimed job as failed without running it."""
+        if claim.spec is None:
+            claim.spec = {}
         attempt = Attempt(self.root, claim, self.id, self.scratch)
         attempt.failure = error
         self.running[claim.job_id] = attempt  # reaped (and committed) by the next pass
@@ -400,9 +421,11 @@ class Worker:
                     attempt.kill(protocol.cancelled_record(job_id, "while running"))
                 remove_quietly(os.path.join(directory, name))
 
+    def _idle(self, now: float) -> bool:
+        return not self.running and not self.uncommitted and now - self.last_active >= IDLE_AFTER
+
     def _beat_interval(self, now: float) -> float:
-        idle = not self.running and now - self.last_active >= IDLE_AFTER
-        return min(IDLE_BEAT, self.judge.lease / 3) if idle else self.heartbeat_interval
+        return IDLE_BEAT if self._idle(now) else self.heartbeat_interval
 
     def beat(self, now: float) -> None:
         """On time, and within half a second of a change of the running jobs."""
@@ -419,7 +442,8 @@ class Worker:
         """Every lease/3 s: hand back the jobs of lost workers, and check this worker's own claims."""
         if now < self._due["recover"]:
             return
-        self._due["recover"] = now + self.judge.lease / 3
+        self._due["recover"] = now + (max(IDLE_RECOVERY, self.judge.lease / 3) if self._idle(now)
+                                      else self.judge.lease / 3)
         claims = protocol.running_claims(self.root)
         mine = {token.job_id: (token, path) for token, path in claims if token.worker == self.id}
         for job_id, (token, path) in mine.items():

@@ -1,0 +1,493 @@
+"""The protocol's rules, one by one, in this process: milliseconds each, no workers.
+
+Every transition of hither_fs.protocol is called directly on a real root in a
+temporary directory; leases are judged with a fake clock and fake hosts.
+"""
+
+import json
+import os
+
+import pytest
+
+from hither_fs import fsck, protocol
+from hither_fs.cache import JobCache
+from hither_fs.lease import Host, LeaseJudge, Recovery
+from hither_fs.protocol import Outcome, Status, Token
+from hither_fs.queue import BUCKET_AGE, BUCKET_SIZE, QueueReader, TicketWriter, iter_tickets
+from hither_fs.root import Root, new_job_id, now_iso
+
+
+@pytest.fixture
+def root(tmp_path):
+    return Root(str(tmp_path / 'root'))
+
+
+def spec_of(job_id=None, queue='q', upstream=(), max_attempts=3):
+    return {'id': job_id or new_job_id(), 'queue': queue, 'upstream': list(upstream), 'created': now_iso(),
+            'max_attempts': max_attempts, 'function': {'name': 'f', 'version': '1'}, 'key': 'k'}
+
+
+def submit(root, **kwargs):
+    spec = spec_of(**kwargs)
+    protocol.submit(root, spec)
+    return spec
+
+
+def tickets(root, queue='q'):
+    return [path for path, _ in iter_tickets(root.layout, queue)]
+
+
+def claim_next(root, worker='w-a', queue='q'):
+    path = tickets(root, queue)[0]
+    token = Token.parse(os.path.basename(path)[21:])
+    return protocol.claim(root, path, worker, protocol.read_spec(root, token.job_id))
+
+
+def status(root, job_id):
+    return protocol.read_state(root, job_id)['status']
+
+
+def finished(value=1):
+    return Outcome(result={'value': value}, runtime={'start': now_iso()})
+
+
+def test_submit_publishes_spec_and_state_and_one_ticket(root):
+    spec = submit(root)
+    job_dir = root.layout.job_dir(spec['id'])
+    assert sorted(os.listdir(job_dir)) == ['spec.json', 'state.json']
+    assert status(root, spec['id']) == 'queued'
+    [ticket] = tickets(root)
+    assert ticket.endswith('-{}.0.1'.format(spec['id']))
+    assert [n for n in os.listdir(os.path.dirname(job_dir)) if n.startswith('.')] == []  # no half-built job
+
+
+def test_claim_commit_leaves_two_files_and_no_token(root):
+    spec = submit(root)
+    claim = claim_next(root)
+    assert claim.path == os.path.join(root.layout.running, '{}.0.1.w-a'.format(spec['id']))
+    assert tickets(root) == [] and os.path.exists(claim.path)
+    assert protocol.live_status(root, spec['id'], protocol.read_state(root, spec['id']))['status'] == 'running'
+    assert protocol.commit(root, claim, finished(42)) == Status.FINISHED
+    state = protocol.read_state(root, spec['id'])
+    assert state['status'] == 'finished' and state['result'] == {'value': 42} and state['worker'] == 'w-a'
+    assert os.listdir(root.layout.running) == []
+    assert sorted(os.listdir(root.layout.job_dir(spec['id']))) == ['spec.json', 'state.json']
+
+
+def test_a_second_claim_of_the_same_ticket_loses(root):
+    submit(root)
+    [ticket] = tickets(root)
+    spec = {'queue': 'q'}
+    assert protocol.claim(root, ticket, 'w-a', spec) is not None
+    assert protocol.claim(root, ticket, 'w-b', spec) is None  # the name is gone: nothing to rename
+    assert [t.worker for t, _ in protocol.running_claims(root)] == ['w-a']
+
+
+def test_a_commit_after_the_claim_was_taken_back_is_discarded(root):
+    spec = submit(root)
+    stale = claim_next(root, 'w-a')
+    # w-a is judged lost (stopped, cut off): its job goes back to the queue and runs elsewhere
+    assert protocol.requeue(root, stale.token, stale.path, 'worker w-a: heartbeat stopped') == Status.QUEUED
+    fresh = claim_next(root, 'w-b')
+    assert fresh.token == Token(spec['id'], 1, 2, 'w-b')
+    assert protocol.commit(root, stale, finished('stale')) is None       # w-a resumes: it lost
+    assert protocol.commit(root, fresh, finished('fresh')) == Status.FINISHED
+    assert protocol.commit(root, stale, finished('stale')) is None       # ... and never wins later either
+    state = protocol.read_state(root, spec['id'])
+    assert state['result'] == {'value': 'fresh'} and state['attempt'] == 2
+    assert state['history'] == [{'attempt': 1, 'worker': 'w-a', 'ended': state['history'][0]['ended'],
+                                 'why': 'worker w-a: heartbeat stopped', 'counted': True}]
+
+
+def test_a_late_commit_after_the_final_one_changes_nothing(root):
+    spec = submit(root)
+    claim = claim_next(root)
+    assert protocol.commit(root, claim, finished(1)) == Status.FINISHED
+    before = protocol.read_state(root, spec['id'])
+    assert protocol.commit(root, claim, Outcome(error=protocol.error_record('X', 'late', 'running'))) is None
+    assert protocol.read_state(root, spec['id']) == before
+
+
+def test_a_hand_back_does_not_count_as_an_attempt(root):
+    spec = submit(root, max_attempts=2)
+    for n in range(2):
+        claim = claim_next(root)
+        assert claim.token.attempt == 1
+        assert protocol.requeue(root, claim.token, claim.path, 'time limit near', counted=False) == Status.QUEUED
+    claim = claim_next(root)
+    assert claim.token == Token(spec['id'], 2, 1, 'w-a')
+    assert protocol.commit(root, claim, finished()) == Status.FINISHED
+    assert protocol.read_state(root, spec['id'])['handed_back'] == 2
+
+
+def test_too_many_hand_backs_fail_the_job(root):
+    spec = submit(root, max_attempts=1)
+    claim = claim_next(root)
+    assert protocol.requeue(root, claim.token, claim.path, 'time limit near', counted=False) == Status.QUEUED
+    claim = claim_next(root)
+    assert protocol.requeue(root, claim.token, claim.path, 'time limit near', counted=False) == Status.ERROR
+    error = protocol.read_state(root, spec['id'])['error']
+    assert error['type'] == 'WorkerLostError' and 'handed back 2 times' in error['message']
+    assert tickets(root) == [] and os.listdir(root.layout.running) == []
+
+
+def test_lost_workers_max_attempts_times_fail_the_job(root):
+    spec = submit(root, max_attempts=2)
+    claim = claim_next(root)
+    assert protocol.requeue(root, claim.token, claim.path, 'dead') == Status.QUEUED
+    claim = claim_next(root)
+    assert claim.token.attempt == 2
+    assert protocol.requeue(root, claim.token, claim.path, 'dead again') == Status.ERROR
+    state = protocol.read_state(root, spec['id'])
+    assert state['error']['type'] == 'WorkerLostError' and 'worker lost 2 times' in state['error']['message']
+    assert len(state['history']) == 2
+
+
+def test_commit_of_an_error_and_of_a_cancellation(root):
+    a, b = submit(root), submit(root)
+    assert protocol.commit(root, claim_next(root), Outcome(error=protocol.error_record(
+        'ValueError', 'no', 'running', module='builtins'))) == Status.ERROR
+    assert protocol.commit(root, claim_next(root), Outcome(error=protocol.cancelled_record(
+        b['id'], 'while running'))) == Status.CANCELLED
+    assert (status(root, a['id']), status(root, b['id'])) == ('error', 'cancelled')
+    assert protocol.summary(protocol.read_state(root, a['id'])) == 'ValueError: no'
+
+
+def test_cancel_a_queued_job_takes_its_ticket(root):
+    spec = submit(root)
+    assert protocol.cancel(root, spec['id']) == Status.CANCELLED
+    assert tickets(root) == [] and status(root, spec['id']) == 'cancelled'
+    assert protocol.cancel(root, spec['id']) == Status.CANCELLED  # again: nothing changes
+
+
+def test_cancel_a_running_job_asks_its_worker(root):
+    spec = submit(root)
+    claim = claim_next(root, 'w-a')
+    assert protocol.cancel(root, spec['id']) == Status.RUNNING
+    assert os.path.exists(root.layout.cancel_request('w-a', spec['id']))
+    assert status(root, spec['id']) == 'queued' and os.path.exists(claim.path)  # only its worker moves it
+
+
+def test_recovery_cancels_instead_of_requeueing_when_the_lost_worker_was_asked_to(root):
+    spec = submit(root)
+    claim_next(root, 'w-a')
+    protocol.cancel(root, spec['id'])
+    clock = FakeClock()
+    recovery = Recovery(root, LeaseJudge(30, host=Host('observer', 'ns'), clock=clock))
+    recovery.run()
+    clock.t += 31
+    assert recovery.run() == 1
+    assert status(root, spec['id']) == 'cancelled' and tickets(root) == []
+
+
+def test_pipeline_promotion_when_the_upstream_job_finishes(root):
+    up = submit(root)
+    down = submit(root, upstream=[up['id']])
+    assert status(root, down['id']) == 'pending'
+    assert os.listdir(root.layout.downstream_dir(up['id'])) == [down['id']]
+    assert protocol.commit(root, claim_next(root), finished(5)) == Status.FINISHED
+    assert status(root, down['id']) == 'queued'  # promoted by the commit, no sweep needed
+    assert not os.path.exists(root.layout.downstream_dir(up['id']))  # its waiter marker is gone
+    assert os.listdir(root.layout.pending) == [] and len(tickets(root)) == 1
+
+
+def test_a_job_submitted_after_its_upstream_finished_is_queued_at_once(root):
+    up = submit(root)
+    protocol.commit(root, claim_next(root), finished())
+    down = submit(root, upstream=[up['id']])
+    assert status(root, down['id']) == 'queued' and os.listdir(root.layout.pending) == []
+
+
+def test_an_upstream_failure_fails_the_whole_chain(root):
+    up = submit(root)
+    mid = submit(root, upstream=[up['id']])
+    end = submit(root, upstream=[mid['id']])
+    protocol.commit(root, claim_next(root), Outcome(error=protocol.error_record('ValueError', 'bad', 'running')))
+    for job in (mid, end):
+        state = protocol.read_state(root, job['id'])
+        assert state['status'] == 'error' and state['error']['type'] == 'UpstreamJobError'
+    assert up['id'] in protocol.read_state(root, mid['id'])['error']['message']
+    assert os.listdir(root.layout.pending) == [] and tickets(root) == []
+
+
+def test_the_pending_sweep_catches_a_missed_notification(root):
+    up = submit(root)
+    down = submit(root, upstream=[up['id']])
+    os.unlink(os.path.join(root.layout.downstream_dir(up['id']), down['id']))  # as if the marker was lost
+    protocol.commit(root, claim_next(root), finished())
+    assert status(root, down['id']) == 'pending'
+    looked = {}
+    assert protocol.sweep_pending(root, looked, now=0.0) == 1
+    assert status(root, down['id']) == 'queued'
+
+
+def test_the_pending_sweep_looks_again_only_after_min_age(root):
+    up = submit(root)
+    down = submit(root, upstream=[up['id']])
+    looked = {}
+    assert protocol.sweep_pending(root, looked, now=0.0, min_age=30) == 0
+    assert looked == {down['id']: 0.0}
+    os.unlink(os.path.join(root.layout.downstream_dir(up['id']), down['id']))
+    protocol.commit(root, claim_next(root), finished())
+    assert protocol.sweep_pending(root, looked, now=10.0, min_age=30) == 0  # looked at 10 s ago
+    assert protocol.sweep_pending(root, looked, now=31.0, min_age=30) == 1
+
+
+def test_forward_moves_a_ticket_into_another_queue_once(root):
+    spec = submit(root, queue='resource-x')
+    [ticket] = tickets(root, 'resource-x')
+    assert protocol.forward(root, ticket, 'local') is True
+    assert protocol.forward(root, ticket, 'local') is False
+    assert tickets(root, 'resource-x') == [] and len(tickets(root, 'local')) == 1
+    claim = claim_next(root, 'w-a', 'local')
+    assert claim.job_id == spec['id']
+    assert protocol.requeue(root, claim.token, claim.path, 'lost') == Status.QUEUED
+    assert len(tickets(root, 'resource-x')) == 1  # back to the queue it was sent to
+
+
+def test_finish_from_cache(root):
+    spec = submit(root)
+    [ticket] = tickets(root)
+    assert protocol.finish_from_cache(root, ticket, spec['id'], {'value': 7}, served_by='x')
+    state = protocol.read_state(root, spec['id'])
+    assert state['status'] == 'finished' and state['cached'] and state['result'] == {'value': 7}
+
+
+def test_a_token_whose_job_directory_was_deleted_is_dropped(root):
+    import shutil
+    spec = submit(root)
+    claim = claim_next(root)
+    shutil.rmtree(root.layout.job_dir(spec['id']))
+    with pytest.raises(protocol.JobGoneError):
+        protocol.commit(root, claim, finished())
+    assert protocol.fail(root, claim.path, spec['id'], protocol.error_record('X', 'y', 'z')) is False
+    assert os.listdir(root.layout.running) == []
+
+
+def test_a_full_disk_during_commit_gives_the_claim_back_untouched(root, monkeypatch):
+    spec = submit(root)
+    claim = claim_next(root)
+
+    def full(path, data):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(protocol, 'overwrite', full)
+    with pytest.raises(OSError, match='No space'):
+        protocol.commit(root, claim, finished())
+    assert os.path.exists(claim.path) and status(root, spec['id']) == 'queued'
+    monkeypatch.undo()
+    assert protocol.commit(root, claim, finished()) == Status.FINISHED  # the retry works
+
+
+# -- crash consistency: a process killed between two steps -----------------------------------------
+
+def test_killed_between_take_and_state_is_found_and_repaired_by_fsck(root):
+    spec = submit(root)
+    claim = claim_next(root)
+    held = protocol._take(root, claim.path, spec['id'])  # ... and the committing worker dies here
+    assert held and os.path.dirname(held) == root.layout.job_dir(spec['id'])
+    age(root.layout.state_file(spec['id']))
+    age(held)
+    os.rename(held, os.path.join(os.path.dirname(held), os.path.basename(held).replace(
+        '.{}.'.format(os.getpid()), '.999999999.')))  # written by a pid that is gone
+    findings = fsck.fsck(root)
+    assert any('token was taken by a process that died' in f.problem for f in findings), findings
+    findings = fsck.fsck(root, repair=True)
+    assert [f.repaired for f in findings if 'taken' in f.problem] == [True]
+    claim = claim_next(root)
+    assert claim.token.gen == 1
+    assert protocol.commit(root, claim, finished(3)) == Status.FINISHED
+    assert not [f for f in fsck.fsck(root) if f.damage]
+
+
+def test_killed_between_publish_and_ticket_is_repaired_by_fsck(root):
+    spec = spec_of()
+    protocol.publish(root, spec)  # the submitter dies before release()
+    age(root.layout.state_file(spec['id']))
+    findings = fsck.fsck(root, repair=True)
+    assert [f.repaired for f in findings if 'without a token' in f.problem] == [True]
+    assert protocol.commit(root, claim_next(root), finished()) == Status.FINISHED
+
+
+def test_young_tokenless_jobs_are_left_alone(root):
+    spec = spec_of()
+    protocol.publish(root, spec)  # a submitter in the middle of its work
+    assert fsck.fsck(root, repair=True) == []
+    assert tickets(root) == []
+
+
+def test_a_token_left_after_the_final_state_is_dropped(root):
+    submit(root)
+    claim = claim_next(root)
+    protocol.commit(root, claim, finished())
+    leftover = os.path.join(root.layout.running, claim.token.name)
+    open(leftover, 'w').close()  # as if a retransmitted rename had put it back
+    age(leftover)
+    findings = fsck.fsck(root, repair=True)
+    assert any(f.repaired and 'token of a job that is finished' in f.problem for f in findings), findings
+    assert not os.path.exists(leftover)
+
+
+def test_two_tokens_for_one_job_are_damage(root):
+    spec = submit(root)
+    [ticket] = tickets(root)
+    open(os.path.join(root.layout.pending, Token(spec['id']).name), 'w').close()
+    assert any(f.damage and 'has 2 tokens' in f.problem for f in fsck.fsck(root))
+
+
+def age(path, seconds=3600):
+    t = os.stat(path).st_mtime - seconds
+    os.utime(path, (t, t))
+
+
+# -- leases, on a fake clock -----------------------------------------------------------------------
+
+class FakeClock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def heartbeat(beat, host='node1', pidns='pid:[1]', pid=4242):
+    return {'beat': beat, 'host': host, 'pidns': pidns, 'pid': pid, 'create_time': 1.0}
+
+
+def test_a_worker_is_lost_when_its_beat_stops_for_a_lease_on_the_observers_clock():
+    clock = FakeClock()
+    judge = LeaseJudge(30, host=Host('node2', 'pid:[2]'), clock=clock, alive=lambda pid, ct: True)
+    assert judge.lost('w', heartbeat(1)) is None
+    clock.t += 29
+    assert judge.lost('w', heartbeat(1)) is None
+    clock.t += 2
+    assert 'heartbeat stopped for 31 s' in judge.lost('w', heartbeat(1))
+
+
+def test_a_beating_worker_is_never_lost_whatever_the_clocks_say():
+    clock = FakeClock()
+    judge = LeaseJudge(30, host=Host('node2', 'pid:[2]'), clock=clock, alive=lambda pid, ct: False)
+    for beat in range(100):  # its own timestamps could be years off: only the counter matters
+        clock.t += 20
+        assert judge.lost('w', dict(heartbeat(beat), last_beat='1970-01-01T00:00:00Z')) is None
+
+
+def test_a_missing_heartbeat_is_judged_like_a_stopped_one():
+    clock = FakeClock()
+    judge = LeaseJudge(30, host=Host('node2', 'pid:[2]'), clock=clock)
+    assert judge.lost('w', None) is None
+    clock.t += 30
+    assert 'no heartbeat file' in judge.lost('w', None)
+
+
+def test_on_the_same_host_a_dead_pid_is_lost_at_once():
+    judge = LeaseJudge(30, host=Host('node1', 'pid:[1]'), clock=FakeClock(), alive=lambda pid, ct: False)
+    assert '(pid 4242 on node1) is dead' in judge.lost('w', heartbeat(1))
+
+
+def test_another_node_of_the_same_name_never_judges_by_pid():
+    # two nodes with one host name (or one kernel, other pid namespaces): pids mean nothing
+    judge = LeaseJudge(30, host=Host('node1', 'pid:[9]'), clock=FakeClock(), alive=lambda pid, ct: False)
+    assert judge.lost('w', heartbeat(1)) is None
+
+
+def test_recovery_hands_back_only_the_lost_workers_jobs(root):
+    a, _ = submit(root), submit(root)
+    ca = claim_next(root, 'w-a')
+    cb = claim_next(root, 'w-b')
+    clock = FakeClock()
+    beats = {'w-a': 1, 'w-b': 1}
+    for w in beats:
+        os.makedirs(root.layout.worker_dir(w))
+
+    def write_beats():
+        for w, n in beats.items():
+            if os.path.isdir(root.layout.worker_dir(w)):
+                with open(root.layout.heartbeat(w), 'w') as f:
+                    json.dump(heartbeat(n, host='elsewhere'), f)
+    write_beats()
+    recovery = Recovery(root, LeaseJudge(30, host=Host('observer', 'ns'), clock=clock), me='w-me')
+    assert recovery.run() == 0
+    for _ in range(4):
+        clock.t += 10
+        beats['w-b'] += 1  # w-b beats, w-a is stopped
+        write_beats()
+        recovery.run()
+    assert status(root, a['id']) == 'queued' and not os.path.exists(ca.path)
+    assert os.path.exists(cb.path)
+    assert not os.path.exists(root.layout.worker_dir('w-a'))  # the lost worker's directory is gone
+    assert 'heartbeat stopped' in protocol.read_state(root, a['id'])['history'][0]['why']
+    assert protocol.commit(root, cb, finished()) == Status.FINISHED
+    assert protocol.commit(root, ca, finished()) is None
+
+
+# -- queues -------------------------------------------------------------------------------------------
+
+def test_buckets_roll_over_and_the_reader_serves_the_front_first(root, monkeypatch):
+    monkeypatch.setattr('hither_fs.queue.BUCKET_SIZE', 3)
+    writer = TicketWriter(root.layout)
+    paths = [writer.place('q', Token(new_job_id()).name) for _ in range(7)]
+    buckets = sorted(os.listdir(root.layout.queue_dir('q')))
+    assert len(buckets) == 3 and [len(os.listdir(os.path.join(root.layout.queue_dir('q'), b))) for b in buckets] == [3, 3, 1]
+    reader = QueueReader(root.layout, 'q')
+    served = []
+    while True:
+        candidates = reader.candidates()
+        if not candidates:
+            break
+        served.append(candidates[0])
+        reader.drop(candidates[0])
+        os.unlink(candidates[0])
+    assert served == paths  # first in, first out, across buckets
+
+
+def test_an_old_empty_bucket_is_removed_and_its_writer_starts_another(root):
+    writer = TicketWriter(root.layout, clock=lambda: 0.0)
+    first = writer.place('q', Token(new_job_id()).name)
+    os.unlink(first)
+    bucket = os.path.dirname(first)
+    old = '{:020d}'.format(0) + os.path.basename(bucket)[20:]
+    os.rename(bucket, os.path.join(os.path.dirname(bucket), old))  # made long ago
+    reader = QueueReader(root.layout, 'q')
+    assert reader.candidates() == []
+    assert not os.path.exists(os.path.join(os.path.dirname(bucket), old))
+    second = writer.place('q', Token(new_job_id()).name)  # its bucket is gone: a new one
+    assert os.path.exists(second)
+
+
+def test_the_bell_rings_for_readers_that_listened_before(root):
+    reader = QueueReader(root.layout, 'q')
+    assert reader.bell_rang() is False  # first look: nothing to compare with
+    writer = TicketWriter(root.layout)
+    writer.ring('q')
+    assert reader.bell_rang() is True
+    assert reader.bell_rang() is False
+    writer.ring('q')  # within RING_INTERVAL: not rung again
+    assert reader.bell_rang() is False
+    writer.ring('q', force=True)
+    assert reader.bell_rang() is True
+
+
+def test_bucket_constants_bound_a_directory():
+    assert BUCKET_SIZE <= 1000 and BUCKET_AGE <= 60
+
+
+# -- in-flight de-duplication ------------------------------------------------------------------------
+
+def test_the_first_in_flight_marker_wins_and_a_failed_holder_is_replaced(root):
+    cache = JobCache()
+    assert cache.claim_in_flight(root, 'k' * 40, 'a' * 16) is True
+    assert cache.claim_in_flight(root, 'k' * 40, 'b' * 16) is False
+    assert cache.in_flight(root, 'k' * 40) == 'a' * 16
+    assert cache.release_in_flight(root, 'k' * 40, 'b' * 16) is False  # not b's: left alone
+    assert cache.in_flight(root, 'k' * 40) == 'a' * 16
+    assert cache.release_in_flight(root, 'k' * 40, 'a' * 16) is True
+    assert cache.claim_in_flight(root, 'k' * 40, 'b' * 16) is True
+
+
+def test_format_1_roots_are_refused_with_what_to_do(tmp_path):
+    path = tmp_path / 'old'
+    path.mkdir()
+    (path / 'root.json').write_text('{"format": 1, "mode": "private"}')
+    from hither_fs.root import RootError
+    with pytest.raises(RootError, match='format 1 .* cannot read without misreading them.*move it aside'):
+        Root(str(path))
