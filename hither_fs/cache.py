@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 
 from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly,
                             temp_name, with_parents, write_new)
+from .runtime.layout import make_shards
 from .runtime.serialization import walk_refs
 from .runtime.store import Store
 
@@ -64,6 +65,8 @@ class JobCache:
         if not self._registered:
             makedirs(self.path)
             register_tree(self.path, bool(os.stat(self.path).st_mode & 0o2000))
+            if not os.path.isdir(os.path.join(self.path, "ff")):
+                make_shards(self.path)  # once, before several nodes race to make them
             self._registered = True
         return self.path
 

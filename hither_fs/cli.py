@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-margin", type=float, default=20.0, help="default 20")
     p.add_argument("--lease", type=float, default=30.0,
                    help="seconds without a heartbeat before another worker's jobs are taken back")
-    p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between heartbeats")
+    p.add_argument("--heartbeat", type=float, default=None,
+                   help="seconds between heartbeats while running jobs (default: lease/5, at most 2)")
     p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--max-jobs", type=int, default=None, help="exit after running this many jobs")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

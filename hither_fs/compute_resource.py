@@ -126,7 +126,7 @@ class ComputeResource:
 
     def _forward(self, path: str, job_id: str, target: str) -> bool:
         """Move a job from the resource's queue to the queue of its handler."""
-        if not protocol.forward(self.root, path, target):
+        if not protocol.forward(self.root, path, target, served_by=self.compute_resource_id):
             return False
         if self.job_cache is not None:
             self._forwarded[job_id] = protocol.read_spec(self.root, job_id)["key"]

@@ -49,8 +49,8 @@ class JobHandler:
         """What a job needs, recorded in its spec (``Config(job_resources=...)``)."""
         return dict(requested) if requested else None
 
-    def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
-        """Called after a job of this handler was written to the root (``function``: its callable)."""
+    def submitted(self, root: Root, job) -> None:
+        """Called after a job of this handler was written to the root."""
 
     def help(self, root: Root) -> None:
         """Called now and then while this process waits for one of the handler's jobs."""
@@ -72,9 +72,11 @@ class DefaultJobHandler(JobHandler):
         # per process: a forked child gets its own queue
         return "inproc-{}-{}-{}".format(socket.gethostname().split(".")[0], os.getpid(), self._n)
 
-    def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
-        if function is not None:
-            self._functions[job.id] = function
+    def remember(self, job_id: str, function: Callable) -> None:
+        """The function a job submitted from this process runs (no import needed here)."""
+        self._functions[job_id] = function
+
+    def submitted(self, root: Root, job) -> None:
         self.help(root)
 
     def help(self, root: Root) -> None:
@@ -144,7 +146,7 @@ class ParallelJobHandler(JobHandler):
     def queue_for(self, root: Root) -> str:
         return self.queue_name
 
-    def submitted(self, root: Root, job, function: Optional[Callable] = None) -> None:
+    def submitted(self, root: Root, job) -> None:
         if root.path not in self._checked:
             reason = root.unsafe_reason()
             if reason:  # its workers would refuse the root: say so now, not by hanging

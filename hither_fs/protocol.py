@@ -542,7 +542,7 @@ def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: St
         "submitted": prior.get("submitted") or spec.get("created"),
         "finished": now_iso(),
     }
-    for key in ("history", "handed_back"):
+    for key in ("history", "handed_back", "served_by"):
         if prior.get(key):
             state[key] = prior[key]
     if runtime:
@@ -745,13 +745,22 @@ def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 
 
 # -- compute resources ---------------------------------------------------------------------
 
-def forward(root: Root, ticket_path: str, target_queue: str) -> bool:
-    """Move a queued job's ticket into another queue (a compute resource hands its jobs to
-    its own handler's queue). Exclusive like a claim."""
+def forward(root: Root, ticket_path: str, target_queue: str, **extra: Any) -> bool:
+    """Send a queued job to another queue (a compute resource hands its jobs to its own
+    handler's queue); ``extra`` goes into its state (``served_by``). False if the ticket
+    was gone."""
     name = ticket_token(os.path.basename(ticket_path))
-    writer = writer_for(root.layout)
-    if writer.move_into(target_queue, ticket_path, name) is None:
+    token = Token.parse(name)
+    if token is None:
         return False
+    job_id = token.job_id
+    with _holding(root, ticket_path, job_id) as held:
+        if held is None:
+            return False
+        state = read_state(root, job_id)
+        _publish(root, held, job_id, dict(state, queue=target_queue, **extra))
+    writer = writer_for(root.layout)
+    writer.place(target_queue, Token(job_id, token.gen + 1, token.attempt).name)
     writer.ring(target_queue)
     return True
 

@@ -106,15 +106,6 @@ class TicketWriter:
             with_parents(lambda: write_new(path), os.path.dirname(path))
         return path
 
-    def move_into(self, queue: str, src: str, token: str) -> Optional[str]:
-        """Rename the ticket ``src`` into ``queue`` (exclusive: None if it was gone)."""
-        path = self.ticket_path(queue, token)
-        try:
-            with_parents(lambda: os.rename(src, path), os.path.dirname(path))
-        except FileNotFoundError:
-            return None
-        return path
-
     def ring(self, queue: str, force: bool = False) -> None:
         """Tell idle workers of ``queue`` that there is work (at most every RING_INTERVAL s).
 

@@ -23,7 +23,7 @@ from .handlers import JobHandler
 from .lease import LeaseJudge, Recovery
 from .queue import count_tickets
 from .root import Root
-from .runtime.files import CorruptFileError, listdir, read_json
+from .runtime.files import CorruptFileError, listdir, makedirs, read_json
 from .runtime.layout import check_queue_name, is_worker_id
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
@@ -118,7 +118,7 @@ class Allocation:
 
     def sbatch_command(self, root: Root, queue_name: str) -> List[str]:
         log_dir = os.path.join(root.path, "logs", "slurm")
-        root.makedirs(log_dir)
+        makedirs(log_dir)
         cmd = ["sbatch", "--parsable",
                "--job-name={}".format(job_name(root, queue_name)),
                "--time={}".format(format_slurm_time(self.seconds)),

@@ -106,7 +106,9 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         job = _create(root, spec, handler)
     with _jobs_lock:
         _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
-    handler.submitted(root, job, fn.__wrapped__)
+    if handler.in_process:
+        handler.remember(job.id, fn.__wrapped__)  # it runs in this process: no import needed
+    handler.submitted(root, job)
     return job
 
 

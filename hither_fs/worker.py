@@ -70,8 +70,10 @@ class Worker:
     (their ``job_timeout`` says so) are not claimed. Slurm's warning signal
     (``sbatch --signal=B:USR1@N``) makes the worker stop claiming at once.
     ``lease``: seconds without a heartbeat after which this worker takes
-    another's jobs back. ``clock`` and ``host`` are the worker's monotonic
-    clock and host identity (tests give their own).
+    another's jobs back; it beats every ``heartbeat`` seconds while it holds
+    jobs (by default five times per lease, at most every 2 s). ``clock`` and
+    ``host`` are the worker's monotonic clock and host identity (tests give
+    their own).
 
     Signals: SIGTERM or SIGINT let running jobs finish, then the worker exits;
     inside a Slurm allocation SIGTERM means the allocation is being cancelled,
@@ -80,7 +82,8 @@ class Worker:
 
     def __init__(self, root: Root, queues: List[str], slots: int = 1, *,
                  cpus: Optional[float] = None, memory_gb: Optional[float] = None,
-                 idle_timeout: Optional[float] = None, lease: float = DEFAULT_LEASE, heartbeat: float = 2.0,
+                 idle_timeout: Optional[float] = None, lease: float = DEFAULT_LEASE,
+                 heartbeat: Optional[float] = None,
                  parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
                  time_limit: Optional[float] = None, drain_margin: float = 20.0,
                  worker_id: Optional[str] = None, clock: Callable[[], float] = time.monotonic,
@@ -93,7 +96,7 @@ class Worker:
         self.cpus = cpus
         self.memory_gb = memory_gb
         self.idle_timeout = idle_timeout
-        self.heartbeat_interval = heartbeat
+        self.heartbeat_interval = heartbeat if heartbeat is not None else min(2.0, lease / 5)
         self.parent_pid = parent_pid
         self.max_jobs = max_jobs
         self.drain_margin = drain_margin

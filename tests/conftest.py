@@ -10,6 +10,14 @@ REPO = os.path.dirname(TESTS)
 sys.path.insert(0, TESTS)
 
 
+def missing_infrastructure(reason):
+    """A test's real infrastructure (Slurm, Apptainer, the multi-node cluster) is missing:
+    fail under CI (where tests/run.sh must have set it up), skip with the reason elsewhere."""
+    if os.environ.get('CI'):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture
 def root_path(tmp_path, monkeypatch):
     """A fresh root for the test, active through hi.Config and $HITHER_FS_ROOT."""

@@ -3,40 +3,46 @@
 #
 #   sudo tests/run.sh [pytest arguments]
 #
-# 1. installs the system packages the tests use (Slurm, munge, mmdebstrap,
-#    bubblewrap, python3-venv) if they are missing;
+# 1. installs the system packages the tests use (Slurm, munge, bindfs, fuse3,
+#    mmdebstrap, bubblewrap, python3-venv) if they are missing;
 # 2. builds (once, cached) the Debian sid root that provides real Apptainer and
 #    the test image (tests/apptainer/build.sh);
 # 3. copies this checkout and makes a virtualenv for an unprivileged test user
 #    (Apptainer refuses to run as root here, and real cluster users are not
 #    root either);
-# 4. starts the throwaway local Slurm cluster (slurm/cluster.sh) and stops it
-#    again at the end;
+# 4. starts the throwaway local Slurm cluster (slurm/cluster.sh), by default
+#    with 3 nodes that see the shared directory through mounts of their own,
+#    and stops it again at the end;
 # 5. runs pytest as that user. Its exit code is this script's exit code.
 #
 # Settings: HITHER_FS_TEST_CACHE (default /var/tmp/hither_fs-test) holds the
 # cached builds, the copy and the virtualenv; HITHER_FS_TEST_USER (default
 # hithertest) is the user the tests run as; HITHER_FS_TEST_TIMEOUT (default 45m)
 # bounds the pytest run, so a hung test fails the run instead of stalling it;
-# HITHER_FS_SLURM_DIR, HITHER_FS_SLURM_PORT and HITHER_FS_SLURM_CPUS (default
-# /tmp/hither_fs-slurm-tests, 6817, 8) place the test cluster. Two runs at once
-# on one machine need their own cache, user, Slurm directory and port.
+# HITHER_FS_SLURM_DIR, HITHER_FS_SLURM_PORT, HITHER_FS_SLURM_NODES,
+# HITHER_FS_SLURM_CPUS (per node) and HITHER_FS_SHARED_DIR (default
+# /tmp/hither_fs-slurm-tests, 6817, 3, 4, /tmp/hither_fs-shared-tests) place the
+# test cluster; pytest gets HITHER_FS_SHARED_DIR (unless there is only one
+# node) and SLURM_CONF. Two runs at once on one machine need their own cache,
+# user, Slurm directory, port and shared directory.
 set -euo pipefail
 
 REPO=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${HITHER_FS_TEST_CACHE:-/var/tmp/hither_fs-test}
 TEST_USER=${HITHER_FS_TEST_USER:-hithertest}
 export HITHER_FS_SLURM_DIR=${HITHER_FS_SLURM_DIR:-/tmp/hither_fs-slurm-tests}
-export HITHER_FS_SLURM_CPUS=${HITHER_FS_SLURM_CPUS:-8}
+export HITHER_FS_SLURM_NODES=${HITHER_FS_SLURM_NODES:-3}
+export HITHER_FS_SLURM_CPUS=${HITHER_FS_SLURM_CPUS:-4}
+export HITHER_FS_SHARED_DIR=${HITHER_FS_SHARED_DIR:-/tmp/hither_fs-shared-tests}
 
 say() { echo "[tests/run.sh] $*" >&2; }
 
 if [ "$(id -u)" != 0 ]; then
-    exec sudo --preserve-env=HITHER_FS_TEST_CACHE,HITHER_FS_TEST_USER,HITHER_FS_TEST_TIMEOUT,HITHER_FS_SLURM_DIR,HITHER_FS_SLURM_PORT,HITHER_FS_SLURM_CPUS,CI "$0" "$@"
+    exec sudo --preserve-env=HITHER_FS_TEST_CACHE,HITHER_FS_TEST_USER,HITHER_FS_TEST_TIMEOUT,HITHER_FS_SLURM_DIR,HITHER_FS_SLURM_PORT,HITHER_FS_SLURM_NODES,HITHER_FS_SLURM_CPUS,HITHER_FS_SHARED_DIR,CI "$0" "$@"
 fi
 
 # 1. system packages --------------------------------------------------------
-packages=(slurm-wlm munge mmdebstrap bubblewrap python3-venv)
+packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -70,7 +76,13 @@ say "installing hither_fs into $CACHE/venv"
 # 4. the local Slurm cluster (stopped on any exit, even a failed start) ----------------
 trap '"$REPO/slurm/cluster.sh" stop >/dev/null || true' EXIT
 "$REPO/slurm/cluster.sh" start >/dev/null
+# `env` says whether the cluster has a shared directory (not with one node).
+unset HITHER_FS_SHARED_DIR
 eval "$("$REPO/slurm/cluster.sh" env)"
+cluster_env=(SLURM_CONF="$SLURM_CONF")
+if [ -n "${HITHER_FS_SHARED_DIR:-}" ]; then
+    cluster_env+=(HITHER_FS_SHARED_DIR="$HITHER_FS_SHARED_DIR")
+fi
 
 # 5. pytest, as the test user, with a clean environment ---------------------------------
 say "running pytest as $TEST_USER"
@@ -79,7 +91,7 @@ set +e
 timeout --kill-after=30 "${HITHER_FS_TEST_TIMEOUT:-45m}" runuser -u "$TEST_USER" -- env -i \
     HOME="$TEST_HOME" USER="$TEST_USER" LANG=C.UTF-8 \
     PATH="$CACHE/bin:$CACHE/venv/bin:/usr/local/bin:/usr/bin:/bin" \
-    SLURM_CONF="$SLURM_CONF" HITHER_FS_TEST_CACHE="$CACHE" CI="${CI:-}" \
+    "${cluster_env[@]}" HITHER_FS_TEST_CACHE="$CACHE" CI="${CI:-1}" \
     "$CACHE/venv/bin/python" -m pytest -p no:cacheprovider "$@"
 status=$?
 set -e

@@ -17,10 +17,11 @@ import psutil
 import pytest
 
 import hither_fs as hi
-from conftest import run_python
+from conftest import missing_infrastructure, run_python
 from containerfuncs.funcs import (container_facts, fails_in_container, gpu_probe, sleep_in_container,
                                   sumsqr_in_container, uses_local_code)
 from hither_fs import codeenv
+from hither_fs.attempts import scratch_root
 from oci_registry import Registry, make_oci_layout
 
 CACHE = os.environ.get('HITHER_FS_TEST_CACHE', '/var/tmp/hither_fs-test')
@@ -33,14 +34,14 @@ def apptainer_works():
     how = ('build it with `sudo bash tests/apptainer/build.sh` and run the tests with `sudo bash tests/run.sh` '
            '(Apptainer must run as an unprivileged user)')
     if not os.path.isdir(IMAGE):
-        pytest.fail('the container test image {} is missing: {}'.format(IMAGE, how))
+        missing_infrastructure('the container test image {} is missing: {}'.format(IMAGE, how))
     try:
         proc = subprocess.run(['singularity', 'exec', '--containall', '--cleanenv', IMAGE, 'python3', '-c',
                                'import numpy'], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail('cannot run `singularity` ({}): {}'.format(exc, how))
+        missing_infrastructure('cannot run `singularity` ({}): {}'.format(exc, how))
     if proc.returncode != 0:
-        pytest.fail('`singularity exec {}` failed with code {}: {}\n{}'.format(
+        missing_infrastructure('`singularity exec {}` failed with code {}: {}\n{}'.format(
             IMAGE, proc.returncode, proc.stderr.strip()[-2000:], how))
 
 
@@ -129,7 +130,8 @@ def test_job_runs_in_the_container_with_a_clean_environment(root_path, parallel,
     assert not facts['user_site'] and not facts['user_module_found']
     assert 'HITHER_LEAK_TEST' not in facts['env'] and 'HITHER_LEAK_TEST2' not in facts['env']
     assert facts['hither_fs_file'].startswith(os.path.join(root_path, 'code', 'runtime'))  # the stand-in
-    assert facts['cwd'] == os.path.join(job.directory, 'attempt-1')
+    # it starts in its run's scratch directory on the node's own disk (bound into the container)
+    assert facts['cwd'] == os.path.join(scratch_root(job.get_state()['worker']), job.id + '.0')
     assert job.get_console_output() == {'stdout': 'hello from the container\n', 'stderr': 'and to stderr\n'}
     info = job.get_runtime_info()
     assert info['image'] == IMAGE and info['image_path'] == IMAGE
@@ -148,9 +150,9 @@ def test_seeds_pipeline_example_runs_in_containers(root_path):
     assert 'ran in ' + IMAGE in proc.stdout
     ran = []
     for dirpath, _, files in os.walk(os.path.join(root_path, 'jobs')):
-        if 'runtime.json' in files:
-            with open(os.path.join(dirpath, 'runtime.json')) as f:
-                ran.append(json.load(f))
+        if 'state.json' in files:
+            with open(os.path.join(dirpath, 'state.json')) as f:
+                ran.append(json.load(f)['runtime'])
     assert len(ran) == 3 and all(r['image'] == IMAGE and r['container_exit_code'] == 0 for r in ran)
 
 
@@ -316,9 +318,9 @@ def test_cancel_and_timeout_kill_the_container(root_path, parallel, how):
     with hi.Config(job_handler=parallel(1), container=IMAGE, job_timeout=4 if how == 'timeout' else None):
         job = sleep_in_container.run(seconds=600)
         try:
-            started = os.path.join(job.directory, 'attempt-1', 'started')
-            wait_until(lambda: os.path.exists(started), 60, 'the job to start in its container')
-            assert job.get_console_output()['stdout'] == 'going to sleep\n'  # live, while it runs
+            # its console output shows in the root while it runs
+            wait_until(lambda: job.get_console_output()['stdout'] == 'going to sleep\n', 60,
+                       'the job to start in its container')
             procs = container_processes(job.id)
             tree = with_descendants([pid for pid, _ in procs])
             assert len(tree) >= 4  # singularity (bwrap here), Apptainer, its init, the job's python3

@@ -236,13 +236,17 @@ def test_the_pending_sweep_looks_again_only_after_min_age(root):
 def test_forward_moves_a_ticket_into_another_queue_once(root):
     spec = submit(root, queue='resource-x')
     [ticket] = tickets(root, 'resource-x')
-    assert protocol.forward(root, ticket, 'local') is True
+    assert protocol.forward(root, ticket, 'local', served_by='x') is True
     assert protocol.forward(root, ticket, 'local') is False
     assert tickets(root, 'resource-x') == [] and len(tickets(root, 'local')) == 1
+    state = protocol.read_state(root, spec['id'])
+    assert (state['status'], state['queue'], state['served_by']) == ('queued', 'local', 'x')
     claim = claim_next(root, 'w-a', 'local')
     assert claim.job_id == spec['id']
     assert protocol.requeue(root, claim.token, claim.path, 'lost') == Status.QUEUED
-    assert len(tickets(root, 'resource-x')) == 1  # back to the queue it was sent to
+    assert len(tickets(root, 'local')) == 1  # back to the queue it was sent to, for the resource's workers
+    assert protocol.commit(root, claim_next(root, 'w-b', 'local'), finished()) == Status.FINISHED
+    assert protocol.read_state(root, spec['id'])['served_by'] == 'x'
 
 
 def test_finish_from_cache(root):

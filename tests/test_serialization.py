@@ -42,11 +42,11 @@ def test_round_trip_through_a_job(root_path, value):
     (lambda: 1, "argument 'x': function is not allowed"),
 ])
 def test_forbidden_types_raise_typeerror_naming_the_place(root_path, value, message):
-    before = glob.glob(os.path.join(root_path, 'jobs', '*'))
+    before = glob.glob(os.path.join(root_path, 'jobs', '*', '*'))
     with pytest.raises(TypeError) as info:
         echo.run(x=value)
     assert str(info.value) == message
-    assert glob.glob(os.path.join(root_path, 'jobs', '*')) == before  # no job was written
+    assert glob.glob(os.path.join(root_path, 'jobs', '*', '*')) == before  # no job was written
 
 
 def test_same_array_is_stored_once(root, parallel):

@@ -27,6 +27,7 @@ import json
 import os
 import socket
 import stat
+import time
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -242,12 +243,15 @@ def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
 
 def makedirs(path: str) -> None:
     """Create ``path`` and its missing parents, whatever the umask: 0700, or
-    setgid 2770 below a group-shared tree. One ``mkdir`` when only ``path`` is missing."""
+    setgid 2770 below a group-shared tree. One ``mkdir`` when only ``path`` is missing.
+
+    A ``path`` that exists already is fine - even if this node's cache still
+    says otherwise (another node made it a moment ago): what is really there
+    shows when it is used."""
     try:
         mkdir(path)
     except FileExistsError:
-        if not os.path.isdir(path):
-            raise
+        pass
     except FileNotFoundError:
         parent = os.path.dirname(path)
         if not parent or parent == path:
@@ -266,14 +270,34 @@ def mkdir(path: str) -> None:
     _fix_mode(path, mode)
 
 
+#: How long a node may go on believing, from its cache, that a directory another
+#: node has just made does not exist (NFS caches such answers for seconds too).
+STALE_VIEW_SECONDS = 5.0
+
+
 def with_parents(create: Callable[[], Any], directory: str) -> Any:
-    """Run ``create()``; if it fails because ``directory`` is missing, make it and try again.
-    Directories are made only when needed, so the common case costs nothing extra."""
+    """Run ``create()``, which makes a new file or directory in ``directory``; if it fails
+    because ``directory`` is missing, make it and try again. Directories are made only
+    when needed, so the common case costs nothing extra.
+
+    If ``directory`` turns out to exist already (another node made it) while this node
+    still remembers it as missing, the create is tried again for a few seconds, until
+    the node's cache has caught up.
+    """
     try:
         return create()
     except FileNotFoundError:
         makedirs(directory)
-        return create()
+    delay, waited = 0.01, 0.0
+    while True:
+        try:
+            return create()
+        except FileNotFoundError:
+            if waited >= STALE_VIEW_SECONDS:
+                raise
+            time.sleep(delay)
+            waited += delay
+            delay = min(0.5, delay * 2)
 
 
 def listdir(path: str) -> list:

@@ -74,6 +74,13 @@ def sharded(base: str, key: str) -> str:
     return os.path.join(base, key[:2], key)
 
 
+def make_shards(base: str) -> None:
+    """Make the 256 shard directories ``00``..``ff`` of ``base`` (those that are missing)."""
+    from .files import makedirs  # (files is this module's sibling; layout stays pure paths otherwise)
+    for i in range(256):
+        makedirs(os.path.join(base, "{:02x}".format(i)))
+
+
 class Layout:
     """Paths of one root. Pure path arithmetic: nothing here touches the disk."""
 
