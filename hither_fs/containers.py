@@ -47,6 +47,7 @@ import time
 from typing import Any, Dict, Iterator, List, Optional
 
 import filelock
+import psutil
 
 from . import codeenv
 from .runtime.execute import OUTCOME, error_record
@@ -194,10 +195,13 @@ def _pull(url: str, dest: str, fmt: str) -> None:
 def pulled_image(root, url: str) -> Dict[str, Any]:
     """The local copy of a remote image in ``ROOT/images/``, pulled on first use.
 
-    One pull per root however many workers, on however many nodes, want
-    the image at once: the pull happens under a file lock next to the image,
-    into a temporary name, and is published by one atomic rename; the
-    others wait for the lock and find it there. ``<name>.json`` records the
+    One pull per root however many workers want the image at once: the pull
+    happens under a file lock next to the image, into a temporary name, and is
+    published by one atomic rename; the others wait for the lock and find it
+    there. Where file locks do not reach across nodes (Lustre ``localflock``,
+    NFS ``local_lock``), one pull per node may happen instead: each into its
+    own temporary name, the first rename wins and the others are dropped -
+    never a half image, never another node's pull removed. ``<name>.json`` records the
     URL, the content hash and when and where it was pulled.
     """
     fmt = image_format()
@@ -222,22 +226,25 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
             if 0 <= age < FAILED_PULL_MEMORY:
                 raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, failed["host"]))
         if not os.path.exists(final):
-            for stale in os.listdir(images):  # left by a pull that was killed: we hold the lock now
-                if stale.startswith("." + name + ".tmp-"):
-                    path = os.path.join(images, stale)
-                    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_quietly(path)
+            _remove_dead_pulls(images, name)
             tmp = temp_name(final)
             start = time.monotonic()
             try:
                 _pull(url, tmp, fmt)
             except ContainerError as exc:
-                shutil.rmtree(tmp, ignore_errors=True) if os.path.isdir(tmp) else remove_quietly(tmp)
+                _remove(tmp)
                 write_json(failed_path, {"url": url, "message": str(exc), "host": os.uname().nodename})
                 raise
             seconds = time.monotonic() - start
             sha1 = tree_sha1(tmp) if os.path.isdir(tmp) else sha1_of_file(tmp)
-            os.rename(tmp, final)
-            pulled = True
+            try:
+                os.rename(tmp, final)
+                pulled = True
+            except OSError:
+                # published meanwhile by a pull on another node (the lock is only this node's):
+                # the same image; use that one
+                _remove(tmp)
+                pulled = False
         else:  # published by a pull that died before writing its record
             seconds, pulled = None, False
             sha1 = tree_sha1(final) if os.path.isdir(final) else sha1_of_file(final)
@@ -246,6 +253,31 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
         write_json(meta_path, meta)
         remove_quietly(failed_path)
         return _image_facts(meta, pulled=pulled, waited=waited)
+
+
+def _remove(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else remove_quietly(path)
+
+
+def _remove_dead_pulls(images: str, name: str) -> None:
+    """Remove what pulls of this image that were killed left behind - only theirs: a pull
+    by another node may be under way (the file lock does not reach across nodes)."""
+    from .runtime.files import HOST
+    for stale in os.listdir(images):
+        if not stale.startswith("." + name + ".tmp-"):
+            continue
+        path = os.path.join(images, stale)
+        host, _, rest = stale[len("." + name + ".tmp-"):].rpartition(".")[0].rpartition(".")
+        try:
+            pid = int(rest)
+        except ValueError:
+            continue
+        try:
+            old = time.time() - os.lstat(path).st_mtime > 3600
+        except FileNotFoundError:
+            continue
+        if (host == HOST and not psutil.pid_exists(pid)) or old:
+            _remove(path)
 
 
 def _image_facts(meta: Dict[str, Any], pulled: bool, waited: float = 0.0) -> Dict[str, Any]:

@@ -23,12 +23,13 @@ import re
 import shutil
 import socket
 import time
-from typing import Dict, Iterator, List, NamedTuple, Optional
+from typing import Dict, Iterator, List, NamedTuple, Optional, Set
 
 import numpy as np
 import psutil
 
 from . import protocol
+from .lease import id_host_pid
 from .protocol import FINAL_VALUES, Status, Token
 from .queue import is_bucket, is_ticket, queue_names, ticket_token
 from .root import Root
@@ -63,7 +64,7 @@ def _writer_dead(name: str, path: str, min_age: float = STALE_TEMP_SECONDS) -> b
     if not m:
         return False
     if m.group("host") == socket.gethostname():
-        return not psutil.pid_exists(int(m.group("pid"))) and _age(path) > 1.0
+        return not psutil.pid_exists(int(m.group("pid")))
     return _age(path) > min_age
 
 
@@ -85,7 +86,7 @@ def _job_dirs(root: Root) -> Iterator[str]:
             yield os.path.join(shard_dir, name)
 
 
-def check_jobs(root: Root, tokens: Dict[str, protocol.Found], repair: bool) -> Iterator[Finding]:
+def check_jobs(root: Root, tokens: Dict[str, protocol.Found], taken: Set[str], repair: bool) -> Iterator[Finding]:
     """Every job's records, and whether each live job has the token that keeps it moving."""
     for jdir in _job_dirs(root):
         name = os.path.basename(jdir)
@@ -94,7 +95,7 @@ def check_jobs(root: Root, tokens: Dict[str, protocol.Found], repair: bool) -> I
                 yield Finding(jdir, "unpublished job directory of a submitter that died", False,
                               repair and _rmtree(jdir))
             continue
-        yield from _check_job(root, name, jdir, tokens, repair)
+        yield from _check_job(root, name, jdir, tokens, taken, repair)
 
 
 def _rmtree(path: str) -> bool:
@@ -102,7 +103,7 @@ def _rmtree(path: str) -> bool:
     return True
 
 
-def _check_job(root: Root, job_id: str, jdir: str, tokens: Dict[str, protocol.Found],
+def _check_job(root: Root, job_id: str, jdir: str, tokens: Dict[str, protocol.Found], taken: Set[str],
                repair: bool) -> Iterator[Finding]:
     records = {}
     for name in ("spec.json", "state.json"):
@@ -114,15 +115,9 @@ def _check_job(root: Root, job_id: str, jdir: str, tokens: Dict[str, protocol.Fo
         except CorruptFileError as exc:
             yield Finding(path, exc.problem, True)
     state = records.get("state.json")
-    taken = []
     for name in listdir(jdir):
         path = os.path.join(jdir, name)
-        m = _TEMP_RE.match(name)
-        if not m:
-            continue
-        if m.group("base") == "state.json":
-            taken.append((name, path))
-        elif _writer_dead(name, path):
+        if _TEMP_RE.match(name) and _writer_dead(name, path):
             yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
     if not isinstance(state, dict):
         return
@@ -134,32 +129,29 @@ def _check_job(root: Root, job_id: str, jdir: str, tokens: Dict[str, protocol.Fo
         else:
             yield from _check_refs(root, os.path.join(jdir, "state.json"), result["value"])
     if status in FINAL_VALUES:
-        for name, path in taken:
-            if _writer_dead(name, path, STALE_SECONDS):
-                yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
         ddir = os.path.join(jdir, "downstream")
         for down in listdir(ddir):
             if is_job_id(down) and not os.path.lexists(os.path.join(root.layout.pending, Token(down).name)):
                 yield Finding(os.path.join(ddir, down), "marker of a job that waits no more", False,
                               repair and remove_quietly(os.path.join(ddir, down)))
         return
-    if job_id in tokens or _age(os.path.join(jdir, "state.json")) < STALE_SECONDS:
+    if _age(os.path.join(jdir, "state.json")) < STALE_SECONDS:
         return
+    if job_id in tokens:
+        if status == Status.PENDING and tokens[job_id].status == Status.PENDING and \
+                protocol._upstream_verdict(root, job_id, records.get("spec.json") or {}) != "wait":
+            # its upstream jobs have ended, and nobody moved it on (the finisher was killed)
+            yield Finding(jdir, "pending job whose upstream jobs have ended", False,
+                          repair and protocol.promote(root, job_id) is not None)
+        return
+    if job_id in taken:
+        return  # its taker is judged by check_taken
     # a live job without a token: nobody would ever move it
-    dead_takers = [(n, p) for n, p in taken if _writer_dead(n, p, STALE_SECONDS)]
-    if dead_takers:
-        problem = "{} job whose token was taken by a process that died before it wrote the next state".format(status)
-    else:
-        problem = "{} job without a token: no worker would see it".format(status)
     repaired = False
     if repair and job_id not in protocol.find_tokens(root, {job_id}):  # look again, right before acting
-        if dead_takers:
-            protocol.restore_token(root, job_id, dead_takers[0][1], "its token was left with a process that died "
-                                   "(put back by hither-fs fsck --repair)")
-        else:
-            protocol.add_missing_token(root, job_id, state)
+        protocol.add_missing_token(root, job_id, state)
         repaired = True
-    yield Finding(jdir, problem, False, repaired)
+    yield Finding(jdir, "{} job without a token: no worker would see it".format(status), False, repaired)
 
 
 def check_tokens(root: Root, repair: bool) -> Iterator[Finding]:
@@ -212,6 +204,31 @@ def check_tokens(root: Root, repair: bool) -> Iterator[Finding]:
         token = Token.parse(name)
         yield from check(os.path.join(root.layout.running, name),
                          token if token is not None and token.worker else None, Status.RUNNING)
+
+
+def _taker_dead(root: Root, taker_id: str, path: str) -> bool:
+    """Whether the process that took a token is gone: a dead pid on this host, or no
+    heartbeat younger than STALE_TEMP_SECONDS elsewhere (taker ids are
+    ``<kind>-<host>-<pid>-<tag>``)."""
+    host, pid = id_host_pid(taker_id)
+    if host == protocol._host_label() and pid is not None:
+        return not psutil.pid_exists(pid)
+    hb = root.layout.heartbeat(taker_id)
+    return (_age(hb) if os.path.lexists(hb) else _age(path)) > STALE_TEMP_SECONDS
+
+
+def check_taken(root: Root, repair: bool) -> Iterator[Finding]:
+    """Tokens a process took and never replaced by a state (it died in between): lease
+    recovery moves them on by itself once the taker is judged lost; fsck does so for a
+    root no worker looks at."""
+    for taker_id, token, path in protocol.taken_tokens(root):
+        if _age(path) < STALE_SECONDS or not _taker_dead(root, taker_id, path):
+            continue
+        repaired = repair and protocol.recover_taken(
+            root, path, "its token was left with {}, which is gone (moved on by hither-fs fsck --repair)"
+            .format(taker_id)) is not None
+        yield Finding(path, "token of job {} taken by {}, which died before it wrote the job's next state".format(
+            token.job_id, taker_id), False, repaired)
 
 
 def check_duplicates(tokens_by_job: Dict[str, List[str]]) -> Iterator[Finding]:
@@ -297,8 +314,10 @@ def check_temp_files(root: Root, repair: bool) -> Iterator[Finding]:
 def fsck(root: Root, repair: bool = False) -> List[Finding]:
     all_tokens = _all_tokens(root)
     tokens = protocol.find_tokens(root)
+    taken = {token.job_id for _, token, _ in protocol.taken_tokens(root)}
     findings: List[Finding] = []
-    for check in (check_duplicates(all_tokens), check_jobs(root, tokens, repair), check_tokens(root, repair),
+    for check in (check_duplicates(all_tokens), check_taken(root, repair), check_jobs(root, tokens, taken, repair),
+                  check_tokens(root, repair),
                   check_store(root), check_cache(root), check_workers(root, repair),
                   check_temp_files(root, repair)):
         findings.extend(check)

@@ -53,13 +53,24 @@ class Host:
         return cls(HOST, pidns)
 
 
+def _label(host: str) -> str:
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in host.split(".")[0]) or "host"
+
+
+def id_host_pid(worker_id: str) -> Tuple[Optional[str], Optional[int]]:
+    """The host label and pid in a worker's or taker's id, ``<kind>-<host>-<pid>-<tag>``."""
+    host, _, pid = worker_id.partition("-")[2].rpartition("-")[0].rpartition("-")
+    return (host or None), (int(pid) if pid.isdigit() else None)
+
+
 def pid_alive(pid: int, create_time: Optional[float]) -> bool:
     """Whether ``pid`` is the process that was started at ``create_time``."""
     try:
-        # a tolerance: create times are derived from the boot time, which moves with clock steps
-        return create_time is None or abs(psutil.Process(pid).create_time() - create_time) < 1.0
+        started = psutil.Process(pid).create_time()
     except psutil.Error:
         return False
+    # a tolerance: create times are derived from the boot time, which moves with clock steps
+    return create_time is None or abs(started - create_time) < 1.0
 
 
 class Heartbeat:
@@ -125,6 +136,13 @@ class LeaseJudge:
             pid = heartbeat.get("pid")
             if isinstance(pid, int) and not self.alive(pid, heartbeat.get("create_time")):
                 return "worker {} (pid {} on {}) is dead".format(worker_id, pid, self.host.name)
+        elif heartbeat is None:
+            # no heartbeat (a process that takes tokens without being a worker, or a worker
+            # gone before its first beat): its id says its host and pid. A wrong verdict here
+            # could only cost a re-run, never a second result: the fence decides that.
+            host, pid = id_host_pid(worker_id)
+            if host == _label(self.host.name) and pid is not None and not self.alive(pid, None):
+                return "{} (pid {} on {}) is dead".format(worker_id, pid, self.host.name)
         beat = heartbeat.get("beat") if heartbeat else None
         last = self._seen.get(worker_id)
         if last is None or last[0] != beat:
@@ -159,14 +177,23 @@ class Recovery:
         self._cursor = 0
         self._rounds = 0
 
-    def run(self, claims: Optional[List[Tuple[Token, str]]] = None) -> int:
-        """One round; returns how many jobs were handed back. ``claims`` is a fresh
-        listing of ``running/`` if the caller has one."""
+    def run(self, claims: Optional[List[Tuple[Token, str]]] = None,
+            taken: Optional[List[Tuple[str, Token, str]]] = None) -> int:
+        """One round; returns how many jobs were moved on. ``claims`` and ``taken`` are
+        fresh listings of ``running/`` if the caller has them."""
         claims = protocol.running_claims(self.root) if claims is None else claims
+        taken = protocol.taken_tokens(self.root) if taken is None else taken
         by_worker: Dict[str, List[Tuple[Token, str]]] = {}
         for token, path in claims:
             if token.worker != self.me:
                 by_worker.setdefault(token.worker, []).append((token, path))
+        # tokens taken by a process that has not yet written the next state: normally
+        # gone within a millisecond; judged by their taker's lease like claims
+        taken_by: Dict[str, List[str]] = {}
+        for taker_id, _, path in taken:
+            if taker_id != self.me:
+                taken_by.setdefault(taker_id, []).append(path)
+                by_worker.setdefault(taker_id, [])
         self._rounds += 1
         workers = sorted(by_worker)
         if self._rounds % self.sweep_every == 0:
@@ -183,6 +210,14 @@ class Recovery:
                 continue
             for token, path in by_worker.get(worker_id, []):
                 handed_back += self._hand_back(token, path, why)
+            for path in taken_by.get(worker_id, []):
+                try:
+                    moved = protocol.recover_taken(self.root, path, why + " (it was recording a job's next state)")
+                except (OSError, CorruptFileError) as exc:
+                    log.warning("could not recover %s: %s", path, exc)
+                    continue
+                handed_back += moved is not None
+                log.warning("recovered %s: %s", path, why)
             self.judge.forget(worker_id)
             remove_worker_dir(self.root, worker_id)
         return handed_back

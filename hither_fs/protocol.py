@@ -41,13 +41,13 @@ Transitions
 *publish*: a new job's directory is built under a temporary name with its
 ``spec.json`` and first ``state.json`` and renamed into place whole.
 
-*take*: rename the token to a private temporary name inside the job's
-directory. One process can take a given token; a process that finds it gone
-has lost (a worker that was paused past its lease finds out this way, and
-discards its outcome). The fence is this one rename, written once, in
-:func:`_take`.
+*take*: rename the token to ``running/.taken.<taker>.<token>``, where the
+taker is the worker (or another process) that takes it. One process can take
+a given token; a process that finds it gone has lost (a worker that was
+paused past its lease finds out this way, and discards its outcome). The
+fence is this one rename, written once, in :func:`_take`.
 
-*state*: the holder writes the next state into the file it took and renames
+*state*: the taker writes the next state into the file it took and renames
 that file over ``state.json``. So ``state.json`` is replaced only by the one
 process that holds the job, and a paused process can never publish late: the
 file it would publish was taken away from it. (The submitter writes the first
@@ -55,10 +55,12 @@ file it would publish was taken away from it. (The submitter writes the first
 
 Crash consistency: a process killed between two steps leaves either a token
 (whoever looks next carries on: lease recovery, promotion, a claim), or a
-final state with a token left over (dropped by whoever finds it), or - killed
-between *take* and *state*, a window of two system calls - a job whose token
-is a temporary file in its own directory, which ``hither-fs fsck`` reports
-and ``--repair`` puts back in the queue.
+final state with a token left over (dropped by whoever finds it), or a taken
+token in ``running/`` whose taker is gone: lease recovery judges the taker
+like any worker and, once it is lost, moves the job on
+(:func:`recover_taken`). What only a crash at the wrong instant can leave
+(a published job never released, a waiter marker without its job) is
+reported by ``hither-fs fsck`` and put right by ``--repair``.
 """
 
 import contextlib
@@ -66,13 +68,14 @@ import enum
 import os
 import stat
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .queue import iter_tickets, queue_names, ticket_token, writer_for
+from .queue import is_ticket, iter_tickets, queue_names, ticket_token, writer_for
 from .root import Root, now_iso
-from .runtime.files import (CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
-                            remove_quietly, temp_name, with_parents, write_new)
+from .runtime.files import (HOST, CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
+                            remove_quietly, temp_name, with_parents, write_bytes, write_new)
 from .runtime.layout import is_job_id, is_worker_id
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -270,46 +273,99 @@ def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional
 
 # -- the one exclusive step ---------------------------------------------------------
 
+_taker = {"id": None, "pid": None}
+
+
+def set_taker(taker_id: str) -> None:
+    """Name the tokens this process takes after ``taker_id`` (a worker's id, so that
+    lease recovery judges them by the worker's heartbeat)."""
+    _taker.update(id=taker_id, pid=os.getpid())
+
+
+def taker() -> str:
+    """Who this process is when it takes a token: its worker id, or a name of its own."""
+    if _taker["pid"] != os.getpid():  # a new process (or a forked one): a name of its own
+        _taker.update(id="p-{}-{}-{}".format(_host_label(), os.getpid(), uuid.uuid4().hex[:6]), pid=os.getpid())
+    return _taker["id"]
+
+
+def _host_label() -> str:
+    return "".join(c if c.isalnum() or c == "-" else "-" for c in HOST.split(".")[0]) or "host"
+
+
+TAKEN = ".taken."
+
+
+def taken_path(root: Root, taker_id: str, token_name: str) -> str:
+    """Where a token taken by ``taker_id`` lies until its taker publishes the next state."""
+    return os.path.join(root.layout.running, "{}{}.{}".format(TAKEN, taker_id, token_name))
+
+
+def parse_taken(name: str) -> Optional[Tuple[str, Token]]:
+    """``(taker, token)`` of a taken token's file name, or None."""
+    if not name.startswith(TAKEN):
+        return None
+    taker_id, _, token_name = name[len(TAKEN):].partition(".")
+    token = Token.parse(token_name)
+    return (taker_id, token) if token is not None and is_worker_id(taker_id) else None
+
+
 def _take(root: Root, token_path: str, job_id: str) -> Optional[str]:
-    """Take a job's token: rename it to a private temporary file in the job's directory.
+    """Take a job's token: rename it to ``running/.taken.<taker>.<token>``.
 
     Returns that file's path, or None if someone else took the token first.
     This is the fence of the whole protocol: exactly one process can rename a
-    name that exists once.
+    name that exists once. The taken file stays in ``running/`` until its
+    taker publishes the next state, so that lease recovery finds it should
+    the taker die in between (see :func:`recover_taken`).
     """
-    held = temp_name(root.layout.state_file(job_id))
+    name = os.path.basename(token_path)
+    token_name = ticket_token(name) if is_ticket(name) else name
+    held = taken_path(root, taker(), token_name)
     try:
         os.rename(token_path, held)
         return held
     except FileNotFoundError:
         if os.path.lexists(held):
             return held  # our rename happened, only its answer was lost (an NFS retransmission)
-        if os.path.lexists(token_path):
-            raise JobGoneError("{} names job {}, which is not in {}".format(token_path, job_id, root.path)) from None
         return None
 
 
 @contextlib.contextmanager
 def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[str]]:
     """Take the token for a block; if the block fails (say, the disk is full), put it
-    back where it was, so the job is exactly as before."""
+    back where it was, so the job is exactly as before. A job whose directory is gone
+    (deleted by hand) loses its token."""
     held = _take(root, token_path, job_id)
     if held is None:
         yield None
         return
     try:
         yield held
+    except JobGoneError:
+        remove_quietly(held)
+        raise
     except BaseException:
         if os.path.lexists(held):
-            os.rename(held, token_path)
+            with_parents(lambda: os.rename(held, token_path), os.path.dirname(token_path))
         raise
 
 
-def _publish(root: Root, held: str, job_id: str, state: Dict[str, Any]) -> None:
-    """Write ``state`` into the file this process took and rename it over state.json."""
+def _publish(root: Root, held: str, job_id: str, state: Dict[str, Any]) -> bool:
+    """Write ``state`` into the file this process took and rename it over state.json.
+
+    False if the file was taken away meanwhile (this process was judged lost while
+    it held it, and :func:`recover_taken` moved the job on): nothing is published.
+    """
     state["updated"] = now_iso()
-    overwrite(held, dumps(state))
-    os.rename(held, root.layout.state_file(job_id))
+    try:
+        overwrite(held, dumps(state))
+        os.rename(held, root.layout.state_file(job_id))
+    except FileNotFoundError:
+        if os.path.lexists(held):
+            raise JobGoneError("job {} has no directory in {}".format(job_id, root.path)) from None
+        return False
+    return True
 
 
 # -- submit ----------------------------------------------------------------------------
@@ -359,16 +415,18 @@ def release(root: Root, spec: Dict[str, Any]) -> Status:
         writer.place(queue, token.name)
         writer.ring(queue)
         return Status.QUEUED
-    pending = os.path.join(root.layout.pending, token.name)
-    with_parents(lambda: write_new(pending), root.layout.pending)
     # Registered as a waiter first, the upstream states read second; whoever finishes
     # an upstream job publishes its state first and looks for waiters second. So either
-    # that finisher sees our marker, or we see its final state: never neither.
+    # that finisher sees our marker, or we see its final state: never neither. (The
+    # markers come before the token: a submitter killed in between leaves a job without
+    # a token, which fsck reports, not a token that no finisher will ever look for.)
     for up in upstream:
         if is_job_id(up):
             marker = os.path.join(root.layout.downstream_dir(up), job_id)
             with contextlib.suppress(FileExistsError, FileNotFoundError):
                 with_parents(lambda: write_new(marker), os.path.dirname(marker))
+    pending = os.path.join(root.layout.pending, token.name)
+    with_parents(lambda: write_new(pending), root.layout.pending)
     return promote(root, job_id, spec) or Status.PENDING
 
 
@@ -437,10 +495,12 @@ def promote(root: Root, job_id: str, spec: Optional[Dict[str, Any]] = None) -> O
         if held is None:
             return None
         if verdict is None:
-            _publish(root, held, job_id, {"status": Status.QUEUED.value, "attempt": 0, "queue": spec["queue"],
-                                          "submitted": spec.get("created")})
+            state = {"status": Status.QUEUED.value, "attempt": 0, "queue": spec["queue"],
+                     "submitted": spec.get("created")}
         else:
-            _publish(root, held, job_id, _final(spec, token, {}, Status.ERROR, error=verdict))
+            state = _final(spec, token, {}, Status.ERROR, error=verdict)
+        if not _publish(root, held, job_id, state):
+            return None
     if verdict is None:
         writer = writer_for(root.layout)
         writer.place(spec["queue"], token.name)
@@ -505,6 +565,17 @@ def claim(root: Root, ticket_path: str, worker_id: str, spec: Optional[Dict[str,
     except FileNotFoundError:
         return None  # (running/ itself is made with the root and never removed)
     return Claim(mine, path, spec)
+
+
+def taken_tokens(root: Root) -> List[Tuple[str, Token, str]]:
+    """Tokens in ``running/`` that a process has taken and not yet replaced by a state:
+    ``(taker, token, path)`` (one listing; normally there is none for more than an instant)."""
+    out = []
+    for name in listdir(root.layout.running):
+        parsed = parse_taken(name)
+        if parsed is not None:
+            out.append((parsed[0], parsed[1], os.path.join(root.layout.running, name)))
+    return out
 
 
 def running_claims(root: Root, job_id: Optional[str] = None) -> List[Tuple[Token, str]]:
@@ -588,9 +659,11 @@ def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
             else:
                 remove_quietly(live)
         extra = {"console": console} if console else {}
-        _publish(root, held, job_id, _final(claim.spec, claim.token, _prior(root, claim.token), status,
-                                           result=outcome.result, error=outcome.error,
-                                           runtime=outcome.runtime or {"worker": claim.token.worker}, **extra))
+        if not _publish(root, held, job_id, _final(claim.spec, claim.token, _prior(root, claim.token), status,
+                                                   result=outcome.result, error=outcome.error,
+                                                   runtime=outcome.runtime or {"worker": claim.token.worker},
+                                                   **extra)):
+            return None  # taken from this worker while it wrote: judged lost (stopped past its lease)
     if claim.downstream:
         notify_downstream(root, job_id)
     return status
@@ -606,50 +679,106 @@ def requeue(root: Root, token: Token, path: str, why: str, *, counted: bool = Tr
     more than ``max_attempts`` hand-backs fail it too. Returns the new status,
     or None if the token was gone (someone else moved the job).
     """
-    job_id = token.job_id
-    new = Token(job_id, token.gen + 1, token.attempt + 1 if counted else token.attempt)
-    with _holding(root, path, job_id) as held:
+    with _holding(root, path, token.job_id) as held:
         if held is None:
             return None
-        try:
-            spec = read_spec(root, job_id)
-        except (OSError, CorruptFileError):
-            spec = {}
-        prior = _prior(root, token) if token.gen else {}
-        queue = prior.get("queue") or spec.get("queue") or "?"
-        max_attempts = int(spec.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
-        history = list(prior.get("history") or [])
-        history.append({"attempt": token.attempt, "worker": token.worker, "ended": now_iso(),
-                        "why": why, "counted": counted})
-        handed_back = int(prior.get("handed_back") or 0) + (0 if counted else 1)
-        base = dict(prior, history=history, handed_back=handed_back, queue=queue, attempt=token.attempt,
-                    submitted=prior.get("submitted") or spec.get("created"))
-        failure = None
-        status = Status.ERROR
-        if cancel_requested:
-            failure, status = cancelled_record(job_id, "while running (its worker was lost)"), Status.CANCELLED
-        elif counted and token.attempt >= max_attempts:
-            failure = error_record("WorkerLostError", "worker lost {} times, giving up (last: {})".format(
-                token.attempt, why), "running")
-        elif not counted and handed_back > max_attempts:
-            failure = error_record("WorkerLostError", "handed back {} times because its workers' time ran out "
-                                   "before it finished (last: {}); give the allocations a longer time limit"
-                                   .format(handed_back, why), "running")
-        elif not spec:
-            failure = error_record("CorruptFileError", "spec.json of job {} cannot be read".format(job_id),
-                                   "requeueing")
-        if failure is not None:
-            _publish(root, held, job_id, _final(spec, token, base, status, error=failure))
-        else:
-            status = Status.QUEUED
-            _publish(root, held, job_id, dict(base, status=Status.QUEUED.value, requeued=why))
+        status, state, queue, new = _requeued(root, token, why, counted, cancel_requested)
+        if not _publish(root, held, token.job_id, state):
+            return None
+    _after_requeue(root, token.job_id, status, queue, new)
+    return status
+
+
+def _requeued(root: Root, token: Token, why: str, counted: bool, cancel_requested: bool = False):
+    """What a run ending this way makes of its job: ``(status, state, queue, new token)``."""
+    job_id = token.job_id
+    new = Token(job_id, token.gen + 1, token.attempt + 1 if counted else token.attempt)
+    try:
+        spec = read_spec(root, job_id)
+    except (OSError, CorruptFileError):
+        spec = {}
+    prior = _prior(root, token) if token.gen else {}
+    queue = prior.get("queue") or spec.get("queue") or "?"
+    max_attempts = int(spec.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
+    history = list(prior.get("history") or [])
+    history.append({"attempt": token.attempt, "worker": token.worker, "ended": now_iso(),
+                    "why": why, "counted": counted})
+    handed_back = int(prior.get("handed_back") or 0) + (0 if counted else 1)
+    base = dict(prior, history=history, handed_back=handed_back, queue=queue, attempt=token.attempt,
+                submitted=prior.get("submitted") or spec.get("created"))
+    failure = None
+    status = Status.ERROR
+    if cancel_requested:
+        failure, status = cancelled_record(job_id, "while running (its worker was lost)"), Status.CANCELLED
+    elif counted and token.attempt >= max_attempts:
+        failure = error_record("WorkerLostError", "worker lost {} times, giving up (last: {})".format(
+            token.attempt, why), "running")
+    elif not counted and handed_back > max_attempts:
+        failure = error_record("WorkerLostError", "handed back {} times because its workers' time ran out "
+                               "before it finished (last: {}); give the allocations a longer time limit"
+                               .format(handed_back, why), "running")
+    elif not spec:
+        failure = error_record("CorruptFileError", "spec.json of job {} cannot be read".format(job_id),
+                               "requeueing")
+    if failure is not None:
+        return status, _final(spec, token, base, status, error=failure), queue, new
+    return Status.QUEUED, dict(base, status=Status.QUEUED.value, requeued=why), queue, new
+
+
+def _after_requeue(root: Root, job_id: str, status: Status, queue: str, new: Token) -> None:
     if status == Status.QUEUED:
         writer = writer_for(root.layout)
         writer.place(queue, new.name, front=True)
         writer.ring(queue)
     else:
         notify_downstream(root, job_id)
-    return status
+
+
+def recover_taken(root: Root, path: str, why: str) -> Optional[Status]:
+    """Move on a job whose token was taken by a process that was then lost (killed,
+    stopped past its lease) before it published the next state.
+
+    The taken file is first renamed out of the taker's reach (so that the taker, should
+    it resume, finds it gone and publishes nothing) and never reused: a resumed taker
+    may still write into it. The job then goes on as if its taker had been lost before
+    it took the token: a claimed job is handed back (the run counts), a pending or
+    queued one gets its token back.
+    """
+    parsed = parse_taken(os.path.basename(path))
+    if parsed is None:
+        return None
+    _, token = parsed
+    job_id = token.job_id
+    trash = temp_name(path)
+    try:
+        os.rename(path, trash)
+    except FileNotFoundError:
+        return None  # published after all, or recovered by someone else
+    try:
+        try:
+            state = read_state(root, job_id)
+        except FileNotFoundError:
+            return None  # the job is gone
+        if state.get("status") in FINAL_VALUES:
+            return Status(state["status"])
+        if token.worker is not None:  # it was running: as a lost run
+            status, new_state, queue, new = _requeued(root, token, why, counted=True)
+            new_state["updated"] = now_iso()
+            write_bytes(root.layout.state_file(job_id), dumps(new_state))
+            _after_requeue(root, job_id, status, queue, new)
+            return status
+        if state.get("status") == Status.PENDING:
+            pending = os.path.join(root.layout.pending, Token(job_id).name)
+            with_parents(lambda: write_new(pending), root.layout.pending)
+            promote(root, job_id)
+            return Status.PENDING
+        writer = writer_for(root.layout)
+        writer.place(state.get("queue") or read_spec(root, job_id)["queue"],
+                     Token(job_id, token.gen + 1, token.attempt).name, front=True)
+        writer.ring(state.get("queue") or "?")
+        return Status.QUEUED
+    finally:
+        remove_quietly(trash)
 
 
 def fail(root: Root, token_path: str, job_id: str, error: Dict[str, Any],
@@ -666,9 +795,9 @@ def fail(root: Root, token_path: str, job_id: str, error: Dict[str, Any],
         with _holding(root, token_path, job_id) as held:
             if held is None:
                 return False
-            _publish(root, held, job_id, _final(spec, token, _prior(root, token), status, error=error))
+            if not _publish(root, held, job_id, _final(spec, token, _prior(root, token), status, error=error)):
+                return False
     except JobGoneError:
-        remove_quietly(token_path)
         return False
     notify_downstream(root, job_id)
     return True
@@ -758,7 +887,8 @@ def forward(root: Root, ticket_path: str, target_queue: str, **extra: Any) -> bo
         if held is None:
             return False
         state = read_state(root, job_id)
-        _publish(root, held, job_id, dict(state, queue=target_queue, **extra))
+        if not _publish(root, held, job_id, dict(state, queue=target_queue, **extra)):
+            return False
     writer = writer_for(root.layout)
     writer.place(target_queue, Token(job_id, token.gen + 1, token.attempt).name)
     writer.ring(target_queue)
@@ -772,48 +902,26 @@ def finish_from_cache(root: Root, ticket_path: str, job_id: str, result: Dict[st
     with _holding(root, ticket_path, job_id) as held:
         if held is None:
             return False
-        _publish(root, held, job_id, _final(spec, token, _prior(root, token), Status.FINISHED, result=result,
-                                           cached=True, **extra))
+        if not _publish(root, held, job_id, _final(spec, token, _prior(root, token), Status.FINISHED,
+                                                   result=result, cached=True, **extra)):
+            return False
     notify_downstream(root, job_id)
     return True
 
 
 # -- repair --------------------------------------------------------------------------------------
 
-def restore_token(root: Root, job_id: str, held: str, why: str) -> Status:
-    """Carry on with a job whose token was taken by a process that died before it
-    published the next state (``fsck --repair``): the job goes back to its queue, or
-    is dropped if it is final after all. ``held`` is the file that process took."""
-    state = read_state(root, job_id)
-    if state.get("status") in FINAL_VALUES:
-        remove_quietly(held)
-        return Status(state["status"])
-    history = list(state.get("history") or [])
-    history.append({"attempt": int(state.get("attempt") or 0) + 1, "worker": None, "ended": now_iso(),
-                    "why": why, "counted": True})
-    attempt = len([h for h in history if h.get("counted")]) + 1
-    _publish(root, held, job_id, dict(state, status=Status.QUEUED.value, history=history, requeued=why,
-                                      attempt=attempt - 1))
-    writer = writer_for(root.layout)
-    writer.place(state["queue"], Token(job_id, len(history), attempt).name, front=True)
-    writer.ring(state["queue"], force=True)
-    return Status.QUEUED
-
-
-def add_missing_token(root: Root, job_id: str, state: Dict[str, Any]) -> str:
+def add_missing_token(root: Root, job_id: str, state: Dict[str, Any]) -> None:
     """Give a live job that has no token its token (``fsck --repair``, after a crash
-    between publishing a job and creating its token, or between a hand-back's state and
-    its ticket). The caller has made sure that no token exists."""
+    between publishing a job and releasing it, or between a hand-back's state and its
+    ticket). The caller has made sure that no token exists."""
     history = state.get("history") or []
-    token = Token(job_id, len(history), int(state.get("attempt") or 0) + 1)
-    if state.get("status") == Status.PENDING:
-        path = os.path.join(root.layout.pending, Token(job_id).name)
-        with_parents(lambda: write_new(path), root.layout.pending)
-        return path
+    if not history:
+        release(root, read_spec(root, job_id))  # exactly what its submitter did not get to do
+        return
     writer = writer_for(root.layout)
-    path = writer.place(state["queue"], token.name, front=True)
+    writer.place(state["queue"], Token(job_id, len(history), int(state.get("attempt") or 0) + 1).name, front=True)
     writer.ring(state["queue"], force=True)
-    return path
 
 
 def sweep_pending(root: Root, last_looked: Dict[str, float], now: float, min_age: float = 30.0,

@@ -8,7 +8,7 @@ the stamp is the time it was made in nanoseconds, so names sort oldest first::
     queue/local/
       bell                                              rung when tickets are added
       00000000000000000000-requeued/                    jobs handed back: served first
-      01764452810733210876-node3-41207/                 one submitting process's bucket
+      01764452810733210876-node3-41207-9f2c/            one submitting process's bucket
         01764452810733291000-3f9a0c1d2e4b5a69.0.1
         ...
 
@@ -86,7 +86,7 @@ class TicketWriter:
         now = self.clock()
         current = self._buckets.get(queue)
         if current is None or current[1] >= BUCKET_SIZE or now - current[2] >= BUCKET_AGE:
-            name = "{:020d}-{}-{}{}".format(time.time_ns(), _HOST, os.getpid(), uuid.uuid4().hex[:4])
+            name = "{:020d}-{}-{}-{}".format(time.time_ns(), _HOST, os.getpid(), uuid.uuid4().hex[:4])
             current = (name, 0, now)
         self._buckets[queue] = (current[0], current[1] + 1, current[2])
         return current[0]
@@ -118,6 +118,16 @@ class TicketWriter:
         self._rung[queue] = now
         bell = self.layout.bell(queue)
         with_parents(lambda: write_bytes(bell, uuid.uuid4().hex.encode()), os.path.dirname(bell))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _writers: Dict[str, TicketWriter] = {}
@@ -203,12 +213,15 @@ class QueueReader:
             self._tidy(bucket)
 
     def _tidy(self, bucket: str) -> None:
-        # a bucket is left to its writer for twice the time it may write into it
+        # an empty bucket is left to its writer for twice the time it may write into it,
+        # or until that writer is gone (its host and pid are in the name)
         try:
             stamp = int(bucket[:20]) / 1e9
         except ValueError:
             return
-        if time.time() - stamp > 2 * BUCKET_AGE:
+        host, _, rest = bucket[21:].rpartition("-")[0].rpartition("-")
+        gone = host == _HOST and rest.isdigit() and not _pid_alive(int(rest))
+        if gone or time.time() - stamp > 2 * BUCKET_AGE:
             try:
                 os.rmdir(os.path.join(self.dir, bucket))
             except OSError:

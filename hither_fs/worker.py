@@ -124,7 +124,7 @@ class Worker:
         self.last_active = now
         self._last_beat = now
         self._interval = 0.001
-        self._due = {"beat": now, "requests": now, "recover": now + min(5.0, lease / 3), "pending": now,
+        self._due = {"beat": now, "requests": now, "recover": now, "pending": now,
                      "bell": now, "listing": now}
 
     # -- the loop ---------------------------------------------------------------------
@@ -140,8 +140,8 @@ class Worker:
         # sigtimedwait and wake the moment a job process exits.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         os.makedirs(self.scratch, mode=0o700, exist_ok=True)
+        protocol.set_taker(self.id)  # tokens this worker takes are judged by its heartbeat
         log.info("worker %s serving %s in %s with %d slot(s)", self.id, self.queues, self.root.path, self.slots)
-        self.heartbeat.beat(jobs=[], state="running")
         try:
             while True:
                 try:
@@ -448,6 +448,7 @@ class Worker:
         self._due["recover"] = now + (max(IDLE_RECOVERY, self.judge.lease / 3) if self._idle(now)
                                       else self.judge.lease / 3)
         claims = protocol.running_claims(self.root)
+        taken = protocol.taken_tokens(self.root)
         mine = {token.job_id: (token, path) for token, path in claims if token.worker == self.id}
         for job_id, (token, path) in mine.items():
             if job_id not in self.running and not any(a.claim.path == path for a, _ in self.uncommitted):
@@ -461,7 +462,7 @@ class Worker:
                 log.warning("job %s was taken back from worker %s; stopping its run", job_id, self.id)
                 attempt.lost = True
                 attempt.kill()
-        self.recovery.run(claims)
+        self.recovery.run(claims, taken)
 
     def sweep_pending(self, now: float) -> None:
         if now >= self._due["pending"]:

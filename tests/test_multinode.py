@@ -55,7 +55,7 @@ def shared_root(monkeypatch):
             h.cancel_allocations(hi.Root.get(path))
         except Exception:
             pass
-    shutil.rmtree(base, ignore_errors=True)
+    # (the root stays for a person to look at; slurm/cluster.sh stop removes the shared directory)
 
 
 def handler(handlers, **kwargs):
@@ -73,13 +73,20 @@ def wait_all(root, jobs, h, timeout, on_tick=None):
     deadline = time.monotonic() + timeout
     left = list(jobs)
     while left:
-        assert time.monotonic() < deadline, '{} of {} jobs unfinished, e.g. {} ({})'.format(
-            len(left), len(jobs), left[0].id, left[0].status)
+        assert time.monotonic() < deadline, '{} of {} jobs unfinished, e.g. {}: {}'.format(
+            len(left), len(jobs), left[0].id, diagnose(root, left[0].id))
         h.scale(root)
         if on_tick:
             on_tick()
         time.sleep(0.2)
         left = [j for j in left if not j.is_done()]
+
+
+def diagnose(root, job_id):
+    """What a person would look at for a job that does not finish."""
+    return {'state': protocol.read_state(root, job_id), 'files': sorted(os.listdir(root.layout.job_dir(job_id))),
+            'token': protocol.find_tokens(root, {job_id}).get(job_id),
+            'fsck': [f for f in fsck.fsck(root) if job_id in f.path or job_id in f.problem]}
 
 
 def assert_clean(root):

@@ -18,7 +18,8 @@ from hither_fs.root import Root, new_job_id, now_iso
 
 
 @pytest.fixture
-def root(tmp_path):
+def root(tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, '_taker', {'id': None, 'pid': None})  # set_taker() stays in the test
     return Root(str(tmp_path / 'root'))
 
 
@@ -284,23 +285,53 @@ def test_a_full_disk_during_commit_gives_the_claim_back_untouched(root, monkeypa
 
 # -- crash consistency: a process killed between two steps -----------------------------------------
 
-def test_killed_between_take_and_state_is_found_and_repaired_by_fsck(root):
+def test_killed_between_take_and_state_is_moved_on_by_lease_recovery(root):
     spec = submit(root)
-    claim = claim_next(root)
-    held = protocol._take(root, claim.path, spec['id'])  # ... and the committing worker dies here
-    assert held and os.path.dirname(held) == root.layout.job_dir(spec['id'])
-    age(root.layout.state_file(spec['id']))
-    age(held)
-    os.rename(held, os.path.join(os.path.dirname(held), os.path.basename(held).replace(
-        '.{}.'.format(os.getpid()), '.999999999.')))  # written by a pid that is gone
-    findings = fsck.fsck(root)
-    assert any('token was taken by a process that died' in f.problem for f in findings), findings
-    findings = fsck.fsck(root, repair=True)
-    assert [f.repaired for f in findings if 'taken' in f.problem] == [True]
-    claim = claim_next(root)
-    assert claim.token.gen == 1
+    claim = claim_next(root, 'w-a')
+    protocol.set_taker('w-a')
+    held = protocol._take(root, claim.path, spec['id'])  # ... and the committing worker w-a dies here
+    assert held == os.path.join(root.layout.running, '.taken.w-a.{}.0.1.w-a'.format(spec['id']))
+    assert [(t, tok.job_id) for t, tok, _ in protocol.taken_tokens(root)] == [('w-a', spec['id'])]
+    clock = FakeClock()
+    recovery = Recovery(root, LeaseJudge(30, host=Host('observer', 'ns'), clock=clock), me='w-b')
+    assert recovery.run() == 0  # w-a might still be writing: judged by its lease like a claim
+    clock.t += 31
+    assert recovery.run() == 1
+    state = protocol.read_state(root, spec['id'])
+    assert state['status'] == 'queued' and 'recording' in state['history'][0]['why']
+    assert protocol.taken_tokens(root) == []
+    assert protocol.commit(root, claim, finished('stale')) is None  # w-a, resumed, loses
+    claim = claim_next(root, 'w-b')
+    assert claim.token.attempt == 2
     assert protocol.commit(root, claim, finished(3)) == Status.FINISHED
     assert not [f for f in fsck.fsck(root) if f.damage]
+
+
+def test_a_taker_that_resumes_after_recovery_publishes_nothing(root):
+    spec = submit(root)
+    claim = claim_next(root, 'w-a')
+    protocol.set_taker('w-a')
+    held = protocol._take(root, claim.path, spec['id'])
+    with open(held, 'w') as late:  # w-a opened the file it took, and was stopped right then
+        assert protocol.recover_taken(root, held, 'worker w-a: heartbeat stopped') == Status.QUEUED
+        late.write('{"status": "finished", "result": {"value": "stale"}}')  # resumed: writes into nothing
+    assert protocol._publish(root, held, spec['id'], {'status': 'finished'}) is False
+    assert protocol.read_state(root, spec['id'])['status'] == 'queued'
+    assert protocol.commit(root, claim_next(root, 'w-b'), finished(3)) == Status.FINISHED
+    assert protocol.read_state(root, spec['id'])['result'] == {'value': 3}
+
+
+def test_fsck_moves_on_a_token_whose_taker_died(root):
+    spec = submit(root)
+    claim = claim_next(root, 'w-a')
+    dead = 'w-{}-999999999-abcdef'.format(protocol._host_label())  # a worker of this host, pid gone
+    protocol.set_taker(dead)
+    held = protocol._take(root, claim.path, spec['id'])
+    age(held)
+    findings = fsck.fsck(root, repair=True)
+    assert [(f.problem.split(' taken by ')[1], f.repaired) for f in findings] == [
+        (dead + ', which died before it wrote the job\'s next state', True)]
+    assert status(root, spec['id']) == 'queued' and len(tickets(root)) == 1
 
 
 def test_killed_between_publish_and_ticket_is_repaired_by_fsck(root):

@@ -16,7 +16,7 @@ import shutil
 import numpy as np
 
 from . import files
-from .files import CorruptFileError, makedirs, temp_name
+from .files import CorruptFileError, makedirs, remove_quietly, temp_name, with_parents
 
 _CHUNK = 1 << 20
 
@@ -47,36 +47,34 @@ class Store:
         return os.path.join(self.path, sha1[:2], sha1 + ext)
 
     def _commit(self, tmp: str, ext: str) -> str:
-        """Hash a finished temp file and move it to its content address."""
+        """Hash a finished temp file and rename it to its content address (over an
+        existing copy: the same bytes, or a damaged copy that this one repairs)."""
         sha1 = sha1_of_file(tmp)
         final = self.blob_path(sha1, ext)
-        if os.path.exists(final) and os.path.getsize(final) == os.path.getsize(tmp):
-            os.unlink(tmp)  # same bytes already stored
-        else:  # new, or replacing a truncated copy
-            makedirs(os.path.dirname(final))
-            os.replace(tmp, final)
+        with_parents(lambda: os.replace(tmp, final), os.path.dirname(final))
         return sha1
 
     def _write_via_temp(self, fill, ext: str) -> str:
-        makedirs(self.path)
         tmp = temp_name(os.path.join(self.path, "incoming"))
+        mode = files.file_mode(self.path)
         try:
-            with open(tmp, "wb") as f:
-                os.fchmod(f.fileno(), files.file_mode(self.path))
+            fd = with_parents(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode),
+                              self.path)
+            with os.fdopen(fd, "wb") as f:
+                if mode & 0o070:
+                    os.fchmod(f.fileno(), mode)
                 fill(f)
                 if files.FSYNC:
                     f.flush()
                     os.fsync(f.fileno())
             return self._commit(tmp, ext)
         except OSError as exc:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            remove_quietly(tmp)
             # numpy reports a short write without errno: say what it most likely means
             raise OSError(exc.errno, "cannot write into the store at {}: {} (is the disk full, or a "
                           "file size limit in force?)".format(self.path, exc.strerror or exc)) from exc
         except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            remove_quietly(tmp)
             raise
 
     def put_array(self, array: np.ndarray) -> str:
@@ -99,9 +97,10 @@ class Store:
     def verified_path(self, sha1: str, ext: str = "") -> str:
         """Path of a blob whose bytes were just checked against its name."""
         path = self.blob_path(sha1, ext)
-        if not os.path.exists(path):
-            raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, path))
-        actual = sha1_of_file(path)
+        try:
+            actual = sha1_of_file(path)
+        except FileNotFoundError:
+            raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, path)) from None
         if actual != sha1:
             raise CorruptFileError(path, "content hash is {}, expected {}".format(actual, sha1))
         return path
