@@ -143,36 +143,57 @@ def old_version(rev, workdir):
     return dest
 
 
-def claim_cost(depth, workdir, claims=200):
-    """Seconds and metadata operations per claim with ``depth`` jobs queued (in-process)."""
-    import hither_fs as hi  # noqa: F401  (the real package, as a worker imports it)
+def fill_queue(root, count):
+    """Queue ``count`` more no-op jobs, submitted through the protocol (in-process)."""
     from hither_fs import protocol
-    from hither_fs.queue import QueueReader, ticket_token
-    from hither_fs.root import Root, new_job_id, now_iso
-    root = Root(os.path.join(workdir, "depth-{}".format(depth)))
-    for _ in range(depth):
+    from hither_fs.root import new_job_id, now_iso
+    for _ in range(count):
         protocol.submit(root, {"id": new_job_id(), "queue": "deep", "upstream": [], "created": now_iso(),
                                "function": {"name": "noop", "version": "0.1.0"}, "args": {"i": 0}})
-    reader = QueueReader(root.layout, "deep")
+
+
+def time_claims(root, reader, claims):
+    """Median seconds per claim over batches of 20, as a worker claims: the front of the
+    queue, the spec read and checked, the ticket renamed."""
+    from hither_fs import protocol
+    from hither_fs.queue import ticket_token
 
     def one_claim():
         for path in reader.candidates():
             reader.drop(path)
             token = protocol.Token.parse(ticket_token(os.path.basename(path)))
-            spec, _, _ = protocol.read_spec_checked(root, token.job_id)
+            spec, _ = protocol.read_spec_checked(root, token.job_id)
             claim = protocol.claim(root, path, "w-bench", spec)
             if claim is not None:
                 return claim
         raise AssertionError("queue ran dry")
-    for _ in range(20):
-        one_claim()  # warm: the first listing happens here for both depths alike
     samples = []
     for _ in range(claims // 20):
         t0 = time.perf_counter()
         for _ in range(20):
             one_claim()
         samples.append((time.perf_counter() - t0) / 20)
-    return statistics.median(samples), root
+        fill_queue(root, 20)  # (not timed) the depth stays where it was
+    return samples
+
+
+def claim_cost(depths, workdir, rounds=5, claims=200):
+    """Seconds per claim at each depth, measured in turns (so that the machine's moods
+    fall on both alike): the median of every batch of each depth."""
+    import hither_fs as hi  # noqa: F401  (the real package, as a worker imports it)
+    from hither_fs.queue import QueueReader
+    from hither_fs.root import Root
+    roots = {d: Root(os.path.join(workdir, "depth-{}".format(d))) for d in depths}
+    for d in depths:
+        fill_queue(roots[d], d + 20)
+    readers = {d: QueueReader(roots[d].layout, "deep") for d in depths}
+    samples = {d: [] for d in depths}
+    for d in depths:
+        time_claims(roots[d], readers[d], 20)  # warm: the first listing happens here for every depth alike
+    for _ in range(rounds):
+        for d in depths:
+            samples[d] += time_claims(roots[d], readers[d], claims)
+    return {d: statistics.median(samples[d]) for d in depths}, roots
 
 
 def claim_ops(depth_root, claims, workdir):
@@ -188,7 +209,7 @@ while n < int(sys.argv[2]):
     for path in reader.candidates():
         reader.drop(path)
         token = protocol.Token.parse(ticket_token(os.path.basename(path)))
-        spec, _, _ = protocol.read_spec_checked(root, token.job_id)
+        spec, _ = protocol.read_spec_checked(root, token.job_id)
         if protocol.claim(root, path, "w-bench2", spec) is not None:
             n += 1
             break
@@ -200,17 +221,24 @@ while n < int(sys.argv[2]):
     return sum(counted.values()) / claims
 
 
-def idle_worker(workdir, seconds):
-    """Metadata operations per second of a worker idle for 30 s, and how soon it starts a new job."""
-    import hither_fs as hi
+def idle_worker(workdir, seconds, samples=3):
+    """Metadata operations per second of a worker idle for 30 s, and how soon it starts a
+    job queued then (``samples`` times, each after 31 s idle again)."""
     from noop import noop
+
+    import hither_fs as hi
     root = os.path.join(workdir, "idle")
     hi.Root(root)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, HERE]))
     worker = subprocess.Popen([sys.executable, "-m", "hither_fs", "worker", "--root", root, "--queue", "idle",
                                "--log-level", "warning"], env=env, stdin=subprocess.DEVNULL)
+
+    class Idle(hi.JobHandler):
+        def queue_for(self, r):
+            return "idle"
+    starts = []
     try:
-        time.sleep(32)
+        time.sleep(31)
         log = os.path.join(workdir, "idle.strace")
         tracer = subprocess.Popen(["strace", "-f", "-qq", "-yy", "-s", "256", "-o", log, "-e",
                                    "trace=" + ",".join(METADATA), "-p", str(worker.pid)])
@@ -218,21 +246,20 @@ def idle_worker(workdir, seconds):
         tracer.terminate()
         tracer.wait()
         counted, _ = count_ops(log, root)
-
-        class Idle(hi.JobHandler):
-            def queue_for(self, r):
-                return "idle"
-        with hi.Config(job_handler=Idle(), root=root):
-            t0 = time.time()
-            job = noop.run(i=1)
-            while not os.listdir(os.path.join(root, "running")) and not job.is_done():
-                time.sleep(0.005)
-            started = time.time() - t0
-            job.wait(timeout=30)
+        for k in range(samples):
+            if k:
+                time.sleep(31)
+            with hi.Config(job_handler=Idle(), root=root):
+                t0 = time.time()
+                job = noop.run(i=k)
+                while not os.listdir(os.path.join(root, "running")) and not job.is_done():
+                    time.sleep(0.002)
+                starts.append(time.time() - t0)
+                job.wait(timeout=30)
     finally:
         worker.terminate()
         worker.wait()
-    return sum(counted.values()) / seconds, counted, started
+    return sum(counted.values()) / seconds, counted, starts
 
 
 def show_ops(title, ops):
@@ -241,44 +268,51 @@ def show_ops(title, ops):
     print("  {:40} {:7.2f}   ({})".format(title, total, detail))
 
 
+def report_per_job(args, workdir):
+    print("1. metadata operations per no-op job, end to end (submit, claim, run, commit, wait)")
+    ops, inodes, fstats = per_job(args.jobs, workdir, REPO, "new")
+    show_ops("hither_fs (this checkout)", ops)
+    print("  {:40} {:7.2f}   (not counted: fstat of an open file)".format("", fstats))
+    old = old_version(args.compare_with, workdir) if args.compare_with else None
+    old_inodes = None
+    if old:
+        old_ops, old_inodes, _ = per_job(args.jobs, workdir, old, "old")
+        show_ops("hither_fs {} (format 1)".format(args.compare_with), old_ops)
+        print("  {:40} {:6.1f}x fewer".format("this checkout", sum(old_ops.values()) / sum(ops.values())))
+    print("2. inodes per finished job (its directory included)")
+    print("  {:40} {:7.2f}".format("hither_fs (this checkout)", inodes))
+    if old_inodes is not None:
+        print("  {:40} {:7.2f}".format("hither_fs {} (format 1)".format(args.compare_with), old_inodes))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=500, help="jobs of the per-job measurement (default 500)")
     parser.add_argument("--deep", type=int, default=100_000, help="jobs queued for the deep queue (default 100000)")
-    parser.add_argument("--idle", type=float, default=10.0, help="seconds to watch the idle worker (default 10)")
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds to watch the idle worker (default 60)")
     parser.add_argument("--compare-with", default=LAST_FORMAT_1,
                         help="git revision of an older hither_fs to measure alongside ('' for none)")
+    parser.add_argument("--parts", default="1234", help="which measurements to make (default 1234)")
     args = parser.parse_args()
     if shutil.which("strace") is None:
         sys.exit("bench/bus.py counts system calls with strace: apt install strace")
-    with tempfile.TemporaryDirectory() as workdir:
-        print("1. metadata operations per no-op job, end to end (submit, claim, run, commit, wait)")
-        ops, inodes, fstats = per_job(args.jobs, workdir, REPO, "new")
-        show_ops("hither_fs (this checkout)", ops)
-        print("  {:40} {:7.2f}   (not counted: fstat of an open file)".format("", fstats))
-        old = old_version(args.compare_with, workdir) if args.compare_with else None
-        old_inodes = None
-        if old:
-            old_ops, old_inodes, _ = per_job(args.jobs, workdir, old, "old")
-            show_ops("hither_fs {} (format 1)".format(args.compare_with), old_ops)
-            print("  {:40} {:6.1f}x fewer".format("this checkout", sum(old_ops.values()) / sum(ops.values())))
-        print("2. inodes per finished job (its directory included)")
-        print("  {:40} {:7.2f}".format("hither_fs (this checkout)", inodes))
-        if old_inodes is not None:
-            print("  {:40} {:7.2f}".format("hither_fs {} (format 1)".format(args.compare_with), old_inodes))
+    if "1" in args.parts or "2" in args.parts:
+        with tempfile.TemporaryDirectory() as workdir:
+            report_per_job(args, workdir)
+    if "3" in args.parts:
         print("3. one claim (find the front, read the spec, rename the ticket) by queue depth")
-        shallow_t, shallow_root = claim_cost(100 + 400, workdir)
-        shallow_ops = claim_ops(shallow_root, 100, workdir)
-        deep_t, deep_root = claim_cost(args.deep + 400, workdir)
-        deep_ops = claim_ops(deep_root, 100, workdir)
-        print("  {:40} {:7.3f} ms  {:5.2f} metadata ops".format("100 queued", shallow_t * 1e3, shallow_ops))
-        print("  {:40} {:7.3f} ms  {:5.2f} metadata ops".format("{:,} queued".format(args.deep), deep_t * 1e3,
-                                                                deep_ops))
-        print("  {:40} {:7.2f}x".format("deep / shallow (time)", deep_t / shallow_t))
+        with tempfile.TemporaryDirectory() as workdir:
+            times, roots = claim_cost([100, args.deep], workdir)
+            for depth in (100, args.deep):
+                print("  {:40} {:7.3f} ms  {:5.2f} metadata ops".format(
+                    "{:,} queued".format(depth), times[depth] * 1e3, claim_ops(roots[depth], 100, workdir)))
+            print("  {:40} {:7.2f}x".format("deep / shallow (time)", times[args.deep] / times[100]))
+    if "4" in args.parts:
         print("4. a worker idle for 30 s")
-        rate, detail, started = idle_worker(workdir, args.idle)
+        with tempfile.TemporaryDirectory() as workdir:
+            rate, detail, starts = idle_worker(workdir, args.idle)
         show_ops("metadata operations per second", {k: v / args.idle for k, v in detail.items()})
-        print("  {:40} {:7.3f} s".format("a job queued then starts after", started))
+        print("  {:40} {}".format("a job queued then starts after (s)", ", ".join("{:.3f}".format(t) for t in starts)))
 
 
 if __name__ == "__main__":

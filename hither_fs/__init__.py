@@ -8,8 +8,7 @@ root, as the only thing connecting the parts.
 from .cache import JobCache
 from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
-from .errors import (JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError,
-                     UpstreamJobError, WorkerLostError)
+from .errors import JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError, UpstreamJobError, WorkerLostError
 from .function import container, function, run
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .job import Job, get_job

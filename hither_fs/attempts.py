@@ -161,6 +161,7 @@ class Attempt:
         #: set when the worker ends the run itself (timeout, cancel, refusal, lost claim)
         self.failure: Optional[Dict[str, Any]] = None
         self.lost = False
+        self.commit_failed = 0.0  # when its first commit failed (a full disk, say)
 
     @property
     def job_id(self) -> str:

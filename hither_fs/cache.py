@@ -9,21 +9,19 @@ the encoded result; arrays and files it refers to live in the cache's store
 
 Two submitters of the same job at the same time - on one node or on several,
 with or without working file locks - get one execution: the first to create
-the *in-flight marker* ``<dir>/ab/<key>.inflight`` (by ``link``, which
+the *in-flight marker* ``<dir>/ab/<key>.inflight.0`` (by ``link``, which
 refuses to replace an existing file on every shared filesystem) runs the
-job; the others read the marker and attach to that job. A marker whose job
-failed is stale: it is taken away by a rename (one process wins) and the
-next submitter runs the job again.
+job; the others read the marker and attach to that job. When that job
+fails, the next submitter claims marker ``.1`` the same way, and so on.
 """
 
-import contextlib
 import hashlib
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly,
-                            temp_name, with_parents, write_new)
+from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly, temp_name,
+                            with_parents, write_new)
 from .runtime.layout import make_shards
 from .runtime.serialization import walk_refs
 from .runtime.store import Store
@@ -147,23 +145,37 @@ class JobCache:
                 dst.copy_blob_from(src, ref["sha1"], ".npy" if ref["__hither__"] != "file" else "")
 
     # -- in flight -----------------------------------------------------------
+    #
+    # The markers of a key are numbered, <key>.inflight.0, .1, ...: the highest one names
+    # the job computing the key now. A submitter that finds the newest marker's job
+    # failed (or gone) claims the next number, by link - so of the submitters that find
+    # it so at once, one wins and the others attach to the winner's job. Markers are
+    # never replaced or put back, so there is no moment when none stands. The job that
+    # ends removes the markers up to its own.
 
-    def _marker(self, root, key: str) -> str:
-        return self._entry_path(self.directory(root), key, ".inflight")
+    def _marker(self, root, key: str, n: int) -> str:
+        return self._entry_path(self.directory(root), key, ".inflight.{}".format(n))
 
-    def in_flight(self, root, key: str) -> Optional[str]:
-        """The job of this root that is computing ``key`` now, according to its marker."""
-        try:
-            marker = read_json(self._marker(root, key), {}, missing_ok=True)
-        except CorruptFileError:
-            return None
-        if not isinstance(marker, dict) or marker.get("root") != root.path:
-            return None
-        return marker.get("job_id")
+    def in_flight(self, root, key: str) -> Tuple[int, Optional[str]]:
+        """``(n, job id)`` of the newest marker of ``key`` in this root (``(-1, None)``:
+        none). A marker that cannot be read, or that names a job of another root,
+        counts as a job that is not there."""
+        n, job_id = -1, None
+        while True:
+            try:
+                marker = read_json(self._marker(root, key, n + 1), None, missing_ok=True)
+            except CorruptFileError:
+                marker = {}
+            if marker is None:
+                return n, job_id
+            n += 1
+            ok = isinstance(marker, dict) and marker.get("root") == root.path
+            job_id = marker.get("job_id") if ok else None
 
-    def claim_in_flight(self, root, key: str, job_id: str) -> bool:
-        """Become the one job computing ``key``: True unless another job's marker is there."""
-        path = self._marker(root, key)
+    def claim_in_flight(self, root, key: str, n: int, job_id: str) -> bool:
+        """Become the job computing ``key`` with marker number ``n``: True unless another
+        job got that number first."""
+        path = self._marker(root, key, n)
         tmp = temp_name(path)
         with_parents(lambda: write_new(tmp, dumps({"job_id": job_id, "root": root.path})), os.path.dirname(path))
         try:
@@ -174,32 +186,33 @@ class JobCache:
         finally:
             remove_quietly(tmp)
 
-    def release_in_flight(self, root, key: str, job_id: str) -> bool:
-        """Remove the marker if it still names ``job_id`` (it has ended, or failed): taken by a
-        rename first, so that a marker another submitter has just put there is never removed."""
-        path = self._marker(root, key)
-        held = temp_name(path)
-        try:
-            os.rename(path, held)
-        except FileNotFoundError:
-            return False
-        try:
-            marker = read_json(held, {})
-        except CorruptFileError:
-            marker = {}
-        if isinstance(marker, dict) and marker.get("job_id") == job_id:
-            remove_quietly(held)
-            return True
-        with contextlib.suppress(FileExistsError):
-            os.link(held, path)  # not ours: put it back (unless an even newer one is there)
-        remove_quietly(held)
-        return False
+    def release_in_flight(self, root, key: str, job_id: str) -> None:
+        """Remove the markers of ``key`` up to the one naming ``job_id`` - once its outcome
+        is in the cache, where submitters look first. Newest first, so that the numbers
+        still standing always start at 0; a submitter that claims a number meanwhile finds
+        the entry when it looks again (see :func:`hither_fs.submit._create_once`)."""
+        paths = []
+        n = 0
+        while True:
+            path = self._marker(root, key, n)
+            try:
+                marker = read_json(path, None, missing_ok=True)
+            except CorruptFileError:
+                marker = {}
+            if marker is None:
+                return
+            paths.append(path)
+            if isinstance(marker, dict) and marker.get("job_id") == job_id:
+                for p in reversed(paths):
+                    remove_quietly(p)
+                return
+            n += 1
 
 
 def record_outcome(root, spec: Dict[str, Any], status: str, result: Optional[Dict[str, Any]] = None,
                    error: Optional[Dict[str, Any]] = None) -> None:
-    """After a commit: remember the outcome in the job's cache, if it has one, and end
-    its in-flight marker."""
+    """After a commit: remember the outcome in the job's cache, if it has one, and then
+    remove its in-flight markers."""
     cache_spec = spec.get("cache")
     if not cache_spec or status is None:
         return
@@ -208,5 +221,7 @@ def record_outcome(root, spec: Dict[str, Any], status: str, result: Optional[Dic
         cache.record(root, spec["key"], spec, result, is_error=False, replace=bool(cache_spec.get("replace")))
     elif status == "error" and error is not None and cache_spec.get("failing"):
         cache.record(root, spec["key"], spec, error, is_error=True)
+    else:
+        return  # its markers stay: the next submitter of the key claims the next number
     cache.release_in_flight(root, spec["key"], spec["id"])
 

@@ -8,10 +8,14 @@ import sys
 from typing import Any, Dict, Iterator, List, Optional
 
 from . import protocol
+from .fsck import fsck
+from .job import Job
 from .protocol import Status
 from .root import Root, RootError
-from .runtime.files import CorruptFileError, listdir
+from .runtime.files import CorruptFileError, listdir, with_parents, write_new
 from .runtime.layout import check_job_id, is_job_id
+from .slurm import Allocation, live_workers, parse_slurm_time
+from .worker import Worker
 
 
 def _iter_job_ids(root: Root) -> Iterator[str]:
@@ -81,7 +85,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from .job import Job  # the user-facing Job knows where live and final output is
     root = Root.get(args.root, create=False)
     job = Job(_resolve_job(root, args.job_id), root)
     console = job.get_console_output()
@@ -110,8 +113,6 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .slurm import parse_slurm_time
-    from .worker import Worker
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     root = Root.get(args.root)
@@ -128,7 +129,6 @@ def cmd_worker(args) -> int:
 
 
 def cmd_workers_ls(args) -> int:
-    from .slurm import live_workers
     root = Root.get(args.root, create=False)
     rows = sorted(live_workers(root, max_age=float("inf")), key=lambda hb: hb.get("started", ""))
     if args.json:
@@ -145,8 +145,6 @@ def cmd_workers_ls(args) -> int:
 
 
 def cmd_workers_stop(args) -> int:
-    from .runtime.files import with_parents, write_new
-    from .slurm import live_workers
     root = Root.get(args.root, create=False)
     chosen = [hb for hb in live_workers(root, max_age=float("inf"))
               if args.all or hb.get("id") in args.worker_ids or set(args.queue or []) & set(hb.get("queues", []))]
@@ -164,7 +162,6 @@ def cmd_workers_stop(args) -> int:
 
 
 def cmd_workers_submit(args) -> int:
-    from .slurm import Allocation
     root = Root.get(args.root)
     alloc = Allocation(partition=args.partition, time_limit=args.time, slots=args.slots,
                        cpus_per_slot=args.cpus_per_slot, memory_gb_per_slot=args.memory_gb_per_slot,
@@ -175,7 +172,6 @@ def cmd_workers_submit(args) -> int:
 
 
 def cmd_fsck(args) -> int:
-    from .fsck import fsck
     root = Root.get(args.root, create=False)
     findings = fsck(root, repair=args.repair)
     for f in findings:

@@ -50,8 +50,9 @@ import filelock
 import psutil
 
 from . import codeenv
+from .root import Root, now_iso
 from .runtime.execute import OUTCOME, error_record
-from .runtime.files import file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.files import HOST, file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.store import sha1_of_file
 
 PULL_SCHEMES = ("docker://", "library://", "oras://", "shub://", "https://")
@@ -262,7 +263,6 @@ def _remove(path: str) -> None:
 def _remove_dead_pulls(images: str, name: str) -> None:
     """Remove what pulls of this image that were killed left behind - only theirs: a pull
     by another node may be under way (the file lock does not reach across nodes)."""
-    from .runtime.files import HOST
     for stale in os.listdir(images):
         if not stale.startswith("." + name + ".tmp-"):
             continue
@@ -401,7 +401,6 @@ def run_container_attempt(root_path: str, job_id: str, spec: Dict[str, Any], out
     ``runtime.json`` in ``out_dir`` (the attempt's scratch directory) and from
     there into the job's runtime facts.
     """
-    from .root import Root
     adir = out_dir
     facts: Dict[str, Any] = {"image": spec.get("container"), "container_runner": "singularity (spython)"}
     stage = "starting the container"
@@ -456,5 +455,4 @@ def run_container_attempt(root_path: str, job_id: str, spec: Dict[str, Any], out
 
 
 def _now() -> str:
-    from .root import now_iso
     return now_iso()

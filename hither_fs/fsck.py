@@ -34,7 +34,7 @@ from .protocol import FINAL_VALUES, Status, Token
 from .queue import is_bucket, is_ticket, queue_names, ticket_token
 from .root import Root
 from .runtime.files import CorruptFileError, listdir, read_json, remove_quietly
-from .runtime.layout import is_job_id, is_worker_id
+from .runtime.layout import is_job_id, is_worker_id, live_console_prefix
 from .runtime.serialization import walk_refs
 from .runtime.store import BlobMissingError, sha1_of_file
 
@@ -98,6 +98,21 @@ def check_jobs(root: Root, tokens: Dict[str, protocol.Found], taken: Set[str], r
         yield from _check_job(root, name, jdir, tokens, taken, repair)
 
 
+def _console_of(name: str, state: Dict) -> Optional[str]:
+    """``stdout.txt``/``stderr.txt`` if ``name`` is the live console file of the run that
+    counted (its state records output for it)."""
+    for stream in ("stdout", "stderr"):
+        prefix = live_console_prefix(stream, state.get("gen", 0), state.get("attempt", 1))
+        if name.startswith(prefix) and (state.get("console") or {}).get(stream):
+            return stream + ".txt"
+    return None
+
+
+def _rename(src: str, dst: str) -> bool:
+    os.rename(src, dst)
+    return True
+
+
 def _rmtree(path: str) -> bool:
     shutil.rmtree(path, ignore_errors=True)
     return True
@@ -115,13 +130,20 @@ def _check_job(root: Root, job_id: str, jdir: str, tokens: Dict[str, protocol.Fo
         except CorruptFileError as exc:
             yield Finding(path, exc.problem, True)
     state = records.get("state.json")
+    status = state.get("status") if isinstance(state, dict) else None
+    live = job_id in tokens or job_id in taken  # a running job's live console files are its own
     for name in listdir(jdir):
         path = os.path.join(jdir, name)
-        if _TEMP_RE.match(name) and _writer_dead(name, path):
-            yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
+        if _TEMP_RE.match(name) and not live and _writer_dead(name, path):
+            console = _console_of(name, state) if status in FINAL_VALUES else None
+            if console and not os.path.lexists(os.path.join(jdir, console)):
+                # the run that counted, killed between its state and renaming its output
+                yield Finding(path, "console output not yet under its name {}".format(console), False,
+                              repair and _rename(path, os.path.join(jdir, console)))
+            else:
+                yield Finding(path, "temporary file of a writer that died", False, repair and remove_quietly(path))
     if not isinstance(state, dict):
         return
-    status = state.get("status")
     if status == Status.FINISHED:
         result = state.get("result")
         if not isinstance(result, dict) or "value" not in result:

@@ -6,7 +6,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
+from .codeenv import check_patterns
 from .runtime.code import stop_if_loading_script
+from .submit import submit
 
 if TYPE_CHECKING:  # job.py imports this module's users; the annotation needs no import at run time
     from .job import Job
@@ -38,7 +40,6 @@ class HitherFunction:
         return self.__wrapped__(*args, **kwargs)
 
     def run(self, **kwargs: Any) -> "Job":
-        from .submit import submit
         return submit(self, kwargs)
 
     def location(self) -> Dict[str, Any]:
@@ -93,7 +94,6 @@ def function(name: str, version: str, *, local_modules: Optional[List[str]] = No
         if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
             raise TypeError("hither function {!r}: {} must be a list of strings".format(name, label))
     if additional_files:
-        from .codeenv import check_patterns
         check_patterns(additional_files, name)
 
     def decorate(fn: Callable) -> HitherFunction:

@@ -97,7 +97,12 @@ class Job:
         for name in ("stdout", "stderr"):
             if state["status"] in FINAL_VALUES:
                 size = (state.get("console") or {}).get(name)
-                out[name] = read_text_tail(os.path.join(self.directory, name + ".txt")) if size else ""
+                path = os.path.join(self.directory, name + ".txt")
+                if size and not os.path.lexists(path):  # the commit is renaming it into place just now
+                    prefix = live_console_prefix(name, state.get("gen", 0), state.get("attempt", 1))
+                    live = [n for n in listdir(self.directory) if n.startswith(prefix)]
+                    path = os.path.join(self.directory, live[0]) if live else path
+                out[name] = read_text_tail(path) if size else ""
             elif state["status"] == Status.RUNNING:
                 prefix = live_console_prefix(name, state.get("gen", 0), state.get("attempt", 1))
                 live = sorted(n for n in listdir(self.directory) if n.startswith(prefix))
@@ -170,10 +175,15 @@ class Job:
     def cancel(self) -> bool:
         """Cancel the job: a queued or pending job never runs, a running one is killed.
 
-        Returns False if the job had already finished (or failed).
+        Returns True if it is cancelled, or its worker was asked to kill it; False if it
+        had already finished or failed - or if another process held it the whole time
+        (say, a stopped worker whose lease has not yet run out): then try again later.
         """
         status = protocol.cancel(self.root, self.id)
-        return status not in (Status.FINISHED, Status.ERROR)
+        if status not in FINAL_VALUES and status != Status.RUNNING:
+            log.warning("job %s could not be cancelled now: another process holds it (it is %s); try again",
+                        self.id, status)
+        return status in (Status.CANCELLED, Status.RUNNING)
 
     def __repr__(self):
         return "<Job {} {}>".format(self.id, self._spec["function"]["name"] if self._spec else "")

@@ -22,14 +22,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import psutil
 
 from . import protocol
 from .protocol import Token
 from .root import Root, now_iso
-from .runtime.files import CorruptFileError, HOST, listdir, read_json, remove_quietly, with_parents, write_json
+from .runtime.files import HOST, CorruptFileError, listdir, read_json, remove_quietly, with_parents, write_json
 from .runtime.layout import is_worker_id
 
 log = logging.getLogger("hither_fs.lease")
@@ -129,9 +129,10 @@ class LeaseJudge:
         self.clock = clock
         self.alive = alive
         self._seen: Dict[str, Tuple[Any, float]] = {}  # worker id -> (beat, observer time it was first seen)
+        self._taken: Dict[str, Tuple[Any, float]] = {}  # taken token's path -> (its taker's beat, first seen)
 
-    def lost(self, worker_id: str, heartbeat: Optional[Dict[str, Any]]) -> Optional[str]:
-        now = self.clock()
+    def _dead(self, worker_id: str, heartbeat: Optional[Dict[str, Any]]) -> Optional[str]:
+        """Why a process on this host is dead, judged by its pid; None if not known so."""
         if heartbeat and heartbeat.get("host") == self.host.name and heartbeat.get("pidns", "") == self.host.pidns:
             pid = heartbeat.get("pid")
             if isinstance(pid, int) and not self.alive(pid, heartbeat.get("create_time")):
@@ -143,6 +144,13 @@ class LeaseJudge:
             host, pid = id_host_pid(worker_id)
             if host == _label(self.host.name) and pid is not None and not self.alive(pid, None):
                 return "{} (pid {} on {}) is dead".format(worker_id, pid, self.host.name)
+        return None
+
+    def lost(self, worker_id: str, heartbeat: Optional[Dict[str, Any]]) -> Optional[str]:
+        now = self.clock()
+        dead = self._dead(worker_id, heartbeat)
+        if dead:
+            return dead
         beat = heartbeat.get("beat") if heartbeat else None
         last = self._seen.get(worker_id)
         if last is None or last[0] != beat:
@@ -153,8 +161,34 @@ class LeaseJudge:
             return "worker {}: {} for {:.0f} s".format(worker_id, what, now - last[1])
         return None
 
+    def lost_taken(self, taker_id: str, heartbeat: Optional[Dict[str, Any]], path: str) -> Optional[str]:
+        """Whether the process that took a token (lying at ``path``) is lost: dead by its
+        pid, or the token has lain there for a lease while its taker did not beat. Each
+        taken token is judged on its own: a process without a heartbeat (a submitter)
+        takes tokens for an instant, now and then, and only one that stays counts."""
+        dead = self._dead(taker_id, heartbeat)
+        if dead:
+            return dead
+        now = self.clock()
+        beat = heartbeat.get("beat") if heartbeat else None
+        first = self._taken.get(path)
+        if first is None or first[0] != beat:
+            self._taken[path] = (beat, now)
+            return None
+        if now - first[1] >= self.lease:
+            return "{} took a job's token {:.0f} s ago and {}".format(
+                taker_id, now - first[1], "stopped beating" if heartbeat else "has not put it down since")
+        return None
+
     def forget(self, worker_id: str) -> None:
         self._seen.pop(worker_id, None)
+
+    def keep_only(self, worker_ids: Set[str], taken_paths: Set[str]) -> None:
+        """Forget what was seen of workers and taken tokens that are gone."""
+        for w in [w for w in self._seen if w not in worker_ids]:
+            del self._seen[w]
+        for p in [p for p in self._taken if p not in taken_paths]:
+            del self._taken[p]
 
 
 class Recovery:
@@ -180,47 +214,52 @@ class Recovery:
     def run(self, claims: Optional[List[Tuple[Token, str]]] = None,
             taken: Optional[List[Tuple[str, Token, str]]] = None) -> int:
         """One round; returns how many jobs were moved on. ``claims`` and ``taken`` are
-        fresh listings of ``running/`` if the caller has them."""
-        claims = protocol.running_claims(self.root) if claims is None else claims
-        taken = protocol.taken_tokens(self.root) if taken is None else taken
+        a fresh listing of ``running/`` (:func:`hither_fs.protocol.scan_running`) if the
+        caller has one."""
+        if claims is None or taken is None:
+            claims, taken = protocol.scan_running(self.root)
         by_worker: Dict[str, List[Tuple[Token, str]]] = {}
         for token, path in claims:
             if token.worker != self.me:
                 by_worker.setdefault(token.worker, []).append((token, path))
-        # tokens taken by a process that has not yet written the next state: normally
-        # gone within a millisecond; judged by their taker's lease like claims
-        taken_by: Dict[str, List[str]] = {}
-        for taker_id, _, path in taken:
-            if taker_id != self.me:
-                taken_by.setdefault(taker_id, []).append(path)
-                by_worker.setdefault(taker_id, [])
         self._rounds += 1
         workers = sorted(by_worker)
-        if self._rounds % self.sweep_every == 0:
-            workers += sorted(w for w in listdir(self.root.layout.workers)
-                              if is_worker_id(w) and w not in by_worker and w != self.me)
+        sweep = self._rounds % self.sweep_every == 0
+        if sweep:
+            idle = sorted(w for w in listdir(self.root.layout.workers)
+                          if is_worker_id(w) and w not in by_worker and w != self.me)
+            self.judge.keep_only(set(workers) | set(idle), {path for _, _, path in taken})
+            workers += idle
         if len(workers) > self.per_round:
             start = self._cursor % len(workers)
             workers = (workers[start:] + workers[:start])[:self.per_round]
             self._cursor += self.per_round
-        handed_back = 0
+        moved = 0
         for worker_id in workers:
             why = self.judge.lost(worker_id, read_heartbeat(self.root, worker_id))
             if why is None:
                 continue
             for token, path in by_worker.get(worker_id, []):
-                handed_back += self._hand_back(token, path, why)
-            for path in taken_by.get(worker_id, []):
-                try:
-                    moved = protocol.recover_taken(self.root, path, why + " (it was recording a job's next state)")
-                except (OSError, CorruptFileError) as exc:
-                    log.warning("could not recover %s: %s", path, exc)
-                    continue
-                handed_back += moved is not None
-                log.warning("recovered %s: %s", path, why)
+                moved += self._hand_back(token, path, why)
             self.judge.forget(worker_id)
             remove_worker_dir(self.root, worker_id)
-        return handed_back
+        # tokens taken by a process that has not yet written the next state: normally
+        # there for an instant; one that stays is judged with its taker
+        for taker_id, _, path in taken:
+            if taker_id == self.me:
+                continue
+            why = self.judge.lost_taken(taker_id, read_heartbeat(self.root, taker_id), path)
+            if why is None:
+                continue
+            try:
+                status = protocol.recover_taken(self.root, path, why + " (it was recording a job's next state)")
+            except (OSError, CorruptFileError, protocol.JobGoneError) as exc:
+                log.warning("could not recover %s: %s", path, exc)
+                continue
+            if status is not None:
+                log.warning("recovered %s (%s): %s", path, status, why)
+                moved += 1
+        return moved
 
     def _hand_back(self, token: Token, path: str, why: str) -> int:
         cancel = os.path.lexists(self.root.layout.cancel_request(token.worker, token.job_id))

@@ -66,16 +66,15 @@ reported by ``hither-fs fsck`` and put right by ``--repair``.
 import contextlib
 import enum
 import os
-import stat
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .queue import is_ticket, iter_tickets, queue_names, ticket_token, writer_for
 from .root import Root, now_iso
 from .runtime.files import (HOST, CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
-                            remove_quietly, temp_name, with_parents, write_bytes, write_new)
+                            remove_quietly, temp_name, with_parents, write_new)
 from .runtime.layout import is_job_id, is_worker_id
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -147,9 +146,6 @@ class Claim:
     token: Token
     path: str
     spec: Optional[Dict[str, Any]]
-    #: False when the job's directory had no ``downstream/`` when it was claimed (its link
-    #: count said so): the commit then need not look for waiting jobs (see :func:`commit`).
-    downstream: bool = True
 
     @property
     def job_id(self) -> str:
@@ -219,56 +215,16 @@ def job_exists(root: Root, job_id: str) -> bool:
     return os.path.lexists(root.layout.spec_file(job_id))
 
 
-def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional[str], bool]:
-    """The spec a worker is about to run, why it must not run it (or None), and whether
-    jobs may be waiting for it.
-
-    The job's directory is opened first and the spec read through it, so the
-    directory whose mode was checked is the one the spec came from. The
-    directory's link count comes with it: 2 means it has no subdirectory, so
-    no ``downstream/`` (a filesystem that does not count subdirectories, such
-    as Btrfs with its 1, says "maybe").
-    """
-    jdir = root.layout.job_dir(job_id)
-    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    try:
-        dfd = os.open(jdir, flags)
-    except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise CorruptFileError(jdir, "cannot be opened as a directory ({})".format(exc.strerror)) from None
-    try:
-        dst = os.fstat(dfd)
-        reason = root.unsafe_stat_reason(jdir, dst, allow_group_write=True)
-        downstream = dst.st_nlink != 2
-        path = os.path.join(jdir, "spec.json")
-        fd = os.open("spec.json", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
-                     dir_fd=dfd)
-    except OSError as exc:
-        os.close(dfd)
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise CorruptFileError(os.path.join(jdir, "spec.json"), "cannot be read ({})".format(exc.strerror)) from None
-    os.close(dfd)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CorruptFileError(path, "is not a regular file")
-        if st.st_size > RECORD_LIMIT:
-            raise CorruptFileError(path, "is {} bytes, more than a record may have".format(st.st_size))
-        reason = reason or root.unsafe_stat_reason(path, st, allow_group_write=True)
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    spec = parse_json(path, b"".join(chunks))
+def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The spec a worker is about to run, and why it must not run it (or None): a spec
+    that someone other than the root's user (or, in a group-shared root, group) owns
+    or can write could make the worker run their code."""
+    path = root.layout.spec_file(job_id)
+    data, st = read_bytes(path, limit=RECORD_LIMIT)
+    spec = parse_json(path, data)
     if not isinstance(spec, dict):
         raise CorruptFileError(path, "not a JSON object")
-    return spec, reason, downstream
+    return spec, root.unsafe_stat_reason(path, st, allow_group_write=True)
 
 
 # -- the one exclusive step ---------------------------------------------------------
@@ -320,7 +276,8 @@ def _take(root: Root, token_path: str, job_id: str) -> Optional[str]:
     the taker die in between (see :func:`recover_taken`).
     """
     name = os.path.basename(token_path)
-    token_name = ticket_token(name) if is_ticket(name) else name
+    parsed = parse_taken(name)
+    token_name = parsed[1].name if parsed else ticket_token(name) if is_ticket(name) else name
     held = taken_path(root, taker(), token_name)
     try:
         os.rename(token_path, held)
@@ -331,17 +288,42 @@ def _take(root: Root, token_path: str, job_id: str) -> Optional[str]:
         return None
 
 
+@dataclass
+class Held:
+    """A token this process has taken: the file, and the job's state as it was then."""
+
+    path: str
+    state: Dict[str, Any]
+
+
 @contextlib.contextmanager
-def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[str]]:
-    """Take the token for a block; if the block fails (say, the disk is full), put it
-    back where it was, so the job is exactly as before. A job whose directory is gone
-    (deleted by hand) loses its token."""
+def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[Held]]:
+    """Take the token for a block, or yield None if someone else has it.
+
+    Right after the take the job's state is read: a job that is final already
+    (a token left over by a crash, or a repair, can come back after its job
+    ended) keeps its final state - the token is dropped and nothing is
+    published. If the block fails (say, the disk is full), the token goes back
+    where it was, so the job is exactly as before. A job whose directory is
+    gone (deleted by hand) loses its token.
+    """
     held = _take(root, token_path, job_id)
     if held is None:
         yield None
         return
     try:
-        yield held
+        state = read_state(root, job_id)
+    except FileNotFoundError:
+        remove_quietly(held)
+        raise JobGoneError("{} names job {}, which is not in {}".format(token_path, job_id, root.path)) from None
+    except CorruptFileError:
+        state = {}  # damaged: whoever holds the job writes a good one
+    if state.get("status") in FINAL_VALUES:
+        remove_quietly(held)
+        yield None
+        return
+    try:
+        yield Held(held, state)
     except JobGoneError:
         remove_quietly(held)
         raise
@@ -351,20 +333,24 @@ def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[str]
         raise
 
 
-def _publish(root: Root, held: str, job_id: str, state: Dict[str, Any]) -> bool:
+def _publish(root: Root, held: Held, job_id: str, state: Dict[str, Any]) -> bool:
     """Write ``state`` into the file this process took and rename it over state.json.
 
     False if the file was taken away meanwhile (this process was judged lost while
     it held it, and :func:`recover_taken` moved the job on): nothing is published.
     """
     state["updated"] = now_iso()
+    state["writer"] = "{}/{}".format(taker(), uuid.uuid4().hex[:8])
     try:
-        overwrite(held, dumps(state))
-        os.rename(held, root.layout.state_file(job_id))
+        overwrite(held.path, dumps(state))
+        os.rename(held.path, root.layout.state_file(job_id))
     except FileNotFoundError:
-        if os.path.lexists(held):
+        if os.path.lexists(held.path):
             raise JobGoneError("job {} has no directory in {}".format(job_id, root.path)) from None
-        return False
+        try:  # our rename may have happened, with only its answer lost (an NFS retransmission)
+            return read_state(root, job_id).get("writer") == state["writer"]
+        except (OSError, CorruptFileError):
+            return False
     return True
 
 
@@ -495,10 +481,9 @@ def promote(root: Root, job_id: str, spec: Optional[Dict[str, Any]] = None) -> O
         if held is None:
             return None
         if verdict is None:
-            state = {"status": Status.QUEUED.value, "attempt": 0, "queue": spec["queue"],
-                     "submitted": spec.get("created")}
+            state = dict(held.state, status=Status.QUEUED.value, attempt=0, queue=spec["queue"])
         else:
-            state = _final(spec, token, {}, Status.ERROR, error=verdict)
+            state = _final(spec, token, held.state, Status.ERROR, error=verdict)
         if not _publish(root, held, job_id, state):
             return None
     if verdict is None:
@@ -510,22 +495,26 @@ def promote(root: Root, job_id: str, spec: Optional[Dict[str, Any]] = None) -> O
     return Status.ERROR
 
 
-def notify_downstream(root: Root, job_id: str) -> int:
+def notify_downstream(root: Root, job_id: str, tick: Optional[Callable[[], None]] = None) -> int:
     """After a job became final: promote (or fail) the jobs waiting for it. One open when
-    none waits. Returns how many changed."""
+    none waits. ``tick`` is called after every 50 of them (a worker beats meanwhile).
+    Returns how many changed. A marker whose promotion failed (say, a full disk) stays,
+    for the pending sweep (:func:`sweep_pending`) to try again."""
     ddir = root.layout.downstream_dir(job_id)
     try:
         waiting = os.listdir(ddir)
     except (FileNotFoundError, NotADirectoryError):
         return 0
     changed = 0
-    for down in waiting:
+    for n, down in enumerate(waiting, 1):
         if is_job_id(down):
             try:
                 changed += promote(root, down) is not None
             except (OSError, CorruptFileError, JobGoneError):
-                pass  # the pending sweep retries (see promote_stale)
+                continue  # keep its marker
         remove_quietly(os.path.join(ddir, down))
+        if tick is not None and n % 50 == 0:
+            tick()
     with contextlib.suppress(OSError):
         os.rmdir(ddir)
     return changed
@@ -567,15 +556,25 @@ def claim(root: Root, ticket_path: str, worker_id: str, spec: Optional[Dict[str,
     return Claim(mine, path, spec)
 
 
-def taken_tokens(root: Root) -> List[Tuple[str, Token, str]]:
-    """Tokens in ``running/`` that a process has taken and not yet replaced by a state:
-    ``(taker, token, path)`` (one listing; normally there is none for more than an instant)."""
-    out = []
+def scan_running(root: Root) -> Tuple[List[Tuple[Token, str]], List[Tuple[str, Token, str]]]:
+    """One listing of ``running/``: the claims ``(token, path)``, and the tokens a process
+    has taken and not yet replaced by a state ``(taker, token, path)`` (normally none
+    for more than an instant)."""
+    claims, taken = [], []
     for name in listdir(root.layout.running):
+        path = os.path.join(root.layout.running, name)
         parsed = parse_taken(name)
         if parsed is not None:
-            out.append((parsed[0], parsed[1], os.path.join(root.layout.running, name)))
-    return out
+            taken.append((parsed[0], parsed[1], path))
+            continue
+        token = Token.parse(name)
+        if token is not None and token.worker is not None:
+            claims.append((token, path))
+    return claims, taken
+
+
+def taken_tokens(root: Root) -> List[Tuple[str, Token, str]]:
+    return scan_running(root)[1]
 
 
 def running_claims(root: Root, job_id: Optional[str] = None) -> List[Tuple[Token, str]]:
@@ -592,17 +591,6 @@ def running_claims(root: Root, job_id: Optional[str] = None) -> List[Tuple[Token
 
 # -- running -> final ----------------------------------------------------------------------
 
-def _prior(root: Root, token: Token) -> Dict[str, Any]:
-    """The state before this run, when it holds anything the final state must keep
-    (the history of earlier runs): only for jobs that went back to the queue."""
-    if token.gen == 0:
-        return {}
-    try:
-        return read_state(root, token.job_id)
-    except (OSError, CorruptFileError):
-        return {}
-
-
 def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: Status,
            result: Optional[Dict[str, Any]] = None, error: Optional[Dict[str, Any]] = None,
            runtime: Optional[Dict[str, Any]] = None, **extra: Any) -> Dict[str, Any]:
@@ -618,6 +606,7 @@ def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: St
             state[key] = prior[key]
     if runtime:
         state["worker"] = token.worker
+        state["gen"] = token.gen
         state["started"] = runtime.get("start")
         state["runtime"] = runtime
     if result is not None:
@@ -628,7 +617,7 @@ def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: St
     return state
 
 
-def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
+def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[], None]] = None) -> Optional[Status]:
     """Record how a claimed run ended, if the claim still holds.
 
     Returns the final status, or None if the claim was lost meanwhile (the
@@ -637,11 +626,8 @@ def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
     fails (a full disk) the claim is restored and the error raised: the job
     stays this worker's, to commit again or hand back.
 
-    Then the jobs waiting for this one are promoted - unless the claim saw
-    that none waited when it was made. A job that starts waiting during the
-    run is promoted by its own submitter while it waits for it
-    (:func:`promote` from :meth:`hither_fs.job.Job.wait_done`), or else by
-    the workers' pending sweep.
+    Then the jobs waiting for this one are promoted (``tick`` is called now
+    and then meanwhile: a job many others wait for takes a while).
     """
     job_id = claim.job_id
     with _holding(root, claim.path, job_id) as held:
@@ -650,22 +636,24 @@ def commit(root: Root, claim: Claim, outcome: Outcome) -> Optional[Status]:
                 remove_quietly(live)
             return None
         status = outcome.status
-        console = {}
-        for name, (live, size) in outcome.console.items():
-            if size > 0:
-                with contextlib.suppress(FileNotFoundError):  # (already moved by an earlier try)
-                    os.replace(live, root.layout.job_file(job_id, name + ".txt"))
-                console[name] = size
-            else:
-                remove_quietly(live)
+        console = {name: size for name, (_, size) in outcome.console.items() if size > 0}
         extra = {"console": console} if console else {}
-        if not _publish(root, held, job_id, _final(claim.spec, claim.token, _prior(root, claim.token), status,
+        if not _publish(root, held, job_id, _final(claim.spec, claim.token, held.state, status,
                                                    result=outcome.result, error=outcome.error,
                                                    runtime=outcome.runtime or {"worker": claim.token.worker},
                                                    **extra)):
+            for live, _ in outcome.console.values():
+                remove_quietly(live)
             return None  # taken from this worker while it wrote: judged lost (stopped past its lease)
-    if claim.downstream:
-        notify_downstream(root, job_id)
+    # console output under its final names only now that this run is the one that counts
+    # (a reader in between finds the live files: see hither_fs.job.Job.get_console_output)
+    for name, (live, size) in outcome.console.items():
+        if size > 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(live, root.layout.job_file(job_id, name + ".txt"))
+        else:
+            remove_quietly(live)
+    notify_downstream(root, job_id, tick)
     return status
 
 
@@ -682,22 +670,23 @@ def requeue(root: Root, token: Token, path: str, why: str, *, counted: bool = Tr
     with _holding(root, path, token.job_id) as held:
         if held is None:
             return None
-        status, state, queue, new = _requeued(root, token, why, counted, cancel_requested)
+        status, state, queue, new = _requeued(root, token, held.state, why, counted, cancel_requested)
         if not _publish(root, held, token.job_id, state):
             return None
     _after_requeue(root, token.job_id, status, queue, new)
     return status
 
 
-def _requeued(root: Root, token: Token, why: str, counted: bool, cancel_requested: bool = False):
-    """What a run ending this way makes of its job: ``(status, state, queue, new token)``."""
+def _requeued(root: Root, token: Token, prior: Dict[str, Any], why: str, counted: bool,
+              cancel_requested: bool = False):
+    """What a run ending this way makes of its job (whose state was ``prior``):
+    ``(status, new state, queue, new token)``."""
     job_id = token.job_id
     new = Token(job_id, token.gen + 1, token.attempt + 1 if counted else token.attempt)
     try:
         spec = read_spec(root, job_id)
     except (OSError, CorruptFileError):
         spec = {}
-    prior = _prior(root, token) if token.gen else {}
     queue = prior.get("queue") or spec.get("queue") or "?"
     max_attempts = int(spec.get("max_attempts") or DEFAULT_MAX_ATTEMPTS)
     history = list(prior.get("history") or [])
@@ -738,10 +727,12 @@ def recover_taken(root: Root, path: str, why: str) -> Optional[Status]:
     """Move on a job whose token was taken by a process that was then lost (killed,
     stopped past its lease) before it published the next state.
 
-    The taken file is first renamed out of the taker's reach (so that the taker, should
-    it resume, finds it gone and publishes nothing) and never reused: a resumed taker
-    may still write into it. The job then goes on as if its taker had been lost before
-    it took the token: a claimed job is handed back (the run counts), a pending or
+    The lost taker may have opened the file it took and may still write into it
+    if it resumes, so that file is never published: this process takes a fresh
+    token of its own first, then moves the old file out of the taker's reach
+    (so that the taker, should it resume, finds it gone and publishes nothing)
+    and drops it. The job then goes on as if its taker had been lost before it
+    took the token: a claimed job is handed back (the run counts), a pending or
     queued one gets its token back.
     """
     parsed = parse_taken(os.path.basename(path))
@@ -749,36 +740,43 @@ def recover_taken(root: Root, path: str, why: str) -> Optional[Status]:
         return None
     _, token = parsed
     job_id = token.job_id
+    mine = taken_path(root, taker(), token.name)
+    try:
+        write_new(mine)
+    except FileExistsError:
+        return None  # this process holds that token already
     trash = temp_name(path)
     try:
         os.rename(path, trash)
     except FileNotFoundError:
+        remove_quietly(mine)
         return None  # published after all, or recovered by someone else
-    try:
-        try:
-            state = read_state(root, job_id)
-        except FileNotFoundError:
-            return None  # the job is gone
-        if state.get("status") in FINAL_VALUES:
-            return Status(state["status"])
+    remove_quietly(trash)
+    with _holding(root, mine, job_id) as held:
+        if held is None:
+            return None
         if token.worker is not None:  # it was running: as a lost run
-            status, new_state, queue, new = _requeued(root, token, why, counted=True)
-            new_state["updated"] = now_iso()
-            write_bytes(root.layout.state_file(job_id), dumps(new_state))
-            _after_requeue(root, job_id, status, queue, new)
-            return status
-        if state.get("status") == Status.PENDING:
-            pending = os.path.join(root.layout.pending, Token(job_id).name)
-            with_parents(lambda: write_new(pending), root.layout.pending)
-            promote(root, job_id)
-            return Status.PENDING
-        writer = writer_for(root.layout)
-        writer.place(state.get("queue") or read_spec(root, job_id)["queue"],
-                     Token(job_id, token.gen + 1, token.attempt).name, front=True)
-        writer.ring(state.get("queue") or "?")
-        return Status.QUEUED
-    finally:
-        remove_quietly(trash)
+            status, state, queue, new = _requeued(root, token, held.state, why, counted=True)
+            if not _publish(root, held, job_id, state):
+                return None
+        else:
+            status = Status(held.state.get("status") or Status.QUEUED)
+            queue = held.state.get("queue") or read_spec(root, job_id)["queue"]
+            new = Token(job_id, token.gen + 1, token.attempt)
+            if status == Status.PENDING:
+                with_parents(lambda: os.rename(held.path, os.path.join(root.layout.pending, Token(job_id).name)),
+                             root.layout.pending)
+            else:
+                writer = writer_for(root.layout)
+                with_parents(lambda: os.rename(held.path, writer.ticket_path(queue, new.name, front=True)),
+                             os.path.dirname(writer.ticket_path(queue, new.name, front=True)))
+    if token.worker is not None:
+        _after_requeue(root, job_id, status, queue, new)
+    elif status == Status.PENDING:
+        promote(root, job_id)
+    else:
+        writer_for(root.layout).ring(queue, force=True)
+    return status
 
 
 def fail(root: Root, token_path: str, job_id: str, error: Dict[str, Any],
@@ -795,7 +793,7 @@ def fail(root: Root, token_path: str, job_id: str, error: Dict[str, Any],
         with _holding(root, token_path, job_id) as held:
             if held is None:
                 return False
-            if not _publish(root, held, job_id, _final(spec, token, _prior(root, token), status, error=error)):
+            if not _publish(root, held, job_id, _final(spec, token, held.state, status, error=error)):
                 return False
     except JobGoneError:
         return False
@@ -845,7 +843,9 @@ def request_cancel(root: Root, worker_id: str, job_id: str) -> None:
 
 def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 20) -> Status:
     """Cancel a job: a pending or queued job never runs; a running one is killed by its
-    worker (then this returns ``RUNNING``: the request is made). Returns the status after."""
+    worker (then this returns ``RUNNING``: the request is made). Returns the status after:
+    a job whose token another process holds the whole time (it is being moved, or its
+    holder is stopped) stays as it was, and its status says so."""
     state: Dict[str, Any] = {}
     for i in range(tries):
         try:
@@ -856,9 +856,10 @@ def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 
             return Status(state["status"])
         if found is None or i:
             try:
-                queue = [read_spec(root, job_id)["queue"]]
+                queue = [read_spec(root, job_id)["queue"], state.get("queue")]
             except (OSError, CorruptFileError, KeyError):
                 queue = []
+            queue = [q for q in dict.fromkeys(queue) if q]
             found = find_tokens(root, {job_id}, queue).get(job_id) or (
                 find_tokens(root, {job_id}).get(job_id) if queue else None)
         if found is not None:
@@ -867,7 +868,8 @@ def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 
                 return Status.RUNNING
             if fail(root, found.path, job_id, cancelled_record(job_id, "before it ran"), Status.CANCELLED):
                 return Status.CANCELLED
-        # between two places (being claimed, handed back) or not yet visible here: look again
+        # between two places (being claimed, handed back, its token taken for a moment), or
+        # not yet visible in this node's listings: look again
         time.sleep(min(0.5, 0.01 * (2 ** i)))
     return Status(state.get("status", "queued"))
 
@@ -886,8 +888,7 @@ def forward(root: Root, ticket_path: str, target_queue: str, **extra: Any) -> bo
     with _holding(root, ticket_path, job_id) as held:
         if held is None:
             return False
-        state = read_state(root, job_id)
-        if not _publish(root, held, job_id, dict(state, queue=target_queue, **extra)):
+        if not _publish(root, held, job_id, dict(held.state, queue=target_queue, **extra)):
             return False
     writer = writer_for(root.layout)
     writer.place(target_queue, Token(job_id, token.gen + 1, token.attempt).name)
@@ -902,7 +903,7 @@ def finish_from_cache(root: Root, ticket_path: str, job_id: str, result: Dict[st
     with _holding(root, ticket_path, job_id) as held:
         if held is None:
             return False
-        if not _publish(root, held, job_id, _final(spec, token, _prior(root, token), Status.FINISHED,
+        if not _publish(root, held, job_id, _final(spec, token, held.state, Status.FINISHED,
                                                    result=result, cached=True, **extra)):
             return False
     notify_downstream(root, job_id)

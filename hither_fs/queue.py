@@ -36,7 +36,7 @@ import re
 import socket
 import time
 import uuid
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .runtime.files import listdir, read_bytes, remove_quietly, with_parents, write_bytes, write_new
 from .runtime.layout import Layout, check_queue_name
@@ -167,18 +167,32 @@ class QueueReader:
         self._last_loss = -1e9
         self._losses = 0
 
-    def candidates(self) -> List[str]:
+    def candidates(self, skip: Optional[Dict[str, Any]] = None) -> List[str]:
+        """A few tickets from the front (their paths), leaving out the jobs in ``skip``
+        (ones that did not fit): for them it looks further, into later buckets."""
         now = self.clock()
         if not self._tickets or now - self._listed_bucket > self.max_age or self._losses >= 2:
             self.refresh(now)
+        tickets = self._tickets
+        if skip:
+            tickets = [n for n in tickets if ticket_token(n)[:16] not in skip]
+            more = iter(self._buckets[1:4])
+            while not tickets:
+                bucket = next(more, None)
+                if bucket is None:
+                    return []
+                names = sorted(n for n in listdir(os.path.join(self.dir, bucket)) if is_ticket(n))
+                tickets = [n for n in names if ticket_token(n)[:16] not in skip]
+                if tickets:
+                    return [os.path.join(self.dir, bucket, n) for n in tickets[:4]]
         # The oldest ticket first (first in, first out) - unless other workers took tickets
         # from under this one lately: then one of the first few, at random, so that workers
         # that listed the same bucket spread out instead of all trying the same ticket.
         while self._spread > 1 and now - self._last_loss > CONTENTION_MEMORY:
             self._spread //= 2
             self._last_loss += CONTENTION_MEMORY
-        first = random.randrange(min(self._spread, len(self._tickets))) if self._tickets else 0
-        names = self._tickets[first:first + 4] + self._tickets[:first][:4]
+        first = random.randrange(min(self._spread, len(tickets))) if tickets else 0
+        names = tickets[first:first + 4] + tickets[:first][:4]
         return [os.path.join(self.dir, self._bucket, name) for name in names]
 
     def lost(self, path: str) -> None:
@@ -190,27 +204,39 @@ class QueueReader:
 
     def drop(self, path: str) -> None:
         name = os.path.basename(path)
-        if name in self._tickets:
+        if self._tickets and self._tickets[0] == name:
+            self._tickets.pop(0)  # the common case: the front
+        elif name in self._tickets:
             self._tickets.remove(name)
 
     def refresh(self, now: Optional[float] = None) -> None:
         """List the front: the top directory (at most every ``max_age`` s), then buckets
         oldest first until one holds tickets. Empty buckets no writer uses are removed."""
         now = self.clock() if now is None else now
-        if now - self._listed_top > self.max_age or not self._buckets:
-            self._buckets = sorted(n for n in listdir(self.dir) if is_bucket(n))
-            self._listed_top = now
         self._tickets = []
         self._listed_bucket = now
         self._losses = 0
-        while self._buckets:
-            bucket = self._buckets[0]
-            names = sorted(n for n in listdir(os.path.join(self.dir, bucket)) if is_ticket(n))
-            if names:
-                self._bucket, self._tickets = bucket, names
+        fresh = False
+        if now - self._listed_top > self.max_age or not self._buckets:
+            self._list_top(now)
+            fresh = True
+        while True:
+            while self._buckets:
+                bucket = self._buckets[0]
+                names = sorted(n for n in listdir(os.path.join(self.dir, bucket)) if is_ticket(n))
+                if names:
+                    self._bucket, self._tickets = bucket, names
+                    return
+                self._buckets.pop(0)
+                self._tidy(bucket)
+            if fresh:
                 return
-            self._buckets.pop(0)
-            self._tidy(bucket)
+            self._list_top(now)  # every bucket known was empty: a new one may have come since
+            fresh = True
+
+    def _list_top(self, now: float) -> None:
+        self._buckets = sorted(n for n in listdir(self.dir) if is_bucket(n))
+        self._listed_top = now
 
     def _tidy(self, bucket: str) -> None:
         # an empty bucket is left to its writer for twice the time it may write into it,

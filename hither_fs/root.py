@@ -13,8 +13,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from .runtime.files import makedirs, read_json, register_tree, write_json
-from .runtime.layout import make_shards
-from .runtime.layout import Layout
+from .runtime.layout import Layout, make_shards
 from .runtime.store import Store
 
 #: Version of the root's layout and protocol. Format 1 (hither_fs 0.1) kept per-job

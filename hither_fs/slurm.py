@@ -23,6 +23,7 @@ from .handlers import JobHandler
 from .lease import LeaseJudge, Recovery
 from .queue import count_tickets
 from .root import Root
+from .runtime.code import stop_if_loading_script
 from .runtime.files import CorruptFileError, listdir, makedirs, read_json
 from .runtime.layout import check_queue_name, is_worker_id
 
@@ -220,7 +221,6 @@ class SlurmJobHandler(JobHandler):
                  max_allocations: int = 2, sbatch_args: Iterable[str] = (), idle_timeout: float = 120.0,
                  warning_lead: int = 120, drain_margin: float = 20.0, queue_name: str = "slurm",
                  squeue_interval: float = 10.0, lease: float = 30.0):
-        from .runtime.code import stop_if_loading_script
         stop_if_loading_script("hi.SlurmJobHandler()")
         if isinstance(max_allocations, bool) or not isinstance(max_allocations, int) or max_allocations < 1:
             raise ValueError("max_allocations must be a positive integer, not {!r}".format(max_allocations))

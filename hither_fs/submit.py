@@ -15,7 +15,9 @@ from typing import Any, Dict, List, Optional
 
 from . import protocol
 from .cache import JobCache, cache_key
+from .codeenv import capture
 from .config import Config
+from .containers import is_pulled
 from .handlers import DefaultJobHandler
 from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
@@ -118,8 +120,6 @@ def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:
     A container job starts in its attempt directory, not the submitter's
     working directory (which the container does not see).
     """
-    from .codeenv import capture
-    from .containers import is_pulled
     if not is_pulled(spec["container"]):
         spec["container"] = os.path.abspath(os.path.expanduser(spec["container"]))
     fn.check_importable()
@@ -144,7 +144,7 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
     """
     key = spec["key"]
     for _ in range(100):
-        holder = cache.in_flight(root, key)
+        n, holder = cache.in_flight(root, key)
         if holder is not None:
             try:
                 state = protocol.read_state(root, holder)
@@ -155,11 +155,15 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
                 if not queue.startswith("inproc-") or queue == handler.queue_for(root):
                     return Job(holder, root, handler)
                 return _create(root, spec, handler)  # only its own process runs an in-process job
-            cache.release_in_flight(root, key, holder)  # failed, or gone: run it again
-            continue
+        # no job computes the key (none ever did, or the last one failed or is gone): be it
         spec["id"] = new_job_id()
         protocol.publish(root, spec)
-        if cache.claim_in_flight(root, key, spec["id"]):
+        if cache.claim_in_flight(root, key, n + 1, spec["id"]):
+            entry = cache.lookup(root, key)  # finished just now, by the job of the marker before?
+            if entry is not None and "value" in entry:
+                protocol.withdraw(root, spec["id"])
+                cache.release_in_flight(root, key, spec["id"])
+                return _job_from_cache(root, cache, entry, spec, handler)
             protocol.release(root, spec)
             return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])

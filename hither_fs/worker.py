@@ -34,7 +34,7 @@ from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
 from .protocol import Claim, Outcome
 from .queue import QueueReader, count_tickets, ticket_token
 from .root import Root
-from .runtime.files import CorruptFileError, HOST, listdir, remove_quietly
+from .runtime.files import HOST, CorruptFileError, listdir, remove_quietly
 from .runtime.layout import check_queue_name
 
 log = logging.getLogger("hither_fs.worker")
@@ -47,6 +47,8 @@ BELL_INTERVAL = 0.9
 #: ``hither-fs workers ls`` and for Slurm scaling, which count beats younger than 60 s.
 IDLE_BEAT = 20.0
 IDLE_RECOVERY = 15.0
+LISTEN_AFTER_BELL = 2.0
+NOFIT_MEMORY = 30.0
 IDLE_LISTING = 30.0
 PENDING_SWEEP = 30.0
 
@@ -121,6 +123,10 @@ class Worker:
                                                   **_slurm_facts()}, host=host)
         self._specs: "OrderedDict[str, Any]" = OrderedDict()  # recently read specs (jobs seen but not taken)
         self._pending_seen: Dict[str, float] = {}
+        self._complained: Dict[Any, float] = {}
+        self._nofit: Dict[str, float] = {}  # jobs that did not fit when looked at: skipped for a while
+        self._pending_queue: Dict[str, Any] = {}  # pending job id -> its queue (specs never change)
+        self._listen_until = -1e9
         self.last_active = now
         self._last_beat = now
         self._interval = 0.001
@@ -167,18 +173,27 @@ class Worker:
     def step(self) -> bool:
         """One pass of the loop; True when the worker should exit now."""
         now = self.clock()
-        self.reap()
+        self._safely(self.reap)
         if self.handle_stop_conditions(now):
             return True
-        self.police(now)
-        self.read_requests(now)
-        self.beat(now)
-        self.retry_commits(now)
-        self.recover(now)
-        self.sweep_pending(now)
+        for part in (self.police, self.read_requests, self.beat, self.retry_commits, self.recover,
+                     self.sweep_pending):
+            self._safely(part, now)
         if not (self.stopping or self.draining):
-            self.claim(now)
+            self._safely(self.claim, now)
         return self.should_exit(now)
+
+    def _safely(self, part: Callable[..., Any], *args: Any) -> None:
+        """Run one part of the loop; a damaged file or a full disk in one part must not keep
+        the others from running (a heartbeat that cannot be written must not stop commits)."""
+        try:
+            part(*args)
+        except Exception as exc:
+            key = (part.__name__, type(exc).__name__)
+            now = self.clock()
+            if now - self._complained.get(key, -1e9) >= 60:  # once a minute, not on every pass
+                self._complained[key] = now
+                log.exception("worker %s: %s failed, carrying on", self.id, part.__name__)
 
     def sleep(self) -> None:
         """Until a job process exits or the next poll is due."""
@@ -203,7 +218,10 @@ class Worker:
             # idle: one open of each bell instead of listing the queues
             if not any([self.readers[q].bell_rang() for q in self.queues]):
                 return False
-            self._active()  # someone rang: list the queues for a while, tickets may follow
+            # someone rang: list the queues for a moment (a ticket may follow the ring), but
+            # stay idle unless a job comes this way (another worker may have taken it)
+            self._listen_until = now + LISTEN_AFTER_BELL
+            self._interval = 0.001
         self._due["listing"] = now + IDLE_LISTING
         claimed = False
         for q in self.queues:
@@ -221,7 +239,10 @@ class Worker:
         reads a job's spec before it claims, to see whether it fits; others claim first
         and read the spec after, so a ticket lost to another worker costs one rename."""
         limited = self.cpus is not None or self.memory_gb is not None or self.deadline is not None
-        for path in reader.candidates():
+        now = self.clock()
+        for job_id in [j for j, t in self._nofit.items() if now - t > NOFIT_MEMORY]:
+            del self._nofit[job_id]
+        for path in reader.candidates(skip=self._nofit):
             reader.drop(path)
             token = protocol.Token.parse(ticket_token(os.path.basename(path)))
             if token is None:
@@ -237,6 +258,7 @@ class Worker:
                     checked = None  # claimed below, then failed with the damage named
                 else:
                     if not self._fits(checked[0]):
+                        self._nofit[token.job_id] = now  # skipped until a slot frees (or a while passes)
                         continue
             claim = protocol.claim(self.root, path, self.id)
             if claim is None:
@@ -244,8 +266,7 @@ class Worker:
                 continue
             self._specs.pop(token.job_id, None)
             try:
-                spec, unsafe, downstream = checked if checked is not None else \
-                    protocol.read_spec_checked(self.root, token.job_id)
+                spec, unsafe = checked if checked is not None else protocol.read_spec_checked(self.root, token.job_id)
             except FileNotFoundError:
                 log.warning("dropped ticket %s: job %s is not in the root", path, token.job_id)
                 remove_quietly(claim.path)
@@ -254,7 +275,6 @@ class Worker:
                 self._finish_now(claim, protocol.error_record("CorruptFileError", str(exc), "claiming"))
                 return True
             claim.spec = spec
-            claim.downstream = downstream
             if unsafe:
                 message = "refusing to run job {}: {}".format(token.job_id, unsafe)
                 log.warning("%s", message)
@@ -340,6 +360,7 @@ class Worker:
             if ended is None:
                 continue
             del self.running[job_id]
+            self._nofit.clear()  # resources were freed: what did not fit may fit now
             done = True
             status, usage = ended
             if attempt.lost:
@@ -361,10 +382,11 @@ class Worker:
 
     def _commit(self, attempt: Attempt, outcome: Outcome) -> None:
         try:
-            final = protocol.commit(self.root, attempt.claim, outcome)
+            final = protocol.commit(self.root, attempt.claim, outcome, tick=self._tick)
         except Exception:
             # (a full disk, say) the job stays ours: try again soon, never leave it stuck
             log.exception("could not commit job %s; will retry", attempt.job_id)
+            attempt.commit_failed = time.monotonic()
             self.uncommitted.append((attempt, outcome))
             return
         attempt.cleanup()
@@ -379,15 +401,23 @@ class Worker:
         self.jobs_done += 1
         log.info("job %s (%s) -> %s", attempt.job_id, attempt.claim.spec.get("function", {}).get("name"), final)
 
+    def _tick(self) -> None:
+        """Called during long commits (many jobs waiting on one): keep beating."""
+        self._safely(self.beat, self.clock())
+
     def retry_commits(self, now: float) -> None:
-        """Commit again what could not be committed; after a minute, hand the job back instead."""
+        """Commit again, every few seconds, what could not be committed; after a minute of
+        failures, hand the job back instead (its result is lost, not the job)."""
+        if now < self._due.get("retry", -1e9) or not self.uncommitted:
+            return
+        self._due["retry"] = now + 2.0
         for item in list(self.uncommitted):
             self.uncommitted.remove(item)
             attempt, outcome = item
             try:
-                final = protocol.commit(self.root, attempt.claim, outcome)
+                final = protocol.commit(self.root, attempt.claim, outcome, tick=self._tick)
             except Exception as exc:
-                if time.monotonic() - attempt.started_mono > 60 + (attempt.claim.spec.get("timeout") or 0):
+                if time.monotonic() - attempt.commit_failed > 60:
                     log.error("giving job %s back after failed commits: %s", attempt.job_id, exc)
                     try:
                         protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
@@ -425,7 +455,8 @@ class Worker:
                 remove_quietly(os.path.join(directory, name))
 
     def _idle(self, now: float) -> bool:
-        return not self.running and not self.uncommitted and now - self.last_active >= IDLE_AFTER
+        return (not self.running and not self.uncommitted and now - self.last_active >= IDLE_AFTER
+                and now >= self._listen_until)
 
     def _beat_interval(self, now: float) -> float:
         return IDLE_BEAT if self._idle(now) else self.heartbeat_interval
@@ -447,8 +478,7 @@ class Worker:
             return
         self._due["recover"] = now + (max(IDLE_RECOVERY, self.judge.lease / 3) if self._idle(now)
                                       else self.judge.lease / 3)
-        claims = protocol.running_claims(self.root)
-        taken = protocol.taken_tokens(self.root)
+        claims, taken = protocol.scan_running(self.root)
         mine = {token.job_id: (token, path) for token, path in claims if token.worker == self.id}
         for job_id, (token, path) in mine.items():
             if job_id not in self.running and not any(a.claim.path == path for a, _ in self.uncommitted):
@@ -531,11 +561,14 @@ class Worker:
         if any(count_tickets(self.root.layout, q, cap=1) for q in self.queues):
             return True
         for token in protocol.pending_tokens(self.root):
-            try:
-                if protocol.read_spec(self.root, token.job_id).get("queue") in self.queues:
-                    return True
-            except (OSError, CorruptFileError):
-                continue
+            queue = self._pending_queue.get(token.job_id)
+            if queue is None:
+                try:
+                    queue = self._pending_queue[token.job_id] = protocol.read_spec(self.root, token.job_id).get("queue")
+                except (OSError, CorruptFileError):
+                    continue
+            if queue in self.queues:
+                return True
         return False
 
 

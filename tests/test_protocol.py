@@ -292,6 +292,7 @@ def test_killed_between_take_and_state_is_moved_on_by_lease_recovery(root):
     held = protocol._take(root, claim.path, spec['id'])  # ... and the committing worker w-a dies here
     assert held == os.path.join(root.layout.running, '.taken.w-a.{}.0.1.w-a'.format(spec['id']))
     assert [(t, tok.job_id) for t, tok, _ in protocol.taken_tokens(root)] == [('w-a', spec['id'])]
+    protocol.set_taker('w-b')  # (this test process plays the recovering worker now)
     clock = FakeClock()
     recovery = Recovery(root, LeaseJudge(30, host=Host('observer', 'ns'), clock=clock), me='w-b')
     assert recovery.run() == 0  # w-a might still be writing: judged by its lease like a claim
@@ -312,10 +313,11 @@ def test_a_taker_that_resumes_after_recovery_publishes_nothing(root):
     claim = claim_next(root, 'w-a')
     protocol.set_taker('w-a')
     held = protocol._take(root, claim.path, spec['id'])
+    protocol.set_taker('w-b')
     with open(held, 'w') as late:  # w-a opened the file it took, and was stopped right then
         assert protocol.recover_taken(root, held, 'worker w-a: heartbeat stopped') == Status.QUEUED
         late.write('{"status": "finished", "result": {"value": "stale"}}')  # resumed: writes into nothing
-    assert protocol._publish(root, held, spec['id'], {'status': 'finished'}) is False
+    assert protocol._publish(root, protocol.Held(held, {}), spec['id'], {'status': 'finished'}) is False
     assert protocol.read_state(root, spec['id'])['status'] == 'queued'
     assert protocol.commit(root, claim_next(root, 'w-b'), finished(3)) == Status.FINISHED
     assert protocol.read_state(root, spec['id'])['result'] == {'value': 3}
@@ -327,6 +329,7 @@ def test_fsck_moves_on_a_token_whose_taker_died(root):
     dead = 'w-{}-999999999-abcdef'.format(protocol._host_label())  # a worker of this host, pid gone
     protocol.set_taker(dead)
     held = protocol._take(root, claim.path, spec['id'])
+    protocol.set_taker('p-fsck')
     age(held)
     findings = fsck.fsck(root, repair=True)
     assert [(f.problem.split(' taken by ')[1], f.repaired) for f in findings] == [
@@ -508,15 +511,26 @@ def test_bucket_constants_bound_a_directory():
 
 # -- in-flight de-duplication ------------------------------------------------------------------------
 
-def test_the_first_in_flight_marker_wins_and_a_failed_holder_is_replaced(root):
-    cache = JobCache()
-    assert cache.claim_in_flight(root, 'k' * 40, 'a' * 16) is True
-    assert cache.claim_in_flight(root, 'k' * 40, 'b' * 16) is False
-    assert cache.in_flight(root, 'k' * 40) == 'a' * 16
-    assert cache.release_in_flight(root, 'k' * 40, 'b' * 16) is False  # not b's: left alone
-    assert cache.in_flight(root, 'k' * 40) == 'a' * 16
-    assert cache.release_in_flight(root, 'k' * 40, 'a' * 16) is True
-    assert cache.claim_in_flight(root, 'k' * 40, 'b' * 16) is True
+def test_the_first_in_flight_marker_wins_and_a_failed_holder_is_succeeded(root):
+    cache, key = JobCache(), 'k' * 40
+    assert cache.in_flight(root, key) == (-1, None)
+    assert cache.claim_in_flight(root, key, 0, 'a' * 16) is True
+    assert cache.claim_in_flight(root, key, 0, 'b' * 16) is False  # the same number: one winner
+    assert cache.in_flight(root, key) == (0, 'a' * 16)
+    # a's job failed: the next submitters race for number 1, and one wins
+    assert cache.claim_in_flight(root, key, 1, 'b' * 16) is True
+    assert cache.claim_in_flight(root, key, 1, 'c' * 16) is False
+    assert cache.in_flight(root, key) == (1, 'b' * 16)
+    cache.release_in_flight(root, key, 'b' * 16)  # b finished (its entry is in the cache)
+    assert cache.in_flight(root, key) == (-1, None)
+
+
+def test_a_marker_claimed_while_markers_are_released_is_caught_by_the_cache(root):
+    cache, key = JobCache(), 'k' * 40
+    cache.claim_in_flight(root, key, 0, 'a' * 16)
+    cache.record(root, key, dict(spec_of('a' * 16), key=key), {'value': 1}, is_error=False)
+    cache.release_in_flight(root, key, 'a' * 16)
+    assert cache.lookup(root, key)['value'] == 1  # what a submitter that just claimed a number sees
 
 
 def test_format_1_roots_are_refused_with_what_to_do(tmp_path):

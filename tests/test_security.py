@@ -73,31 +73,32 @@ def everything_under(top, skip):
 
 # -- 1. who may write what a worker runs ------------------------------------------------------
 
-def test_worker_refuses_a_job_whose_directory_or_spec_every_user_can_write(root, tmp_path):
-    """A job whose directory or spec.json is world-writable (chmod o+w) fails with a PermissionError
-    saying why, without running; the same worker runs the other jobs."""
+def test_worker_refuses_a_job_whose_spec_every_user_can_write(root, tmp_path):
+    """A job whose spec.json is world-writable (chmod o+w) - so that anyone could have put
+    their code in it - fails with a PermissionError saying why, without running; the same
+    worker runs the other jobs. (What the worker checks is the file it reads the job from:
+    its owner and its mode, from the same open; a job directory that others can write
+    could hold another user's spec.json, which fails the same check by its owner.)"""
     log = str(tmp_path / 'ran.log')
     with hi.Config(job_handler=QueueOnly('sec-perm')):
-        open_dir = counted.run(x=1, log=log)
         good = counted.run(x=2, log=log)
         open_spec = counted.run(x=3, log=log)
-    for path in (open_dir.directory, spec_path(open_spec)):
-        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IWOTH)
+    path = spec_path(open_spec)
+    os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IWOTH)
     w = start_worker(root, 'sec-perm')
     try:
         assert good.wait(timeout=60) == 4
-        for job, path in ((open_dir, open_dir.directory), (open_spec, spec_path(open_spec))):
-            with pytest.raises(PermissionError) as info:
-                job.wait(timeout=60)
-            assert isinstance(info.value, hi.JobError)
-            assert str(info.value).startswith(
-                'refusing to run job {}: {} is writable by every user (mode '.format(job.id, path)), info.value
-            assert job.status == 'error'
+        with pytest.raises(PermissionError) as info:
+            open_spec.wait(timeout=60)
+        assert isinstance(info.value, hi.JobError)
+        assert str(info.value).startswith(
+            'refusing to run job {}: {} is writable by every user (mode '.format(open_spec.id, path)), info.value
+        assert open_spec.status == 'error'
         assert w.poll() is None  # the worker carries on
     finally:
         stop([w])
     with open(log) as f:
-        assert f.read() == '2\n'  # the refused jobs never ran
+        assert f.read() == '2\n'  # the refused job never ran
 
 
 def test_a_permissive_umask_makes_nothing_refusable(root):

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .store import Store
+from .store import Store, sha1_of_file
 
 TAG = "__hither__"
 
@@ -45,7 +45,6 @@ class File:
     @property
     def sha1(self) -> str:
         if self._sha1 is None:
-            from .store import sha1_of_file
             self._sha1 = sha1_of_file(self.path)
         return self._sha1
 
