@@ -106,8 +106,11 @@ def cmd_cancel(args) -> int:
             print("{}: cancel requested; its worker kills it".format(job_id))
         elif status == Status.CANCELLED:
             print("{}: cancelled".format(job_id))
-        else:
+        elif status in (Status.FINISHED, Status.ERROR):
             print("{}: already {}".format(job_id, status))
+            code = 1
+        else:
+            print("{}: not cancelled: another process holds it just now (it is {}); try again".format(job_id, status))
             code = 1
     return code
 

@@ -147,38 +147,34 @@ class LeaseJudge:
         return None
 
     def lost(self, worker_id: str, heartbeat: Optional[Dict[str, Any]]) -> Optional[str]:
-        now = self.clock()
-        dead = self._dead(worker_id, heartbeat)
-        if dead:
-            return dead
-        beat = heartbeat.get("beat") if heartbeat else None
-        last = self._seen.get(worker_id)
-        if last is None or last[0] != beat:
-            self._seen[worker_id] = (beat, now)
-            return None
-        if now - last[1] >= self.lease:
-            what = "heartbeat stopped" if heartbeat else "no heartbeat file"
-            return "worker {}: {} for {:.0f} s".format(worker_id, what, now - last[1])
-        return None
+        """Why the worker is lost, or None."""
+        silent = self._still(self._seen, worker_id, heartbeat)
+        if silent is None:
+            return self._dead(worker_id, heartbeat)
+        what = "heartbeat stopped" if heartbeat else "no heartbeat file"
+        return self._dead(worker_id, heartbeat) or "worker {}: {} for {:.0f} s".format(worker_id, what, silent)
 
     def lost_taken(self, taker_id: str, heartbeat: Optional[Dict[str, Any]], path: str) -> Optional[str]:
         """Whether the process that took a token (lying at ``path``) is lost: dead by its
         pid, or the token has lain there for a lease while its taker did not beat. Each
         taken token is judged on its own: a process without a heartbeat (a submitter)
         takes tokens for an instant, now and then, and only one that stays counts."""
-        dead = self._dead(taker_id, heartbeat)
-        if dead:
-            return dead
+        silent = self._still(self._taken, path, heartbeat)
+        if silent is None:
+            return self._dead(taker_id, heartbeat)
+        return self._dead(taker_id, heartbeat) or "{} took a job's token {:.0f} s ago and {}".format(
+            taker_id, silent, "stopped beating" if heartbeat else "has not put it down since")
+
+    def _still(self, seen: Dict[str, Tuple[Any, float]], key: str, heartbeat: Optional[Dict[str, Any]]):
+        """Seconds (on this observer's clock) that ``key``'s beat has stood still, if that
+        is a lease or more; None otherwise. The first sighting starts the count."""
         now = self.clock()
         beat = heartbeat.get("beat") if heartbeat else None
-        first = self._taken.get(path)
+        first = seen.get(key)
         if first is None or first[0] != beat:
-            self._taken[path] = (beat, now)
+            seen[key] = (beat, now)
             return None
-        if now - first[1] >= self.lease:
-            return "{} took a job's token {:.0f} s ago and {}".format(
-                taker_id, now - first[1], "stopped beating" if heartbeat else "has not put it down since")
-        return None
+        return now - first[1] if now - first[1] >= self.lease else None
 
     def forget(self, worker_id: str) -> None:
         self._seen.pop(worker_id, None)

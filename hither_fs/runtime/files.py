@@ -206,15 +206,18 @@ def read_bytes(path: str, limit: Optional[int] = None) -> Tuple[bytes, os.stat_r
             raise CorruptFileError(path, "is not a regular file (mode {:o})".format(st.st_mode))
         if limit is not None and st.st_size > limit:
             raise CorruptFileError(path, "is {} bytes, more than the {} a record may have".format(st.st_size, limit))
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks), st
+        return _read_rest(fd), st
     finally:
         os.close(fd)
+
+
+def _read_rest(fd: int) -> bytes:
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def parse_json(path: str, data: bytes) -> Any:
@@ -328,12 +331,6 @@ def read_text_tail(path: str, limit: Optional[int] = None) -> str:
             return ""
         if limit is not None and st.st_size > limit:
             os.lseek(fd, st.st_size - limit, os.SEEK_SET)
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks).decode("utf-8", errors="replace")
+        return _read_rest(fd).decode("utf-8", errors="replace")
     finally:
         os.close(fd)
