@@ -17,6 +17,7 @@ the worker measures its wall and CPU time and peak memory with ``os.wait4``.
 
 import contextlib
 import datetime
+import logging
 import os
 import resource
 import shutil
@@ -25,10 +26,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import psutil
 
+from . import protocol
+from .cache import record_outcome
 from .containers import run_container_attempt
 from .protocol import Claim, Outcome, error_record
 from .root import Root
@@ -37,6 +40,7 @@ from .runtime.files import HOST, CorruptFileError, file_mode, read_json, temp_na
 from .runtime.layout import live_console_prefix
 
 CONSOLE = ("stdout", "stderr")
+log = logging.getLogger("hither_fs.worker")
 
 
 def iso(t: float) -> str:
@@ -239,6 +243,155 @@ class Attempt:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class Slots:
+    """The runs of one worker: started on claimed jobs, watched (timeouts, console output),
+    and committed when they end - or committed again later, when the root could not take
+    the commit (a full disk), or handed back when the worker must go.
+
+    ``tick`` is called now and then during a long commit (many jobs waiting on one), so
+    the worker can keep beating.
+    """
+
+    def __init__(self, root: Root, worker_id: str, scratch: str, tick: Callable[[], None]):
+        self.root = root
+        self.worker_id = worker_id
+        self.scratch = scratch
+        self.tick = tick
+        self.running: Dict[str, Attempt] = {}                 # job id -> its run
+        self.uncommitted: List[Tuple[Attempt, Outcome]] = []  # runs whose commit failed: retried
+        self.jobs_done = 0
+
+    def __len__(self) -> int:
+        return len(self.running)
+
+    def used(self, resource: str) -> float:
+        """How much of ``resource`` (``cpus``, ``memory_gb``) the running jobs asked for."""
+        return sum((a.claim.spec.get("resources") or {}).get(resource) or 0 for a in self.running.values())
+
+    def start(self, claim: Claim) -> bool:
+        """Start a claimed job; if that fails (fork, scratch directory), give it back."""
+        attempt = Attempt(self.root, claim, self.worker_id, self.scratch)
+        try:
+            attempt.start()
+        except Exception as exc:
+            log.exception("could not start job %s", claim.job_id)
+            protocol.requeue(self.root, claim.token, claim.path, "its worker could not start it: {}".format(exc),
+                             counted=False)
+            return False
+        self.running[claim.job_id] = attempt
+        log.debug("job %s attempt %d started as pid %d", claim.job_id, claim.token.attempt, attempt.pid)
+        return True
+
+    def refuse(self, claim: Claim, error: Dict[str, Any]) -> None:
+        """Fail a claimed job without running it (committed by the next reap)."""
+        if claim.spec is None:
+            claim.spec = {}
+        attempt = Attempt(self.root, claim, self.worker_id, self.scratch)
+        attempt.failure = error
+        self.running[claim.job_id] = attempt
+
+    def police(self) -> None:
+        """Kill runs past their timeout; copy console output into the root."""
+        for attempt in self.running.values():
+            if attempt.pid < 0 or attempt.failure is not None:
+                continue
+            timeout = attempt.claim.spec.get("timeout")
+            if timeout and time.monotonic() - attempt.started_mono > timeout:
+                attempt.kill(error_record(
+                    "JobTimeoutError", "job {} ran longer than its job_timeout of {} s and was killed".format(
+                        attempt.job_id, timeout), "running"))
+                continue
+            try:
+                attempt.console.copy()
+            except OSError as exc:
+                log.warning("job %s: cannot copy its console output into the root: %s", attempt.job_id, exc)
+
+    def reap(self, block: bool = False, stopping: bool = False) -> bool:
+        """Commit the runs that ended; True if any did. ``stopping``: the worker is being
+        stopped by a signal, so a job killed by one was killed along with it (``scancel``
+        signals a whole allocation): that run is handed back, not failed."""
+        done = False
+        for job_id, attempt in list(self.running.items()):
+            ended = attempt.poll(block)
+            if ended is None:
+                continue
+            del self.running[job_id]
+            done = True
+            status, usage = ended
+            if attempt.lost:
+                attempt.console.discard()
+                attempt.cleanup()
+            elif attempt.failure is None and os.WIFSIGNALED(status) and stopping:
+                attempt.console.discard()
+                attempt.cleanup()
+                protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
+                                 "killed by signal {} while its worker was being stopped".format(
+                                     os.WTERMSIG(status)), counted=True)
+            else:
+                self._commit(attempt, attempt.outcome(status, usage))
+        return done
+
+    def _commit(self, attempt: Attempt, outcome: Outcome, first: bool = True) -> bool:
+        """Commit one run; False if the root could not take it (kept for a retry)."""
+        try:
+            final = protocol.commit(self.root, attempt.claim, outcome, tick=self.tick)
+        except Exception:
+            if first:  # (a full disk, say) the job stays ours: try again soon, never leave it stuck
+                log.exception("could not commit job %s; will retry", attempt.job_id)
+                attempt.commit_failed = time.monotonic()
+            self.uncommitted.append((attempt, outcome))
+            return False
+        attempt.cleanup()
+        if final is None:
+            log.warning("job %s: its claim was taken back meanwhile; this run's outcome is discarded",
+                        attempt.job_id)
+            return True
+        try:
+            record_outcome(self.root, attempt.claim.spec, final, outcome.result, outcome.error)
+        except Exception:
+            log.exception("could not record job %s in its cache", attempt.job_id)
+        self.jobs_done += 1
+        log.info("job %s (%s) -> %s", attempt.job_id, attempt.claim.spec.get("function", {}).get("name"), final)
+        return True
+
+    def retry(self) -> None:
+        """Commit again what could not be committed; after a minute of failures, hand the
+        job back instead (this run's result is lost, not the job)."""
+        for attempt, outcome in list(self.uncommitted):
+            self.uncommitted.remove((attempt, outcome))
+            if self._commit(attempt, outcome, first=False) or time.monotonic() - attempt.commit_failed < 60:
+                continue
+            self.uncommitted.remove((attempt, outcome))
+            log.error("giving job %s back after a minute of failed commits", attempt.job_id)
+            try:
+                protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
+                                 "its worker could not record the outcome")
+                attempt.cleanup()
+            except Exception:
+                self.uncommitted.append((attempt, outcome))
+
+    def hand_back_all(self, why: str, counted: bool) -> None:
+        """Kill the running jobs and put them back in the queue for another worker (and
+        the ones whose commit is still pending, uncounted)."""
+        for attempt in self.running.values():
+            attempt.kill()
+        for job_id, attempt in list(self.running.items()):
+            attempt.poll(block=True)
+            attempt.console.discard()
+            attempt.cleanup()
+            if not attempt.lost:
+                try:
+                    protocol.requeue(self.root, attempt.claim.token, attempt.claim.path, why, counted=counted)
+                except Exception:
+                    log.exception("could not hand back job %s", job_id)
+            del self.running[job_id]
+        for attempt, _ in self.uncommitted:
+            with contextlib.suppress(Exception):
+                protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
+                                 "its worker stopped before it could record the outcome", counted=False)
+        self.uncommitted.clear()
 
 
 def _die_with_parent(parent: int) -> None:

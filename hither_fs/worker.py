@@ -28,10 +28,9 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol
-from .attempts import Attempt, scratch_root
-from .cache import record_outcome
+from .attempts import Attempt, Slots, scratch_root
 from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
-from .protocol import Claim, Outcome
+from .protocol import Claim
 from .queue import QueueReader, count_tickets, ticket_token
 from .root import Root
 from .runtime.files import HOST, CorruptFileError, listdir, remove_quietly
@@ -107,14 +106,12 @@ class Worker:
         self.in_slurm = bool(os.environ.get("SLURM_JOB_ID"))
         now = clock()
         self.deadline = None if time_limit is None else now + time_limit - drain_margin
-        self.running: Dict[str, Attempt] = {}      # job id -> its run
-        self.uncommitted: List[Any] = []           # (attempt, outcome) whose commit failed: retried
         self.stopping = False   # claim nothing more; exit when running jobs are done
         self.draining = False   # claim nothing more (the allocation is ending)
         self.stop_signal = 0
         self.warning_signal = 0
-        self.jobs_done = 0
         self.scratch = scratch_root(self.id)
+        self.runs = Slots(root, self.id, self.scratch, tick=self._tick)
         self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
         self.judge = LeaseJudge(lease, host=host, clock=clock)
         self.recovery = Recovery(root, self.judge, me=self.id)
@@ -159,15 +156,11 @@ class Worker:
                     time.sleep(0.5)
                 self.sleep()
         finally:
-            self._hand_back_all("its worker stopped", count_attempt=False)
-            for attempt, _ in self.uncommitted:
-                with contextlib.suppress(Exception):
-                    protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
-                                     "its worker stopped before it could record the outcome", counted=False)
+            self.runs.hand_back_all("its worker stopped", counted=False)
             self.heartbeat.remove()
             with contextlib.suppress(OSError):
                 os.rmdir(self.scratch)
-        log.info("worker %s exits after %d job(s)", self.id, self.jobs_done)
+        log.info("worker %s exits after %d job(s)", self.id, self.runs.jobs_done)
         return 0
 
     def step(self) -> bool:
@@ -281,17 +274,7 @@ class Worker:
                 self._finish_now(claim, protocol.error_record("PermissionError", message, "claiming",
                                                               module="builtins"))
                 return True
-            attempt = Attempt(self.root, claim, self.id, self.scratch)
-            try:
-                attempt.start()
-            except Exception as exc:  # fork or mkdir failed: give the job back
-                log.exception("could not start job %s", token.job_id)
-                protocol.requeue(self.root, claim.token, claim.path,
-                                 "its worker could not start it: {}".format(exc), counted=False)
-                return False
-            self.running[token.job_id] = attempt
-            log.debug("job %s attempt %d started as pid %d", token.job_id, token.attempt, attempt.pid)
-            return True
+            return self.runs.start(claim)
         return False
 
     def _spec(self, job_id: str):
@@ -311,20 +294,15 @@ class Worker:
             remove_quietly(claim.path)
 
     def _finish_now(self, claim: Claim, error: Dict[str, Any]) -> None:
-        """Commit a claimed job as failed without running it."""
-        if claim.spec is None:
-            claim.spec = {}
-        attempt = Attempt(self.root, claim, self.id, self.scratch)
-        attempt.failure = error
-        self.running[claim.job_id] = attempt  # reaped (and committed) by the next pass
+        """Commit a claimed job as failed without running it (by the next reap)."""
+        self.runs.refuse(claim, error)
 
     def _fits(self, spec: Dict[str, Any]) -> bool:
         """Whether a job's needs fit in what is free now (and in the time left)."""
         need = spec.get("resources") or {}
         for key, capacity in (("cpus", self.cpus), ("memory_gb", self.memory_gb)):
             if capacity is not None and need.get(key):
-                used = sum((a.claim.spec.get("resources") or {}).get(key) or 0 for a in self.running.values())
-                if used + need[key] > capacity + 1e-9:
+                if self.runs.used(key) + need[key] > capacity + 1e-9:
                     return False
         timeout = spec.get("timeout")
         if self.deadline is not None and timeout and self.clock() + timeout > self.deadline:
@@ -334,105 +312,36 @@ class Worker:
     def _at_max_jobs(self) -> bool:
         return self.max_jobs is not None and self.jobs_done + len(self.running) >= self.max_jobs
 
-    # -- running ----------------------------------------------------------------------------------
+    # -- running (see hither_fs.attempts.Slots) -----------------------------------------------
+
+    @property
+    def running(self) -> Dict[str, Attempt]:
+        return self.runs.running
+
+    @property
+    def jobs_done(self) -> int:
+        return self.runs.jobs_done
 
     def police(self, now: float) -> None:
-        """Kill runs past their timeout; copy console output into the root."""
-        for attempt in self.running.values():
-            if attempt.pid < 0 or attempt.failure is not None:
-                continue
-            timeout = attempt.claim.spec.get("timeout")
-            if timeout and time.monotonic() - attempt.started_mono > timeout:
-                attempt.kill(protocol.error_record(
-                    "JobTimeoutError", "job {} ran longer than its job_timeout of {} s and was killed".format(
-                        attempt.job_id, timeout), "running"))
-                continue
-            try:
-                attempt.console.copy()
-            except OSError as exc:
-                log.warning("job %s: cannot copy its console output into the root: %s", attempt.job_id, exc)
+        self.runs.police()
 
     def reap(self, block: bool = False) -> bool:
         """Commit the runs that ended."""
-        done = False
-        for job_id, attempt in list(self.running.items()):
-            ended = attempt.poll(block)
-            if ended is None:
-                continue
-            del self.running[job_id]
-            self._nofit.clear()  # resources were freed: what did not fit may fit now
-            done = True
-            status, usage = ended
-            if attempt.lost:
-                attempt.console.discard()
-                attempt.cleanup()
-                continue
-            if attempt.failure is None and os.WIFSIGNALED(status) and self.stop_signal:
-                # killed along with this worker (scancel signals the whole allocation): not the job's fault
-                attempt.console.discard()
-                attempt.cleanup()
-                protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
-                                 "killed by signal {} while its worker was being stopped".format(
-                                     os.WTERMSIG(status)), counted=True)
-                continue
-            self._commit(attempt, attempt.outcome(status, usage))
-        if done:
-            self._active()
-        return done
-
-    def _commit(self, attempt: Attempt, outcome: Outcome) -> None:
-        try:
-            final = protocol.commit(self.root, attempt.claim, outcome, tick=self._tick)
-        except Exception:
-            # (a full disk, say) the job stays ours: try again soon, never leave it stuck
-            log.exception("could not commit job %s; will retry", attempt.job_id)
-            attempt.commit_failed = time.monotonic()
-            self.uncommitted.append((attempt, outcome))
-            return
-        attempt.cleanup()
-        if final is None:
-            log.warning("job %s: its claim was taken back meanwhile; this run's outcome is discarded",
-                        attempt.job_id)
-            return
-        try:
-            record_outcome(self.root, attempt.claim.spec, final, outcome.result, outcome.error)
-        except Exception:
-            log.exception("could not record job %s in its cache", attempt.job_id)
-        self.jobs_done += 1
-        log.info("job %s (%s) -> %s", attempt.job_id, attempt.claim.spec.get("function", {}).get("name"), final)
+        if not self.runs.reap(block, stopping=bool(self.stop_signal)):
+            return False
+        self._nofit.clear()  # resources were freed: what did not fit may fit now
+        self._active()
+        return True
 
     def _tick(self) -> None:
         """Called during long commits (many jobs waiting on one): keep beating."""
         self._safely(self.beat, self.clock())
 
     def retry_commits(self, now: float) -> None:
-        """Commit again, every few seconds, what could not be committed; after a minute of
-        failures, hand the job back instead (its result is lost, not the job)."""
-        if now < self._due.get("retry", -1e9) or not self.uncommitted:
-            return
-        self._due["retry"] = now + 2.0
-        for item in list(self.uncommitted):
-            self.uncommitted.remove(item)
-            attempt, outcome = item
-            try:
-                final = protocol.commit(self.root, attempt.claim, outcome, tick=self._tick)
-            except Exception as exc:
-                if time.monotonic() - attempt.commit_failed > 60:
-                    log.error("giving job %s back after failed commits: %s", attempt.job_id, exc)
-                    try:
-                        protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
-                                         "its worker could not record the outcome: {}".format(exc))
-                        attempt.cleanup()
-                    except Exception:
-                        self.uncommitted.append(item)
-                else:
-                    self.uncommitted.append(item)
-                continue
-            attempt.cleanup()
-            if final is not None:
-                with contextlib.suppress(Exception):
-                    record_outcome(self.root, attempt.claim.spec, final, outcome.result, outcome.error)
-                self.jobs_done += 1
+        """Every few seconds, commit again what the root could not take."""
+        if self.runs.uncommitted and now >= self._due.get("retry", -1e9):
+            self._due["retry"] = now + 2.0
+            self.runs.retry()
 
     # -- requests, heartbeat, leases -----------------------------------------------------------
 
@@ -455,7 +364,7 @@ class Worker:
                 remove_quietly(os.path.join(directory, name))
 
     def _idle(self, now: float) -> bool:
-        return (not self.running and not self.uncommitted and now - self.last_active >= IDLE_AFTER
+        return (not self.running and not self.runs.uncommitted and now - self.last_active >= IDLE_AFTER
                 and now >= self._listen_until)
 
     def _beat_interval(self, now: float) -> float:
@@ -481,7 +390,7 @@ class Worker:
         claims, taken = protocol.scan_running(self.root)
         mine = {token.job_id: (token, path) for token, path in claims if token.worker == self.id}
         for job_id, (token, path) in mine.items():
-            if job_id not in self.running and not any(a.claim.path == path for a, _ in self.uncommitted):
+            if job_id not in self.running and not any(a.claim.path == path for a, _ in self.runs.uncommitted):
                 # a claim this worker does not know it made (the answer to its rename was lost)
                 protocol.requeue(self.root, token, path, "claimed but never started", counted=False)
         for job_id, attempt in self.running.items():
@@ -514,7 +423,7 @@ class Worker:
             self.stopping = True
             if self.in_slurm and self.stop_signal == signal.SIGTERM:
                 log.warning("worker %s: allocation cancelled, handing back %d job(s)", self.id, len(self.running))
-                self._hand_back_all("its Slurm allocation was cancelled", count_attempt=True)
+                self.runs.hand_back_all("its Slurm allocation was cancelled", counted=True)
                 return True
             log.info("worker %s: signal %d, finishing running jobs and exiting", self.id, self.stop_signal)
         if self.warning_signal and not self.draining:
@@ -523,28 +432,12 @@ class Worker:
         if self.deadline is not None and now >= self.deadline:
             if self.running:
                 log.warning("worker %s: time limit near, handing back %d job(s)", self.id, len(self.running))
-            self._hand_back_all("its worker reached the end of its time limit", count_attempt=False)
+            self.runs.hand_back_all("its worker reached the end of its time limit", counted=False)
             return True
         return False
 
-    def _hand_back_all(self, why: str, count_attempt: bool) -> None:
-        """Kill the running jobs and put them back in the queue for another worker."""
-        for attempt in self.running.values():
-            attempt.kill()
-        for job_id, attempt in list(self.running.items()):
-            attempt.poll(block=True)
-            attempt.console.discard()
-            attempt.cleanup()
-            if not attempt.lost:
-                try:
-                    protocol.requeue(self.root, attempt.claim.token, attempt.claim.path, why,
-                                     counted=count_attempt)
-                except Exception:
-                    log.exception("could not hand back job %s", job_id)
-            del self.running[job_id]
-
     def should_exit(self, now: float) -> bool:
-        if self.running or self.uncommitted:
+        if self.running or self.runs.uncommitted:
             return False
         if self.stopping:
             return True
