@@ -57,9 +57,9 @@ def cmd_ls(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("{:16}  {:9}  {:20}  {:26}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR"))
+    print("{:16}  {:9}  {:20}  {:27}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR"))
     for r in rows:
-        print("{id:16}  {status:9}  {function:20.20}  {submitted:26}  {error:.60}".format(**r))
+        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {error:.60}".format(**r))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))
     return 0

@@ -13,7 +13,7 @@ import uuid
 from typing import Any, Dict, List, Optional
 
 from .runtime.files import makedirs, read_json, register_tree, write_json
-from .runtime.layout import Layout, make_shards
+from .runtime.layout import Layout
 from .runtime.store import Store
 
 #: Version of the root's layout and protocol. Format 1 (hither_fs 0.1) kept per-job
@@ -145,10 +145,6 @@ class Root:
                 write_json(marker, {"format": FORMAT, "mode": mode, "created": now_iso()})
             for d in self.layout.top_dirs():
                 makedirs(d)
-            # the 256 shards of the busiest directories from the start: nodes that make the
-            # same directory at once, each with a cache of its own, are best avoided
-            for d in (self.layout.jobs, self.layout.store, self.layout.cache):
-                make_shards(d)
         except OSError as exc:
             raise RootError(_cannot_create(path, exc)) from None
         info = read_json(marker)
