@@ -147,8 +147,6 @@ class ParallelJobHandler(JobHandler):
         return self.queue_name
 
     def submitted(self, root: Root, job) -> None:
-        if job is not None and job.is_done():
-            return  # answered from the cache: no worker needed for it
         if root.path not in self._checked:
             reason = root.unsafe_reason()
             if reason:  # its workers would refuse the root: say so now, not by hanging

@@ -98,16 +98,19 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         _prepare_container_job(fn, root, spec)
     handler.check(spec)
 
+    cached = False
     if cache is not None and not cfg["force_run"]:
         entry = cache.lookup(root, key)
         if entry is not None and ("value" in entry or not cfg["rerun_failing"]):
-            job = _job_from_cache(root, cache, entry, spec, handler)
+            job, cached = _job_from_cache(root, cache, entry, spec, handler), True
         else:
             job = _create_once(root, cache, spec, handler)
     else:
         job = _create(root, spec, handler)
     with _jobs_lock:
         _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
+    if cached:
+        return job  # answered from the cache: nothing for the handler to run
     if handler.in_process:
         handler.remember(job.id, fn.__wrapped__)  # it runs in this process: no import needed
     handler.submitted(root, job)
