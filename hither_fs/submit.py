@@ -211,15 +211,15 @@ def wait(timeout: Optional[float] = None) -> None:
     stop_if_loading_script("hi.wait()")
     deadline = None if timeout is None else time.monotonic() + timeout
     with _jobs_lock:
-        left = [job for job in _jobs]
-    while left:
-        job = left[-1]
+        jobs = list(_jobs)
+    # the newest first; then each of the others in turn (most are done by then: one look each)
+    order = jobs[-1:] + jobs[:-1]
+    for k, job in enumerate(order):
+        many = k < len(order) - 1
         try:
             # with others still to come, a few milliseconds of lag cost nothing: look less often
-            many = len(left) > 1
             job.wait_done(None if deadline is None else max(0.0, deadline - time.monotonic()),
                           poll=POLL_MAX if many else POLL_MIN, lag=0.05 if many else 0.0)
         except TimeoutError:  # say the caller's timeout, not what was left of it for this job
             raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
                 job.id, job.function_name, timeout, job.status)) from None
-        left = [j for j in left[:-1] if not j.is_done()]
