@@ -52,12 +52,14 @@ def scratch_root(worker_id: str) -> str:
     return os.path.join(tempfile.gettempdir(), "hither_fs-{}".format(os.getuid()), worker_id)
 
 
+def slurm_facts() -> Dict[str, Any]:
+    """The Slurm job id and node this process runs in, if it runs in an allocation."""
+    return {key: os.environ[var] for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node"))
+            if os.environ.get(var)}
+
+
 def base_runtime(worker_id: str) -> Dict[str, Any]:
-    info = {"host": HOST, "worker": worker_id, "python": sys.version.split()[0]}
-    for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node")):
-        if os.environ.get(var):
-            info[key] = os.environ[var]
-    return info
+    return dict(slurm_facts(), host=HOST, worker=worker_id, python=sys.version.split()[0])
 
 
 def kill_tree(pid: int) -> None:

@@ -18,7 +18,7 @@ fails, the next submitter claims marker ``.1`` the same way, and so on.
 import hashlib
 import json
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly, temp_name,
                             with_parents, write_new)
@@ -156,21 +156,28 @@ class JobCache:
     def _marker(self, root, key: str, n: int) -> str:
         return self._entry_path(self.directory(root), key, ".inflight.{}".format(n))
 
+    def _markers(self, root, key: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
+        """``(path, marker)`` of the markers of ``key``, 0 upwards (a damaged one as ``{}``)."""
+        n = 0
+        while True:
+            path = self._marker(root, key, n)
+            try:
+                marker = read_json(path, None, missing_ok=True)
+            except CorruptFileError:
+                marker = {}
+            if marker is None:
+                return
+            yield path, marker if isinstance(marker, dict) else {}
+            n += 1
+
     def in_flight(self, root, key: str) -> Tuple[int, Optional[str]]:
         """``(n, job id)`` of the newest marker of ``key`` in this root (``(-1, None)``:
         none). A marker that cannot be read, or that names a job of another root,
         counts as a job that is not there."""
         n, job_id = -1, None
-        while True:
-            try:
-                marker = read_json(self._marker(root, key, n + 1), None, missing_ok=True)
-            except CorruptFileError:
-                marker = {}
-            if marker is None:
-                return n, job_id
-            n += 1
-            ok = isinstance(marker, dict) and marker.get("root") == root.path
-            job_id = marker.get("job_id") if ok else None
+        for n, (_, marker) in enumerate(self._markers(root, key)):
+            job_id = marker.get("job_id") if marker.get("root") == root.path else None
+        return n, job_id
 
     def claim_in_flight(self, root, key: str, n: int, job_id: str) -> bool:
         """Become the job computing ``key`` with marker number ``n``: True unless another
@@ -192,21 +199,12 @@ class JobCache:
         still standing always start at 0; a submitter that claims a number meanwhile finds
         the entry when it looks again (see :func:`hither_fs.submit._create_once`)."""
         paths = []
-        n = 0
-        while True:
-            path = self._marker(root, key, n)
-            try:
-                marker = read_json(path, None, missing_ok=True)
-            except CorruptFileError:
-                marker = {}
-            if marker is None:
-                return
+        for path, marker in self._markers(root, key):
             paths.append(path)
-            if isinstance(marker, dict) and marker.get("job_id") == job_id:
+            if marker.get("job_id") == job_id:
                 for p in reversed(paths):
                     remove_quietly(p)
                 return
-            n += 1
 
 
 def record_outcome(root, spec: Dict[str, Any], status: str, result: Optional[Dict[str, Any]] = None,

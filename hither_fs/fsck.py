@@ -34,7 +34,7 @@ from .protocol import FINAL_VALUES, Status, Token
 from .queue import is_bucket, is_ticket, queue_names, ticket_token
 from .root import Root
 from .runtime.files import CorruptFileError, listdir, read_json, remove_quietly
-from .runtime.layout import is_job_id, is_worker_id, live_console_prefix
+from .runtime.layout import host_label, is_job_id, is_worker_id, live_console_prefix
 from .runtime.serialization import walk_refs
 from .runtime.store import BlobMissingError, sha1_of_file
 
@@ -233,7 +233,7 @@ def _taker_dead(root: Root, taker_id: str, path: str) -> bool:
     heartbeat younger than STALE_TEMP_SECONDS elsewhere (taker ids are
     ``<kind>-<host>-<pid>-<tag>``)."""
     host, pid = id_host_pid(taker_id)
-    if host == protocol._host_label() and pid is not None:
+    if host == host_label() and pid is not None:
         return not psutil.pid_exists(pid)
     hb = root.layout.heartbeat(taker_id)
     return (_age(hb) if os.path.lexists(hb) else _age(path)) > STALE_TEMP_SECONDS

@@ -30,7 +30,7 @@ from . import protocol
 from .protocol import Token
 from .root import Root, now_iso
 from .runtime.files import HOST, CorruptFileError, listdir, read_json, remove_quietly, with_parents, write_json
-from .runtime.layout import is_worker_id
+from .runtime.layout import host_and_pid, host_label, is_worker_id
 
 log = logging.getLogger("hither_fs.lease")
 
@@ -53,14 +53,9 @@ class Host:
         return cls(HOST, pidns)
 
 
-def _label(host: str) -> str:
-    return "".join(c if c.isalnum() or c == "-" else "-" for c in host.split(".")[0]) or "host"
-
-
 def id_host_pid(worker_id: str) -> Tuple[Optional[str], Optional[int]]:
     """The host label and pid in a worker's or taker's id, ``<kind>-<host>-<pid>-<tag>``."""
-    host, _, pid = worker_id.partition("-")[2].rpartition("-")[0].rpartition("-")
-    return (host or None), (int(pid) if pid.isdigit() else None)
+    return host_and_pid(worker_id.partition("-")[2])
 
 
 def pid_alive(pid: int, create_time: Optional[float]) -> bool:
@@ -142,7 +137,7 @@ class LeaseJudge:
             # gone before its first beat): its id says its host and pid. A wrong verdict here
             # could only cost a re-run, never a second result: the fence decides that.
             host, pid = id_host_pid(worker_id)
-            if host == _label(self.host.name) and pid is not None and not self.alive(pid, None):
+            if host == host_label(self.host.name) and pid is not None and not self.alive(pid, None):
                 return "{} (pid {} on {}) is dead".format(worker_id, pid, self.host.name)
         return None
 

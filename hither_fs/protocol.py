@@ -73,9 +73,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .queue import is_ticket, iter_tickets, queue_names, ticket_token, writer_for
 from .root import Root, now_iso
-from .runtime.files import (HOST, CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
+from .runtime.files import (CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
                             remove_quietly, temp_name, with_parents, write_new)
-from .runtime.layout import is_job_id, is_worker_id
+from .runtime.layout import host_label, is_job_id, is_worker_id
 
 DEFAULT_MAX_ATTEMPTS = 3
 #: A spec or state bigger than this is damage, not a record (results go to the store when big).
@@ -134,9 +134,6 @@ class Token:
 
     def claimed_by(self, worker_id: str) -> "Token":
         return Token(self.job_id, self.gen, self.attempt, worker_id)
-
-    def unclaimed(self) -> "Token":
-        return Token(self.job_id, self.gen, self.attempt)
 
 
 @dataclass
@@ -220,10 +217,7 @@ def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional
     that someone other than the root's user (or, in a group-shared root, group) owns
     or can write could make the worker run their code."""
     path = root.layout.spec_file(job_id)
-    data, st = read_bytes(path, limit=RECORD_LIMIT)
-    spec = parse_json(path, data)
-    if not isinstance(spec, dict):
-        raise CorruptFileError(path, "not a JSON object")
+    spec, st = _read_record(path)
     return spec, root.unsafe_stat_reason(path, st, allow_group_write=True)
 
 
@@ -241,12 +235,8 @@ def set_taker(taker_id: str) -> None:
 def taker() -> str:
     """Who this process is when it takes a token: its worker id, or a name of its own."""
     if _taker["pid"] != os.getpid():  # a new process (or a forked one): a name of its own
-        _taker.update(id="p-{}-{}-{}".format(_host_label(), os.getpid(), uuid.uuid4().hex[:6]), pid=os.getpid())
+        _taker.update(id="p-{}-{}-{}".format(host_label(), os.getpid(), uuid.uuid4().hex[:6]), pid=os.getpid())
     return _taker["id"]
-
-
-def _host_label() -> str:
-    return "".join(c if c.isalnum() or c == "-" else "-" for c in HOST.split(".")[0]) or "host"
 
 
 TAKEN = ".taken."
@@ -276,9 +266,7 @@ def _take(root: Root, token_path: str, job_id: str) -> Optional[str]:
     the taker die in between (see :func:`recover_taken`).
     """
     name = os.path.basename(token_path)
-    parsed = parse_taken(name)
-    token_name = parsed[1].name if parsed else ticket_token(name) if is_ticket(name) else name
-    held = taken_path(root, taker(), token_name)
+    held = taken_path(root, taker(), ticket_token(name) if is_ticket(name) else name)
     try:
         os.rename(token_path, held)
         return held
@@ -297,8 +285,9 @@ class Held:
 
 
 @contextlib.contextmanager
-def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[Held]]:
-    """Take the token for a block, or yield None if someone else has it.
+def _holding(root: Root, token_path: str, job_id: str, taken: bool = False) -> Iterator[Optional[Held]]:
+    """Take the token for a block (``taken``: ``token_path`` is one this process has
+    taken already), or yield None if someone else has it.
 
     Right after the take the job's state is read: a job that is final already
     (a token left over by a crash, or a repair, can come back after its job
@@ -307,7 +296,7 @@ def _holding(root: Root, token_path: str, job_id: str) -> Iterator[Optional[Held
     where it was, so the job is exactly as before. A job whose directory is
     gone (deleted by hand) loses its token.
     """
-    held = _take(root, token_path, job_id)
+    held = token_path if taken else _take(root, token_path, job_id)
     if held is None:
         yield None
         return
@@ -579,14 +568,7 @@ def taken_tokens(root: Root) -> List[Tuple[str, Token, str]]:
 
 def running_claims(root: Root, job_id: Optional[str] = None) -> List[Tuple[Token, str]]:
     """Every claim in ``running/`` (one listing), or those of one job."""
-    out = []
-    for name in listdir(root.layout.running):
-        if job_id is not None and not name.startswith(job_id + "."):
-            continue
-        token = Token.parse(name)
-        if token is not None and token.worker is not None:
-            out.append((token, os.path.join(root.layout.running, name)))
-    return out
+    return [(token, path) for token, path in scan_running(root)[0] if job_id in (None, token.job_id)]
 
 
 # -- running -> final ----------------------------------------------------------------------
@@ -752,7 +734,7 @@ def recover_taken(root: Root, path: str, why: str) -> Optional[Status]:
         remove_quietly(mine)
         return None  # published after all, or recovered by someone else
     remove_quietly(trash)
-    with _holding(root, mine, job_id) as held:
+    with _holding(root, mine, job_id, taken=True) as held:
         if held is None:
             return None
         if token.worker is not None:  # it was running: as a lost run

@@ -33,13 +33,14 @@ job: the rename in :func:`hither_fs.protocol.claim` does.
 import os
 import random
 import re
-import socket
 import time
 import uuid
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
+import psutil
+
 from .runtime.files import listdir, read_bytes, remove_quietly, with_parents, write_bytes, write_new
-from .runtime.layout import Layout, check_queue_name
+from .runtime.layout import Layout, check_queue_name, host_and_pid, host_label
 
 BUCKET_SIZE = 1000
 BUCKET_AGE = 30.0
@@ -54,7 +55,6 @@ MAX_SPREAD = 256
 CONTENTION_MEMORY = 2.0
 
 _STAMP = re.compile(r"^[0-9]{20}-")
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0]) or "host"
 
 
 def is_bucket(name: str) -> bool:
@@ -86,7 +86,7 @@ class TicketWriter:
         now = self.clock()
         current = self._buckets.get(queue)
         if current is None or current[1] >= BUCKET_SIZE or now - current[2] >= BUCKET_AGE:
-            name = "{:020d}-{}-{}-{}".format(time.time_ns(), _HOST, os.getpid(), uuid.uuid4().hex[:4])
+            name = "{:020d}-{}-{}-{}".format(time.time_ns(), host_label(), os.getpid(), uuid.uuid4().hex[:4])
             current = (name, 0, now)
         self._buckets[queue] = (current[0], current[1] + 1, current[2])
         return current[0]
@@ -118,16 +118,6 @@ class TicketWriter:
         self._rung[queue] = now
         bell = self.layout.bell(queue)
         with_parents(lambda: write_bytes(bell, uuid.uuid4().hex.encode()), os.path.dirname(bell))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 _writers: Dict[str, TicketWriter] = {}
@@ -245,8 +235,8 @@ class QueueReader:
             stamp = int(bucket[:20]) / 1e9
         except ValueError:
             return
-        host, _, rest = bucket[21:].rpartition("-")[0].rpartition("-")
-        gone = host == _HOST and rest.isdigit() and not _pid_alive(int(rest))
+        host, pid = host_and_pid(bucket[21:])
+        gone = host == host_label() and pid is not None and not psutil.pid_exists(pid)
         if gone or time.time() - stamp > 2 * BUCKET_AGE:
             try:
                 os.rmdir(os.path.join(self.dir, bucket))

@@ -28,13 +28,13 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
 from . import protocol
-from .attempts import Attempt, Slots, scratch_root
+from .attempts import Attempt, Slots, scratch_root, slurm_facts
 from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
 from .protocol import Claim
 from .queue import QueueReader, count_tickets, ticket_token
 from .root import Root
-from .runtime.files import HOST, CorruptFileError, listdir, remove_quietly
-from .runtime.layout import check_queue_name
+from .runtime.files import CorruptFileError, listdir, remove_quietly
+from .runtime.layout import check_queue_name, host_label
 
 log = logging.getLogger("hither_fs.worker")
 
@@ -53,8 +53,7 @@ PENDING_SWEEP = 30.0
 
 
 def new_worker_id(prefix: str = "w") -> str:
-    host = "".join(c if c.isalnum() or c == "-" else "-" for c in HOST.split(".")[0]) or "host"
-    return "{}-{}-{}-{}".format(prefix, host, os.getpid(), uuid.uuid4().hex[:6])
+    return "{}-{}-{}-{}".format(prefix, host_label(), os.getpid(), uuid.uuid4().hex[:6])
 
 
 class Worker:
@@ -117,7 +116,7 @@ class Worker:
         self.recovery = Recovery(root, self.judge, me=self.id)
         self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots, "cpus": cpus,
                                                   "memory_gb": memory_gb, "lease": lease,
-                                                  **_slurm_facts()}, host=host)
+                                                  **slurm_facts()}, host=host)
         self._specs: "OrderedDict[str, Any]" = OrderedDict()  # recently read specs (jobs seen but not taken)
         self._pending_seen: Dict[str, float] = {}
         self._complained: Dict[Any, float] = {}
@@ -463,12 +462,3 @@ class Worker:
             if queue in self.queues:
                 return True
         return False
-
-
-def _slurm_facts() -> Dict[str, Any]:
-    info = {}
-    for var, key in (("SLURM_JOB_ID", "slurm_job_id"), ("SLURMD_NODENAME", "slurm_node")):
-        if os.environ.get(var):
-            info[key] = os.environ[var]
-    return info
-

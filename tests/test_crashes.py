@@ -20,6 +20,7 @@ from conftest import REPO, TESTS
 from hither_fs import fsck, protocol
 from hither_fs.protocol import FINAL_VALUES
 from hither_fs.queue import iter_tickets
+from hither_fs.runtime.layout import host_label
 
 SUBMIT = r'''
 import sys, crashpoint
@@ -154,7 +155,7 @@ def test_a_worker_killed_while_committing_is_recovered_without_fsck(root):
     with hi.Config(job_handler=Q()):
         job = add_job(x=1, y=2)
     [(ticket, _)] = list(iter_tickets(root.layout, 'q'))
-    gone = 'w-{}-999999999-abcdef'.format(protocol._host_label())  # a worker of this host whose pid is gone
+    gone = 'w-{}-999999999-abcdef'.format(host_label())  # a worker of this host whose pid is gone
     claim = protocol.claim(root, ticket, gone, protocol.read_spec(root, job.id))
     os.rename(claim.path, protocol.taken_path(root, gone, claim.token.name))  # taken, and then it died
     assert run(WORKER, root.path, 0, 'kill').returncode == 0

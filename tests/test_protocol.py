@@ -15,6 +15,7 @@ from hither_fs.lease import Host, LeaseJudge, Recovery
 from hither_fs.protocol import Outcome, Status, Token
 from hither_fs.queue import BUCKET_AGE, BUCKET_SIZE, QueueReader, TicketWriter, iter_tickets
 from hither_fs.root import Root, new_job_id, now_iso
+from hither_fs.runtime.layout import host_label
 
 
 @pytest.fixture
@@ -326,7 +327,7 @@ def test_a_taker_that_resumes_after_recovery_publishes_nothing(root):
 def test_fsck_moves_on_a_token_whose_taker_died(root):
     spec = submit(root)
     claim = claim_next(root, 'w-a')
-    dead = 'w-{}-999999999-abcdef'.format(protocol._host_label())  # a worker of this host, pid gone
+    dead = 'w-{}-999999999-abcdef'.format(host_label())  # a worker of this host, pid gone
     protocol.set_taker(dead)
     held = protocol._take(root, claim.path, spec['id'])
     protocol.set_taker('p-fsck')

@@ -32,6 +32,8 @@ Standard library only: this module also runs inside job containers.
 
 import os
 import re
+import socket
+from typing import Optional, Tuple
 
 # \Z, not $: "$" would also accept a trailing newline
 _ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
@@ -62,6 +64,20 @@ def check_queue_name(name: str) -> str:
 def is_worker_id(name: str) -> bool:
     """Worker ids are path components and parts of token names: no dots, no slashes."""
     return isinstance(name, str) and _WORKER_RE.match(name) is not None
+
+
+def host_label(host: Optional[str] = None) -> str:
+    """A host's name as it appears in worker ids, taker ids and bucket names: its first
+    label, with anything but letters, digits and '-' made a '-'."""
+    host = socket.gethostname() if host is None else host
+    return re.sub(r"[^A-Za-z0-9-]", "-", host.split(".")[0]) or "host"
+
+
+def host_and_pid(tagged: str) -> Tuple[Optional[str], Optional[int]]:
+    """``(host, pid)`` from ``<host>-<pid>-<tag>`` (the tail of worker ids, taker ids and
+    bucket names, which say who made them); ``(None, None)`` if it is not of that shape."""
+    host, _, pid = tagged.rpartition("-")[0].rpartition("-")
+    return (host or None, int(pid)) if pid.isdigit() else (None, None)
 
 
 def live_console_prefix(name: str, gen: int, attempt: int) -> str:
