@@ -13,6 +13,7 @@ from .function import container, function, run
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .job import Job, get_job
 from .root import Root, RootError
+from .runtime.files import CorruptFileError
 from .runtime.serialization import File
 from .slurm import SlurmJobHandler
 from .submit import wait
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ComputeResource",
     "Config",
+    "CorruptFileError",
     "DefaultJobHandler",
     "File",
     "Job",

@@ -22,6 +22,7 @@ import os
 import resource
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -37,7 +38,7 @@ from .protocol import Claim, Outcome, error_record
 from .root import Root
 from .runtime.execute import OUTCOME, redirect_console, run_attempt
 from .runtime.files import HOST, CorruptFileError, file_mode, read_json, temp_name
-from .runtime.layout import live_console_prefix
+from .runtime.layout import host_and_pid, host_label, live_console_prefix
 
 CONSOLE = ("stdout", "stderr")
 log = logging.getLogger("hither_fs.worker")
@@ -47,9 +48,43 @@ def iso(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def scratch_base() -> str:
+    """This user's scratch directory on the node's own disk: made private, and refused if
+    it is someone else's, a symbolic link, or writable by others (another user of the
+    node could otherwise read or replace what jobs leave there)."""
+    base = os.path.join(tempfile.gettempdir(), "hither_fs-{}".format(os.getuid()))
+    try:
+        os.mkdir(base, 0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(base)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(base, 0o700)  # ours, made with looser bits (an older hither_fs): made private
+        st = os.lstat(base)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise PermissionError("refusing the scratch directory {}: it must be a directory of this user's that "
+                              "nobody else can use (it is {}, owner uid {}, mode {:o})".format(
+                                  base, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "there", st.st_uid,
+                                  stat.S_IMODE(st.st_mode)))
+    return base
+
+
 def scratch_root(worker_id: str) -> str:
     """This worker's scratch directory on the node's own disk."""
     return os.path.join(tempfile.gettempdir(), "hither_fs-{}".format(os.getuid()), worker_id)
+
+
+def remove_dead_scratch() -> List[str]:
+    """Remove the scratch directories that workers of this node left when they were killed
+    (their pid is gone). Returns them."""
+    base = scratch_base()
+    removed = []
+    for name in os.listdir(base):
+        host, pid = host_and_pid(name.partition("-")[2])  # worker ids: <kind>-<host>-<pid>-<tag>
+        if host == host_label() and pid is not None and not psutil.pid_exists(pid):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            removed.append(os.path.join(base, name))
+    return removed
 
 
 def slurm_facts() -> Dict[str, Any]:
@@ -339,6 +374,10 @@ class Slots:
         """Commit one run; False if the root could not take it (kept for a retry)."""
         try:
             final = protocol.commit(self.root, attempt.claim, outcome, tick=self.tick)
+        except protocol.JobGoneError as exc:  # its token is dropped: nothing to retry
+            log.warning("job %s: outcome not recorded: %s", attempt.job_id, exc)
+            attempt.cleanup()
+            return True
         except Exception:
             if first:  # (a full disk, say) the job stays ours: try again soon, never leave it stuck
                 log.exception("could not commit job %s; will retry", attempt.job_id)

@@ -20,10 +20,12 @@ import json
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
+from . import gc
+from .root import Root
 from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly, temp_name,
                             with_parents, write_new)
 from .runtime.layout import make_shards
-from .runtime.serialization import walk_refs
+from .runtime.serialization import blob_refs
 from .runtime.store import Store
 
 
@@ -135,14 +137,34 @@ class JobCache:
             remove_quietly(tmp)
 
     def _copy_blobs(self, src: Store, dst: Store, value: Any) -> None:
-        if src.path == dst.path:
-            for ref in walk_refs(value):
-                if "sha1" in ref:
-                    src.verified_path(ref["sha1"], ".npy" if ref["__hither__"] != "file" else "")
-            return
-        for ref in walk_refs(value):
-            if "sha1" in ref:
-                dst.copy_blob_from(src, ref["sha1"], ".npy" if ref["__hither__"] != "file" else "")
+        for sha1, ext in blob_refs(value):
+            if src.path == dst.path:
+                src.verified_path(sha1, ext)
+                src.refresh(sha1, ext)  # about to be recorded again: young to hither-fs gc
+            else:
+                dst.copy_blob_from(src, sha1, ext)
+
+    def reduce_size(self, bytes_limit: Any = None, items_limit: Optional[int] = None, age_limit: Any = None,
+                    root=None) -> Tuple[int, int]:
+        """Remove the oldest entries until the cache holds at most ``items_limit`` entries
+        and ``bytes_limit`` bytes (``'10G'`` works; entries and their blobs) and none older
+        than ``age_limit`` (seconds, ``'30d'`` or a ``timedelta``); then remove the blobs no
+        entry left refers to. Nothing younger than an hour is removed (a job may be
+        recording it just now). Returns how many entries and blobs went.
+
+        For ``JobCache()`` (entries in the root) only entries go here: the root's blobs
+        are swept by ``hither-fs gc``, which knows what jobs refer to.
+        """
+        if self.path is None:
+            root = root if root is not None else Root.get()
+            directory, store = root.layout.cache, None
+        else:
+            directory = self.directory(None)
+            store = Store(os.path.join(self.path, "store"))
+        entries, blobs = gc.reduce_cache(
+            directory, store, None if bytes_limit is None else gc.parse_size(bytes_limit), items_limit,
+            None if age_limit is None else gc.parse_age(age_limit))
+        return len(entries), len(blobs)
 
     # -- in flight -----------------------------------------------------------
     #

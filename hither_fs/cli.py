@@ -7,14 +7,15 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import protocol
+from . import gc, protocol
 from .fsck import fsck
 from .job import Job
-from .protocol import Status
+from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
 from .runtime.files import CorruptFileError, listdir, with_parents, write_new
 from .runtime.layout import check_job_id, is_job_id
 from .slurm import Allocation, live_workers, parse_slurm_time
+from .usage import SHARED_NOTE, disk_usage, human
 from .worker import Worker
 
 
@@ -27,10 +28,14 @@ def _iter_job_ids(root: Root) -> Iterator[str]:
 
 def _job_summary(root: Root, job_id: str, running: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     try:
+        protocol.check_job_dir(root, job_id)
         state = protocol.read_state(root, job_id)
         spec = protocol.read_spec(root, job_id)
-    except (OSError, CorruptFileError):
+    except FileNotFoundError:
         return None
+    except (OSError, CorruptFileError) as exc:
+        return {"id": job_id, "status": "damaged", "function": "?", "submitted": "", "attempt": 0, "worker": "",
+                "error": str(exc)}
     status = state.get("status", "?")
     worker = state.get("worker") or ""
     attempt = state.get("attempt", 0)
@@ -181,9 +186,66 @@ def cmd_fsck(args) -> int:
         tag = "DAMAGED" if f.damage else "repaired" if f.repaired else "stale"
         print("{:8}  {}: {}".format(tag, f.path, f.problem))
     damaged = sum(f.damage for f in findings)
-    print("{}: {} damaged, {} stale ({} repaired)".format(
-        root.path, damaged, len(findings) - damaged, sum(f.repaired for f in findings)))
+    repaired = sum(f.repaired for f in findings)
+    print("{}: {} damaged, {} stale ({} repaired)".format(root.path, damaged, len(findings) - damaged, repaired))
+    left = len(findings) - repaired
+    if left and args.repair:
+        print("left as they are: {} (damaged data is only reported: nothing is guessed; stale entries "
+              "are repaired once no live process can still be using them)".format(left))
     return 1 if damaged else 0
+
+
+def cmd_du(args) -> int:
+    root = Root.get(args.root, create=False)
+    usage = disk_usage(root)
+    if args.json:
+        print(json.dumps(usage.to_json(), indent=1))
+    elif args.by == "area":
+        line = "{:10}  {:>10}  {:>10}  {:>9}"
+        print(line.format("AREA", "BYTES", "DISK", "INODES"))
+        for name, c in list(usage.areas.items()) + [("total", usage.total)]:
+            print(line.format(name, human(c.bytes), human(c.disk), c.inodes))
+    else:
+        line = "{:20}  {:>6}  {:>10}  {:>10}  {:>9}  {:>6}  {:>10}  {:>10}"
+        print(line.format(args.by.upper(), "JOBS", "BYTES", "DISK", "INODES", "BLOBS", "BLOB BYTES", "BLOB DISK"))
+        for name, g in list(getattr(usage, "by_" + args.by).items()) + [("all jobs", usage.all_jobs)]:
+            print(line.format(name, g.jobs, human(g.bytes), human(g.disk), g.inodes, g.blobs, human(g.blob_bytes),
+                              human(g.blob_disk)))
+        t = usage.total
+        print("root total: {} ({} on disk), {} inodes".format(human(t.bytes), human(t.disk), t.inodes))
+        print("BYTES, DISK, INODES: the jobs' directories; BLOBS: the store blobs their arguments and results "
+              "refer to ({}; \"all jobs\" counts it once)".format(SHARED_NOTE))
+    for path in usage.unreadable:
+        print("hither-fs du: cannot list {}: what it holds is not counted".format(path), file=sys.stderr)
+    return 1 if usage.unreadable else 0
+
+
+def cmd_gc(args) -> int:
+    root = Root.get(args.root, create=False)
+    sel = gc.Selection(
+        older_than=None if args.older_than is None else gc.parse_age(args.older_than),
+        functions=set(args.function or ()), runs=set(args.run or ()), labels=set(args.label or ()),
+        statuses=set(args.status or ()), max_bytes=None if args.max_bytes is None else gc.parse_size(args.max_bytes),
+        max_inodes=args.max_inodes, cache=args.cache, grace=gc.parse_age(args.grace))
+    plan = gc.collect(root, sel, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "jobs": plan.jobs, "cache_entries": plan.cache_entries,
+                          "blobs": plan.blobs, "freed": vars(plan.freed), "before": vars(plan.total),
+                          "kept": plan.kept}, indent=1))
+        return 0
+    if args.list:
+        for job_id in plan.jobs:
+            print("job   {}".format(job_id))
+        for key in plan.cache_entries:
+            print("cache {}".format(key))
+        for key in plan.blobs:
+            print("blob  {}".format(key))
+    print("{} {} jobs, {} cache entries and {} blobs: {} and {} inodes of {} and {} inodes".format(
+        "would remove" if args.dry_run else "removed", len(plan.jobs), len(plan.cache_entries), len(plan.blobs),
+        human(plan.freed.bytes), plan.freed.inodes, human(plan.total.bytes), plan.total.inodes))
+    for why, n in sorted(plan.kept.items()):
+        print("kept: {} ({})".format(why, n) if n > 1 or "budget" not in why else "note: {}".format(why))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ls", help="list jobs")
     p.add_argument("--root", default=argparse.SUPPRESS)
-    p.add_argument("--status", choices=[s.value for s in Status])
+    p.add_argument("--status", choices=[s.value for s in Status] + ["damaged"])
     p.add_argument("--function")
     p.add_argument("--limit", type=int, default=50, help="show the newest N (default 50; 0: all)")
     p.add_argument("--json", action="store_true")
@@ -266,6 +328,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "temp files of dead writers (damaged data is only reported)")
     p.set_defaults(func=cmd_fsck)
 
+    p = sub.add_parser("du", help="bytes and inodes of the root: by area, or the jobs' by function, status or age")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--by", choices=["area", "function", "status", "age"], default="area",
+                   help="what to sum by (default: area, the root's top-level directories)")
+    p.add_argument("--json", action="store_true", help="every view, exact numbers")
+    p.set_defaults(func=cmd_du)
+
+    p = sub.add_parser("gc", help="remove old finished jobs, then the blobs nothing refers to any more",
+                       description="Remove final jobs (finished, error, cancelled) by age, by what they are, or "
+                                   "oldest first to fit a budget; then sweep store blobs that no job or cache entry "
+                                   "left refers to. Live jobs, the jobs they wait for, cache entries (unless "
+                                   "--cache) and anything younger than --grace always stay. Safe while workers and "
+                                   "submitters run.")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--older-than", metavar="AGE", help="jobs that ended longer ago than this (30d, 12h, 90m, 2w)")
+    p.add_argument("--function", action="append", help="jobs of this function (repeatable)")
+    p.add_argument("--run", action="append", help="jobs of this run (repeatable; see hither-fs show)")
+    p.add_argument("--label", action="append", help="jobs with this label (hi.Config(label=...); repeatable)")
+    p.add_argument("--status", action="append", choices=sorted(FINAL_VALUES), help="jobs with this final status")
+    p.add_argument("--max-bytes", metavar="SIZE", help="remove the oldest matching jobs until the root holds "
+                                                       "at most this (500M, 10G)")
+    p.add_argument("--max-inodes", type=int, metavar="N", help="... until the root has at most N files and "
+                                                                  "directories")
+    p.add_argument("--cache", action="store_true", help="also remove the root's cache entries of the chosen "
+                                                        "functions and age (default: cache entries stay)")
+    p.add_argument("--grace", default="1h", metavar="AGE",
+                   help="nothing younger than this is removed (default 1h; by the file system's clock)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go and what it frees; remove nothing")
+    p.add_argument("--list", action="store_true", help="name every job, cache entry and blob removed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gc)
+
     p = sub.add_parser("cancel", help="cancel jobs (running ones are killed)")
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("job_ids", nargs="+")
@@ -277,6 +371,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, LookupError, OSError, RuntimeError, RootError) as exc:
+    except (ValueError, LookupError, OSError, RuntimeError, RootError, CorruptFileError) as exc:
         print("hither-fs: {}".format(exc), file=sys.stderr)
         return 2

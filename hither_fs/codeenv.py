@@ -33,6 +33,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .runtime.files import makedirs, temp_name
@@ -177,7 +178,9 @@ def collect(fn) -> Tuple[Dict[str, Optional[str]], Dict[str, Any]]:
 
 
 _cache_lock = threading.Lock()
-_cache: Dict[Any, Tuple[Any, Dict[str, Any]]] = {}
+_cache: Dict[Any, Tuple[Any, Dict[str, Any], float]] = {}
+#: Seconds a stored code environment is reused by a submitting process before it is stored again.
+REUSE_SECONDS = 600.0
 
 
 def _signature(files: Dict[str, Optional[str]]) -> Tuple:
@@ -202,7 +205,10 @@ def capture(fn, store: Store) -> Dict[str, Any]:
     key = (store.path, fn.name, entry["module"], entry["file"])
     with _cache_lock:
         hit = _cache.get(key)
-    if hit is not None and hit[0] == sig and store.has(hit[1]["manifest"]):
+    # reused for REUSE_SECONDS, then stored anew: hither-fs gc never sweeps blobs younger than
+    # its grace period (an hour at least by default), so reused blobs are never swept under a job
+    if hit is not None and hit[0] == sig and time.monotonic() - hit[2] < REUSE_SECONDS and \
+            store.has(hit[1]["manifest"]):
         return dict(hit[1])
     empty = None
     listing: Dict[str, str] = {}
@@ -219,7 +225,7 @@ def capture(fn, store: Store) -> Dict[str, Any]:
     code = {"manifest": store.put_bytes(manifest), "module": entry["module"], "file": entry["file"],
             "files": len(listing), "bytes": total}
     with _cache_lock:
-        _cache[key] = (sig, code)
+        _cache[key] = (sig, code, time.monotonic())
     return dict(code)
 
 

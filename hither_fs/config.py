@@ -22,6 +22,7 @@ DEFAULTS: Dict[str, Any] = {
     "max_attempts": 3,       # tries when a worker running the job is lost
     "job_resources": None,   # e.g. {"cpus": 4, "memory_gb": 8}: what one job needs (Slurm handlers)
     "root": None,            # the root directory; None: $HITHER_FS_ROOT or ~/.hither_fs
+    "label": None,           # a name of your choosing, recorded with each job (hither-fs gc --label)
 }
 
 
@@ -36,11 +37,11 @@ class Config:
 
     def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
                  cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
-                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET):
+                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET):
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
                      job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
-                     root=root)
+                     root=root, label=label)
         self.options = {k: v for k, v in given.items() if v is not _UNSET}
         _check(self.options)
 
@@ -90,6 +91,10 @@ def _check(options: Dict[str, Any]) -> None:
         for k, v in resources.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError("job_resources[{!r}] must be a non-negative number, not {!r}".format(k, v))
+    label = options.get("label")
+    if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > 200):
+        raise ValueError("label must be a non-empty string of at most 200 characters or None, not {!r}"
+                         .format(label))
     cache = options.get("job_cache")
     if cache not in (None, False) and not hasattr(cache, "lookup"):
         raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))

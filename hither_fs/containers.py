@@ -39,9 +39,11 @@ adjusted instead); and a pull returns the image path even when it failed
 import contextlib
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from typing import Any, Dict, Iterator, List, Optional
@@ -54,6 +56,8 @@ from .root import Root, now_iso
 from .runtime.execute import OUTCOME, error_record
 from .runtime.files import HOST, file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.store import sha1_of_file
+
+log = logging.getLogger("hither_fs.containers")
 
 PULL_SCHEMES = ("docker://", "library://", "oras://", "shub://", "https://")
 #: ``HITHER_FS_IMAGE_FORMAT``: pull images as ``sandbox`` directories (the
@@ -215,7 +219,9 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
     if meta and os.path.exists(final):
         return _image_facts(meta, pulled=False)
     waited = time.monotonic()
-    with filelock.FileLock(final + ".lock", mode=file_mode(images), thread_local=False):
+    lock = final + ".lock"
+    _replace_odd_lock(lock)
+    with filelock.FileLock(lock, mode=file_mode(images), thread_local=False):
         waited = time.monotonic() - waited
         meta = read_json(meta_path, None, missing_ok=True)
         if meta and os.path.exists(final):
@@ -254,6 +260,22 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
         write_json(meta_path, meta)
         remove_quietly(failed_path)
         return _image_facts(meta, pulled=pulled, waited=waited)
+
+
+def _replace_odd_lock(path: str) -> None:
+    """A lock file must be a regular file: opening it follows a symbolic link (and could
+    truncate the file it points to, outside the root) or blocks on a FIFO. Such an entry
+    is removed; the lock makes a new, regular one."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(mode):
+        raise ContainerError("{} is a directory where the image's lock file belongs; remove it".format(path))
+    if not stat.S_ISREG(mode):
+        log.warning("removing %s: a %s where the image's lock file belongs", path,
+                    "symbolic link" if stat.S_ISLNK(mode) else "special file")
+        remove_quietly(path)
 
 
 def _remove(path: str) -> None:

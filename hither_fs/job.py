@@ -45,6 +45,7 @@ class Job:
         self._handler = handler
         self._spec: Optional[Dict[str, Any]] = None
         self._final: Optional[Dict[str, Any]] = None  # the final state, once seen (it never changes)
+        self._dir_checked = False
 
     # -- facts ---------------------------------------------------------------
 
@@ -69,6 +70,9 @@ class Job:
     def _read_state(self) -> Dict[str, Any]:
         if self._final is not None:
             return self._final
+        if not self._dir_checked:  # once: never read a job's files through a symbolic link
+            protocol.check_job_dir(self.root, self.id)
+            self._dir_checked = True
         state = protocol.read_state(self.root, self.id)
         if state.get("status") in FINAL_VALUES:
             self._final = state

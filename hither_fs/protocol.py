@@ -66,6 +66,7 @@ reported by ``hither-fs fsck`` and put right by ``--repair``.
 import contextlib
 import enum
 import os
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -104,6 +105,12 @@ FINAL_VALUES = frozenset(s.value for s in FINAL)
 
 class JobGoneError(Exception):
     """A token names a job whose directory is not in the root (deleted by hand)."""
+
+
+class JobDirectoryError(CorruptFileError):
+    """A job's directory is not a directory: a file, or a symbolic link (which hither_fs
+    never follows, so as never to read or write outside the root). Nothing can be
+    recorded for such a job."""
 
 
 @dataclass(frozen=True)
@@ -191,7 +198,10 @@ def summary(state: Dict[str, Any]) -> str:
 # -- reading ---------------------------------------------------------------------
 
 def _read_record(path: str) -> Tuple[Dict[str, Any], os.stat_result]:
-    data, st = read_bytes(path, limit=RECORD_LIMIT)
+    try:
+        data, st = read_bytes(path, limit=RECORD_LIMIT)
+    except NotADirectoryError:
+        raise JobDirectoryError(os.path.dirname(path), "is a file, not a job directory") from None
     record = parse_json(path, data)
     if not isinstance(record, dict):
         raise CorruptFileError(path, "not a JSON object")
@@ -208,6 +218,21 @@ def read_state(root: Root, job_id: str) -> Dict[str, Any]:
     return _read_record(root.layout.state_file(job_id))[0]
 
 
+def check_job_dir(root: Root, job_id: str) -> None:
+    """Raise :class:`JobDirectoryError` unless the job's directory is a real directory (or
+    missing). One ``lstat``: paid once per job by a worker, and once per ``Job`` object."""
+    path = root.layout.job_dir(job_id)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise JobDirectoryError(path, "is a symbolic link (to {}), not a job directory; hither_fs does not "
+                                "follow it out of the root".format(os.readlink(path)))
+    if not stat.S_ISDIR(st.st_mode):
+        raise JobDirectoryError(path, "is not a job directory (mode {:o})".format(st.st_mode))
+
+
 def job_exists(root: Root, job_id: str) -> bool:
     return os.path.lexists(root.layout.spec_file(job_id))
 
@@ -216,6 +241,7 @@ def read_spec_checked(root: Root, job_id: str) -> Tuple[Dict[str, Any], Optional
     """The spec a worker is about to run, and why it must not run it (or None): a spec
     that someone other than the root's user (or, in a group-shared root, group) owns
     or can write could make the worker run their code."""
+    check_job_dir(root, job_id)
     path = root.layout.spec_file(job_id)
     spec, st = _read_record(path)
     return spec, root.unsafe_stat_reason(path, st, allow_group_write=True)
@@ -285,9 +311,14 @@ class Held:
 
 
 @contextlib.contextmanager
-def _holding(root: Root, token_path: str, job_id: str, taken: bool = False) -> Iterator[Optional[Held]]:
+def _holding(root: Root, token_path: str, job_id: str, taken: bool = False,
+             dir_checked: bool = False) -> Iterator[Optional[Held]]:
     """Take the token for a block (``taken``: ``token_path`` is one this process has
     taken already), or yield None if someone else has it.
+
+    A job whose directory is not a directory (see :func:`check_job_dir`; ``dir_checked``:
+    the caller has just looked) loses its token: nothing can be recorded for it, and
+    nothing is written through a symbolic link out of the root.
 
     Right after the take the job's state is read: a job that is final already
     (a token left over by a crash, or a repair, can come back after its job
@@ -301,10 +332,13 @@ def _holding(root: Root, token_path: str, job_id: str, taken: bool = False) -> I
         yield None
         return
     try:
+        if not dir_checked:
+            check_job_dir(root, job_id)
         state = read_state(root, job_id)
-    except FileNotFoundError:
+    except (FileNotFoundError, JobDirectoryError) as exc:
         remove_quietly(held)
-        raise JobGoneError("{} names job {}, which is not in {}".format(token_path, job_id, root.path)) from None
+        raise JobGoneError("{} names job {}, which is not in {}{}".format(
+            token_path, job_id, root.path, "" if isinstance(exc, FileNotFoundError) else ": {}".format(exc))) from None
     except CorruptFileError:
         state = {}  # damaged: whoever holds the job writes a good one
     if state.get("status") in FINAL_VALUES:
@@ -349,10 +383,15 @@ def _publish_job(root: Root, spec: Dict[str, Any], state: Dict[str, Any]) -> Non
     """Make a job's directory appear whole: spec.json and state.json in a hidden
     directory, renamed into place (no reader ever sees half a job)."""
     job_dir = root.layout.job_dir(spec["id"])
+    spec_bytes = dumps(spec)
+    if len(spec_bytes) > RECORD_LIMIT:
+        raise ValueError("the arguments of this job are {} MB of JSON, more than a record may hold ({} MB): pass "
+                         "big data as numpy arrays or hi.File, which go to the store".format(
+                             len(spec_bytes) >> 20, RECORD_LIMIT >> 20))
     tmp = temp_name(job_dir)
     with_parents(lambda: mkdir(tmp), os.path.dirname(tmp))
     try:
-        write_new(os.path.join(tmp, "spec.json"), dumps(spec))
+        write_new(os.path.join(tmp, "spec.json"), spec_bytes)
         state["updated"] = now_iso()
         write_new(os.path.join(tmp, "state.json"), dumps(state))
         os.rename(tmp, job_dir)
@@ -397,12 +436,31 @@ def release(root: Root, spec: Dict[str, Any]) -> Status:
     # a token, which fsck reports, not a token that no finisher will ever look for.)
     for up in upstream:
         if is_job_id(up):
-            marker = os.path.join(root.layout.downstream_dir(up), job_id)
-            with contextlib.suppress(FileExistsError, FileNotFoundError):
-                with_parents(lambda: write_new(marker), os.path.dirname(marker))
+            _mark_waiting(root, up, job_id)
     pending = os.path.join(root.layout.pending, token.name)
     with_parents(lambda: write_new(pending), root.layout.pending)
     return promote(root, job_id, spec) or Status.PENDING
+
+
+def _mark_waiting(root: Root, upstream: str, job_id: str) -> None:
+    """Put ``job_id``'s marker in ``upstream``'s ``downstream/``. Only that directory is
+    made if missing, never the job's own: an upstream job removed (by ``hither-fs gc``)
+    stays removed, and the waiting job fails saying so."""
+    ddir = root.layout.downstream_dir(upstream)
+    marker = os.path.join(ddir, job_id)
+    for _ in range(2):
+        try:
+            write_new(marker)
+            return
+        except FileExistsError:
+            return
+        except FileNotFoundError:
+            try:
+                mkdir(ddir)
+            except FileExistsError:
+                pass
+            except (FileNotFoundError, NotADirectoryError):
+                return  # the upstream job is gone: promote() fails this job with that
 
 
 def withdraw(root: Root, job_id: str) -> None:
@@ -612,7 +670,7 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
     and then meanwhile: a job many others wait for takes a while).
     """
     job_id = claim.job_id
-    with _holding(root, claim.path, job_id) as held:
+    with _holding(root, claim.path, job_id, dir_checked=True) as held:  # checked when claimed
         if held is None:
             for live, _ in outcome.console.values():
                 remove_quietly(live)
@@ -620,8 +678,15 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
         status = outcome.status
         console = {name: size for name, (_, size) in outcome.console.items() if size > 0}
         extra = {"console": console} if console else {}
+        result, error = outcome.result, outcome.error
+        size = len(dumps(result)) if result is not None else 0
+        if size > RECORD_LIMIT:  # it could never be read back: an error now, not a broken record
+            status, result, error = Status.ERROR, None, error_record(
+                "ValueError", "the result of job {} is {} MB of JSON, more than a record may hold ({} MB): "
+                "return big data as numpy arrays or hi.File, which go to the store".format(
+                    job_id, size >> 20, RECORD_LIMIT >> 20), "recording the result", module="builtins")
         if not _publish(root, held, job_id, _final(claim.spec, claim.token, held.state, status,
-                                                   result=outcome.result, error=outcome.error,
+                                                   result=result, error=error,
                                                    runtime=outcome.runtime or {"worker": claim.token.worker},
                                                    **extra)):
             for live, _ in outcome.console.values():
@@ -829,6 +894,7 @@ def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 
     a job whose token another process holds the whole time (it is being moved, or its
     holder is stopped) stays as it was, and its status says so."""
     state: Dict[str, Any] = {}
+    check_job_dir(root, job_id)
     for i in range(tries):
         try:
             state = read_state(root, job_id)

@@ -24,12 +24,24 @@ from .protocol import Status
 from .root import Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
 from .runtime.files import CorruptFileError
-from .runtime.layout import check_queue_name, is_job_id
+from .runtime.layout import check_queue_name, host_label, is_job_id
 from .runtime.serialization import TAG, encode
 
 _jobs_lock = threading.Lock()
 _jobs: List[Job] = []
 _default_handler = None
+
+
+_run = {"id": None, "pid": None}
+
+
+def run_id() -> str:
+    """This process's run: ``<UTC start>-<host>-<pid>``, recorded in each job it submits
+    (``hither-fs gc --run``)."""
+    if _run["pid"] != os.getpid():
+        _run.update(id="{}-{}-{}".format(time.strftime("%Y%m%dT%H%M%S", time.gmtime()), host_label(), os.getpid()),
+                    pid=os.getpid())
+    return _run["id"]
 
 
 def default_handler() -> DefaultJobHandler:
@@ -89,6 +101,8 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"]),
                                              "replace": bool(cfg["force_run"])},
         "submitted_by": {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser()},
+        "run": run_id(),
+        "label": cfg["label"],
         "cwd": os.getcwd(),
         "chdir": True,
         "created": now_iso(),
@@ -220,6 +234,8 @@ def wait(timeout: Optional[float] = None) -> None:
             # with others still to come, a few milliseconds of lag cost nothing: look less often
             job.wait_done(None if deadline is None else max(0.0, deadline - time.monotonic()),
                           poll=POLL_MAX if many else POLL_MIN, lag=0.05 if many else 0.0)
+        except protocol.JobDirectoryError:
+            continue  # it will never change (job.get_result() raises why): nothing to wait for
         except TimeoutError:  # say the caller's timeout, not what was left of it for this job
             raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
                 job.id, job.function_name, timeout, job.status)) from None

@@ -27,8 +27,8 @@ import uuid
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional
 
-from . import protocol
-from .attempts import Attempt, Slots, scratch_root, slurm_facts
+from . import gc, protocol
+from .attempts import Attempt, Slots, remove_dead_scratch, scratch_root, slurm_facts
 from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
 from .protocol import Claim
 from .queue import QueueReader, count_tickets, ticket_token
@@ -141,7 +141,15 @@ class Worker:
         # SIGCHLD stays pending while blocked, so the loop can sleep in
         # sigtimedwait and wake the moment a job process exits.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        for gone in remove_dead_scratch():  # (also checks that the scratch directory is this user's alone)
+            log.info("removed the scratch directory %s of a worker that was killed", gone)
         os.makedirs(self.scratch, mode=0o700, exist_ok=True)
+        try:
+            removed = gc.apply_retention(self.root)
+            if removed:
+                log.info("retention: removed %d old worker logs and directories of long-dead workers", len(removed))
+        except Exception as exc:  # housekeeping must never stop a worker
+            log.warning("retention not applied: %s", exc)
         protocol.set_taker(self.id)  # tokens this worker takes are judged by its heartbeat
         log.info("worker %s serving %s in %s with %d slot(s)", self.id, self.queues, self.root.path, self.slots)
         try:
@@ -243,8 +251,8 @@ class Worker:
             if limited:
                 try:
                     checked = self._spec(token.job_id)
-                except FileNotFoundError:
-                    self._drop_orphan(path, token)
+                except (FileNotFoundError, protocol.JobDirectoryError) as exc:
+                    self._drop_orphan(path, token, exc)
                     continue
                 except (CorruptFileError, OSError, ValueError):
                     checked = None  # claimed below, then failed with the damage named
@@ -259,9 +267,8 @@ class Worker:
             self._specs.pop(token.job_id, None)
             try:
                 spec, unsafe = checked if checked is not None else protocol.read_spec_checked(self.root, token.job_id)
-            except FileNotFoundError:
-                log.warning("dropped ticket %s: job %s is not in the root", path, token.job_id)
-                remove_quietly(claim.path)
+            except (FileNotFoundError, protocol.JobDirectoryError) as exc:
+                self._drop(claim, exc)
                 continue
             except (CorruptFileError, OSError, ValueError) as exc:
                 self._finish_now(claim, protocol.error_record("CorruptFileError", str(exc), "claiming"))
@@ -285,12 +292,17 @@ class Worker:
                 self._specs.popitem(last=False)
         return cached
 
-    def _drop_orphan(self, path: str, token: protocol.Token) -> None:
-        """A ticket whose job directory is gone (deleted by hand): take it out of the queue."""
+    def _drop_orphan(self, path: str, token: protocol.Token, why: Exception) -> None:
         claim = protocol.claim(self.root, path, self.id)
         if claim is not None:
-            log.warning("dropped ticket %s: job %s is not in the root", path, token.job_id)
-            remove_quietly(claim.path)
+            self._drop(claim, why)
+
+    def _drop(self, claim: Claim, why: Exception) -> None:
+        """Take a job out of the queue that nothing can be recorded for: its directory is
+        gone (deleted by hand), or is not a directory (its waiters are told so)."""
+        what = "is not in the root" if isinstance(why, FileNotFoundError) else "cannot be recorded: {}".format(why)
+        log.warning("dropped job %s: it %s", claim.job_id, what)
+        remove_quietly(claim.path)
 
     def _finish_now(self, claim: Claim, error: Dict[str, Any]) -> None:
         """Commit a claimed job as failed without running it (by the next reap)."""

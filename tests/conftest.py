@@ -4,6 +4,7 @@ import sys
 import pytest
 
 import hither_fs as hi
+import hither_fs.submit
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(TESTS)
@@ -23,6 +24,7 @@ def root_path(tmp_path, monkeypatch):
     """A fresh root for the test, active through hi.Config and $HITHER_FS_ROOT."""
     path = str(tmp_path / 'root')
     monkeypatch.setenv('HITHER_FS_ROOT', path)
+    hither_fs.submit._jobs.clear()  # hi.wait() waits for this test's jobs, not for an earlier test's
     with hi.Config(root=path):
         yield path
 

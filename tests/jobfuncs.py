@@ -120,3 +120,8 @@ def flaky(flag):
     if os.path.exists(flag):
         raise RuntimeError('flag is up')
     return 'ok'
+
+
+@hi.function('make_list', '0.1.0')
+def make_list(n):
+    return list(range(n))

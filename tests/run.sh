@@ -4,7 +4,7 @@
 #   sudo tests/run.sh [pytest arguments]
 #
 # 1. installs the system packages the tests use (Slurm, munge, bindfs, fuse3,
-#    mmdebstrap, bubblewrap, python3-venv) if they are missing;
+#    mmdebstrap, bubblewrap, python3-venv, faketime) if they are missing;
 # 2. builds (once, cached) the Debian sid root that provides real Apptainer and
 #    the test image (tests/apptainer/build.sh);
 # 3. copies this checkout and makes a virtualenv for an unprivileged test user
@@ -42,7 +42,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # 1. system packages --------------------------------------------------------
-packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv)
+packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv faketime)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -187,12 +187,12 @@ def write_json(path: str, obj: Any) -> None:
 
 # -- reading -------------------------------------------------------------------
 
-def read_bytes(path: str, limit: Optional[int] = None) -> Tuple[bytes, os.stat_result]:
-    """The bytes of the regular file ``path`` and its ``fstat``, in one open.
+def open_regular(path: str, limit: Optional[int] = None) -> int:
+    """Open the regular file ``path`` for reading; return the descriptor.
 
     A symlink, FIFO, device or directory raises :class:`CorruptFileError`
-    (never a hang, never a read outside the root); ``limit`` bytes at most
-    (more is damage, not data).
+    (never a hang, never a read outside the root); so does a file of more
+    than ``limit`` bytes (damage, not data).
     """
     try:
         fd = os.open(path, _READ_FLAGS)
@@ -206,7 +206,17 @@ def read_bytes(path: str, limit: Optional[int] = None) -> Tuple[bytes, os.stat_r
             raise CorruptFileError(path, "is not a regular file (mode {:o})".format(st.st_mode))
         if limit is not None and st.st_size > limit:
             raise CorruptFileError(path, "is {} bytes, more than the {} a record may have".format(st.st_size, limit))
-        return _read_rest(fd), st
+        return fd  # (O_NONBLOCK means nothing to a regular file: left on)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path: str, limit: Optional[int] = None) -> Tuple[bytes, os.stat_result]:
+    """The bytes of the regular file ``path`` (see :func:`open_regular`) and its ``fstat``, in one open."""
+    fd = open_regular(path, limit)
+    try:
+        return _read_rest(fd), os.fstat(fd)
     finally:
         os.close(fd)
 
@@ -301,6 +311,25 @@ def with_parents(create: Callable[[], Any], directory: str) -> Any:
             time.sleep(delay)
             waited += delay
             delay = min(0.5, delay * 2)
+
+
+def fs_now(directory: str) -> float:
+    """The time by the clock that stamps files in ``directory``: the mtime of a file made
+    there just now (this node's clock if the directory cannot be written).
+
+    Ages of files in a shared root are measured against this, never against the
+    clock of the node that looks: a node whose clock is hours ahead would otherwise
+    judge live files hours old.
+    """
+    path = temp_name(os.path.join(directory, "clock"))
+    try:
+        write_new(path)
+    except OSError:
+        return time.time()
+    try:
+        return os.lstat(path).st_mtime
+    finally:
+        remove_quietly(path)
 
 
 def listdir(path: str) -> list:

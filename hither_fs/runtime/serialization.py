@@ -20,7 +20,7 @@ Standard library and numpy only: this module also runs inside job containers.
 """
 
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -143,6 +143,14 @@ def decode(obj: Any, store: Store, job_value: Optional[Callable[[str], Any]] = N
             raise ValueError("a job reference cannot be decoded here")
         return job_value(obj["id"])
     raise ValueError("unknown value tag {!r}".format(kind))
+
+
+def blob_refs(value: Any) -> Iterator[Tuple[str, str]]:
+    """``(sha1, ext)`` of every store blob an encoded value refers to (``.npy`` for arrays and
+    scalars, ``''`` for files)."""
+    for ref in walk_refs(value):
+        if "sha1" in ref:
+            yield ref["sha1"], "" if ref[TAG] == "file" else ".npy"
 
 
 def walk_refs(obj: Any):

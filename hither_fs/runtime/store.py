@@ -25,9 +25,13 @@ class BlobMissingError(Exception):
     """A blob referenced by a job or cache entry is not in the store."""
 
 
-def sha1_of_file(path: str) -> str:
+def sha1_of_file(path: str, regular_only: bool = False) -> str:
+    """sha1 of a file's bytes. ``regular_only`` (files in the root): a symbolic link,
+    FIFO or device raises :class:`CorruptFileError` instead of being followed or read
+    (a FIFO would block forever, ``/dev/zero`` never end)."""
     h = hashlib.sha1()
-    with open(path, "rb") as f:
+    fd = files.open_regular(path) if regular_only else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
         while True:
             chunk = f.read(_CHUNK)
             if not chunk:
@@ -49,7 +53,7 @@ class Store:
     def _commit(self, tmp: str, ext: str) -> str:
         """Hash a finished temp file and rename it to its content address (over an
         existing copy: the same bytes, or a damaged copy that this one repairs)."""
-        sha1 = sha1_of_file(tmp)
+        sha1 = sha1_of_file(tmp, regular_only=True)
         final = self.blob_path(sha1, ext)
         with_parents(lambda: os.replace(tmp, final), os.path.dirname(final))
         return sha1
@@ -94,11 +98,20 @@ class Store:
     def has(self, sha1: str, ext: str = "") -> bool:
         return os.path.exists(self.blob_path(sha1, ext))
 
+    def refresh(self, sha1: str, ext: str = "") -> bool:
+        """Mark a blob as just stored (its mtime, which ``hither-fs gc`` respects), when it
+        is used again without being written again. False if it is not there."""
+        try:
+            os.utime(self.blob_path(sha1, ext))
+            return True
+        except FileNotFoundError:
+            return False
+
     def verified_path(self, sha1: str, ext: str = "") -> str:
         """Path of a blob whose bytes were just checked against its name."""
         path = self.blob_path(sha1, ext)
         try:
-            actual = sha1_of_file(path)
+            actual = sha1_of_file(path, regular_only=True)
         except FileNotFoundError:
             raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, path)) from None
         if actual != sha1:
@@ -116,7 +129,7 @@ class Store:
 
     def copy_blob_from(self, other: "Store", sha1: str, ext: str = "") -> None:
         """Make a blob of ``other`` present here (hard link when possible)."""
-        if self.has(sha1, ext):
+        if self.refresh(sha1, ext):
             return
         src = other.verified_path(sha1, ext)
         dst = self.blob_path(sha1, ext)

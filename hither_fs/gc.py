@@ -1,0 +1,463 @@
+"""``hither-fs gc``: remove old jobs, and then the blobs that nothing needs any more.
+
+What may go: final jobs (finished, error, cancelled) that the selection names
+- older than ``--older-than``, of a function, run, label or status, or the
+oldest first until the root fits ``--max-bytes`` / ``--max-inodes``. What
+always stays:
+
+- live jobs (pending, queued, running) and any job whose records cannot be
+  read (``hither-fs fsck`` reports those; gc never guesses);
+- the final jobs a live job waits for (its upstream jobs);
+- everything younger than the grace period (:data:`GRACE_SECONDS`), by the
+  file system's clock (:func:`~hither_fs.runtime.files.fs_now`), never this
+  node's;
+- cache entries, unless ``--cache`` (then the root's entries that match the
+  function and age go too) - and every blob a kept entry refers to.
+
+Blobs go by mark and sweep: after the jobs are chosen, every blob a kept job
+or cache entry refers to is marked (arguments, results, code environments and
+the files they list), and every other blob older than the grace period is
+removed. That is safe while submitters run: storing a blob always writes it
+anew, so a blob a submission has just stored - and not yet recorded its job
+for - is young; and a blob is first renamed aside and looked at again, and
+put back if it was stored again in between.
+
+A job disappears whole: its directory is renamed to a hidden name, then
+removed. A job submitted later naming a removed job as its upstream fails
+with "upstream job ... is not in the root".
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import stat
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Set, Tuple
+
+from . import protocol
+from .codeenv import read_manifest
+from .protocol import FINAL_VALUES
+from .root import Root
+from .runtime.files import CorruptFileError, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
+from .runtime.serialization import blob_refs
+from .runtime.store import Store
+from .usage import Count, Walk
+
+#: Nothing younger than this is removed (a job's end, a blob's last store), by default.
+GRACE_SECONDS = 3600.0
+_UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12, "p": 10 ** 15}
+_SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_size(text: Any) -> int:
+    """``10G``, ``500M``, ``2.5T``, ``1000`` (bytes; powers of 1000, a trailing B allowed) as an int."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    t = str(text).strip().lower().rstrip("b")
+    unit = t[-1:] if t[-1:] in _UNITS and t[-1:] != "" else ""
+    try:
+        return int(float(t[:-1] if unit else t) * _UNITS[unit])
+    except ValueError:
+        raise ValueError("not a size: {!r} (for example 500M, 10G, 2T)".format(text)) from None
+
+
+def parse_age(text: Any) -> float:
+    """``30d``, ``12h``, ``90m``, ``2w``, ``3600`` (seconds) as seconds; also a ``timedelta``."""
+    if hasattr(text, "total_seconds"):
+        return text.total_seconds()
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    t = str(text).strip().lower()
+    unit = t[-1:] if t[-1:] in _SPANS else "s"
+    try:
+        return float(t[:-1] if t[-1:] in _SPANS else t) * _SPANS[unit]
+    except ValueError:
+        raise ValueError("not an age: {!r} (for example 30d, 12h, 90m, 2w)".format(text)) from None
+_RECORD_ERRORS = (OSError, CorruptFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
+
+
+@dataclass
+class Selection:
+    """Which final jobs ``gc`` removes. Criteria combine (all must hold); with a budget,
+    the matching jobs go oldest first only until the root fits it."""
+
+    older_than: Optional[float] = None     # seconds since the job ended
+    functions: Optional[Set[str]] = None
+    runs: Optional[Set[str]] = None
+    labels: Optional[Set[str]] = None
+    statuses: Optional[Set[str]] = None    # among finished, error, cancelled
+    max_bytes: Optional[int] = None        # of the whole root (apparent bytes)
+    max_inodes: Optional[int] = None
+    cache: bool = False                    # also the root's cache entries (by function and age)
+    grace: float = GRACE_SECONDS
+
+    def __post_init__(self):
+        if self.older_than is None and self.max_bytes is None and self.max_inodes is None and not (
+                self.functions or self.runs or self.labels or self.statuses):
+            raise ValueError("say what to remove: an age (--older-than), a budget (--max-bytes, --max-inodes) "
+                             "or jobs by --function, --run, --label or --status")
+        bad = set(self.statuses or ()) - FINAL_VALUES
+        if bad:
+            raise ValueError("only final jobs can be removed, not {} ones".format(", ".join(sorted(bad))))
+        for name in ("older_than", "max_bytes", "max_inodes", "grace"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 0):
+                raise ValueError("{} must not be negative, not {!r}".format(name, value))
+
+
+@dataclass
+class _Job:
+    status: Any
+    function: Any
+    run: Any
+    label: Any
+    age: float
+    count: Count
+    blobs: Set[str]
+    upstream: List[str]
+
+
+@dataclass
+class Plan:
+    """What a gc removes (``--dry-run`` prints it) and what it frees."""
+
+    jobs: List[str] = field(default_factory=list)
+    cache_entries: List[str] = field(default_factory=list)
+    blobs: List[str] = field(default_factory=list)      # "ab/<name>" in the store
+    freed: Count = field(default_factory=Count)
+    total: Count = field(default_factory=Count)         # the root before
+    kept: Dict[str, int] = field(default_factory=dict)  # why final jobs that matched stay
+    now: float = 0.0
+
+
+def _blob_keys(value: Any) -> Set[str]:
+    return {"{}/{}{}".format(sha1[:2], sha1, ext) for sha1, ext in blob_refs(value)
+            if isinstance(sha1, str) and len(sha1) == 40}
+
+
+class _Manifests:
+    """The blobs a code environment consists of (its manifest and the files it lists)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._seen: Dict[str, Set[str]] = {}
+
+    def blobs(self, code: Any) -> Set[str]:
+        sha1 = code.get("manifest") if isinstance(code, dict) else None
+        if not isinstance(sha1, str):
+            return set()
+        if sha1 not in self._seen:
+            keys = {"{}/{}".format(sha1[:2], sha1)}
+            try:
+                keys.update("{}/{}".format(b[:2], b) for b in read_manifest(self.store, sha1).values())
+            except Exception:  # missing or damaged: fsck's business; its files stay unmarked
+                pass
+            self._seen[sha1] = keys
+        return self._seen[sha1]
+
+
+def _read_job(root: Root, job_id: str, count: Count, age: float, manifests: _Manifests) -> Optional[_Job]:
+    try:
+        spec = protocol.read_spec(root, job_id)
+        state = protocol.read_state(root, job_id)
+        blobs = _blob_keys(spec.get("args")) | manifests.blobs(spec.get("code"))
+        if state.get("status") == "finished":
+            blobs |= _blob_keys(state["result"]["value"])
+        return _Job(state.get("status"), (spec.get("function") or {}).get("name"), spec.get("run"),
+                    spec.get("label"), age, count, blobs, list(spec.get("upstream") or []))
+    except _RECORD_ERRORS:
+        return None
+
+
+def _matches(sel: Selection, job: _Job) -> bool:
+    return ((sel.older_than is None or job.age >= sel.older_than)
+            and (not sel.functions or job.function in sel.functions)
+            and (not sel.runs or job.run in sel.runs)
+            and (not sel.labels or job.label in sel.labels)
+            and (not sel.statuses or job.status in sel.statuses))
+
+
+def plan(root: Root, sel: Selection) -> Plan:
+    """Decide what a gc of ``root`` removes, without removing anything."""
+    out = Plan(now=fs_now(root.layout.running))
+    walk = Walk(root.path)
+    out.total = walk.total
+    manifests = _Manifests(root.store)
+    jobs: Dict[str, _Job] = {}
+    unreadable: Set[str] = set()
+    for job_id, count in walk.jobs.items():
+        job = _read_job(root, job_id, count, out.now - walk.mtimes.get(job_id, out.now), manifests) \
+            if job_id in walk.job_dirs else None
+        if job is None:
+            unreadable.add(job_id)  # (and entries that are not directories): left to fsck
+        else:
+            jobs[job_id] = job
+    live = {j for j, job in jobs.items() if job.status not in FINAL_VALUES or j in walk.claimed}
+    needed = {up for j in live for up in jobs[j].upstream}
+    candidates = []
+    for job_id, job in jobs.items():
+        if job_id in live or not _matches(sel, job):
+            continue
+        reason = "upstream of a live job" if job_id in needed else "in the grace period" if job.age < sel.grace \
+            else None
+        if reason:
+            out.kept[reason] = out.kept.get(reason, 0) + 1
+        else:
+            candidates.append(job_id)
+    candidates.sort(key=lambda j: -jobs[j].age)  # oldest first
+
+    # cache entries: removed with --cache if they match; kept ones mark their blobs
+    marks: Dict[str, int] = {}
+    for job_id, job in jobs.items():
+        for key in job.blobs:
+            marks[key] = marks.get(key, 0) + 1
+    for key, count in walk.cache_entries.items():
+        if not key.endswith(".json") or ".inflight." in key:
+            continue
+        path = os.path.join(root.layout.cache, key)
+        try:
+            entry = read_json(path)
+            age = out.now - walk.file_mtimes["cache/" + key]
+            drop = sel.cache and (sel.older_than is None or age >= sel.older_than) and age >= sel.grace and (
+                not sel.functions or entry.get("function") in sel.functions)
+            blobs = _blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
+        except _RECORD_ERRORS:
+            continue  # fsck's business; its blobs (if any) stay unmarked only if nothing else needs them
+        if drop:
+            out.cache_entries.append(key)
+            out.freed.add(count)
+        else:
+            for b in blobs:
+                marks[b] = marks.get(b, 0) + 1
+
+    def sweepable(key: str) -> bool:
+        return marks.get(key, 0) == 0 and key in walk.blobs and out.now - walk.file_mtimes["store/" + key] >= sel.grace
+
+    # blobs nothing refers to already (withdrawn submissions, removed cache entries, old gcs)
+    for key in walk.blobs:
+        if sweepable(key):
+            out.blobs.append(key)
+            out.freed.add(walk.blobs[key])
+
+    budget = sel.max_bytes is not None or sel.max_inodes is not None
+
+    def fits() -> bool:
+        return ((sel.max_bytes is None or out.total.bytes - out.freed.bytes <= sel.max_bytes)
+                and (sel.max_inodes is None or out.total.inodes - out.freed.inodes <= sel.max_inodes))
+
+    for job_id in candidates:
+        if budget and fits():
+            break
+        job = jobs[job_id]
+        out.jobs.append(job_id)
+        out.freed.add(job.count)
+        for key in job.blobs:
+            marks[key] -= 1
+            if sweepable(key):
+                out.blobs.append(key)
+                out.freed.add(walk.blobs[key])
+    if budget and not fits():
+        out.kept["the budget cannot be met by removing final jobs"] = 1
+    return out
+
+
+def remove_job(root: Root, job_id: str) -> bool:
+    """Remove a final job's directory whole: renamed aside, then deleted. If a job started
+    waiting for it meanwhile (a marker in its ``downstream/`` naming a live job), it is put back."""
+    job_dir = root.layout.job_dir(job_id)
+    aside = temp_name(job_dir)
+    try:
+        os.rename(job_dir, aside)
+    except FileNotFoundError:
+        return False
+    if any(_still_waiting(root, n) for n in listdir(os.path.join(aside, "downstream"))):
+        os.rename(aside, job_dir)
+        return False
+    shutil.rmtree(aside, ignore_errors=True)
+    return True
+
+
+def _still_waiting(root: Root, job_id: str) -> bool:
+    """Whether the job of a waiter marker is live (so it may still read its upstream's result)."""
+    try:
+        return protocol.read_state(root, job_id).get("status") not in FINAL_VALUES
+    except FileNotFoundError:
+        return False
+    except _RECORD_ERRORS:
+        return True  # cannot tell: keep what it may need
+
+
+def sweep_blob(path: str, stored_before: float) -> bool:
+    """Remove a blob judged unreferenced, unless it was stored again after ``stored_before``
+    (file-system time): it is renamed aside first, looked at, and put back if it is new."""
+    aside = temp_name(path)
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        if os.lstat(aside).st_mtime >= stored_before:
+            try:
+                os.link(aside, path)
+            except FileExistsError:
+                pass  # stored yet again meanwhile: that copy is as good
+            return False
+        return True
+    finally:
+        remove_quietly(aside)
+
+
+def collect(root: Root, sel: Selection, dry_run: bool = False) -> Plan:
+    """Plan a gc of ``root`` and, unless ``dry_run``, carry it out. Returns the plan (what
+    was, or would be, removed)."""
+    p = plan(root, sel)
+    if dry_run:
+        return p
+    removed = [j for j in p.jobs if remove_job(root, j)]
+    if len(removed) < len(p.jobs):  # put back (a job started waiting for it): keep its blobs too
+        return collect(root, sel, dry_run) if removed else p
+    for key in p.cache_entries:
+        remove_quietly(os.path.join(root.layout.cache, key))
+    cutoff = p.now - sel.grace
+    p.blobs = [key for key in p.blobs if sweep_blob(os.path.join(root.layout.store, key), cutoff)]
+    # shard directories left empty (a writer that needs one again makes it again)
+    shards = {os.path.join(root.layout.jobs, j[:2]) for j in removed} | \
+        {os.path.join(top, key[:2]) for top, keys in ((root.layout.store, p.blobs), (root.layout.cache, p.cache_entries))
+         for key in keys}
+    for shard in shards:
+        try:
+            st = os.lstat(shard)
+            os.rmdir(shard)
+        except OSError:
+            continue  # not empty (or gone)
+        p.freed.add(Count(st.st_size, st.st_blocks * 512, 1))
+    return p
+
+
+def _scan(directory: str) -> List[Tuple[str, os.stat_result]]:
+    """``("ab/<name>", lstat)`` of the regular files in the shards of ``directory``."""
+    out = []
+    for shard in listdir(directory):
+        if len(shard) != 2:
+            continue
+        for name in listdir(os.path.join(directory, shard)):
+            try:
+                st = os.lstat(os.path.join(directory, shard, name))
+            except FileNotFoundError:
+                continue
+            if not name.startswith(".") and stat.S_ISREG(st.st_mode):
+                out.append((shard + "/" + name, st))
+    return out
+
+
+def reduce_cache(directory: str, store: Optional[Store], bytes_limit: Optional[int] = None, items_limit: Optional[int] = None,
+                 age_limit: Optional[float] = None, grace: float = GRACE_SECONDS) -> Tuple[List[str], List[str]]:
+    """Remove entries of the job cache in ``directory`` (oldest first) until it holds at
+    most ``items_limit`` entries and ``bytes_limit`` bytes (entries and blobs) and none
+    older than ``age_limit`` seconds; then sweep the blobs of its ``store`` that no entry
+    left refers to. Entries younger than ``grace`` stay whatever the limits. Returns the
+    entries and blobs removed."""
+    now = fs_now(directory)
+    entries = sorted(((k, st) for k, st in _scan(directory) if k.endswith(".json")), key=lambda e: e[1].st_mtime)
+    blobs = _scan(store.path) if store is not None else []
+    refs: Dict[str, Set[str]] = {}
+    marks: Dict[str, int] = {}
+    for key, _ in entries:
+        try:
+            entry = read_json(os.path.join(directory, key))
+            refs[key] = _blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
+        except _RECORD_ERRORS:
+            refs[key] = set()
+        for b in refs[key]:
+            marks[b] = marks.get(b, 0) + 1
+    size = {k: st.st_size for k, st in blobs}
+    total = sum(st.st_size for _, st in entries) + sum(size.values())
+    left = len(entries)
+    removed: List[str] = []
+    for key, st in entries:
+        age = now - st.st_mtime
+        if age < grace or not ((age_limit is not None and age > age_limit) or
+                               (items_limit is not None and left > items_limit) or
+                               (bytes_limit is not None and total > bytes_limit)):
+            continue
+        remove_quietly(os.path.join(directory, key))
+        removed.append(key)
+        left -= 1
+        total -= st.st_size
+        for b in refs[key]:
+            marks[b] -= 1
+            total -= size.get(b, 0) if marks[b] == 0 else 0
+    cutoff = now - grace
+    swept = [k for k, st in blobs if marks.get(k, 0) == 0 and st.st_mtime < cutoff
+             and sweep_blob(os.path.join(store.path, k), cutoff)] if store is not None else []
+    return removed, swept
+
+
+# -- retention by default ------------------------------------------------------------
+
+#: Worker logs older than this many days are removed by workers (``HITHER_FS_KEEP_LOGS_DAYS``;
+#: ``0`` or ``off``: never).
+KEEP_LOGS_DAYS = 30.0
+#: Heartbeat directories of workers silent this long (and holding no job) are removed.
+KEEP_DEAD_WORKERS_DAYS = 7.0
+_RETENTION_STAMP = ".retention"
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def keep_logs_days() -> Optional[float]:
+    value = os.environ.get("HITHER_FS_KEEP_LOGS_DAYS", "").strip().lower()
+    if value in ("0", "off", "never", "no"):
+        return None
+    try:
+        return float(value) if value else KEEP_LOGS_DAYS
+    except ValueError:
+        raise ValueError("HITHER_FS_KEEP_LOGS_DAYS must be a number of days or 'off', not {!r}".format(value)) \
+            from None
+
+
+def apply_retention(root: Root, force: bool = False) -> List[str]:
+    """The root's default retention, applied by each worker as it starts - at most once a
+    day per root (a stamp file says when, by the file system's clock): worker logs older
+    than :func:`keep_logs_days`, and the heartbeat directories of workers silent for
+    :data:`KEEP_DEAD_WORKERS_DAYS` that hold no job. Never a job, a result or a cache
+    entry. Returns what it removed."""
+    days = keep_logs_days()
+    stamp = os.path.join(root.layout.logs, _RETENTION_STAMP)
+    now = fs_now(root.layout.logs)
+    try:
+        if not force and now - os.lstat(stamp).st_mtime < 86400:
+            return []
+    except FileNotFoundError:
+        pass
+    write_bytes(stamp, b"")
+    removed: List[str] = []
+    if days is not None:
+        for dirpath, dirnames, filenames in os.walk(root.layout.logs, topdown=False):
+            emptied = False
+            for name in filenames:
+                path = os.path.join(dirpath, name)
+                if name != _RETENTION_STAMP and _older(path, now, days) and remove_quietly(path):
+                    removed.append(path)
+                    emptied = True
+            # a day's directory it emptied, or an old empty one (logs/slurm/ stays: sbatch writes into it)
+            if _DAY_RE.match(os.path.basename(dirpath)) and not os.listdir(dirpath) and \
+                    (emptied or _older(dirpath, now, days)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+                    removed.append(dirpath)
+    claimed = {t.worker for t, _ in protocol.running_claims(root)}
+    for worker_id in listdir(root.layout.workers):
+        wdir = os.path.join(root.layout.workers, worker_id)
+        hb = os.path.join(wdir, "heartbeat.json")
+        if worker_id not in claimed and _older(hb if os.path.lexists(hb) else wdir, now, KEEP_DEAD_WORKERS_DAYS):
+            shutil.rmtree(wdir, ignore_errors=True)
+            removed.append(wdir)
+    return removed
+
+
+def _older(path: str, now: float, days: float) -> bool:
+    try:
+        return now - os.lstat(path).st_mtime > days * 86400
+    except FileNotFoundError:
+        return False
