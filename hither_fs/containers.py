@@ -54,7 +54,7 @@ import psutil
 from . import codeenv
 from .root import Root, now_iso
 from .runtime.execute import OUTCOME, error_record
-from .runtime.files import HOST, file_mode, makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.files import HOST, file_mode, fs_clock, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.store import sha1_of_file
 
 log = logging.getLogger("hither_fs.containers")
@@ -229,7 +229,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
         failed_path = final + ".failed.json"
         failed = read_json(failed_path, None, missing_ok=True)
         if failed:
-            age = time.time() - os.path.getmtime(failed_path)
+            age = fs_clock(images) - os.path.getmtime(failed_path)
             if 0 <= age < FAILED_PULL_MEMORY:
                 raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, failed["host"]))
         if not os.path.exists(final):
@@ -294,11 +294,14 @@ def _remove_dead_pulls(images: str, name: str) -> None:
             pid = int(rest)
         except ValueError:
             continue
-        try:
-            old = time.time() - os.lstat(path).st_mtime > 3600
-        except FileNotFoundError:
-            continue
-        if (host == HOST and not psutil.pid_exists(pid)) or old:
+        if host == HOST:
+            dead = not psutil.pid_exists(pid)
+        else:  # another node's pull: its pids mean nothing here; judged by age, on the file system's clock
+            try:
+                dead = fs_clock(images) - os.lstat(path).st_mtime > 3600
+            except FileNotFoundError:
+                continue
+        if dead:
             _remove(path)
 
 

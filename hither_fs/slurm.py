@@ -24,7 +24,7 @@ from .lease import LeaseJudge, Recovery
 from .queue import count_tickets
 from .root import Root
 from .runtime.code import stop_if_loading_script
-from .runtime.files import CorruptFileError, listdir, makedirs, read_json
+from .runtime.files import CorruptFileError, fs_clock, listdir, makedirs, read_json
 from .runtime.layout import check_queue_name, is_worker_id
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
@@ -179,9 +179,10 @@ def scancel(job_ids: Iterable[str]) -> None:
 
 
 def live_workers(root: Root, max_age: float = 60.0) -> List[Dict[str, Any]]:
-    """Heartbeats of workers that beat within ``max_age`` seconds (by the file's age as this
-    node sees it: for display and scaling, never for taking jobs back)."""
-    now = time.time()
+    """Heartbeats of workers that beat within ``max_age`` seconds (by the file's age on the
+    file system's clock - a node whose clock is off must not take live workers for dead
+    ones; for display and scaling, never for taking jobs back)."""
+    now = fs_clock(root.layout.workers)
     found = []
     for name in listdir(root.layout.workers):
         if not is_worker_id(name):

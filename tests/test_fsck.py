@@ -167,3 +167,22 @@ def test_repair_on_a_node_whose_clock_is_hours_ahead_deletes_nothing_a_live_writ
         os.utime(path, (old, old))
     run_fsck(root, '--repair', prefix=['faketime', '-f', '+5h'])
     assert [p for p in live if os.path.lexists(p)] == []
+
+
+def test_live_workers_are_judged_on_the_file_systems_clock(root, monkeypatch):
+    """A submitter whose clock is hours ahead (a fake clock: time.time patched) still sees a
+    worker that beat just now as alive, so it does not start allocations it does not need."""
+    from hither_fs.runtime import files
+    from hither_fs.slurm import live_workers
+    worker = 'w-othernode-4242-abcdef'
+    os.makedirs(root.layout.worker_dir(worker))
+    with open(root.layout.heartbeat(worker), 'w') as f:
+        json.dump({'id': worker, 'queues': ['slurm']}, f)
+    real = time.time
+    monkeypatch.setattr(files, '_offsets', {})
+    monkeypatch.setattr(time, 'time', lambda: real() + 5 * HOUR)
+    assert [hb['id'] for hb in live_workers(root, max_age=60)] == [worker]
+    monkeypatch.setattr(time, 'time', lambda: real() - 5 * HOUR)  # and one behind never sees the dead as alive
+    monkeypatch.setattr(files, '_offsets', {})
+    os.utime(root.layout.heartbeat(worker), (real() - 120, real() - 120))
+    assert live_workers(root, max_age=60) == []

@@ -332,6 +332,20 @@ def fs_now(directory: str) -> float:
         remove_quietly(path)
 
 
+_offsets: Dict[str, Tuple[float, float]] = {}  # directory -> (file-system time - this node's, when measured)
+
+
+def fs_clock(directory: str, refresh: float = 60.0) -> float:
+    """:func:`fs_now` for a process that asks often: the offset between the file system's
+    clock and this node's is measured at most every ``refresh`` seconds."""
+    now = time.time()
+    offset, measured = _offsets.get(directory, (0.0, None))
+    if measured is None or not 0 <= now - measured < refresh:
+        offset = fs_now(directory) - time.time()
+        _offsets[directory] = (offset, now)
+    return now + offset
+
+
 def listdir(path: str) -> list:
     """Names in ``path`` (none if it does not exist)."""
     try:
