@@ -145,10 +145,17 @@ def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:
     spec["chdir"] = False
 
 
+def _own(job: Job) -> Job:
+    """A job this process has just published: its directory is the one it made (a
+    ``Job`` otherwise checks once that its directory is not a symbolic link)."""
+    job._dir_checked = True
+    return job
+
+
 def _create(root: Root, spec: Dict[str, Any], handler) -> Job:
     spec["id"] = new_job_id()
     protocol.submit(root, spec)
-    return Job(spec["id"], root, handler)
+    return _own(Job(spec["id"], root, handler))
 
 
 def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> Job:
@@ -182,7 +189,7 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
                 cache.release_in_flight(root, key, spec["id"])
                 return _job_from_cache(root, cache, entry, spec, handler)
             protocol.release(root, spec)
-            return Job(spec["id"], root, handler)
+            return _own(Job(spec["id"], root, handler))
         protocol.withdraw(root, spec["id"])
     raise RuntimeError("could not agree with other submitters on a job for cache key {}".format(key))
 
@@ -209,7 +216,7 @@ def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Di
     else:
         state["error"] = entry["error"]
     protocol.submit_final(root, spec, state)
-    return Job(job_id, root, handler)
+    return _own(Job(job_id, root, handler))
 
 
 def wait(timeout: Optional[float] = None) -> None:

@@ -1,5 +1,7 @@
 """The user-facing API of the seeds, in-process (DefaultJobHandler)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,16 @@ def test_config_rejects_bad_values():
         hi.Config(job_timeout=-1)
     with pytest.raises(TypeError, match='job_handler'):
         hi.Config(job_handler='fast')
+    with pytest.raises(ValueError, match='label must be a non-empty string'):
+        hi.Config(label=7)
+
+
+def test_jobs_record_their_label_and_run(root_path):
+    with hi.Config(label='trial'):
+        job = add.run(x=1, y=1)
+    other = add.run(x=2, y=2)
+    assert (job.spec['label'], other.spec['label']) == ('trial', None)
+    assert job.spec['run'] == other.spec['run'] and str(os.getpid()) in job.spec['run']
 
 
 def test_container_is_recorded_in_the_spec(root_path):
