@@ -26,7 +26,7 @@ from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, regist
                             with_parents, write_new)
 from .runtime.layout import make_shards
 from .runtime.serialization import blob_refs
-from .runtime.store import Store
+from .runtime.store import BlobMissingError, Store
 
 
 def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict[str, str]) -> str:
@@ -139,8 +139,10 @@ class JobCache:
     def _copy_blobs(self, src: Store, dst: Store, value: Any) -> None:
         for sha1, ext in blob_refs(value):
             if src.path == dst.path:
+                # about to be recorded again: made young to hither-fs gc first, then checked
+                if not src.refresh(sha1, ext):
+                    raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, src.path))
                 src.verified_path(sha1, ext)
-                src.refresh(sha1, ext)  # about to be recorded again: young to hither-fs gc
             else:
                 dst.copy_blob_from(src, sha1, ext)
 

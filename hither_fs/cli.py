@@ -347,14 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", help="jobs of this run (repeatable; see hither-fs show)")
     p.add_argument("--label", action="append", help="jobs with this label (hi.Config(label=...); repeatable)")
     p.add_argument("--status", action="append", choices=sorted(FINAL_VALUES), help="jobs with this final status")
-    p.add_argument("--max-bytes", metavar="SIZE", help="remove the oldest matching jobs until the root holds "
-                                                       "at most this (500M, 10G)")
+    p.add_argument("--max-bytes", metavar="SIZE", help="remove the oldest matching jobs until the root takes "
+                                                       "at most this much disk space (500M, 10G)")
     p.add_argument("--max-inodes", type=int, metavar="N", help="... until the root has at most N files and "
                                                                   "directories")
-    p.add_argument("--cache", action="store_true", help="also remove the root's cache entries of the chosen "
-                                                        "functions and age (default: cache entries stay)")
+    p.add_argument("--cache", action="store_true", help="also remove the root's cache entries of the --function "
+                                                        "and --older-than given (default: cache entries stay)")
     p.add_argument("--grace", default="1h", metavar="AGE",
-                   help="nothing younger than this is removed (default 1h; by the file system's clock)")
+                   help="nothing younger than this is removed (default 1h, at least 10m; by the file "
+                        "system's clock)")
     p.add_argument("--dry-run", action="store_true", help="say what would go and what it frees; remove nothing")
     p.add_argument("--list", action="store_true", help="name every job, cache entry and blob removed")
     p.add_argument("--json", action="store_true")

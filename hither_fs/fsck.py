@@ -382,11 +382,14 @@ def _check_blob_file(c: Check, path: str, name: str) -> Iterator[Finding]:
     if actual != sha1:
         yield Finding(path, "content hash is {}, expected {}".format(actual, sha1), True)
         return
-    if name.endswith(".npy"):
-        fd = open_regular(path)
-        with os.fdopen(fd, "rb") as f:
+    if name.endswith(".npy"):  # the header says all: an array that would need pickle (never loaded whole)
+        with os.fdopen(open_regular(path), "rb") as f:
             try:
-                np.load(f, allow_pickle=False)
+                major, _ = np.lib.format.read_magic(f)
+                read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                dtype = read_header(f)[2]
+                if dtype.hasobject:
+                    raise ValueError("its dtype {} holds Python objects, which only pickle could load".format(dtype))
             except ValueError as exc:
                 yield Finding(path, "not a loadable array without pickle: {}".format(exc), True)
 
@@ -483,12 +486,20 @@ def check_temp_files(c: Check) -> Iterator[Finding]:
     """Temp files elsewhere in the root (store, cache, workers, logs) whose writer is gone."""
     layout = c.root.layout
     skip = {layout.jobs, layout.queues, layout.pending, layout.running}
-    for dirpath, dirnames, files in os.walk(c.root.path):
-        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
-        for name in files:
-            path = os.path.join(dirpath, name)
-            if c.writer_dead(name, path):
-                yield Finding(path, "temporary file of a writer that died", False, c.repair and remove_quietly(path))
+    stack = [c.root.path]  # (an explicit stack: however deep a tree someone made, no recursion limit)
+    while stack:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if entry.path not in skip:
+                    stack.append(entry.path)
+            elif entry.is_file(follow_symlinks=False) and c.writer_dead(entry.name, entry.path):
+                yield Finding(entry.path, "temporary file of a writer that died", False,
+                              c.repair and remove_quietly(entry.path))
 
 
 def fsck(root: Root, repair: bool = False) -> List[Finding]:

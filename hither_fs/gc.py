@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import protocol
-from .codeenv import read_manifest
+from .codeenv import REUSE_SECONDS, read_manifest
 from .protocol import FINAL_VALUES
 from .root import Root
 from .runtime.files import CorruptFileError, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
@@ -46,6 +46,9 @@ from .usage import Count, Walk
 
 #: Nothing younger than this is removed (a job's end, a blob's last store), by default.
 GRACE_SECONDS = 3600.0
+#: The shortest grace period: a submitting process reuses a code environment it stored
+#: for this long without storing it again.
+MIN_GRACE_SECONDS = REUSE_SECONDS
 _UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12, "p": 10 ** 15}
 _SPANS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -87,7 +90,7 @@ class Selection:
     runs: Optional[Set[str]] = None
     labels: Optional[Set[str]] = None
     statuses: Optional[Set[str]] = None    # among finished, error, cancelled
-    max_bytes: Optional[int] = None        # of the whole root (apparent bytes)
+    max_bytes: Optional[int] = None        # of the whole root, on disk (what a quota charges)
     max_inodes: Optional[int] = None
     cache: bool = False                    # also the root's cache entries (by function and age)
     grace: float = GRACE_SECONDS
@@ -104,6 +107,14 @@ class Selection:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or value < 0):
                 raise ValueError("{} must not be negative, not {!r}".format(name, value))
+        if self.grace < MIN_GRACE_SECONDS:
+            raise ValueError("the grace period must be at least {:.0f} minutes (a submitting process reuses the "
+                             "code environment it stored for that long), not {:g} s".format(
+                                 MIN_GRACE_SECONDS / 60, self.grace))
+        if self.cache and (self.runs or self.labels or self.statuses or self.max_bytes is not None
+                           or self.max_inodes is not None):
+            raise ValueError("--cache removes cache entries by --function and --older-than only (entries have "
+                             "no run, label or status, and are never removed to fit a budget)")
 
 
 @dataclass
@@ -129,6 +140,10 @@ class Plan:
     total: Count = field(default_factory=Count)         # the root before
     kept: Dict[str, int] = field(default_factory=dict)  # why final jobs that matched stay
     now: float = 0.0
+    counts: Dict[str, Count] = field(default_factory=dict, repr=False)  # of each job, entry and blob planned
+
+    def keep(self, why: str) -> None:
+        self.kept[why] = self.kept.get(why, 0) + 1
 
 
 def _blob_keys(value: Any) -> Set[str]:
@@ -158,16 +173,23 @@ class _Manifests:
 
 
 def _read_job(root: Root, job_id: str, count: Count, age: float, manifests: _Manifests) -> Optional[_Job]:
+    """What gc needs to know of a job; None if its spec cannot be read. A state that
+    cannot be read makes it live (a worker holding it writes a good one, and runs it)."""
     try:
         spec = protocol.read_spec(root, job_id)
-        state = protocol.read_state(root, job_id)
-        blobs = _blob_keys(spec.get("args")) | manifests.blobs(spec.get("code"))
-        if state.get("status") == "finished":
-            blobs |= _blob_keys(state["result"]["value"])
-        return _Job(state.get("status"), (spec.get("function") or {}).get("name"), spec.get("run"),
-                    spec.get("label"), age, count, blobs, list(spec.get("upstream") or []))
+        job = _Job(None, (spec.get("function") or {}).get("name"), spec.get("run"), spec.get("label"), age, count,
+                   _blob_keys(spec.get("args")) | manifests.blobs(spec.get("code")),
+                   [u for u in spec.get("upstream") or [] if isinstance(u, str)])
     except _RECORD_ERRORS:
         return None
+    try:
+        state = protocol.read_state(root, job_id)
+        job.status = state.get("status")
+        if job.status == "finished":
+            job.blobs |= _blob_keys(state["result"]["value"])
+    except _RECORD_ERRORS:
+        job.status = None
+    return job
 
 
 def _matches(sel: Selection, job: _Job) -> bool:
@@ -185,13 +207,10 @@ def plan(root: Root, sel: Selection) -> Plan:
     out.total = walk.total
     manifests = _Manifests(root.store)
     jobs: Dict[str, _Job] = {}
-    unreadable: Set[str] = set()
     for job_id, count in walk.jobs.items():
         job = _read_job(root, job_id, count, out.now - walk.mtimes.get(job_id, out.now), manifests) \
             if job_id in walk.job_dirs else None
-        if job is None:
-            unreadable.add(job_id)  # (and entries that are not directories): left to fsck
-        else:
+        if job is not None:  # (a job without a readable spec, or not a directory, stays: fsck reports it)
             jobs[job_id] = job
     live = {j for j, job in jobs.items() if job.status not in FINAL_VALUES or j in walk.claimed}
     needed = {up for j in live for up in jobs[j].upstream}
@@ -199,51 +218,54 @@ def plan(root: Root, sel: Selection) -> Plan:
     for job_id, job in jobs.items():
         if job_id in live or not _matches(sel, job):
             continue
-        reason = "upstream of a live job" if job_id in needed else "in the grace period" if job.age < sel.grace \
-            else None
-        if reason:
-            out.kept[reason] = out.kept.get(reason, 0) + 1
+        if job_id in needed:
+            out.keep("upstream of a live job")
+        elif job.age < sel.grace:
+            out.keep("in the grace period")
         else:
             candidates.append(job_id)
     candidates.sort(key=lambda j: -jobs[j].age)  # oldest first
 
-    # cache entries: removed with --cache if they match; kept ones mark their blobs
     marks: Dict[str, int] = {}
-    for job_id, job in jobs.items():
+    for job in jobs.values():
         for key in job.blobs:
             marks[key] = marks.get(key, 0) + 1
     for key, count in walk.cache_entries.items():
-        if not key.endswith(".json") or ".inflight." in key:
+        if ".inflight." in key:
             continue
-        path = os.path.join(root.layout.cache, key)
         try:
-            entry = read_json(path)
-            age = out.now - walk.file_mtimes["cache/" + key]
-            drop = sel.cache and (sel.older_than is None or age >= sel.older_than) and age >= sel.grace and (
-                not sel.functions or entry.get("function") in sel.functions)
+            entry = read_json(os.path.join(root.layout.cache, key))
             blobs = _blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
+            age = out.now - walk.file_mtimes["cache/" + key]
+            drop = sel.cache and age >= max(sel.grace, sel.older_than or 0) and (
+                not sel.functions or entry.get("function") in sel.functions)
         except _RECORD_ERRORS:
-            continue  # fsck's business; its blobs (if any) stay unmarked only if nothing else needs them
+            continue  # fsck's business
         if drop:
             out.cache_entries.append(key)
+            out.counts["cache/" + key] = count
             out.freed.add(count)
         else:
             for b in blobs:
                 marks[b] = marks.get(b, 0) + 1
 
+    def free_blob(key: str) -> None:
+        out.blobs.append(key)
+        # a blob with another name (a code environment, another cache's store) frees only an entry
+        count = Count() if "store/" + key in walk.linked else walk.blobs[key]
+        out.counts["store/" + key] = count
+        out.freed.add(count)
+
     def sweepable(key: str) -> bool:
         return marks.get(key, 0) == 0 and key in walk.blobs and out.now - walk.file_mtimes["store/" + key] >= sel.grace
 
-    # blobs nothing refers to already (withdrawn submissions, removed cache entries, old gcs)
-    for key in walk.blobs:
+    for key in walk.blobs:  # blobs nothing refers to already (withdrawn submissions, old gcs...)
         if sweepable(key):
-            out.blobs.append(key)
-            out.freed.add(walk.blobs[key])
-
+            free_blob(key)
     budget = sel.max_bytes is not None or sel.max_inodes is not None
 
     def fits() -> bool:
-        return ((sel.max_bytes is None or out.total.bytes - out.freed.bytes <= sel.max_bytes)
+        return ((sel.max_bytes is None or out.total.disk - out.freed.disk <= sel.max_bytes)
                 and (sel.max_inodes is None or out.total.inodes - out.freed.inodes <= sel.max_inodes))
 
     for job_id in candidates:
@@ -251,55 +273,69 @@ def plan(root: Root, sel: Selection) -> Plan:
             break
         job = jobs[job_id]
         out.jobs.append(job_id)
+        out.counts["jobs/" + job_id] = job.count
         out.freed.add(job.count)
         for key in job.blobs:
             marks[key] -= 1
             if sweepable(key):
-                out.blobs.append(key)
-                out.freed.add(walk.blobs[key])
+                free_blob(key)
     if budget and not fits():
         out.kept["the budget cannot be met by removing final jobs"] = 1
     return out
 
 
-def remove_job(root: Root, job_id: str) -> bool:
-    """Remove a final job's directory whole: renamed aside, then deleted. If a job started
-    waiting for it meanwhile (a marker in its ``downstream/`` naming a live job), it is put back."""
+def remove_job(root: Root, job_id: str, young_after: float = float("inf")) -> bool:
+    """Remove a final job's directory whole: renamed aside, then deleted. It stays (or is
+    put back) if a live job waits for it (a marker in its ``downstream/``), or if it was
+    handed out again (a cache hit) after ``young_after``, by the file system's clock."""
     job_dir = root.layout.job_dir(job_id)
+    if _waited_for(root, job_dir):
+        return False
     aside = temp_name(job_dir)
     try:
         os.rename(job_dir, aside)
     except FileNotFoundError:
         return False
-    if any(_still_waiting(root, n) for n in listdir(os.path.join(aside, "downstream"))):
+    with contextlib.suppress(OSError):
+        os.utime(aside)  # young: another node's fsck must not judge it a dead writer's
+    try:
+        used = os.lstat(os.path.join(aside, "state.json")).st_mtime >= young_after
+    except FileNotFoundError:
+        used = False
+    if used or _waited_for(root, aside):
         os.rename(aside, job_dir)
         return False
     shutil.rmtree(aside, ignore_errors=True)
     return True
 
 
-def _still_waiting(root: Root, job_id: str) -> bool:
-    """Whether the job of a waiter marker is live (so it may still read its upstream's result)."""
-    try:
-        return protocol.read_state(root, job_id).get("status") not in FINAL_VALUES
-    except FileNotFoundError:
-        return False
-    except _RECORD_ERRORS:
-        return True  # cannot tell: keep what it may need
+def _waited_for(root: Root, job_dir: str) -> bool:
+    """Whether a live job waits for this one (and so may still read its result)."""
+    for job_id in listdir(os.path.join(job_dir, "downstream")):
+        try:
+            if protocol.read_state(root, job_id).get("status") not in FINAL_VALUES:
+                return True
+        except FileNotFoundError:
+            continue
+        except _RECORD_ERRORS:
+            return True  # cannot tell: keep what it may need
+    return False
 
 
 def sweep_blob(path: str, stored_before: float) -> bool:
     """Remove a blob judged unreferenced, unless it was stored again after ``stored_before``
-    (file-system time): it is renamed aside first, looked at, and put back if it is new."""
+    (file-system time): it is renamed aside first, looked at, and put back if it is new
+    (or if it is not a regular file at all, which is fsck's to report)."""
     aside = temp_name(path)
     try:
         os.rename(path, aside)
-    except FileNotFoundError:
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return False
     try:
-        if os.lstat(aside).st_mtime >= stored_before:
+        st = os.lstat(aside)
+        if st.st_mtime >= stored_before or not stat.S_ISREG(st.st_mode):
             try:
-                os.link(aside, path)
+                os.link(aside, path) if stat.S_ISREG(st.st_mode) else os.rename(aside, path)
             except FileExistsError:
                 pass  # stored yet again meanwhile: that copy is as good
             return False
@@ -309,18 +345,23 @@ def sweep_blob(path: str, stored_before: float) -> bool:
 
 
 def collect(root: Root, sel: Selection, dry_run: bool = False) -> Plan:
-    """Plan a gc of ``root`` and, unless ``dry_run``, carry it out. Returns the plan (what
-    was, or would be, removed)."""
+    """Plan a gc of ``root`` and, unless ``dry_run``, carry it out. Returns what was (or
+    would be) removed, and what that freed, counted from what was really removed."""
     p = plan(root, sel)
     if dry_run:
         return p
-    removed = [j for j in p.jobs if remove_job(root, j)]
-    if len(removed) < len(p.jobs):  # put back (a job started waiting for it): keep its blobs too
-        return collect(root, sel, dry_run) if removed else p
+    cutoff = p.now - sel.grace
+    removed = [j for j in p.jobs if remove_job(root, j, young_after=cutoff)]
+    if len(removed) < len(p.jobs):  # put back: their blobs stay marked until the next gc looks again
+        p.keep("put back (waited for, or handed out again, while gc ran)")
+        p.blobs = []
+    p.jobs = removed
     for key in p.cache_entries:
         remove_quietly(os.path.join(root.layout.cache, key))
-    cutoff = p.now - sel.grace
     p.blobs = [key for key in p.blobs if sweep_blob(os.path.join(root.layout.store, key), cutoff)]
+    p.freed = Count()
+    for name in ["jobs/" + j for j in p.jobs] + ["cache/" + k for k in p.cache_entries] + ["store/" + k for k in p.blobs]:
+        p.freed.add(p.counts[name])
     # shard directories left empty (a writer that needs one again makes it again)
     shards = {os.path.join(root.layout.jobs, j[:2]) for j in removed} | \
         {os.path.join(top, key[:2]) for top, keys in ((root.layout.store, p.blobs), (root.layout.cache, p.cache_entries))
@@ -372,7 +413,10 @@ def reduce_cache(directory: str, store: Optional[Store], bytes_limit: Optional[i
         for b in refs[key]:
             marks[b] = marks.get(b, 0) + 1
     size = {k: st.st_size for k, st in blobs}
-    total = sum(st.st_size for _, st in entries) + sum(size.values())
+    cutoff = now - grace
+    # blobs no entry refers to are swept anyway (once old enough): they do not count against the limit
+    total = sum(st.st_size for _, st in entries) + sum(
+        st.st_size for k, st in blobs if marks.get(k, 0) or st.st_mtime >= cutoff)
     left = len(entries)
     removed: List[str] = []
     for key, st in entries:
@@ -388,7 +432,6 @@ def reduce_cache(directory: str, store: Optional[Store], bytes_limit: Optional[i
         for b in refs[key]:
             marks[b] -= 1
             total -= size.get(b, 0) if marks[b] == 0 else 0
-    cutoff = now - grace
     swept = [k for k, st in blobs if marks.get(k, 0) == 0 and st.st_mtime < cutoff
              and sweep_blob(os.path.join(store.path, k), cutoff)] if store is not None else []
     return removed, swept
@@ -432,20 +475,23 @@ def apply_retention(root: Root, force: bool = False) -> List[str]:
         pass
     write_bytes(stamp, b"")
     removed: List[str] = []
-    if days is not None:
-        for dirpath, dirnames, filenames in os.walk(root.layout.logs, topdown=False):
+    if days is not None:  # logs/<file>, logs/<day>/<file>, logs/slurm/<file>: two levels, no deeper
+        for directory in [root.layout.logs] + [os.path.join(root.layout.logs, d) for d in listdir(root.layout.logs)]:
+            if directory != root.layout.logs and not os.path.isdir(directory):
+                continue
             emptied = False
-            for name in filenames:
-                path = os.path.join(dirpath, name)
-                if name != _RETENTION_STAMP and _older(path, now, days) and remove_quietly(path):
+            for name in listdir(directory):
+                path = os.path.join(directory, name)
+                if name != _RETENTION_STAMP and os.path.isfile(path) and _older(path, now, days) and \
+                        remove_quietly(path):
                     removed.append(path)
                     emptied = True
             # a day's directory it emptied, or an old empty one (logs/slurm/ stays: sbatch writes into it)
-            if _DAY_RE.match(os.path.basename(dirpath)) and not os.listdir(dirpath) and \
-                    (emptied or _older(dirpath, now, days)):
+            if _DAY_RE.match(os.path.basename(directory)) and not listdir(directory) and \
+                    (emptied or _older(directory, now, days)):
                 with contextlib.suppress(OSError):
-                    os.rmdir(dirpath)
-                    removed.append(dirpath)
+                    os.rmdir(directory)
+                    removed.append(directory)
     claimed = {t.worker for t, _ in protocol.running_claims(root)}
     for worker_id in listdir(root.layout.workers):
         wdir = os.path.join(root.layout.workers, worker_id)

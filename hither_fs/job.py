@@ -73,7 +73,11 @@ class Job:
         if not self._dir_checked:  # once: never read a job's files through a symbolic link
             protocol.check_job_dir(self.root, self.id)
             self._dir_checked = True
-        state = protocol.read_state(self.root, self.id)
+        try:
+            state = protocol.read_state(self.root, self.id)
+        except FileNotFoundError:
+            raise FileNotFoundError("job {} is not in root {} (any more: removed by hither-fs gc, or by hand)".format(
+                self.id, self.root.path)) from None
         if state.get("status") in FINAL_VALUES:
             self._final = state
         return state

@@ -145,17 +145,10 @@ def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:
     spec["chdir"] = False
 
 
-def _own(job: Job) -> Job:
-    """A job this process has just published: its directory is the one it made (a
-    ``Job`` otherwise checks once that its directory is not a symbolic link)."""
-    job._dir_checked = True
-    return job
-
-
 def _create(root: Root, spec: Dict[str, Any], handler) -> Job:
     spec["id"] = new_job_id()
     protocol.submit(root, spec)
-    return _own(Job(spec["id"], root, handler))
+    return Job(spec["id"], root, handler)
 
 
 def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> Job:
@@ -176,7 +169,8 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
                 state = {}
             if state.get("status") not in (None, Status.ERROR, Status.CANCELLED):
                 queue = state.get("queue", "")
-                if not queue.startswith("inproc-") or queue == handler.queue_for(root):
+                if (not queue.startswith("inproc-") or queue == handler.queue_for(root)) and (
+                        state.get("status") != Status.FINISHED or protocol.mark_used(root, holder)):
                     return Job(holder, root, handler)
                 return _create(root, spec, handler)  # only its own process runs an in-process job
         # no job computes the key (none ever did, or the last one failed or is gone): be it
@@ -189,7 +183,7 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
                 cache.release_in_flight(root, key, spec["id"])
                 return _job_from_cache(root, cache, entry, spec, handler)
             protocol.release(root, spec)
-            return _own(Job(spec["id"], root, handler))
+            return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])
     raise RuntimeError("could not agree with other submitters on a job for cache key {}".format(key))
 
@@ -201,7 +195,7 @@ def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Di
     original = entry.get("job_id")
     if entry.get("root") == root.path and is_job_id(original):
         try:
-            if protocol.read_state(root, original).get("status") == wanted:
+            if protocol.read_state(root, original).get("status") == wanted and protocol.mark_used(root, original):
                 return Job(original, root, handler)
         except (OSError, CorruptFileError):
             pass
@@ -216,7 +210,7 @@ def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Di
     else:
         state["error"] = entry["error"]
     protocol.submit_final(root, spec, state)
-    return _own(Job(job_id, root, handler))
+    return Job(job_id, root, handler)
 
 
 def wait(timeout: Optional[float] = None) -> None:
@@ -241,8 +235,8 @@ def wait(timeout: Optional[float] = None) -> None:
             # with others still to come, a few milliseconds of lag cost nothing: look less often
             job.wait_done(None if deadline is None else max(0.0, deadline - time.monotonic()),
                           poll=POLL_MAX if many else POLL_MIN, lag=0.05 if many else 0.0)
-        except protocol.JobDirectoryError:
-            continue  # it will never change (job.get_result() raises why): nothing to wait for
+        except (protocol.JobDirectoryError, FileNotFoundError):
+            continue  # damaged or removed: it will never change (job.get_result() raises why)
         except TimeoutError:  # say the caller's timeout, not what was left of it for this job
             raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
                 job.id, job.function_name, timeout, job.status)) from None

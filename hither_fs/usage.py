@@ -102,6 +102,7 @@ class Walk:
         self.blobs: Dict[str, Count] = {}
         self.cache_entries: Dict[str, Count] = {}
         self.file_mtimes: Dict[str, float] = {}  # of blobs ("store/ab/name") and cache entries ("cache/ab/name")
+        self.linked: Set[str] = set()  # those of them with more than one name
         self.claimed: Set[str] = set()
         self.unreadable: List[str] = []
         self._seen: Set[Tuple[int, int]] = set()
@@ -119,9 +120,11 @@ class Walk:
                     if depth == 3 and stat.S_ISDIR(st.st_mode):
                         self.job_dirs.add(job)  # not a file or a symlink: its records may be read
                 elif top in ("store", "cache") and depth == 3 and not name.startswith(".") and \
-                        (top == "store" or name.endswith(".json")):
+                        (top == "store" or name.endswith(".json")) and stat.S_ISREG(st.st_mode):
                     (self.blobs if top == "store" else self.cache_entries)[sub[1] + "/" + name] = _of(st)
                     self.file_mtimes["/".join(sub)] = st.st_mtime
+                    if st.st_nlink > 1:
+                        self.linked.add("/".join(sub))  # another name keeps its bytes (code/envs, a cache)
                 elif top == "running" and depth == 2:
                     token = protocol.Token.parse(name)
                     if token is not None and token.worker:

@@ -258,7 +258,7 @@ def test_gc_in_a_loop_during_a_chaos_run(root):
     def collect():
         while not (done_submitting.is_set() and all(j.is_done() for j, _ in list(new))):
             try:
-                gc.collect(root, gc.Selection(older_than=30 * DAY, grace=60))
+                gc.collect(root, gc.Selection(older_than=30 * DAY, grace=600))
                 rounds[0] += 1
             except Exception as exc:
                 errors.append(exc)
@@ -338,3 +338,46 @@ def test_a_scratch_directory_someone_else_could_use_is_refused(root, tmp_path):
                            '--idle-timeout', '0.2'], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and 'refusing the scratch directory' in proc.stderr and 'symbolic link' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_a_cache_hit_makes_its_old_job_young_again(root, tmp_path):
+    """A hit answered with an old job of this root (or with a blob linked from an old lab
+    cache) makes it young, so a gc running meanwhile keeps it; a live job whose state
+    cannot be read keeps its argument blobs."""
+    cache = hi.JobCache()
+    with hi.Config(job_cache=cache):
+        job = echo.run(x=np.arange(9.0))
+        job.wait()
+    age(job, 40)
+    with hi.Config(job_cache=cache):
+        again = echo.run(x=np.arange(9.0))
+    assert again.id == job.id  # the original job answers the hit...
+    assert gc.collect(root, gc.Selection(older_than=30 * DAY)).jobs == []  # ...and is young again
+    assert np.array_equal(again.wait(), np.arange(9.0))
+    lab = hi.JobCache(str(tmp_path / 'lab'))
+    with hi.Config(job_cache=lab):
+        echo.run(x=np.arange(4.0)).wait()
+    for dirpath, _, names in os.walk(os.path.join(lab.path, 'store')):
+        for name in names:
+            os.utime(os.path.join(dirpath, name), (time.time() - 40 * DAY,) * 2)
+    other = hi.Root(str(tmp_path / 'other'))
+    with hi.Config(root=other.path, job_cache=lab):
+        hit = echo.run(x=np.arange(4.0))
+    [key] = gc._blob_keys(hit.get_state()['result']['value'])
+    assert time.time() - os.stat(os.path.join(other.layout.store, key)).st_mtime < 600  # linked, and young
+    with hi.Config(job_handler=QueueOnly('gc-damaged')):
+        live = echo.run(x=np.arange(6.0))
+    [arg] = blobs_of(live)
+    os.utime(os.path.join(root.layout.store, arg), (time.time() - 40 * DAY,) * 2)
+    state = os.path.join(live.directory, 'state.json')
+    os.unlink(state)
+    os.mkfifo(state)
+    gc.collect(root, gc.Selection(older_than=30 * DAY))
+    assert present(root, arg) and os.path.isdir(live.directory)
+
+
+def test_selections_gc_refuses():
+    with pytest.raises(ValueError, match='grace period must be at least 10 minutes'):
+        gc.Selection(older_than=0, grace=60)
+    with pytest.raises(ValueError, match='--cache removes cache entries by --function and --older-than only'):
+        gc.Selection(labels={'x'}, cache=True)

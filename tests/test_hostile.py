@@ -121,7 +121,7 @@ def test_a_worker_fails_each_bad_job_alone_and_serves_the_rest(root, hostile_roo
 
 @pytest.mark.parametrize('command', [['ls'], ['ls', '--status', 'queued'], ['fsck'], ['fsck', '--repair'],
                                      ['du'], ['du', '--by', 'function'], ['workers', 'ls'],
-                                     ['gc', '--older-than', '0', '--grace', '0']])
+                                     ['gc', '--older-than', '0', '--grace', '10m']])
 def test_every_command_finishes_on_a_hostile_root(root, hostile_root, command):
     q, bad, good, outside = hostile_root
     before = snapshot(outside)

@@ -192,7 +192,7 @@ def test_no_pickle_in_the_package():
                         and isinstance(f.value, ast.Name) and f.value.id in ('np', 'numpy')):
                     assert 'allow_pickle' in kw, where
                     numpy_io += 1
-    assert numpy_io >= 3  # store: save and load; fsck: load
+    assert numpy_io >= 2  # store: save and load (fsck reads only an array's header)
 
 
 # -- 3. paths in a spec stay inside the root ----------------------------------------------------------

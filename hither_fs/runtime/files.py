@@ -237,14 +237,19 @@ def parse_json(path: str, data: bytes) -> Any:
         raise CorruptFileError(path, "not valid JSON ({})".format(exc)) from None
 
 
+#: A record (spec, state, cache entry, heartbeat...) bigger than this is damage, not data:
+#: big values go to the store.
+RECORD_LIMIT = 256 << 20
+
+
 def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
     """Read a JSON file; a missing file gives ``default`` if ``missing_ok``.
 
-    A file that exists but does not parse raises :class:`CorruptFileError`
-    naming the path, so damage is reported rather than used.
+    A file that exists but does not parse, or is over :data:`RECORD_LIMIT`, raises
+    :class:`CorruptFileError` naming the path, so damage is reported rather than used.
     """
     try:
-        data, _ = read_bytes(path)
+        data, _ = read_bytes(path, limit=RECORD_LIMIT)
     except FileNotFoundError:
         if missing_ok:
             return default

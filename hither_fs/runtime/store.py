@@ -137,6 +137,7 @@ class Store:
         tmp = temp_name(dst)
         try:
             os.link(src, tmp)
+            os.utime(tmp)  # a link shares the source's old mtime: young here, to hither-fs gc
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
