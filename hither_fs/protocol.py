@@ -65,7 +65,6 @@ reported by ``hither-fs fsck`` and put right by ``--repair``.
 
 import contextlib
 import enum
-import json
 import os
 import stat
 import time
@@ -76,8 +75,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from .queue import is_ticket, iter_tickets, queue_names, ticket_token, writer_for
 from .root import Root, now_iso
 from .runtime import files
-from .runtime.files import (CorruptFileError, dumps, listdir, mkdir, overwrite, parse_json, read_bytes,
-                            remove_quietly, temp_name, with_parents, write_new)
+from .runtime.files import (CorruptFileError, dumps, listdir, mkdir, overwrite, read_record, remove_quietly,
+                            temp_name, with_parents, write_new)
 from .runtime.layout import host_label, is_job_id, is_worker_id
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -199,37 +198,11 @@ def summary(state: Dict[str, Any]) -> str:
 
 # -- reading ---------------------------------------------------------------------
 
-#: Pauses before a record that does not parse is read again, and then called damaged.
-#: A node may read a file just renamed into place with the length of the file it
-#: replaced, until its attribute cache expires (a FUSE client's, a second by default):
-#: the record then looks cut short, and reads whole a moment later.
-REREAD_PAUSES = (0.1, 0.4, 1.2)
-
-
-def _cut_short(data: bytes) -> bool:
-    """Whether JSON that does not parse ends too early (rather than being wrong inside)."""
-    try:
-        json.loads(data.decode("utf-8", errors="replace"))
-    except json.JSONDecodeError as exc:
-        return exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated")
-    except (ValueError, RecursionError):
-        return False
-    return False
-
-
 def _read_record(path: str) -> Tuple[Dict[str, Any], os.stat_result]:
-    for pause in REREAD_PAUSES + (None,):
-        try:
-            data, st = read_bytes(path, limit=RECORD_LIMIT)
-        except NotADirectoryError:
-            raise JobDirectoryError(os.path.dirname(path), "is a file, not a job directory") from None
-        try:
-            record = parse_json(path, data)
-            break
-        except CorruptFileError:
-            if pause is None or not _cut_short(data):  # damaged, not cut short: say so now
-                raise
-            time.sleep(pause)
+    try:
+        record, st = read_record(path, limit=RECORD_LIMIT)
+    except NotADirectoryError:
+        raise JobDirectoryError(os.path.dirname(path), "is a file, not a job directory") from None
     if not isinstance(record, dict):
         raise CorruptFileError(path, "not a JSON object")
     return record, st

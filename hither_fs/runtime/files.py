@@ -242,19 +242,50 @@ def parse_json(path: str, data: bytes) -> Any:
 RECORD_LIMIT = 256 << 20
 
 
+#: Pauses before JSON that ends too early is read again, and then called damaged. A node
+#: may read a file just renamed into place with the length of the file it replaced,
+#: until its attribute cache expires (a FUSE client's: a second by default): the record
+#: then looks cut short, and reads whole a moment later.
+REREAD_PAUSES = (0.1, 0.4, 1.2)
+
+
+def cut_short(data: bytes) -> bool:
+    """Whether JSON that does not parse ends too early (rather than being wrong inside)."""
+    try:
+        json.loads(data.decode("utf-8", errors="replace"))
+    except json.JSONDecodeError as exc:
+        return exc.pos >= len(exc.doc.rstrip()) or exc.msg.startswith("Unterminated")
+    except (ValueError, RecursionError):
+        return False
+    return False
+
+
+def read_record(path: str, limit: Optional[int] = None) -> Tuple[Any, os.stat_result]:
+    """The parsed JSON of ``path`` and its ``fstat``; see :func:`read_json`."""
+    for pause in REREAD_PAUSES + (None,):
+        data, st = read_bytes(path, limit=RECORD_LIMIT if limit is None else limit)
+        try:
+            return parse_json(path, data), st
+        except CorruptFileError:
+            if pause is None or not cut_short(data):  # damaged, not cut short: say so now
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
     """Read a JSON file; a missing file gives ``default`` if ``missing_ok``.
 
     A file that exists but does not parse, or is over :data:`RECORD_LIMIT`, raises
-    :class:`CorruptFileError` naming the path, so damage is reported rather than used.
+    :class:`CorruptFileError` naming the path, so damage is reported rather than used
+    (JSON that ends too early is read again first: see :data:`REREAD_PAUSES`).
     """
     try:
-        data, _ = read_bytes(path, limit=RECORD_LIMIT)
+        return read_record(path)[0]
     except FileNotFoundError:
         if missing_ok:
             return default
         raise
-    return parse_json(path, data)
 
 
 # -- directories -------------------------------------------------------------------
