@@ -152,3 +152,27 @@ def test_read_only_commands_do_not_create_roots(tmp_path):
         proc = run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', '--root', missing, *args)
         assert proc.returncode == 2 and 'is not a hither_fs root' in proc.stderr, (args, proc.stderr)
     assert not os.path.exists(missing)
+
+
+def test_a_record_read_cut_short_is_read_again_damage_is_reported_at_once(tmp_path, monkeypatch):
+    """A node whose attribute cache still holds the length of the file a rename replaced
+    reads the new record cut short (the test cluster's FUSE mounts do, for a second). Here
+    that stale read is a fake: the first read returns the record's first 20 bytes."""
+    from hither_fs.runtime import files
+    path = str(tmp_path / 'state.json')
+    files.write_json(path, {'status': 'finished', 'result': {'value': 41}})
+    real, reads, pauses = files.read_bytes, [], []
+
+    def stale_once(p, limit=None):
+        data, st = real(p, limit)
+        reads.append(p)
+        return (data[:20], st) if len(reads) == 1 else (data, st)
+    monkeypatch.setattr(files, 'read_bytes', stale_once)
+    monkeypatch.setattr(files.time, 'sleep', pauses.append)
+    assert files.read_json(path)['result'] == {'value': 41}
+    assert len(reads) == 2 and pauses == [files.REREAD_PAUSES[0]]
+    with open(path, 'w') as f:
+        f.write('{"status": oops}\n')  # damaged inside, not cut short: no second read
+    with pytest.raises(hi.CorruptFileError, match='not valid JSON'):
+        files.read_json(path)
+    assert len(reads) == 3 and len(pauses) == 1
