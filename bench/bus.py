@@ -46,7 +46,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, REPO)
 
 #: The system calls that cost a metadata server a round trip (when they name the root).
-METADATA = ["openat", "open", "creat", "stat", "lstat", "newfstatat", "statx", "access", "faccessat",
+METADATA = ["openat", "openat2", "open", "creat", "stat", "lstat", "newfstatat", "statx", "access", "faccessat",
             "faccessat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2",
             "link", "linkat", "symlink", "symlinkat", "readlink", "readlinkat", "chmod", "fchmod", "fchmodat",
             "chown", "fchown", "lchown", "fchownat", "utimensat", "getdents64", "flock", "fcntl", "truncate",

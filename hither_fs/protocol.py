@@ -75,8 +75,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 from .queue import is_ticket, iter_tickets, queue_names, ticket_token, writer_for
 from .root import Root, now_iso
 from .runtime import files
-from .runtime.files import (CorruptFileError, dumps, listdir, mkdir, overwrite, read_record, remove_quietly,
-                            temp_name, with_parents, write_new)
+from .runtime.files import (CorruptFileError, LinkError, can_refuse_linked_dirs, dumps, listdir, mkdir, overwrite,
+                            read_record, remove_quietly, temp_name, with_parents, write_new)
 from .runtime.layout import host_label, is_job_id, is_worker_id
 
 DEFAULT_MAX_ATTEMPTS = 3
@@ -203,6 +203,12 @@ def _read_record(path: str) -> Tuple[Dict[str, Any], os.stat_result]:
         record, st = read_record(path, limit=RECORD_LIMIT)
     except NotADirectoryError:
         raise JobDirectoryError(os.path.dirname(path), "is a file, not a job directory") from None
+    except LinkError:
+        if os.path.islink(os.path.dirname(path)):  # the job's directory, not just this record
+            raise JobDirectoryError(os.path.dirname(path), "is a symbolic link (to {}), not a job directory; "
+                                    "hither_fs does not follow it out of the root".format(
+                                        os.readlink(os.path.dirname(path)))) from None
+        raise
     if not isinstance(record, dict):
         raise CorruptFileError(path, "not a JSON object")
     return record, st
@@ -231,7 +237,11 @@ def mark_used(root: Root, job_id: str) -> bool:
 
 def check_job_dir(root: Root, job_id: str) -> None:
     """Raise :class:`JobDirectoryError` unless the job's directory is a real directory (or
-    missing). One ``lstat``: paid once per job by a worker, and once per ``Job`` object."""
+    missing). Free where the kernel refuses links below the root as it opens a record
+    (``openat2``: the read itself raises); otherwise one ``lstat``, paid once per job by a
+    worker and once per ``Job`` object."""
+    if can_refuse_linked_dirs():
+        return
     path = root.layout.job_dir(job_id)
     try:
         st = os.lstat(path)
@@ -909,6 +919,8 @@ def cancel(root: Root, job_id: str, found: Optional[Found] = None, tries: int = 
     for i in range(tries):
         try:
             state = read_state(root, job_id)
+        except JobDirectoryError:
+            raise  # nothing can be recorded for it: say so
         except CorruptFileError:
             state = {}
         if state.get("status") in FINAL_VALUES:

@@ -22,6 +22,7 @@ the root cannot hang or redirect a reader.
 Standard library only: this module also runs inside job containers.
 """
 
+import ctypes
 import errno
 import json
 import os
@@ -53,6 +54,10 @@ class CorruptFileError(Exception):
         super().__init__("{}: {}".format(path, problem))
         self.path = path
         self.problem = problem
+
+
+class LinkError(CorruptFileError):
+    """A symbolic link where hither_fs wrote a file or a directory: never followed."""
 
 
 def temp_name(path: str) -> str:
@@ -187,18 +192,81 @@ def write_json(path: str, obj: Any) -> None:
 
 # -- reading -------------------------------------------------------------------
 
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
+_RESOLVE_NO_SYMLINKS = 0x04
+_tree_fds: Dict[str, int] = {}
+_libc: Any = None
+
+
+def _open_in_tree(path: str) -> Optional[int]:
+    """Open ``path`` for reading with ``openat2(RESOLVE_NO_SYMLINKS)`` relative to the
+    registered tree (a root) it lies in: one system call that refuses a symbolic link
+    anywhere below the tree - a job directory replaced by a link out of the root, say -
+    where an ``lstat`` of each directory would cost a round trip each. None where that
+    cannot be done (not in a registered tree, or a kernel before Linux 5.6): the caller
+    opens the plain way."""
+    global _OPENAT2
+    if not can_refuse_linked_dirs():
+        return None
+    tree = next((t for t in _trees if path.startswith(t + os.sep)), None)
+    if tree is None:
+        return None
+    try:
+        tree_fd = _tree_fds.get(tree)
+        if tree_fd is None:
+            tree_fd = _tree_fds[tree] = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    how = _OpenHow(_READ_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
+    fd = _libc.syscall(_OPENAT2, tree_fd, os.fsencode(os.path.relpath(path, tree)), ctypes.byref(how),
+                       ctypes.sizeof(how))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM, errno.EINVAL):  # not on this kernel (or forbidden by a sandbox)
+        _OPENAT2 = None
+        return None
+    raise OSError(err, os.strerror(err), path)
+
+
+def can_refuse_linked_dirs() -> bool:
+    """Whether reads in registered trees refuse symbolic links on the way (see
+    :func:`_open_in_tree`); if not, callers look at directories themselves."""
+    global _libc, _OPENAT2
+    if _OPENAT2 is not None and _libc is None:  # once: does this kernel have openat2?
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+            _libc.syscall.restype = ctypes.c_long
+            how = _OpenHow(_READ_FLAGS | os.O_DIRECTORY, 0, _RESOLVE_NO_SYMLINKS)
+            fd = _libc.syscall(_OPENAT2, -100, b"/", ctypes.byref(how), ctypes.sizeof(how))  # AT_FDCWD
+        except (OSError, AttributeError):
+            fd = -1
+        if fd < 0:
+            _OPENAT2 = None
+        else:
+            os.close(fd)
+    return _OPENAT2 is not None
+
+
 def open_regular(path: str, limit: Optional[int] = None) -> int:
     """Open the regular file ``path`` for reading; return the descriptor.
 
-    A symlink, FIFO, device or directory raises :class:`CorruptFileError`
-    (never a hang, never a read outside the root); so does a file of more
-    than ``limit`` bytes (damage, not data).
+    A symlink (in a root: anywhere on the way below the root), FIFO, device or
+    directory raises :class:`CorruptFileError` (never a hang, never a read
+    outside the root); so does a file of more than ``limit`` bytes (damage,
+    not data).
     """
     try:
-        fd = os.open(path, _READ_FLAGS)
+        fd = _open_in_tree(path)
+        if fd is None:
+            fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise CorruptFileError(path, "is a symbolic link, not a file hither_fs wrote") from None
+            raise LinkError(path, "is a symbolic link, or lies below one, where hither_fs wrote a file") from None
         raise
     try:
         st = os.fstat(fd)
