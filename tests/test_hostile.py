@@ -163,3 +163,25 @@ def test_a_symlinked_image_lock_file_is_not_followed(root, tmp_path):
         containers.pulled_image(root, url)
     assert precious.read_text() == 'do not truncate me\n'
     assert not os.path.islink(lock)
+
+
+@pytest.mark.parametrize('openat2', [True, False], ids=['openat2', 'lstat'])
+def test_a_job_directory_linked_out_of_the_root_is_never_read_through(root, tmp_path, monkeypatch, openat2):
+    """The same refusal with the kernel's openat2 (one open refuses any link below the
+    root) and without it (an lstat of the job's directory, as on kernels before 5.6)."""
+    from hither_fs import protocol
+    from hither_fs.runtime import files
+    if not openat2:
+        monkeypatch.setattr(files, '_OPENAT2', None)
+    elif not files.can_refuse_linked_dirs():
+        pytest.skip('this kernel has no openat2')
+    job = add.run(x=1, y=2)
+    assert job.wait() == 3
+    outside = tmp_path / 'elsewhere'
+    os.rename(job.directory, str(outside))
+    os.symlink(str(outside), job.directory)
+    again = hi.Job(job.id, root)
+    with pytest.raises(protocol.JobDirectoryError, match='symbolic link'):
+        again.wait()
+    with pytest.raises(protocol.JobDirectoryError, match='symbolic link'):
+        protocol.read_spec_checked(root, job.id)

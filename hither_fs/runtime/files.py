@@ -196,8 +196,10 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
 _RESOLVE_NO_SYMLINKS = 0x04
+_READ_HOW = _OpenHow(_READ_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
 _tree_fds: Dict[str, int] = {}
 _libc: Any = None
 
@@ -221,9 +223,8 @@ def _open_in_tree(path: str) -> Optional[int]:
             tree_fd = _tree_fds[tree] = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
-    how = _OpenHow(_READ_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
-    fd = _libc.syscall(_OPENAT2, tree_fd, os.fsencode(os.path.relpath(path, tree)), ctypes.byref(how),
-                       ctypes.sizeof(how))
+    how = _READ_HOW
+    fd = _libc.syscall(_OPENAT2, tree_fd, os.fsencode(path[len(tree) + 1:]), ctypes.byref(how), _HOW_SIZE)
     if fd >= 0:
         return fd
     err = ctypes.get_errno()
