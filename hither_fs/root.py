@@ -12,7 +12,7 @@ import stat
 import uuid
 from typing import Any, Dict, List, Optional
 
-from .runtime.files import makedirs, read_json, register_tree, write_json
+from .runtime.files import guard_tree, makedirs, read_json, register_tree, write_json
 from .runtime.layout import Layout
 from .runtime.store import Store
 
@@ -100,6 +100,7 @@ class Root:
         self.info = self._open_or_create(shared)
         self.group_shared = self.info.get("mode") == "group"
         register_tree(path, self.group_shared)
+        guard_tree(self.layout.jobs)  # a job's files are never read through a symbolic link
         #: mode of new files, which other group members must open in a shared root
         self.file_mode = 0o660 if self.group_shared else 0o600
 

@@ -185,3 +185,14 @@ def test_a_job_directory_linked_out_of_the_root_is_never_read_through(root, tmp_
         again.wait()
     with pytest.raises(protocol.JobDirectoryError, match='symbolic link'):
         protocol.read_spec_checked(root, job.id)
+
+
+def test_a_store_moved_to_another_disk_and_linked_back_still_works(root_path, tmp_path):
+    """Links are refused below jobs/ only: an admin may move store/ (or logs/) elsewhere."""
+    root = hi.Root.get(root_path)
+    elsewhere = tmp_path / 'bigdisk-store'
+    os.rename(root.layout.store, str(elsewhere))
+    os.symlink(str(elsewhere), root.layout.store)
+    job = echo.run(x=np.arange(5.0))
+    assert np.array_equal(job.wait(), np.arange(5.0))
+    assert os.listdir(str(elsewhere))

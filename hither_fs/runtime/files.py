@@ -200,29 +200,36 @@ _RESOLVE_NO_SYMLINKS = 0x04
 _READ_HOW = _OpenHow(_READ_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
 _OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
-_tree_fds: Dict[str, int] = {}
+_guarded: Dict[str, Optional[int]] = {}  # directory -> its descriptor (opened when first used)
 _libc: Any = None
+
+
+def guard_tree(path: str) -> None:
+    """Reads below ``path`` (a root's ``jobs/``) refuse a symbolic link on the way (see
+    :func:`_open_in_tree`). Elsewhere in a root a link is allowed - a ``store/`` moved to
+    a bigger disk and linked back, say."""
+    _guarded.setdefault(os.path.abspath(path), None)
 
 
 def _open_in_tree(path: str) -> Optional[int]:
     """Open ``path`` for reading with ``openat2(RESOLVE_NO_SYMLINKS)`` relative to the
-    registered tree (a root) it lies in: one system call that refuses a symbolic link
-    anywhere below the tree - a job directory replaced by a link out of the root, say -
-    where an ``lstat`` of each directory would cost a round trip each. None where that
-    cannot be done (not in a registered tree, or a kernel before Linux 5.6): the caller
-    opens the plain way."""
+    guarded tree (a root's ``jobs/``) it lies in: one system call that refuses a symbolic
+    link anywhere below the tree - a job directory replaced by a link out of the root,
+    say - where an ``lstat`` of each directory would cost a round trip each. None where
+    that cannot be done (not in a guarded tree, or a kernel before Linux 5.6): the
+    caller opens the plain way."""
     global _OPENAT2
-    if not can_refuse_linked_dirs():
+    if not _guarded or not can_refuse_linked_dirs():
         return None
-    tree = next((t for t in _trees if path.startswith(t + os.sep)), None)
+    tree = next((t for t in _guarded if path.startswith(t + os.sep)), None)
     if tree is None:
         return None
-    try:
-        tree_fd = _tree_fds.get(tree)
-        if tree_fd is None:
-            tree_fd = _tree_fds[tree] = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return None
+    tree_fd = _guarded[tree]
+    if tree_fd is None:
+        try:
+            tree_fd = _guarded[tree] = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
     how = _READ_HOW
     fd = _libc.syscall(_OPENAT2, tree_fd, os.fsencode(path[len(tree) + 1:]), ctypes.byref(how), _HOW_SIZE)
     if fd >= 0:
@@ -235,7 +242,7 @@ def _open_in_tree(path: str) -> Optional[int]:
 
 
 def can_refuse_linked_dirs() -> bool:
-    """Whether reads in registered trees refuse symbolic links on the way (see
+    """Whether reads in guarded trees refuse symbolic links on the way (see
     :func:`_open_in_tree`); if not, callers look at directories themselves."""
     global _libc, _OPENAT2
     if _OPENAT2 is not None and _libc is None:  # once: does this kernel have openat2?
@@ -256,7 +263,7 @@ def can_refuse_linked_dirs() -> bool:
 def open_regular(path: str, limit: Optional[int] = None) -> int:
     """Open the regular file ``path`` for reading; return the descriptor.
 
-    A symlink (in a root: anywhere on the way below the root), FIFO, device or
+    A symlink (below a root's ``jobs/``: anywhere on the way), FIFO, device or
     directory raises :class:`CorruptFileError` (never a hang, never a read
     outside the root); so does a file of more than ``limit`` bytes (damage,
     not data).
