@@ -204,11 +204,13 @@ def _read_record(path: str) -> Tuple[Dict[str, Any], os.stat_result]:
     except NotADirectoryError:
         raise JobDirectoryError(os.path.dirname(path), "is a file, not a job directory") from None
     except LinkError:
-        if os.path.islink(os.path.dirname(path)):  # the job's directory, not just this record
-            raise JobDirectoryError(os.path.dirname(path), "is a symbolic link (to {}), not a job directory; "
-                                    "hither_fs does not follow it out of the root".format(
-                                        os.readlink(os.path.dirname(path)))) from None
-        raise
+        if os.path.islink(path):
+            raise  # the record itself: damage its job's holder replaces
+        job_dir = os.path.dirname(path)  # the job's directory, or its shard: nothing is written below it
+        link = job_dir if os.path.islink(job_dir) else os.path.dirname(job_dir)
+        raise JobDirectoryError(job_dir, "is or lies below a symbolic link ({} -> {}), not a job directory; "
+                                "hither_fs does not follow it out of the root".format(
+                                    link, os.readlink(link) if os.path.islink(link) else "?")) from None
     if not isinstance(record, dict):
         raise CorruptFileError(path, "not a JSON object")
     return record, st
@@ -236,22 +238,23 @@ def mark_used(root: Root, job_id: str) -> bool:
 
 
 def check_job_dir(root: Root, job_id: str) -> None:
-    """Raise :class:`JobDirectoryError` unless the job's directory is a real directory (or
-    missing). Free where the kernel refuses links below the root as it opens a record
-    (``openat2``: the read itself raises); otherwise one ``lstat``, paid once per job by a
-    worker and once per ``Job`` object."""
+    """Raise :class:`JobDirectoryError` unless the job's directory (and its shard) is a real
+    directory (or missing). Free where the kernel refuses links below ``jobs/`` as it opens
+    a record (``openat2``: the read itself raises); otherwise two ``lstat``, paid once per
+    job by a worker and once per ``Job`` object."""
     if can_refuse_linked_dirs():
         return
     path = root.layout.job_dir(job_id)
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISLNK(st.st_mode):
-        raise JobDirectoryError(path, "is a symbolic link (to {}), not a job directory; hither_fs does not "
-                                "follow it out of the root".format(os.readlink(path)))
-    if not stat.S_ISDIR(st.st_mode):
-        raise JobDirectoryError(path, "is not a job directory (mode {:o})".format(st.st_mode))
+    for part in (os.path.dirname(path), path):  # its shard, then itself
+        try:
+            st = os.lstat(part)
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(st.st_mode):
+            raise JobDirectoryError(path, "is or lies below a symbolic link ({} -> {}), not a job directory; "
+                                    "hither_fs does not follow it out of the root".format(part, os.readlink(part)))
+        if not stat.S_ISDIR(st.st_mode):
+            raise JobDirectoryError(path, "is not a job directory ({} has mode {:o})".format(part, st.st_mode))
 
 
 def job_exists(root: Root, job_id: str) -> bool:

@@ -165,10 +165,13 @@ def test_a_symlinked_image_lock_file_is_not_followed(root, tmp_path):
     assert not os.path.islink(lock)
 
 
+@pytest.mark.parametrize('linked', ['job', 'shard'])
 @pytest.mark.parametrize('openat2', [True, False], ids=['openat2', 'lstat'])
-def test_a_job_directory_linked_out_of_the_root_is_never_read_through(root, tmp_path, monkeypatch, openat2):
-    """The same refusal with the kernel's openat2 (one open refuses any link below the
-    root) and without it (an lstat of the job's directory, as on kernels before 5.6)."""
+def test_a_job_directory_linked_out_of_the_root_is_never_read_through(root, tmp_path, monkeypatch, openat2, linked):
+    """The same refusal with the kernel's openat2 (one open refuses any link below jobs/)
+    and without it (an lstat of the job's directory and its shard, as on kernels before
+    5.6), whether the job's directory or its whole shard was replaced by a link; nothing
+    is written outside the root, even by cancel."""
     from hither_fs import protocol
     from hither_fs.runtime import files
     if not openat2:
@@ -177,14 +180,25 @@ def test_a_job_directory_linked_out_of_the_root_is_never_read_through(root, tmp_
         pytest.skip('this kernel has no openat2')
     job = add.run(x=1, y=2)
     assert job.wait() == 3
+    with hi.Config(job_handler=QueueOnly('links')):
+        queued = add.run(x=2, y=2)
     outside = tmp_path / 'elsewhere'
-    os.rename(job.directory, str(outside))
-    os.symlink(str(outside), job.directory)
+    outside.mkdir()
+    for j in (job, queued):
+        moved = j.directory if linked == 'job' else os.path.dirname(j.directory)
+        if os.path.islink(moved):
+            continue  # (both jobs in one shard)
+        os.rename(moved, str(outside / os.path.basename(moved)))
+        os.symlink(str(outside / os.path.basename(moved)), moved)
+    before = snapshot(str(tmp_path / 'elsewhere'))
     again = hi.Job(job.id, root)
     with pytest.raises(protocol.JobDirectoryError, match='symbolic link'):
         again.wait()
     with pytest.raises(protocol.JobDirectoryError, match='symbolic link'):
-        protocol.read_spec_checked(root, job.id)
+        protocol.read_spec_checked(root, queued.id)
+    with pytest.raises(protocol.JobDirectoryError, match='symbolic link'):
+        hi.Job(queued.id, root).cancel()
+    assert snapshot(str(tmp_path / 'elsewhere')) == before
 
 
 def test_a_store_moved_to_another_disk_and_linked_back_still_works(root_path, tmp_path):

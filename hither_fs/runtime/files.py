@@ -28,6 +28,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import time
 import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -199,7 +200,8 @@ class _OpenHow(ctypes.Structure):
 _RESOLVE_NO_SYMLINKS = 0x04
 _READ_HOW = _OpenHow(_READ_FLAGS, 0, _RESOLVE_NO_SYMLINKS)
 _HOW_SIZE = ctypes.sizeof(_OpenHow)
-_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine)
+_OPENAT2 = {"x86_64": 437, "aarch64": 437, "ppc64le": 437, "s390x": 437}.get(os.uname().machine) \
+    if sys.platform.startswith("linux") else None
 _guarded: Dict[str, Optional[int]] = {}  # directory -> its descriptor (opened when first used)
 _libc: Any = None
 
@@ -208,7 +210,15 @@ def guard_tree(path: str) -> None:
     """Reads below ``path`` (a root's ``jobs/``) refuse a symbolic link on the way (see
     :func:`_open_in_tree`). Elsewhere in a root a link is allowed - a ``store/`` moved to
     a bigger disk and linked back, say."""
-    _guarded.setdefault(os.path.abspath(path), None)
+    path = os.path.abspath(path)
+    _close_guard(path)
+    _guarded[path] = None
+
+
+def _close_guard(tree: str) -> None:
+    fd = _guarded.pop(tree, None)
+    if fd is not None:
+        os.close(fd)
 
 
 def _open_in_tree(path: str) -> Optional[int]:
@@ -216,36 +226,50 @@ def _open_in_tree(path: str) -> Optional[int]:
     guarded tree (a root's ``jobs/``) it lies in: one system call that refuses a symbolic
     link anywhere below the tree - a job directory replaced by a link out of the root,
     say - where an ``lstat`` of each directory would cost a round trip each. None where
-    that cannot be done (not in a guarded tree, or a kernel before Linux 5.6): the
-    caller opens the plain way."""
-    global _OPENAT2
+    that cannot be done (not in a guarded tree, or no ``openat2`` here): the caller then
+    opens the plain way, after its own ``lstat`` (see :func:`can_refuse_linked_dirs`)."""
     if not _guarded or not can_refuse_linked_dirs():
         return None
     tree = next((t for t in _guarded if path.startswith(t + os.sep)), None)
     if tree is None:
         return None
-    tree_fd = _guarded[tree]
-    if tree_fd is None:
-        try:
-            tree_fd = _guarded[tree] = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return None
-    how = _READ_HOW
-    fd = _libc.syscall(_OPENAT2, tree_fd, os.fsencode(path[len(tree) + 1:]), ctypes.byref(how), _HOW_SIZE)
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EPERM, errno.EINVAL):  # not on this kernel (or forbidden by a sandbox)
-        _OPENAT2 = None
-        return None
-    raise OSError(err, os.strerror(err), path)
+    name = os.fsencode(path[len(tree) + 1:])
+    for fresh in (False, True):
+        tree_fd = _guarded.get(tree)
+        if tree_fd is None:
+            try:
+                tree_fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
+            _guarded[tree] = tree_fd
+        while True:
+            fd = _libc.syscall(_OPENAT2, tree_fd, name, ctypes.byref(_READ_HOW), _HOW_SIZE)
+            err = ctypes.get_errno() if fd < 0 else 0
+            if err != errno.EINTR:  # (ctypes does not retry an interrupted call as os.open does)
+                break
+        if fd >= 0:
+            return fd
+        if err in (errno.ENOENT, errno.ESTALE) and not fresh and _tree_replaced(tree, tree_fd):
+            _guarded[tree] = None  # the root was made anew at its path: look there
+            os.close(tree_fd)
+            continue
+        raise OSError(err, os.strerror(err), path)
+    raise AssertionError("unreachable")
+
+
+def _tree_replaced(tree: str, fd: int) -> bool:
+    try:
+        held, there = os.fstat(fd), os.stat(tree)
+    except OSError:
+        return True
+    return (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino)
 
 
 def can_refuse_linked_dirs() -> bool:
     """Whether reads in guarded trees refuse symbolic links on the way (see
     :func:`_open_in_tree`); if not, callers look at directories themselves."""
     global _libc, _OPENAT2
-    if _OPENAT2 is not None and _libc is None:  # once: does this kernel have openat2?
+    if _OPENAT2 is not None and _libc is None:  # once: does this kernel (and sandbox) allow openat2?
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
             _libc.syscall.restype = ctypes.c_long
@@ -336,6 +360,9 @@ def cut_short(data: bytes) -> bool:
     return False
 
 
+_damaged: Dict[str, Tuple[int, int, int]] = {}  # path -> (inode, mtime, size) of a record found cut short for good
+
+
 def read_record(path: str, limit: Optional[int] = None) -> Tuple[Any, os.stat_result]:
     """The parsed JSON of ``path`` and its ``fstat``; see :func:`read_json`."""
     for pause in REREAD_PAUSES + (None,):
@@ -343,7 +370,12 @@ def read_record(path: str, limit: Optional[int] = None) -> Tuple[Any, os.stat_re
         try:
             return parse_json(path, data), st
         except CorruptFileError:
-            if pause is None or not cut_short(data):  # damaged, not cut short: say so now
+            seen = _damaged.get(path) == (st.st_ino, st.st_mtime_ns, st.st_size)
+            if pause is None or seen or not cut_short(data):  # damaged, not cut short: say so now
+                if pause is None:
+                    if len(_damaged) > 1000:
+                        _damaged.clear()
+                    _damaged[path] = (st.st_ino, st.st_mtime_ns, st.st_size)  # once is enough to wait for it
                 raise
             time.sleep(pause)
     raise AssertionError("unreachable")
