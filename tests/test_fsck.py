@@ -113,20 +113,22 @@ def test_fsck_finishes_on_every_damaged_root(root, tmp_path):
     for _ in range(1200):  # deeper than Python's recursion limit
         deep = os.path.join(deep, 'd')
         os.mkdir(deep)
-    for args in ((), ('--repair',)):
-        proc = run_fsck(root, *args)
-        assert proc.returncode == 1, proc.stdout + proc.stderr
-        assert 'is not a regular file' in proc.stdout or 'not a regular file' in proc.stdout
-    out = run_fsck(root).stdout
-    assert 'not valid JSON' in out and 'not a shard directory' in out and 'more than the' in out
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
-    for command in (['gc', '--older-than', '0', '--grace', '10m'], ['du']):
-        proc = subprocess.run([sys.executable, '-m', 'hither_fs', '--root', root.path] + command, env=env,
-                              capture_output=True, text=True, timeout=120)
-        assert proc.returncode in (0, 1) and 'Traceback' not in proc.stderr, proc.stderr
-    while deep != root.layout.logs:  # (pytest's own cleanup of old test directories recurses)
-        os.rmdir(deep)
-        deep = os.path.dirname(deep)
+    try:
+        for args in ((), ('--repair',)):
+            proc = run_fsck(root, *args)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert 'is not a regular file' in proc.stdout or 'not a regular file' in proc.stdout
+        out = run_fsck(root).stdout
+        assert 'not valid JSON' in out and 'not a shard directory' in out and 'more than the' in out
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]))
+        for command in (['gc', '--older-than', '0', '--grace', '10m'], ['du']):
+            proc = subprocess.run([sys.executable, '-m', 'hither_fs', '--root', root.path] + command, env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert proc.returncode in (0, 1) and 'Traceback' not in proc.stderr, proc.stderr
+    finally:
+        while deep != root.layout.logs:  # (pytest's own cleanup of old test directories recurses)
+            os.rmdir(deep)
+            deep = os.path.dirname(deep)
 
 
 def _live_writers_of_another_host(root):
