@@ -44,7 +44,7 @@ from .lease import id_host_pid
 from .protocol import FINAL_VALUES, Status, Token
 from .queue import is_bucket, is_ticket, queue_names, ticket_token
 from .root import Root
-from .runtime.files import CorruptFileError, fs_now, listdir, open_regular, read_json, remove_quietly
+from .runtime.files import DAMAGE_ERRORS, CorruptFileError, fs_now, listdir, open_regular, read_json, remove_quietly
 from .runtime.layout import host_label, is_job_id, is_worker_id, live_console_prefix
 from .runtime.serialization import blob_refs
 from .runtime.store import BlobMissingError, sha1_of_file
@@ -56,8 +56,6 @@ STALE_SECONDS = 60.0
 #: Seconds after which another host's temporary file or silent heartbeat counts as dead.
 STALE_TEMP_SECONDS = 3600.0
 _STATUS_VALUES = frozenset(s.value for s in Status)
-#: What a damaged entry can raise while it is checked: reported, never a crash.
-_DAMAGE = (OSError, CorruptFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 class Finding(NamedTuple):
@@ -105,7 +103,7 @@ def guarded(path: str, check: Callable[[], Iterator[Finding]]) -> Iterator[Findi
     """The findings of one entry's check; if the entry is too damaged to check, that."""
     try:
         yield from check()
-    except _DAMAGE as exc:
+    except DAMAGE_ERRORS as exc:
         yield Finding(path, "cannot be checked: {}".format(exc), True)
 
 

@@ -39,10 +39,9 @@ from . import protocol
 from .codeenv import REUSE_SECONDS, read_manifest
 from .protocol import FINAL_VALUES
 from .root import Root
-from .runtime.files import CorruptFileError, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
-from .runtime.serialization import blob_refs
+from .runtime.files import DAMAGE_ERRORS, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
 from .runtime.store import Store
-from .usage import Count, Walk
+from .usage import Count, Walk, blob_keys
 
 #: Nothing younger than this is removed (a job's end, a blob's last store), by default.
 GRACE_SECONDS = 3600.0
@@ -77,7 +76,6 @@ def parse_age(text: Any) -> float:
         return float(t[:-1] if t[-1:] in _SPANS else t) * _SPANS[unit]
     except ValueError:
         raise ValueError("not an age: {!r} (for example 30d, 12h, 90m, 2w)".format(text)) from None
-_RECORD_ERRORS = (OSError, CorruptFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
 
 
 @dataclass
@@ -146,11 +144,6 @@ class Plan:
         self.kept[why] = self.kept.get(why, 0) + 1
 
 
-def _blob_keys(value: Any) -> Set[str]:
-    return {"{}/{}{}".format(sha1[:2], sha1, ext) for sha1, ext in blob_refs(value)
-            if isinstance(sha1, str) and len(sha1) == 40}
-
-
 class _Manifests:
     """The blobs a code environment consists of (its manifest and the files it lists)."""
 
@@ -178,16 +171,16 @@ def _read_job(root: Root, job_id: str, count: Count, age: float, manifests: _Man
     try:
         spec = protocol.read_spec(root, job_id)
         job = _Job(None, (spec.get("function") or {}).get("name"), spec.get("run"), spec.get("label"), age, count,
-                   _blob_keys(spec.get("args")) | manifests.blobs(spec.get("code")),
+                   blob_keys(spec.get("args")) | manifests.blobs(spec.get("code")),
                    [u for u in spec.get("upstream") or [] if isinstance(u, str)])
-    except _RECORD_ERRORS:
+    except DAMAGE_ERRORS:
         return None
     try:
         state = protocol.read_state(root, job_id)
         job.status = state.get("status")
         if job.status == "finished":
-            job.blobs |= _blob_keys(state["result"]["value"])
-    except _RECORD_ERRORS:
+            job.blobs |= blob_keys(state["result"]["value"])
+    except DAMAGE_ERRORS:
         job.status = None
     return job
 
@@ -235,11 +228,11 @@ def plan(root: Root, sel: Selection) -> Plan:
             continue
         try:
             entry = read_json(os.path.join(root.layout.cache, key))
-            blobs = _blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
+            blobs = blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
             age = out.now - walk.file_mtimes["cache/" + key]
             drop = sel.cache and age >= max(sel.grace, sel.older_than or 0) and (
                 not sel.functions or entry.get("function") in sel.functions)
-        except _RECORD_ERRORS:
+        except DAMAGE_ERRORS:
             continue  # fsck's business
         if drop:
             out.cache_entries.append(key)
@@ -317,7 +310,7 @@ def _waited_for(root: Root, job_dir: str) -> bool:
                 return True
         except FileNotFoundError:
             continue
-        except _RECORD_ERRORS:
+        except DAMAGE_ERRORS:
             return True  # cannot tell: keep what it may need
     return False
 
@@ -407,8 +400,8 @@ def reduce_cache(directory: str, store: Optional[Store], bytes_limit: Optional[i
     for key, _ in entries:
         try:
             entry = read_json(os.path.join(directory, key))
-            refs[key] = _blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
-        except _RECORD_ERRORS:
+            refs[key] = blob_keys(entry.get("value")) if isinstance(entry, dict) else set()
+        except DAMAGE_ERRORS:
             refs[key] = set()
         for b in refs[key]:
             marks[b] = marks.get(b, 0) + 1

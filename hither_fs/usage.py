@@ -21,7 +21,7 @@ import os
 import stat
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import protocol
 from .protocol import Status
@@ -167,14 +167,17 @@ class Walk:
             self.jobs.setdefault(job, Count()).add(count)
 
 
-def _blob_keys(value: Any) -> Iterator[str]:
-    """``<2 hex>/<name>`` of each store blob an encoded value refers to."""
+def blob_keys(value: Any) -> Set[str]:
+    """``<2 hex>/<name>`` of each store blob an encoded value refers to (of a malformed
+    value, which fsck reports, those found before the damage)."""
+    keys: Set[str] = set()
     try:
         for sha1, ext in blob_refs(value):
             if isinstance(sha1, str) and len(sha1) == 40:
-                yield "{}/{}{}".format(sha1[:2], sha1, ext)
+                keys.add("{}/{}{}".format(sha1[:2], sha1, ext))
     except (KeyError, TypeError, AttributeError, RecursionError):
-        return  # a malformed value (fsck reports it): the blobs found so far count
+        pass
+    return keys
 
 
 def _describe(root: Root, job_id: str, claimed: bool) -> Tuple[str, str, Set[str]]:
@@ -184,7 +187,7 @@ def _describe(root: Root, job_id: str, claimed: bool) -> Tuple[str, str, Set[str
         spec = protocol.read_spec(root, job_id)
         name = spec["function"].get("name") if isinstance(spec.get("function"), dict) else None
         function = name if isinstance(name, str) else "?"
-        blobs.update(_blob_keys(spec.get("args")))
+        blobs.update(blob_keys(spec.get("args")))
     except (OSError, CorruptFileError):
         pass
     try:
@@ -192,7 +195,7 @@ def _describe(root: Root, job_id: str, claimed: bool) -> Tuple[str, str, Set[str
         status = state["status"] if isinstance(state.get("status"), str) else DAMAGED
         status = Status.RUNNING.value if status == Status.QUEUED and claimed else status
         if status == Status.FINISHED and isinstance(state.get("result"), dict):
-            blobs.update(_blob_keys(state["result"].get("value")))
+            blobs.update(blob_keys(state["result"].get("value")))
     except (OSError, CorruptFileError):
         pass
     return function, status, blobs

@@ -17,7 +17,7 @@ import hither_fs as hi
 from conftest import REPO, TESTS
 from hither_fs import gc, protocol
 from hither_fs.runtime.layout import host_label
-from hither_fs.usage import disk_usage
+from hither_fs.usage import blob_keys, disk_usage
 from jobfuncs import add, echo, fail
 from test_faults import QueueOnly, start_worker, stop
 
@@ -34,9 +34,9 @@ def age(job, days):
 
 def blobs_of(job):
     state = job.get_state()
-    keys = gc._blob_keys(job.spec['args'])
+    keys = blob_keys(job.spec['args'])
     if state['status'] == 'finished':
-        keys |= gc._blob_keys(state['result']['value'])
+        keys |= blob_keys(state['result']['value'])
     return keys
 
 
@@ -153,7 +153,7 @@ def test_cache_entries_stay_unless_asked_and_keep_their_blobs(root):
     age(job, 40)
     entry = os.path.join(root.layout.cache, job.spec['key'][:2], job.spec['key'] + '.json')
     os.utime(entry, (time.time() - 40 * DAY,) * 2)
-    result_blobs = gc._blob_keys(job.get_state()['result']['value'])
+    result_blobs = blob_keys(job.get_state()['result']['value'])
     assert gc.collect(root, gc.Selection(older_than=30 * DAY)).jobs == [job.id]
     assert os.path.exists(entry) and all(present(root, k) for k in result_blobs)
     with hi.Config(job_cache=cache):  # a hit: the entry's result, though its job is gone
@@ -175,7 +175,7 @@ def test_job_cache_reduce_size(tmp_path, root):
     for i, job in enumerate(jobs):  # job i's entry (and its blob) is 9.5 - i days old
         then = time.time() - (9.5 - i) * DAY
         os.utime(os.path.join(cache.path, job.spec['key'][:2], job.spec['key'] + '.json'), (then, then))
-        for key in gc._blob_keys(job.get_state()['result']['value']):
+        for key in blob_keys(job.get_state()['result']['value']):
             os.utime(os.path.join(cache.path, 'store', key), (then, then))
     assert cache.reduce_size(items_limit=4) == (2, 2)
     assert cache.reduce_size(age_limit='7d') == (1, 1)  # the 7.5-day-old one
@@ -188,7 +188,7 @@ def test_a_blob_stored_again_while_gc_sweeps_it_is_put_back(root):
     job = echo.run(x=key_value)
     job.wait()
     age(job, 40)
-    [key] = gc._blob_keys(job.spec['args'])
+    [key] = blob_keys(job.spec['args'])
     path = os.path.join(root.layout.store, key)
     judged = time.time() - 3600
     root.store.put_array(key_value)  # a submitter stores it again after gc judged it old
@@ -363,7 +363,7 @@ def test_a_cache_hit_makes_its_old_job_young_again(root, tmp_path):
     other = hi.Root(str(tmp_path / 'other'))
     with hi.Config(root=other.path, job_cache=lab):
         hit = echo.run(x=np.arange(4.0))
-    [key] = gc._blob_keys(hit.get_state()['result']['value'])
+    [key] = blob_keys(hit.get_state()['result']['value'])
     assert time.time() - os.stat(os.path.join(other.layout.store, key)).st_mtime < 600  # linked, and young
     with hi.Config(job_handler=QueueOnly('gc-damaged')):
         live = echo.run(x=np.arange(6.0))

@@ -61,6 +61,10 @@ class LinkError(CorruptFileError):
     """A symbolic link where hither_fs wrote a file or a directory: never followed."""
 
 
+#: What reading and using a damaged record can raise: reported, never a crash (fsck, gc).
+DAMAGE_ERRORS = (OSError, CorruptFileError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
+
+
 def temp_name(path: str) -> str:
     """A temporary sibling of ``path`` that no other writer can pick."""
     directory, base = os.path.split(path)
