@@ -7,7 +7,7 @@ import os
 import sys
 from typing import Any, Dict, Iterator, List, Optional
 
-from . import gc, protocol
+from . import environment, gc, protocol
 from .fsck import fsck
 from .job import Job
 from .protocol import FINAL_VALUES, Status
@@ -123,6 +123,7 @@ def cmd_cancel(args) -> int:
 def cmd_worker(args) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    environment.adopt()  # the submitter's sys.path and PYTHONPATH, for the jobs
     root = Root.get(args.root)
     time_limit = parse_slurm_time(args.time_limit) if args.time_limit else None
     worker = Worker(root, args.queue or ["local"], slots=args.slots, cpus=args.cpus, memory_gb=args.memory_gb,

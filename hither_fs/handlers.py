@@ -17,9 +17,9 @@ import socket
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import protocol
+from . import environment, protocol
 from .attempts import run_in_process
 from .cache import record_outcome
 from .lease import Heartbeat
@@ -127,10 +127,13 @@ class DefaultJobHandler(JobHandler):
 class ParallelJobHandler(JobHandler):
     """Run jobs on ``num_workers`` local worker processes.
 
-    The workers serve the root's ``local`` queue (shared by every
-    ``ParallelJobHandler`` on this root). They start with the first job and
-    exit once this process is gone and nothing is left for them, so jobs of a
-    script that was killed still finish.
+    The workers belong to this process's Python environment (see
+    :mod:`hither_fs.environment`): they serve the queue
+    ``<queue_name>-<fingerprint>`` of the root, shared by every
+    ``ParallelJobHandler`` of that environment, and are started with exactly
+    that environment. They start with the first job and exit once this process
+    is gone and nothing is left for them, so jobs of a script that was killed
+    still finish.
     """
 
     def __init__(self, num_workers: int = 4, *, queue_name: str = "local"):
@@ -139,12 +142,17 @@ class ParallelJobHandler(JobHandler):
             raise ValueError("num_workers must be a positive integer, not {!r}".format(num_workers))
         self.num_workers = num_workers
         self.queue_name = check_queue_name(queue_name)
-        self._workers: Dict[str, List[subprocess.Popen]] = {}
+        check_queue_name(environment.current().queue(queue_name))  # room for the fingerprint
+        self._workers: Dict[Tuple[str, str], List[subprocess.Popen]] = {}  # (root, queue) -> processes
+        self._environments: Dict[str, environment.Snapshot] = {}  # queue -> the environment its workers get
         self._failures = 0
         self._checked: set = set()  # roots found safe (checked once: a stat of every top directory)
 
     def queue_for(self, root: Root) -> str:
-        return self.queue_name
+        snapshot = environment.current()
+        queue = snapshot.queue(self.queue_name)
+        self._environments.setdefault(queue, snapshot)
+        return queue
 
     def submitted(self, root: Root, job) -> None:
         if root.path not in self._checked:
@@ -158,18 +166,20 @@ class ParallelJobHandler(JobHandler):
         self._ensure_workers(root)
 
     def _ensure_workers(self, root: Root) -> None:
-        procs = []
-        for p in self._workers.get(root.path, []):
-            if p.poll() is None:
-                procs.append(p)
-            elif p.returncode != 0:
-                self._failures += 1
-                if self._failures > 3 * self.num_workers:
-                    raise RuntimeError("local workers keep failing (exit code {}); see {}".format(
-                        p.returncode, p.log_path))
-        while len(procs) < self.num_workers:
-            procs.append(start_worker_process(root, [self.queue_name], parent_pid=os.getpid()))
-        self._workers[root.path] = procs
+        """Keep ``num_workers`` workers alive for each environment this handler was used in."""
+        for queue, snapshot in self._environments.items():
+            procs = []
+            for p in self._workers.get((root.path, queue), []):
+                if p.poll() is None:
+                    procs.append(p)
+                elif p.returncode != 0:
+                    self._failures += 1
+                    if self._failures > 3 * self.num_workers:
+                        raise RuntimeError("local workers keep failing (exit code {}); see {}".format(
+                            p.returncode, p.log_path))
+            while len(procs) < self.num_workers:
+                procs.append(start_worker_process(root, [queue], parent_pid=os.getpid(), env_snapshot=snapshot))
+            self._workers[root.path, queue] = procs
 
     def halt(self, timeout: float = 60.0) -> None:
         """Ask this handler's workers to finish their current jobs and exit.
@@ -201,17 +211,17 @@ def worker_log_path(root: Root, name: str) -> str:
 
 
 def start_worker_process(root: Root, queues: List[str], *, slots: int = 1, parent_pid: Optional[int] = None,
-                         extra_args: Optional[List[str]] = None) -> subprocess.Popen:
-    """Start ``hither-fs worker`` as a detached local process."""
+                         extra_args: Optional[List[str]] = None,
+                         env_snapshot: Optional[environment.Snapshot] = None) -> subprocess.Popen:
+    """Start ``hither-fs worker`` as a detached local process, in ``env_snapshot``
+    (by default this process's environment now)."""
     cmd = [sys.executable, "-m", "hither_fs", "worker", "--root", root.path, "--slots", str(slots)]
     for q in queues:
         cmd += ["--queue", q]
     if parent_pid is not None:
         cmd += ["--parent-pid", str(parent_pid)]
     cmd += extra_args or []
-    env = dict(os.environ)
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    env = (env_snapshot or environment.current()).for_worker(environment.PACKAGE_PARENT)
     log_path = worker_log_path(root, "local-{}-{}-{}".format(socket.gethostname().split(".")[0],
                                                              os.getpid(), next(_counter)))
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode(os.path.dirname(log_path)))

@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional
 
-from . import protocol
+from . import environment, protocol
 from .cache import JobCache, cache_key
 from .codeenv import capture
 from .config import Config
@@ -100,6 +100,7 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         "resources": handler.resources_for(cfg["job_resources"]),
         "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"]),
                                              "replace": bool(cfg["force_run"])},
+        "environment": environment.current().describe(),
         "submitted_by": {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser()},
         "run": run_id(),
         "label": cfg["label"],

@@ -125,3 +125,11 @@ def flaky(flag):
 @hi.function('make_list', '0.1.0')
 def make_list(n):
     return list(range(n))
+
+
+@hi.function('environment_seen', '0.1.0')
+def environment_seen(names, marker):
+    """What a job sees of its environment: some variables, and whether ``marker`` is on sys.path."""
+    import sys
+    return {'vars': {n: os.environ.get(n) for n in names}, 'marker_on_path': marker in sys.path,
+            'prefix': sys.prefix, 'executable': sys.executable}

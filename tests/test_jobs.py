@@ -147,7 +147,7 @@ def test_queue_index_holds_only_live_work(root, parallel):
         hi.wait()
     assert [j.get_result() for j in jobs] == list(range(1, 31))
     # finished jobs leave no trace where workers look for work: no ticket, no claim
-    assert list(iter_tickets(root.layout, 'local')) == []
+    assert list(iter_tickets(root.layout, jobs[0].spec['queue'])) == []
     assert os.listdir(os.path.join(root.path, 'running')) == []
     assert os.listdir(os.path.join(root.path, 'pending')) == []
     # and three files at most in a job's directory: spec, state, and console output only if any

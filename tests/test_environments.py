@@ -1,0 +1,70 @@
+"""Jobs run in the environment they were submitted from (hither_fs.environment)."""
+
+import json
+import os
+import sys
+
+import hither_fs as hi
+from hither_fs import environment
+from conftest import REPO, TESTS, run_python
+
+SCRIPT = '''
+import json, os, sys
+import hither_fs as hi
+from jobfuncs import environment_seen
+sys.path.append(os.environ['MARKER'])  # changed at run time: the job must see it too
+with hi.Config(job_handler=hi.ParallelJobHandler(num_workers=2)):
+    jobs = [environment_seen.run(names=['MYVAR', 'PYTHONPATH', 'HITHER_FS_SYS_PATH'], marker=os.environ['MARKER'],
+                                 ) for i in range(3)]
+print(json.dumps([j.wait(timeout=60) for j in jobs]))
+'''
+
+
+def test_scripts_in_different_environments_never_share_workers(root_path, tmp_path):
+    # five scripts one after another, as a user runs them: each one's idle workers are still
+    # there when the next starts (they leave about a second after their submitter)
+    script = tmp_path / 'script.py'
+    script.write_text(SCRIPT)
+    pythonpath = os.pathsep.join([REPO, TESTS])
+    for n in range(1, 6):
+        marker = str(tmp_path / 'marker{}'.format(n))
+        proc = run_python(str(script), env={'MYVAR': 'run{}'.format(n), 'MARKER': marker})
+        assert proc.returncode == 0, proc.stderr
+        seen = json.loads(proc.stdout.splitlines()[-1])
+        for job in seen:
+            assert job['vars'] == {'MYVAR': 'run{}'.format(n), 'PYTHONPATH': pythonpath, 'HITHER_FS_SYS_PATH': None}
+            assert job['marker_on_path'] is True
+            assert job['executable'] == sys.executable
+
+
+def test_fingerprint_ignores_what_a_shell_changes_between_runs_only(monkeypatch):
+    base = environment.fingerprint({'A': '1', 'PWD': '/x', 'SHLVL': '1'}, ['/p'])
+    assert environment.fingerprint({'A': '1', 'PWD': '/y', 'SHLVL': '2', '_': '/bin/python'}, ['/p']) == base
+    assert environment.fingerprint({'A': '2', 'PWD': '/x', 'SHLVL': '1'}, ['/p']) != base
+    assert environment.fingerprint({'A': '1'}, ['/p', '/q']) != base
+
+
+def test_queue_names_follow_the_environment(root, monkeypatch):
+    handler = hi.ParallelJobHandler(num_workers=1)
+    first = handler.queue_for(root)
+    assert first.startswith('local-') and first == handler.queue_for(root)
+    monkeypatch.setenv('OMP_NUM_THREADS', '3')
+    assert handler.queue_for(root) != first
+    monkeypatch.delenv('OMP_NUM_THREADS')
+    assert handler.queue_for(root) == first
+
+
+def test_a_worker_adopts_the_submitters_path_and_pythonpath(monkeypatch):
+    snapshot = environment.Snapshot({'PYTHONPATH': '/user/lib', 'X': '1'}, ['/script/dir', '/user/lib'])
+    env = snapshot.for_worker('/pkg')
+    assert env['PYTHONPATH'] == '/pkg' + os.pathsep + '/user/lib' and env['X'] == '1'
+    monkeypatch.setattr(os, 'environ', dict(env))
+    monkeypatch.setattr(sys, 'path', list(sys.path))
+    environment.adopt()
+    assert sys.path == ['/script/dir', '/user/lib']
+    assert os.environ == {'PYTHONPATH': '/user/lib', 'X': '1'}
+    # without a PYTHONPATH of its own, the submitter's jobs get none either
+    env = environment.Snapshot({}, ['/d']).for_worker('/pkg')
+    monkeypatch.setattr(os, 'environ', dict(env))
+    environment.adopt()
+    assert os.environ == {}
