@@ -8,19 +8,20 @@ root, as the only thing connecting the parts.
 from .cache import JobCache
 from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
-from .errors import JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError, UpstreamJobError, WorkerLostError
+from .errors import CodeChangedWarning, JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError, UpstreamJobError, WorkerLostError
 from .function import container, function, run
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .job import Job, get_job
 from .root import Root, RootError
 from .runtime.files import CorruptFileError
 from .runtime.serialization import File
-from .slurm import SlurmJobHandler
+from .slurm import SlurmError, SlurmJobHandler
 from .submit import wait
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CodeChangedWarning",
     "ComputeResource",
     "Config",
     "CorruptFileError",
@@ -37,6 +38,7 @@ __all__ = [
     "RemoteJobHandler",
     "Root",
     "RootError",
+    "SlurmError",
     "SlurmJobHandler",
     "UpstreamJobError",
     "WorkerLostError",

@@ -44,6 +44,15 @@ def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
+def code_hash(spec: Dict[str, Any]) -> Optional[str]:
+    """What identifies the code of a job: the sha1 of its function's file as submitted, or of
+    its code environment for a container job (None for jobs from before it was recorded)."""
+    code = spec.get("code")
+    if isinstance(code, dict) and code.get("manifest"):
+        return code["manifest"]
+    return (spec.get("function") or {}).get("source")
+
+
 class JobCache:
     """A job cache. ``JobCache()`` keeps entries in the root; ``JobCache(path)``
     in a directory of its own (for example a lab's shared cache)."""
@@ -118,6 +127,8 @@ class JobCache:
             replace = True  # a result in place of an error or damage
         entry = {"key": key, "function": spec["function"]["name"], "version": spec["function"]["version"],
                  "job_id": spec["id"], "root": root.path}
+        if code_hash(spec):
+            entry["code"] = code_hash(spec)
         if is_error:
             entry["error"] = outcome
         else:

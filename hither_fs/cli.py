@@ -12,9 +12,9 @@ from .fsck import fsck
 from .job import Job
 from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
-from .runtime.files import CorruptFileError, listdir, with_parents, write_new
-from .runtime.layout import check_job_id, is_job_id
-from .slurm import Allocation, live_workers, parse_slurm_time
+from .runtime.files import CorruptFileError, listdir, read_json, with_parents, write_new
+from .runtime.layout import check_job_id, check_queue_name, is_job_id
+from .slurm import Allocation, describe_shape, live_workers, parse_slurm_time, waiting_reason
 from .usage import SHARED_NOTE, disk_usage, human
 from .worker import Worker
 
@@ -26,7 +26,32 @@ def _iter_job_ids(root: Root) -> Iterator[str]:
                 yield job_id
 
 
-def _job_summary(root: Root, job_id: str, running: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+class _Waits:
+    """Why queued jobs wait, by queue: what the scheduler said (``scheduler.json``), or that
+    no live worker serves the queue. Each queue is looked up once per command."""
+
+    def __init__(self, root: Root):
+        self.root = root
+        self.served = {q for hb in live_workers(root) for q in hb.get("queues", [])}
+        self.reasons: Dict[str, str] = {}
+
+    def reason(self, queue: Any) -> str:
+        if not isinstance(queue, str) or queue.startswith("inproc-"):
+            return ""  # an in-process queue: its submitting process runs it while it waits
+        if queue not in self.reasons:
+            try:
+                note = read_json(self.root.layout.scheduler_note(check_queue_name(queue)))
+            except (OSError, CorruptFileError, ValueError):
+                note = None
+            reason = waiting_reason(note)
+            if not reason and queue not in self.served:
+                reason = "no live worker serves queue {}".format(queue)
+            self.reasons[queue] = reason
+        return self.reasons[queue]
+
+
+def _job_summary(root: Root, job_id: str, running: Dict[str, Any],
+                 waits: Optional[_Waits] = None) -> Optional[Dict[str, Any]]:
     try:
         protocol.check_job_dir(root, job_id)
         state = protocol.read_state(root, job_id)
@@ -41,15 +66,17 @@ def _job_summary(root: Root, job_id: str, running: Dict[str, Any]) -> Optional[D
     attempt = state.get("attempt", 0)
     if status == Status.QUEUED and job_id in running:
         status, worker, attempt = Status.RUNNING.value, running[job_id].worker, running[job_id].attempt
+    waiting = waits.reason(state.get("queue")) if waits is not None and status == Status.QUEUED else ""
     return {"id": job_id, "status": status, "function": (spec.get("function") or {}).get("name", "?"),
             "submitted": state.get("submitted") or spec.get("created") or "", "attempt": attempt,
-            "worker": worker, "error": protocol.summary(state)}
+            "worker": worker, "error": protocol.summary(state), "waiting": waiting}
 
 
 def cmd_ls(args) -> int:
     root = Root.get(args.root, create=False)
     running = {token.job_id: token for token, _ in protocol.running_claims(root)}
-    rows = [s for s in (_job_summary(root, j, running) for j in _iter_job_ids(root)) if s]
+    waits = _Waits(root)
+    rows = [s for s in (_job_summary(root, j, running, waits) for j in _iter_job_ids(root)) if s]
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     if args.function:
@@ -62,9 +89,10 @@ def cmd_ls(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("{:16}  {:9}  {:20}  {:27}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR"))
+    print("{:16}  {:9}  {:20}  {:27}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR OR WHY IT WAITS"))
     for r in rows:
-        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {error:.60}".format(**r))
+        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {note:.80}".format(
+            note=r["error"] or r["waiting"], **r))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))
     return 0
@@ -82,6 +110,8 @@ def cmd_show(args) -> int:
     job_id = _resolve_job(root, args.job_id)
     state = protocol.live_status(root, job_id, protocol.read_state(root, job_id))
     out = {"directory": root.layout.job_dir(job_id), "spec": protocol.read_spec(root, job_id), "state": state}
+    if state.get("status") == Status.QUEUED:
+        out["waiting"] = _Waits(root).reason(state.get("queue"))
     tokens = protocol.find_tokens(root, {job_id})
     if job_id in tokens:
         out["token"] = tokens[job_id].path
@@ -126,7 +156,12 @@ def cmd_worker(args) -> int:
     environment.adopt()  # the submitter's sys.path and PYTHONPATH, for the jobs
     root = Root.get(args.root)
     time_limit = parse_slurm_time(args.time_limit) if args.time_limit else None
+    try:  # an allocation's shape, from SlurmJobHandler: shown by hither-fs workers ls
+        shape = json.loads(os.environ.pop("HITHER_FS_SHAPE", "null"))
+    except ValueError:
+        shape = None
     worker = Worker(root, args.queue or ["local"], slots=args.slots, cpus=args.cpus, memory_gb=args.memory_gb,
+                    shape=shape if isinstance(shape, dict) else None,
                     idle_timeout=args.idle_timeout, lease=args.lease, heartbeat=args.heartbeat,
                     parent_pid=args.parent_pid, max_jobs=args.max_jobs, time_limit=time_limit,
                     drain_margin=args.drain_margin)
@@ -143,13 +178,13 @@ def cmd_workers_ls(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print("{:32}  {:10}  {:9}  {:16}  {:5}  {:8}  {:>9}  {}".format(
-        "WORKER", "HOST", "SLURM JOB", "QUEUES", "SLOTS", "STATE", "LAST BEAT", "JOBS"))
+    print("{:32}  {:10}  {:9}  {:19}  {:5}  {:8}  {:>9}  {:24}  {}".format(
+        "WORKER", "HOST", "SLURM JOB", "QUEUES", "SLOTS", "STATE", "LAST BEAT", "SHAPE", "JOBS"))
     for hb in rows:
-        print("{:32}  {:10.10}  {:9}  {:16.16}  {:5}  {:8}  {:>8.0f}s  {}".format(
+        print("{:32}  {:10.10}  {:9}  {:19.19}  {:5}  {:8}  {:>8.0f}s  {:24}  {}".format(
             hb.get("id", "?"), hb.get("host", "?"), str(hb.get("slurm_job_id") or "-"),
             ",".join(hb.get("queues", [])), str(hb.get("slots", "")), hb.get("state", "?"),
-            hb["age_seconds"], " ".join(hb.get("jobs", [])) or "-"))
+            hb["age_seconds"], describe_shape(hb.get("shape")), " ".join(hb.get("jobs", [])) or "-"))
     return 0
 
 
@@ -174,7 +209,8 @@ def cmd_workers_submit(args) -> int:
     root = Root.get(args.root)
     alloc = Allocation(partition=args.partition, time_limit=args.time, slots=args.slots,
                        cpus_per_slot=args.cpus_per_slot, memory_gb_per_slot=args.memory_gb_per_slot,
-                       idle_timeout=args.idle_timeout, sbatch_args=args.sbatch_arg or [], lease=args.lease)
+                       idle_timeout=args.idle_timeout, sbatch_args=args.sbatch_arg or [], lease=args.lease,
+                       account=args.account, qos=args.qos, constraint=args.constraint, gres=args.gres)
     for _ in range(args.count):
         print("submitted allocation {} for queue {}".format(alloc.submit(root, args.queue), args.queue))
     return 0
@@ -309,9 +345,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_workers_stop)
     p = wsub.add_parser("submit", help="submit worker allocations with sbatch")
     p.add_argument("--root", default=argparse.SUPPRESS)
-    p.add_argument("--queue", default="slurm", help="queue to serve (default: slurm, as SlurmJobHandler)")
+    p.add_argument("--queue", default="slurm",
+                   help="queue to serve (default: slurm, as hi.SlurmJobHandler(queue_name='slurm'))")
     p.add_argument("--count", type=int, default=1, help="number of allocations")
     p.add_argument("--partition")
+    p.add_argument("--account")
+    p.add_argument("--qos")
+    p.add_argument("--constraint")
+    p.add_argument("--gres")
     p.add_argument("--time", default="01:00:00", help="time limit (default 01:00:00)")
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--cpus-per-slot", type=int, default=1)

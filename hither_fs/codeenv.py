@@ -37,9 +37,12 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .runtime.files import makedirs, temp_name
+from .shipping import needs_shipping, shipped_source
 from .runtime.store import Store, sha1_of_file
 
 FORMAT = 1
+#: Where a notebook's shipped source sits in its code environment.
+SHIPPED_FILE = "shipped_from_notebook.py"
 #: Refuse to capture more than this: a function file sitting in a huge
 #: directory (a home directory, a data tree) is almost surely a mistake.
 MAX_FILES = 5000
@@ -199,7 +202,13 @@ def capture(fn, store: Store) -> Dict[str, Any]:
 
     Submitting many jobs of one function looks at the files each time (a
     stat per file) but copies and hashes them only when something changed.
+    A function from a notebook takes its shipped source along, as the
+    environment's one file.
     """
+    if needs_shipping(fn.__wrapped__):
+        text = shipped_source(fn.__wrapped__, fn.name).encode("utf-8")
+        return _store_manifest(store, {SHIPPED_FILE: store.put_bytes(text)}, {"module": "__main__", "file": SHIPPED_FILE},
+                               len(text))
     files, entry = collect(fn)
     sig = _signature(files)
     key = (store.path, fn.name, entry["module"], entry["file"])
@@ -221,12 +230,45 @@ def capture(fn, store: Store) -> Dict[str, Any]:
         else:
             listing[rel] = store.put_file(src)
             total += os.path.getsize(src)
-    manifest = json.dumps({"format": FORMAT, "files": listing}, indent=1, sort_keys=True).encode("utf-8")
-    code = {"manifest": store.put_bytes(manifest), "module": entry["module"], "file": entry["file"],
-            "files": len(listing), "bytes": total}
+    code = _store_manifest(store, listing, entry, total)
     with _cache_lock:
         _cache[key] = (sig, code, time.monotonic())
     return dict(code)
+
+
+def _store_manifest(store: Store, listing: Dict[str, str], entry: Dict[str, Any], total: int) -> Dict[str, Any]:
+    manifest = json.dumps({"format": FORMAT, "files": listing}, indent=1, sort_keys=True).encode("utf-8")
+    return {"manifest": store.put_bytes(manifest), "module": entry["module"], "file": entry["file"],
+            "files": len(listing), "bytes": total}
+
+
+_sources: Dict[Tuple[str, str], Tuple[Tuple, str, float]] = {}
+
+
+def capture_source(fn, store: Store) -> str:
+    """Store the source of the file that defines ``fn`` as it is now; return its sha1.
+
+    A worker runs these bytes, not the file as it is when the job starts, and
+    the job cache compares them to tell a changed function. A function from a
+    notebook has no such file: its shipped source is stored instead.
+    """
+    wrapped = fn.__wrapped__
+    if needs_shipping(wrapped):
+        return store.put_bytes(shipped_source(wrapped, fn.name).encode("utf-8"))
+    path = fn.location().get("file")
+    if not path:
+        raise CodeEnvError("hither function {!r}: its source file is unknown".format(fn.name))
+    st = os.stat(path)
+    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+    key = (store.path, path)
+    with _cache_lock:
+        hit = _sources.get(key)
+    if hit is not None and hit[0] == sig and time.monotonic() - hit[2] < REUSE_SECONDS and store.has(hit[1]):
+        return hit[1]
+    sha1 = store.put_file(path)
+    with _cache_lock:
+        _sources[key] = (sig, sha1, time.monotonic())
+    return sha1
 
 
 def read_manifest(store: Store, sha1: str) -> Dict[str, str]:

@@ -34,7 +34,6 @@ class RemoteJobHandler(JobHandler):
     """Send jobs to the compute resource ``compute_resource_id``."""
 
     def __init__(self, compute_resource_id: str):
-        stop_if_loading_script("hi.RemoteJobHandler()")
         self.compute_resource_id = compute_resource_id
         self.queue_name = resource_queue(compute_resource_id)
 

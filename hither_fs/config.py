@@ -23,7 +23,10 @@ DEFAULTS: Dict[str, Any] = {
     "job_resources": None,   # e.g. {"cpus": 4, "memory_gb": 8}: what one job needs (Slurm handlers)
     "root": None,            # the root directory; None: $HITHER_FS_ROOT or ~/.hither_fs
     "label": None,           # a name of your choosing, recorded with each job (hither-fs gc --label)
+    "code_change": "warn",   # a cache hit from other code of the same version: "warn", "rerun" or "ignore"
 }
+
+CODE_CHANGE_CHOICES = ("warn", "rerun", "ignore")
 
 
 class Config:
@@ -37,11 +40,11 @@ class Config:
 
     def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
                  cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
-                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET):
+                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET, code_change=_UNSET):
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
                      job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
-                     root=root, label=label)
+                     root=root, label=label, code_change=code_change)
         self.options = {k: v for k, v in given.items() if v is not _UNSET}
         _check(self.options)
 
@@ -95,6 +98,9 @@ def _check(options: Dict[str, Any]) -> None:
     if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > 200):
         raise ValueError("label must be a non-empty string of at most 200 characters or None, not {!r}"
                          .format(label))
+    if options.get("code_change", "warn") not in CODE_CHANGE_CHOICES:
+        raise ValueError("code_change must be one of {}, not {!r}".format(
+            ", ".join(map(repr, CODE_CHANGE_CHOICES)), options["code_change"]))
     cache = options.get("job_cache")
     if cache not in (None, False) and not hasattr(cache, "lookup"):
         raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))

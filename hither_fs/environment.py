@@ -60,9 +60,13 @@ class Snapshot:
         self.path = path
         self.fingerprint = fingerprint(environ, path)
 
-    def queue(self, base: str) -> str:
-        """The name of the queue of ``base`` (``local``, ``slurm``...) for this environment."""
-        return "{}-{}".format(base, self.fingerprint[:FINGERPRINT_CHARS])
+    def queue(self, base: str, shape: Optional[Dict] = None) -> str:
+        """The name of the queue of ``base`` (``local``, ``slurm``...) for this environment
+        (and, for Slurm, the allocation ``shape``)."""
+        digest = self.fingerprint
+        if shape is not None:
+            digest = hashlib.sha1(json.dumps([digest, shape], sort_keys=True).encode("utf-8")).hexdigest()
+        return "{}-{}".format(base, digest[:FINGERPRINT_CHARS])
 
     def describe(self) -> Dict[str, str]:
         """What a job's spec records of its environment (no variable values)."""

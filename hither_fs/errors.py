@@ -80,3 +80,8 @@ def job_error(job_id: str, function_name: str, record: Dict[str, Any]) -> JobErr
     except TypeError:  # a built-in exception type whose constructor wants other arguments
         return JobError("{}: {}".format(type_name, text), job_id=job_id, type_name=type_name,
                         remote_traceback=tb, record=record)
+
+
+class CodeChangedWarning(UserWarning):
+    """A cache hit was computed by other code than the function has now, under the same version
+    (``hi.Config(code_change=...)`` chooses what happens)."""

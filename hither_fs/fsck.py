@@ -236,6 +236,11 @@ def _check_job(c: Check, job_id: str, jdir: str, tokens: Dict[str, protocol.Foun
             problem = _blob_problem(root, manifest, "")
             if problem:
                 yield Finding(spec_path, "its code environment refers to a bad blob: {}".format(problem), True)
+        source = (spec.get("function") or {}).get("source") if isinstance(spec.get("function"), dict) else None
+        if isinstance(source, str) and status not in FINAL_VALUES:  # a live job still needs it
+            problem = _blob_problem(root, source, "")
+            if problem:
+                yield Finding(spec_path, "the source of its function refers to a bad blob: {}".format(problem), True)
     if not isinstance(state, dict) or disagree:
         return
     state_path = os.path.join(jdir, "state.json")
@@ -305,7 +310,7 @@ def check_tokens(c: Check) -> Iterator[Finding]:
         qdir = root.layout.queue_dir(q)
         for bucket in listdir(qdir):
             bdir = os.path.join(qdir, bucket)
-            if bucket == "bell":
+            if bucket in ("bell", "scheduler.json"):
                 continue
             if _kind(bdir) != "dir":
                 yield from stray(bdir)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .codeenv import check_patterns
 from .runtime.code import stop_if_loading_script
+from .shipping import needs_shipping
 from .submit import submit
 
 if TYPE_CHECKING:  # job.py imports this module's users; the annotation needs no import at run time
@@ -47,7 +48,7 @@ class HitherFunction:
         fn = self.__wrapped__
         module = fn.__module__
         try:
-            file = os.path.abspath(inspect.getsourcefile(fn) or "")
+            file = "" if needs_shipping(fn) else os.path.abspath(inspect.getsourcefile(fn) or "")
         except TypeError:
             file = ""
         import_root = None
@@ -62,8 +63,11 @@ class HitherFunction:
                 "file": file or None, "import_root": import_root}
 
     def check_importable(self) -> None:
-        """Raise unless a worker process could import this function."""
+        """Raise unless a worker process could import this function (or gets its source
+        shipped: see :mod:`hither_fs.shipping`)."""
         fn = self.__wrapped__
+        if needs_shipping(fn):
+            return
         module = sys.modules.get(fn.__module__)
         if getattr(module, self.name, None) is not self or not getattr(module, "__file__", None):
             raise TypeError(
@@ -76,6 +80,8 @@ class HitherFunction:
 
 
 def _identity(fn: Callable):
+    if needs_shipping(fn):  # a notebook cell run again after an edit redefines its function
+        return "<interactive>", fn.__qualname__
     try:
         file = os.path.abspath(inspect.getsourcefile(fn) or "")
     except TypeError:

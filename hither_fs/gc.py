@@ -41,7 +41,7 @@ from .protocol import FINAL_VALUES
 from .root import Root
 from .runtime.files import DAMAGE_ERRORS, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
 from .runtime.store import Store
-from .usage import Count, Walk, blob_keys
+from .usage import Count, Walk, blob_keys, source_key
 
 #: Nothing younger than this is removed (a job's end, a blob's last store), by default.
 GRACE_SECONDS = 3600.0
@@ -171,7 +171,7 @@ def _read_job(root: Root, job_id: str, count: Count, age: float, manifests: _Man
     try:
         spec = protocol.read_spec(root, job_id)
         job = _Job(None, (spec.get("function") or {}).get("name"), spec.get("run"), spec.get("label"), age, count,
-                   blob_keys(spec.get("args")) | manifests.blobs(spec.get("code")),
+                   blob_keys(spec.get("args")) | source_key(spec) | manifests.blobs(spec.get("code")),
                    [u for u in spec.get("upstream") or [] if isinstance(u, str)])
     except DAMAGE_ERRORS:
         return None

@@ -25,7 +25,6 @@ from .cache import record_outcome
 from .lease import Heartbeat
 from .queue import QueueReader, remove_empty_queue, ticket_token
 from .root import Root
-from .runtime.code import stop_if_loading_script
 from .runtime.files import file_mode, makedirs
 from .runtime.layout import check_queue_name
 from .worker import new_worker_id
@@ -44,6 +43,10 @@ class JobHandler:
 
     def check(self, spec: Dict[str, Any]) -> None:
         """Raise if this handler could never run a job of this spec (called before it is written)."""
+
+    def shape(self) -> Optional[Dict[str, Any]]:
+        """What the allocations running this handler's jobs look like (recorded in each spec)."""
+        return None
 
     def resources_for(self, requested: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
         """What a job needs, recorded in its spec (``Config(job_resources=...)``)."""
@@ -129,20 +132,20 @@ class ParallelJobHandler(JobHandler):
 
     The workers belong to this process's Python environment (see
     :mod:`hither_fs.environment`): they serve the queue
-    ``<queue_name>-<fingerprint>`` of the root, shared by every
+    ``local-<fingerprint>`` of the root, shared by every
     ``ParallelJobHandler`` of that environment, and are started with exactly
     that environment. They start with the first job and exit once this process
     is gone and nothing is left for them, so jobs of a script that was killed
-    still finish.
+    still finish. With ``queue_name`` the jobs go to exactly that queue, where
+    any worker serving it (``hither-fs worker --queue``) may run them: matching
+    their environment is then up to you.
     """
 
-    def __init__(self, num_workers: int = 4, *, queue_name: str = "local"):
-        stop_if_loading_script("hi.ParallelJobHandler()")
+    def __init__(self, num_workers: int = 4, *, queue_name: Optional[str] = None):
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError("num_workers must be a positive integer, not {!r}".format(num_workers))
         self.num_workers = num_workers
-        self.queue_name = check_queue_name(queue_name)
-        check_queue_name(environment.current().queue(queue_name))  # room for the fingerprint
+        self.queue_name = None if queue_name is None else check_queue_name(queue_name)
         self._workers: Dict[Tuple[str, str], List[subprocess.Popen]] = {}  # (root, queue) -> processes
         self._environments: Dict[str, environment.Snapshot] = {}  # queue -> the environment its workers get
         self._failures = 0
@@ -150,7 +153,7 @@ class ParallelJobHandler(JobHandler):
 
     def queue_for(self, root: Root) -> str:
         snapshot = environment.current()
-        queue = snapshot.queue(self.queue_name)
+        queue = self.queue_name or snapshot.queue("local")
         self._environments.setdefault(queue, snapshot)
         return queue
 
@@ -175,11 +178,18 @@ class ParallelJobHandler(JobHandler):
                 elif p.returncode != 0:
                     self._failures += 1
                     if self._failures > 3 * self.num_workers:
-                        raise RuntimeError("local workers keep failing (exit code {}); see {}".format(
+                        self._give_up(root, queue, "local workers keep failing (exit code {}); see {}".format(
                             p.returncode, p.log_path))
             while len(procs) < self.num_workers:
                 procs.append(start_worker_process(root, [queue], parent_pid=os.getpid(), env_snapshot=snapshot))
             self._workers[root.path, queue] = procs
+
+    def _give_up(self, root: Root, queue: str, message: str) -> None:
+        """Nothing can run the queue's jobs: fail them with ``message``, and raise it."""
+        self._environments.pop(queue, None)
+        protocol.fail_queue(root, queue, protocol.error_record(
+            "RuntimeError", message, "starting local workers for it", module="builtins"))
+        raise RuntimeError(message)
 
     def halt(self, timeout: float = 60.0) -> None:
         """Ask this handler's workers to finish their current jobs and exit.
@@ -200,7 +210,8 @@ class ParallelJobHandler(JobHandler):
         self._workers.clear()
 
     def __repr__(self):
-        return "ParallelJobHandler(num_workers={})".format(self.num_workers)
+        queue = ", queue_name={!r}".format(self.queue_name) if self.queue_name else ""
+        return "ParallelJobHandler(num_workers={}{})".format(self.num_workers, queue)
 
 
 def worker_log_path(root: Root, name: str) -> str:

@@ -46,6 +46,7 @@ class Job:
         self._spec: Optional[Dict[str, Any]] = None
         self._final: Optional[Dict[str, Any]] = None  # the final state, once seen (it never changes)
         self._dir_checked = False
+        self._help_error = ""  # what the handler last failed with while we waited (said once)
 
     # -- facts ---------------------------------------------------------------
 
@@ -162,8 +163,10 @@ class Job:
                 if self._handler is not None:
                     try:
                         self._handler.help(self.root)
-                    except Exception as exc:  # e.g. sbatch failing for a while: keep waiting, say why
-                        log.warning("while waiting for job %s: %s", self.id, exc)
+                    except Exception as exc:  # e.g. sbatch refusing: its jobs fail, say why once
+                        if str(exc) != self._help_error:
+                            self._help_error = str(exc)
+                            log.warning("while waiting for job %s: %s", self.id, exc)
                 if status == Status.PENDING and now - started > PROMOTE_AFTER:
                     # its upstream jobs' workers promote it when they finish, unless it started
                     # waiting after they were claimed: then the one waiting for it does

@@ -872,6 +872,24 @@ def fail(root: Root, token_path: str, job_id: str, error: Dict[str, Any],
     return True
 
 
+def fail_queue(root: Root, queue: str, error: Dict[str, Any]) -> int:
+    """Fail every job of ``queue`` that is queued or pending (nothing can ever run them: their
+    Slurm allocation was refused, their local workers cannot start); return how many."""
+    failed = 0
+    for path, name in list(iter_tickets(root.layout, queue)):
+        token = Token.parse(ticket_token(name))
+        if token is not None:
+            failed += fail(root, path, token.job_id, error)
+    for token in pending_tokens(root):
+        try:
+            if read_spec(root, token.job_id).get("queue") != queue:
+                continue
+        except (OSError, CorruptFileError):
+            continue
+        failed += fail(root, os.path.join(root.layout.pending, token.name), token.job_id, error)
+    return failed
+
+
 # -- cancel ---------------------------------------------------------------------------------
 
 @dataclass

@@ -9,6 +9,8 @@ the root - the heartbeat files of its worker - not from Slurm.
 """
 
 import hashlib
+import json
+import logging
 import math
 import os
 import re
@@ -16,24 +18,45 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
-from . import protocol
+from . import environment, protocol
 from .handlers import JobHandler
 from .lease import LeaseJudge, Recovery
 from .queue import count_tickets
-from .root import Root
-from .runtime.code import stop_if_loading_script
-from .runtime.files import CorruptFileError, fs_clock, listdir, makedirs, read_json
+from .root import Root, now_iso
+from .runtime.files import (CorruptFileError, fs_clock, listdir, makedirs, read_json, remove_quietly, with_parents,
+                            write_json)
 from .runtime.layout import check_queue_name, is_worker_id
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
+log = logging.getLogger("hither_fs.slurm")
 _FINAL_SLURM_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
                        "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
 
 class SlurmError(RuntimeError):
-    """A Slurm command failed; the message has its output."""
+    """A Slurm command failed; the message has its output. ``transient``: the failure
+    says the controller is busy, unreachable or over a submit limit (try again later)."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+#: sbatch's words for failures that pass: the controller is down, slow or busy, or a
+#: submit limit (how many jobs a user may have queued) is reached for now.
+_TRANSIENT = re.compile(
+    r"socket timed out|unable to contact slurm controller|temporarily unavailable|temporarily unable|"
+    r"try again|connection refused|connection timed out|zero bytes were transmitted|not responding|"
+    r"maxsubmit|submit ?limit|job submit limit|slurmctld.*(busy|down)", re.IGNORECASE)
+
+#: squeue's pending reasons for an allocation Slurm will never start as asked.
+NEVER_REASONS = frozenset({
+    "BadConstraints", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "PartitionDown",
+    "InvalidAccount", "InvalidQOS", "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit",
+    "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit",
+    "QOSMaxGRESPerJob", "MaxCpuPerAccount", "DependencyNeverSatisfied"})
 
 
 def parse_slurm_time(text: str) -> Optional[float]:
@@ -70,10 +93,14 @@ def format_slurm_time(seconds: float) -> str:
 def _run(cmd: List[str], env: Optional[Dict[str, str]] = None, timeout: float = 60) -> str:
     if shutil.which(cmd[0]) is None:
         raise SlurmError("{} not found: is Slurm installed here (and SLURM_CONF set if needed)?".format(cmd[0]))
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmError("{} did not answer within {} s".format(cmd[0], timeout), transient=True) from None
     if proc.returncode != 0:
-        raise SlurmError("{} failed (exit {}): {}".format(" ".join(cmd[:2]), proc.returncode,
-                                                        (proc.stderr or proc.stdout).strip()))
+        said = (proc.stderr or proc.stdout).strip()
+        raise SlurmError("{} failed (exit {}): {}".format(cmd[0], proc.returncode, said),
+                         transient=bool(_TRANSIENT.search(said)))
     return proc.stdout
 
 
@@ -83,7 +110,13 @@ class Allocation:
     def __init__(self, *, partition: Optional[str] = None, time_limit: str = "01:00:00",
                  slots: int = 4, cpus_per_slot: int = 1, memory_gb_per_slot: float = 2.0,
                  idle_timeout: float = 120.0, warning_lead: int = 120, drain_margin: float = 20.0,
-                 sbatch_args: Iterable[str] = (), python: Optional[str] = None, lease: float = 30.0):
+                 sbatch_args: Iterable[str] = (), python: Optional[str] = None, lease: float = 30.0,
+                 account: Optional[str] = None, qos: Optional[str] = None, constraint: Optional[str] = None,
+                 gres: Optional[str] = None):
+        for name, value in (("partition", partition), ("account", account), ("qos", qos),
+                            ("constraint", constraint), ("gres", gres)):
+            if value is not None and (not isinstance(value, str) or not value.strip() or "\n" in value):
+                raise ValueError("{} must be a non-empty string or None, not {!r}".format(name, value))
         if isinstance(slots, bool) or not isinstance(slots, int) or slots < 1:
             raise ValueError("slots must be a positive integer, not {!r}".format(slots))
         if isinstance(cpus_per_slot, bool) or not isinstance(cpus_per_slot, int) or cpus_per_slot < 1:
@@ -94,6 +127,7 @@ class Allocation:
         if self.seconds is None or self.seconds < 60:
             raise ValueError("time_limit must be at least one minute, not {!r}".format(time_limit))
         self.partition = partition
+        self.account, self.qos, self.constraint, self.gres = account, qos, constraint, gres
         self.time_limit = str(time_limit)
         self.slots = slots
         self.cpus_per_slot = cpus_per_slot
@@ -108,6 +142,14 @@ class Allocation:
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or lease <= 0:
             raise ValueError("lease must be a positive number of seconds, not {!r}".format(lease))
         self.lease = float(lease)
+
+    def shape(self) -> Dict[str, Any]:
+        """What a job can count on in such an allocation: it runs only in allocations of
+        exactly this shape (the number of slots and the timers are not part of it)."""
+        return {"partition": self.partition, "account": self.account, "qos": self.qos,
+                "constraint": self.constraint, "gres": self.gres, "time_limit_seconds": self.seconds,
+                "cpus_per_slot": self.cpus_per_slot, "memory_gb_per_slot": self.memory_gb_per_slot,
+                "sbatch_args": list(self.sbatch_args)}
 
     @property
     def cpus(self) -> int:
@@ -128,26 +170,28 @@ class Allocation:
                "--signal=B:USR1@{}".format(self.warning_lead),
                "--output={}".format(os.path.join(log_dir, "%j.log")),
                "--export=ALL"]
-        if self.partition:
-            cmd.append("--partition={}".format(self.partition))
+        for option, value in (("partition", self.partition), ("account", self.account), ("qos", self.qos),
+                              ("constraint", self.constraint), ("gres", self.gres)):
+            if value:
+                cmd.append("--{}={}".format(option, value))
         return cmd + self.sbatch_args + [TEMPLATE]
 
-    def environment(self, root: Root, queue_name: str) -> Dict[str, str]:
-        env = dict(os.environ)
-        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    def worker_environment(self, root: Root, queue_name: str,
+                    snapshot: Optional[environment.Snapshot] = None) -> Dict[str, str]:
+        env = (snapshot or environment.current()).for_worker(environment.PACKAGE_PARENT)
         # no HITHER_FS_TIME_LIMIT: the script asks Slurm for the time left when the worker
         # starts, so the deadline counts from the allocation's start, not the worker's
         env.pop("HITHER_FS_TIME_LIMIT", None)
         env.update(HITHER_FS_ROOT=root.path, HITHER_FS_QUEUE=queue_name, HITHER_FS_SLOTS=str(self.slots),
                    HITHER_FS_PYTHON=self.python, HITHER_FS_IDLE_TIMEOUT=str(self.idle_timeout),
                    HITHER_FS_MEMORY_GB=str(self.memory_gb), HITHER_FS_DRAIN_MARGIN=str(self.drain_margin),
-                   HITHER_FS_LEASE=str(self.lease),
-                   PYTHONPATH=os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p))
+                   HITHER_FS_LEASE=str(self.lease), HITHER_FS_SHAPE=json.dumps(self.shape()))
         return env
 
-    def submit(self, root: Root, queue_name: str) -> str:
-        """``sbatch`` one allocation; return its Slurm job id."""
-        out = _run(self.sbatch_command(root, queue_name), env=self.environment(root, queue_name))
+    def submit(self, root: Root, queue_name: str, snapshot: Optional[environment.Snapshot] = None) -> str:
+        """``sbatch`` one allocation, in ``snapshot``'s environment (this process's by default);
+        return its Slurm job id."""
+        out = _run(self.sbatch_command(root, queue_name), env=self.worker_environment(root, queue_name, snapshot))
         return out.strip().split(";")[0]
 
 
@@ -157,18 +201,18 @@ def job_name(root: Root, queue_name: str) -> str:
     return "hither-fs-{}-{}".format(queue_name, hashlib.sha1(root.path.encode()).hexdigest()[:8])
 
 
-def squeue_states(name: str) -> Dict[str, str]:
-    """One ``squeue`` call: ``{job id: state}`` of this user's Slurm jobs called ``name``.
+def squeue_states(name: str) -> Dict[str, Tuple[str, str]]:
+    """One ``squeue`` call: ``{job id: (state, reason)}`` of this user's Slurm jobs called ``name``.
 
     Asking by name rather than by id also sees allocations submitted by other
     processes, and never fails on ids Slurm has already forgotten.
     """
-    out = _run(["squeue", "--noheader", "--me", "--name=" + name, "--format=%i %T"])
+    out = _run(["squeue", "--noheader", "--me", "--name=" + name, "--format=%i %T %r"])
     states = {}
     for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
+        parts = line.split(None, 2)
+        if len(parts) >= 2:
+            states[parts[0]] = (parts[1], parts[2].strip() if len(parts) == 3 else "")
     return states
 
 
@@ -176,6 +220,38 @@ def scancel(job_ids: Iterable[str]) -> None:
     ids = sorted(set(job_ids))
     if ids:
         _run(["scancel"] + ids)
+
+
+def waiting_reason(note: Any) -> str:
+    """One line from a queue's ``scheduler.json``: why its jobs wait ("" when it says nothing)."""
+    if not isinstance(note, dict):
+        return ""
+    if note.get("problem"):
+        return str(note["problem"])
+    parts = []
+    for sid, info in sorted((note.get("allocations") or {}).items()):
+        if isinstance(info, dict):
+            state = str(info.get("state", "?")).lower()
+            reason = info.get("reason")
+            parts.append("allocation {} {}{}".format(sid, state, ": " + reason if reason and reason != "None"
+                                                     else " (its worker is starting)" if state == "running" else ""))
+    for sid in note.get("submitted") or []:
+        parts.append("allocation {} submitted".format(sid))
+    return "; ".join(parts)
+
+
+def describe_shape(shape: Any) -> str:
+    """A short line for an allocation's shape: ``debug 1cpu 2G 1:00:00 gres=gpu:1``."""
+    if not isinstance(shape, dict):
+        return "-"
+    parts = [str(shape.get("partition") or "(default)"), "{}cpu".format(shape.get("cpus_per_slot", "?")),
+             "{:g}G".format(shape.get("memory_gb_per_slot") or 0)]
+    if shape.get("time_limit_seconds"):
+        parts.append(format_slurm_time(shape["time_limit_seconds"]).lstrip("0-"))
+    parts += ["{}={}".format(k, shape[k]) for k in ("account", "qos", "constraint", "gres") if shape.get(k)]
+    if shape.get("sbatch_args"):
+        parts.append(" ".join(shape["sbatch_args"]))
+    return " ".join(parts)
 
 
 def live_workers(root: Root, max_age: float = 60.0) -> List[Dict[str, Any]]:
@@ -199,6 +275,22 @@ def live_workers(root: Root, max_age: float = 60.0) -> List[Dict[str, Any]]:
     return found
 
 
+class _QueueTracker:
+    """What a handler knows of the allocations of one of its queues (one per environment)."""
+
+    def __init__(self, queue: str, snapshot: environment.Snapshot, squeue_interval: float):
+        self.queue = queue
+        self.snapshot = snapshot
+        self.submitted: Dict[str, float] = {}  # not yet beating: Slurm job id -> when submitted
+        self.in_slurm: Dict[str, Tuple[str, str]] = {}  # what squeue listed at the last look
+        self.next_squeue = 0.0
+        self.squeue_backoff = squeue_interval
+        self.next_sbatch = 0.0  # back-off after transient sbatch failures
+        self.sbatch_backoff = 0.0
+        self.failing_since: Optional[float] = None
+        self.note: Optional[Dict[str, Any]] = None  # what scheduler.json says now
+
+
 class SlurmJobHandler(JobHandler):
     """Run jobs in worker allocations that this handler submits with ``sbatch``.
 
@@ -215,37 +307,66 @@ class SlurmJobHandler(JobHandler):
     worker counts as lost and its jobs run elsewhere - an allocation that is
     suspended longer than that loses its jobs, and discards their outcomes when
     it is resumed.
+
+    The allocation's *shape* - ``partition``, ``account``, ``qos``,
+    ``constraint``, ``gres``, ``time_limit``, ``cpus_per_slot``,
+    ``memory_gb_per_slot`` and ``sbatch_args`` - and the submitter's Python
+    environment name the queue (``slurm-<hash>``): jobs run only in
+    allocations of their own shape and environment. With ``queue_name`` the
+    jobs go to exactly that queue, which allocations submitted by hand
+    (``hither-fs workers submit --queue``) serve too: matching their shape and
+    environment is then up to you. When sbatch refuses the
+    allocation for good (an unknown partition, more than the partition
+    allows, a bad option), the jobs that need it fail with sbatch's words, at
+    the ``.run()`` that asked (which raises :class:`SlurmError`) or as the
+    jobs' error; this handler refuses further jobs at once. Failures that pass
+    (the controller down or busy, a submit limit) are retried with back-off
+    for up to ``submit_retry_for`` seconds, then count as refusals. An
+    allocation Slurm says it will never start (squeue reasons such as
+    ``PartitionTimeLimit``) is cancelled and counts as a refusal too.
     """
 
     def __init__(self, *, partition: Optional[str] = None, time_limit: str = "01:00:00",
                  cpus_per_slot: int = 1, memory_gb_per_slot: float = 2.0, slots: int = 4,
                  max_allocations: int = 2, sbatch_args: Iterable[str] = (), idle_timeout: float = 120.0,
-                 warning_lead: int = 120, drain_margin: float = 20.0, queue_name: str = "slurm",
-                 squeue_interval: float = 10.0, lease: float = 30.0):
-        stop_if_loading_script("hi.SlurmJobHandler()")
+                 warning_lead: int = 120, drain_margin: float = 20.0, queue_name: Optional[str] = None,
+                 squeue_interval: float = 10.0, lease: float = 30.0, account: Optional[str] = None,
+                 qos: Optional[str] = None, constraint: Optional[str] = None, gres: Optional[str] = None,
+                 submit_retry_for: float = 600.0):
         if isinstance(max_allocations, bool) or not isinstance(max_allocations, int) or max_allocations < 1:
             raise ValueError("max_allocations must be a positive integer, not {!r}".format(max_allocations))
         self.allocation = Allocation(partition=partition, time_limit=time_limit, slots=slots,
                                      cpus_per_slot=cpus_per_slot, memory_gb_per_slot=memory_gb_per_slot,
                                      idle_timeout=idle_timeout, warning_lead=warning_lead,
-                                     drain_margin=drain_margin, sbatch_args=sbatch_args, lease=lease)
+                                     drain_margin=drain_margin, sbatch_args=sbatch_args, lease=lease,
+                                     account=account, qos=qos, constraint=constraint, gres=gres)
         self.max_allocations = max_allocations
-        self.queue_name = check_queue_name(queue_name)
+        self.queue_name = None if queue_name is None else check_queue_name(queue_name)
         self.squeue_interval = squeue_interval
-        self.submitted_allocations: Dict[str, float] = {}  # not yet beating: Slurm job id -> when submitted
+        self.submit_retry_for = submit_retry_for
         self.history: List[str] = []  # every allocation this handler submitted
+        #: sbatch's words when it refused this handler's allocations for good (no job is taken then)
+        self.refused: Optional[str] = None
+        self._trackers: Dict[str, _QueueTracker] = {}
         self._next_look = 0.0
-        self._next_squeue = 0.0
-        self._squeue_backoff = squeue_interval
-        self._in_slurm: set = set()  # allocations Slurm listed at the last look
         self._pending_queue: Dict[str, Any] = {}
         self.lease = lease
         self._recovery: Dict[str, Recovery] = {}
 
     def queue_for(self, root: Root) -> str:
-        return self.queue_name
+        snapshot = environment.current()
+        queue = self.queue_name or snapshot.queue("slurm", self.allocation.shape())
+        if queue not in self._trackers:
+            self._trackers[queue] = _QueueTracker(queue, snapshot, self.squeue_interval)
+        return queue
+
+    def shape(self) -> Dict[str, Any]:
+        return self.allocation.shape()
 
     def check(self, spec) -> None:
+        if self.refused:
+            raise SlurmError("Slurm refused the allocations of {!r}, so it takes no more jobs: {}".format(
+                self, self.refused))
         timeout = spec.get("timeout")
         usable = self.allocation.seconds - self.allocation.drain_margin
         if timeout and timeout > usable:
@@ -269,26 +390,34 @@ class SlurmJobHandler(JobHandler):
 
     # -- scaling -------------------------------------------------------------------
 
-    def demand(self, root: Root, workers: List[Dict[str, Any]], cap: int) -> int:
-        """Jobs of this queue that are queued, pending or running - counted no further than
+    def demand(self, root: Root, queue: str, workers: List[Dict[str, Any]], cap: int) -> int:
+        """Jobs of ``queue`` that are queued, pending or running - counted no further than
         ``cap`` (the root is never read whole for this)."""
-        count = count_tickets(root.layout, self.queue_name, cap=cap)
+        count = count_tickets(root.layout, queue, cap=cap)
         for hb in workers:
             count += len(hb.get("jobs") or [])
         for token in protocol.pending_tokens(root):
             if count >= cap:
                 break
-            queue = self._pending_queue.get(token.job_id)
-            if queue is None:
-                try:
-                    queue = self._pending_queue[token.job_id] = protocol.read_spec(root, token.job_id).get("queue")
-                except (OSError, CorruptFileError):
-                    continue
-            count += queue == self.queue_name
+            if self._queue_of(root, token.job_id) == queue:
+                count += 1
         return count
 
+    def _queue_of(self, root: Root, job_id: str) -> Optional[str]:
+        queue = self._pending_queue.get(job_id)
+        if queue is None:
+            try:
+                queue = self._pending_queue[job_id] = protocol.read_spec(root, job_id).get("queue")
+            except (OSError, CorruptFileError):
+                return None
+        return queue
+
     def scale(self, root: Root) -> List[str]:
-        """Submit the allocations the queue needs now; return their Slurm ids."""
+        """Submit the allocations the queues need now; return their Slurm ids.
+
+        Raises :class:`SlurmError` when Slurm refused an allocation for good
+        (the jobs that needed it have failed with its words).
+        """
         now = time.monotonic()
         if now < self._next_look:
             return []
@@ -297,53 +426,137 @@ class SlurmJobHandler(JobHandler):
         if recovery is None:
             recovery = self._recovery[root.path] = Recovery(root, LeaseJudge(self.lease))
         recovery.run()  # jobs of allocations that died get back in the queue
-        # every live allocation counts against max_allocations, draining ones too:
-        # their replacement is submitted when they leave
-        workers = [hb for hb in live_workers(root) if self.queue_name in hb.get("queues", [])]
-        demand = self.demand(root, workers, cap=self.max_allocations * self.allocation.slots + 1)
-        need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
-        if need <= len(workers):
-            return []
-        self._look_at_slurm(root, now)
-        beating = {str(hb.get("slurm_job_id")) for hb in workers}
-        starting = (self._in_slurm | set(self.submitted_allocations)) - beating
-        new = []
-        for _ in range(need - len(workers) - len(starting)):
-            sid = self.allocation.submit(root, self.queue_name)
-            self.submitted_allocations[sid] = now
-            self.history.append(sid)
-            new.append(sid)
+        beating = live_workers(root)
+        new: List[str] = []
+        for tracker in list(self._trackers.values()):
+            new += self._scale_queue(root, tracker, [hb for hb in beating if tracker.queue in hb.get("queues", [])],
+                                     now)
         return new
 
-    def _look_at_slurm(self, root: Root, now: float) -> None:
-        """Which allocations of this queue Slurm has, pending or running: one batched
-        ``squeue`` per interval at most, backing off while it fails."""
-        if now < self._next_squeue:
+    def _scale_queue(self, root: Root, tracker: _QueueTracker, workers: List[Dict[str, Any]],
+                     now: float) -> List[str]:
+        # every live allocation counts against max_allocations, draining ones too:
+        # their replacement is submitted when they leave
+        demand = self.demand(root, tracker.queue, workers, cap=self.max_allocations * self.allocation.slots + 1)
+        need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
+        if need <= len(workers):
+            self._write_note(root, tracker, {})
+            return []
+        self._look_at_slurm(root, tracker, now)
+        beating = {str(hb.get("slurm_job_id")) for hb in workers}
+        waiting = {sid: sr for sid, sr in tracker.in_slurm.items() if sid not in beating}
+        never = {sid: reason for sid, (state, reason) in waiting.items()
+                 if state == "PENDING" and reason in NEVER_REASONS}
+        if never and not workers and len(never) == len(waiting):
+            sid, reason = sorted(never.items())[0]
+            scancel(never)
+            tracker.in_slurm = {}
+            self._refuse(root, tracker, "Slurm will never start allocation {} as asked (pending: {}); check "
+                                        "the handler's partition, account, qos, time_limit and sizes".format(
+                                            sid, reason))
+        starting = (set(waiting) | set(tracker.submitted)) - beating
+        new = []
+        for _ in range(need - len(workers) - len(starting)):
+            if now < tracker.next_sbatch:
+                break
+            try:
+                sid = self.allocation.submit(root, tracker.queue, tracker.snapshot)
+            except SlurmError as exc:
+                self._sbatch_failed(root, tracker, exc, now, workers or starting)
+                break
+            if tracker.failing_since is not None:
+                log.warning("sbatch works again for queue %s", tracker.queue)
+            tracker.failing_since, tracker.sbatch_backoff = None, 0.0
+            tracker.submitted[sid] = now
+            self.history.append(sid)
+            new.append(sid)
+            log.info("submitted allocation %s for queue %s", sid, tracker.queue)
+        self._write_note(root, tracker, {"allocations": {sid: {"state": state, "reason": reason}
+                                                         for sid, (state, reason) in sorted(waiting.items())},
+                                         "submitted": sorted(set(tracker.submitted) - set(waiting))})
+        return new
+
+    def _sbatch_failed(self, root: Root, tracker: _QueueTracker, exc: SlurmError, now: float,
+                       others: Any) -> None:
+        """A transient failure is retried with back-off (and said once); a refusal, or failures
+        for longer than ``submit_retry_for``, fail the queue's jobs unless an allocation serves it."""
+        if exc.transient:
+            if tracker.failing_since is None:
+                tracker.failing_since = now
+                log.warning("sbatch failed for queue %s (retrying with back-off for up to %.0f s): %s",
+                            tracker.queue, self.submit_retry_for, exc)
+            if now - tracker.failing_since < self.submit_retry_for:
+                tracker.sbatch_backoff = min(300.0, max(5.0, 2 * tracker.sbatch_backoff))
+                tracker.next_sbatch = now + tracker.sbatch_backoff
+                self._write_note(root, tracker, {"problem": "sbatch keeps failing, retrying: {}".format(exc)})
+                return
+            message = "sbatch kept failing for {:.0f} s: {}".format(now - tracker.failing_since, exc)
+        else:
+            message = str(exc)
+        if others:
+            log.warning("sbatch refused another allocation for queue %s: %s", tracker.queue, message)
+            return  # the allocations there serve the jobs
+        self._refuse(root, tracker, message)
+
+    def _refuse(self, root: Root, tracker: _QueueTracker, message: str) -> None:
+        """Slurm will not run this shape: fail its queued and pending jobs, take no more."""
+        self.refused = message
+        error = protocol.error_record("SlurmError", "no Slurm allocation can run this job: " + message,
+                                      "starting a Slurm allocation for it", module=__name__)
+        failed = protocol.fail_queue(root, tracker.queue, error)
+        self._write_note(root, tracker, {"problem": "refused: " + message})
+        log.error("Slurm refused the allocations of queue %s; %d job(s) failed: %s", tracker.queue, failed, message)
+        raise SlurmError(message)
+
+    def _write_note(self, root: Root, tracker: _QueueTracker, note: Dict[str, Any]) -> None:
+        """``queue/<queue>/scheduler.json``: why the queue's jobs wait, for ``hither-fs ls``/``show``
+        (written when it changes, not on every look)."""
+        if note == tracker.note:
+            return
+        tracker.note = note
+        path = root.layout.scheduler_note(tracker.queue)
+        try:
+            if note:
+                with_parents(lambda: write_json(path, dict(note, handler=repr(self), updated=now_iso())),
+                             os.path.dirname(path))
+            else:
+                remove_quietly(path)
+        except OSError as exc:
+            log.debug("could not write %s: %s", path, exc)
+
+    def _look_at_slurm(self, root: Root, tracker: _QueueTracker, now: float) -> None:
+        """Which allocations of this queue Slurm has, pending or running, and why they pend:
+        one batched ``squeue`` per interval at most, backing off while it fails."""
+        if now < tracker.next_squeue:
             return
         try:
-            states = squeue_states(job_name(root, self.queue_name))
-        except (SlurmError, subprocess.TimeoutExpired):
-            self._squeue_backoff = min(self._squeue_backoff * 2, 300.0)
-            self._next_squeue = now + self._squeue_backoff
+            states = squeue_states(job_name(root, tracker.queue))
+        except SlurmError:
+            tracker.squeue_backoff = min(tracker.squeue_backoff * 2, 300.0)
+            tracker.next_squeue = now + tracker.squeue_backoff
             return
-        self._squeue_backoff = self.squeue_interval
-        self._next_squeue = now + self.squeue_interval
-        self._in_slurm = {sid for sid, state in states.items()
-                          if state not in _FINAL_SLURM_STATES and state != "COMPLETING"}
+        tracker.squeue_backoff = self.squeue_interval
+        tracker.next_squeue = now + self.squeue_interval
+        tracker.in_slurm = {sid: sr for sid, sr in states.items()
+                            if sr[0] not in _FINAL_SLURM_STATES and sr[0] != "COMPLETING"}
         # what squeue lists speaks for itself; keep only submissions too recent to be listed
-        self.submitted_allocations = {sid: t for sid, t in self.submitted_allocations.items()
-                                      if sid not in states and now - t < 2 * self.squeue_interval}
+        tracker.submitted = {sid: t for sid, t in tracker.submitted.items()
+                             if sid not in states and now - t < 2 * self.squeue_interval}
 
     def cancel_allocations(self, root: Root) -> None:
-        """``scancel`` every allocation serving this handler's queue (their jobs go back to the queue)."""
-        ours = set(self.history) | {str(hb["slurm_job_id"]) for hb in live_workers(root)
-                                    if self.queue_name in hb.get("queues", []) and hb.get("slurm_job_id")}
-        scancel(ours & set(squeue_states(job_name(root, self.queue_name))))  # only what Slurm still has
-        self.submitted_allocations.clear()
+        """``scancel`` every allocation serving this handler's queues (their jobs go back to the queue)."""
+        for tracker in self._trackers.values():
+            ours = set(self.history) | {str(hb["slurm_job_id"]) for hb in live_workers(root)
+                                        if tracker.queue in hb.get("queues", []) and hb.get("slurm_job_id")}
+            scancel(ours & set(squeue_states(job_name(root, tracker.queue))))  # only what Slurm still has
+            tracker.submitted.clear()
 
     def __repr__(self):
         a = self.allocation
-        return ("SlurmJobHandler(queue={!r}, partition={!r}, time_limit={!r}, slots={}, cpus_per_slot={}, "
-                "memory_gb_per_slot={}, max_allocations={})".format(
-                    self.queue_name, a.partition, a.time_limit, a.slots, a.cpus_per_slot,
-                    a.memory_gb_per_slot, self.max_allocations))
+        shape = "".join(", {}={!r}".format(k, getattr(a, k)) for k in ("account", "qos", "constraint", "gres")
+                        if getattr(a, k))
+        queue = "queue_name={!r}, ".format(self.queue_name) if self.queue_name else ""
+        return ("SlurmJobHandler({}partition={!r}, time_limit={!r}, slots={}, cpus_per_slot={}, "
+                "memory_gb_per_slot={}, max_allocations={}{})".format(
+                    queue, a.partition, a.time_limit, a.slots, a.cpus_per_slot,
+                    a.memory_gb_per_slot, self.max_allocations, shape))

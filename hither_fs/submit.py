@@ -11,12 +11,14 @@ import os
 import socket
 import threading
 import time
+import warnings
 from typing import Any, Dict, List, Optional
 
 from . import environment, protocol
-from .cache import JobCache, cache_key
-from .codeenv import capture
+from .cache import JobCache, cache_key, code_hash
+from .codeenv import CodeEnvError, capture, capture_source
 from .config import Config
+from .errors import CodeChangedWarning
 from .containers import is_pulled
 from .handlers import DefaultJobHandler
 from .job import POLL_MAX, POLL_MIN, Job
@@ -26,6 +28,7 @@ from .runtime.code import stop_if_loading_script
 from .runtime.files import CorruptFileError
 from .runtime.layout import check_queue_name, host_label, is_job_id
 from .runtime.serialization import TAG, encode
+from .shipping import ShipError
 
 _jobs_lock = threading.Lock()
 _jobs: List[Job] = []
@@ -85,19 +88,24 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
             for name, value in kwargs.items()}
     if not handler.in_process:
         fn.check_importable()
+    container = _container_image(fn, cfg["container"])
+    function = fn.location()
+    if not container:
+        function["source"] = _source(fn, root, handler)
     key = cache_key(fn.name, fn.version, args, {uid: job.spec["key"] for uid, job in upstream.items()})
     cache = cfg["job_cache"] or None
     spec = {
-        "function": fn.location(),
+        "function": function,
         "args": args,
         "upstream": sorted(upstream),
         "key": key,
         "queue": queue_name,
         "handler": repr(handler),
-        "container": _container_image(fn, cfg["container"]),
+        "container": container,
         "timeout": cfg["job_timeout"],
         "max_attempts": cfg["max_attempts"],
         "resources": handler.resources_for(cfg["job_resources"]),
+        "shape": handler.shape(),
         "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"]),
                                              "replace": bool(cfg["force_run"])},
         "environment": environment.current().describe(),
@@ -116,7 +124,10 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
     cached = False
     if cache is not None and not cfg["force_run"]:
         entry = cache.lookup(root, key)
-        if entry is not None and ("value" in entry or not cfg["rerun_failing"]):
+        if entry is not None and not _same_code(entry, spec, cfg["code_change"]):
+            spec["cache"]["replace"] = True  # code_change="rerun": its result takes the entry's place
+            job = _create(root, spec, handler)
+        elif entry is not None and ("value" in entry or not cfg["rerun_failing"]):
             job, cached = _job_from_cache(root, cache, entry, spec, handler), True
         else:
             job = _create_once(root, cache, spec, handler)
@@ -130,6 +141,39 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         handler.remember(job.id, fn.__wrapped__)  # it runs in this process: no import needed
     handler.submitted(root, job)
     return job
+
+
+def _source(fn, root: Root, handler) -> Optional[str]:
+    """The store blob of the function's source (see :func:`hither_fs.codeenv.capture_source`);
+    None for a job run in this process whose source cannot be found (it needs none)."""
+    try:
+        return capture_source(fn, root.store)
+    except (ShipError, CodeEnvError, OSError):
+        if handler.in_process:
+            return None
+        raise
+
+
+_warned_code_change: set = set()
+
+
+def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str) -> bool:
+    """Whether a cache entry may answer this job: False only when it was computed by other
+    code of the same version and ``policy`` is ``"rerun"``. ``"warn"`` says so once per function."""
+    then, now = entry.get("code"), code_hash(spec)
+    if then is None or now is None or then == now or policy == "ignore":
+        return True
+    if policy == "rerun":
+        return False
+    name = spec["function"]["name"]
+    if name not in _warned_code_change:
+        _warned_code_change.add(name)
+        warnings.warn(
+            "hither function {!r} version {}: the cached result comes from other code than the function has "
+            "now (its file changed since). Bump the version when a change alters results, or choose with "
+            "hi.Config(code_change='rerun' | 'ignore')".format(name, spec["function"]["version"]),
+            CodeChangedWarning, stacklevel=4)
+    return True
 
 
 def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:

@@ -180,6 +180,13 @@ def blob_keys(value: Any) -> Set[str]:
     return keys
 
 
+def source_key(spec: Any) -> Set[str]:
+    """``<2 hex>/<name>`` of the blob holding a job's function source as submitted (if any)."""
+    function = spec.get("function") if isinstance(spec, dict) else None
+    sha1 = function.get("source") if isinstance(function, dict) else None
+    return {"{}/{}".format(sha1[:2], sha1)} if isinstance(sha1, str) and len(sha1) == 40 else set()
+
+
 def _describe(root: Root, job_id: str, claimed: bool) -> Tuple[str, str, Set[str]]:
     """A job's function, status (``running`` when a worker has claimed it) and blobs."""
     function, status, blobs = "?", DAMAGED, set()
@@ -187,7 +194,7 @@ def _describe(root: Root, job_id: str, claimed: bool) -> Tuple[str, str, Set[str
         spec = protocol.read_spec(root, job_id)
         name = spec["function"].get("name") if isinstance(spec.get("function"), dict) else None
         function = name if isinstance(name, str) else "?"
-        blobs.update(blob_keys(spec.get("args")))
+        blobs.update(blob_keys(spec.get("args")) | source_key(spec))
     except (OSError, CorruptFileError):
         pass
     try:

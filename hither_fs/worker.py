@@ -87,7 +87,7 @@ class Worker:
                  parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
                  time_limit: Optional[float] = None, drain_margin: float = 20.0,
                  worker_id: Optional[str] = None, clock: Callable[[], float] = time.monotonic,
-                 host: Optional[Host] = None):
+                 host: Optional[Host] = None, shape: Optional[Dict[str, Any]] = None):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.root = root
@@ -116,6 +116,7 @@ class Worker:
         self.recovery = Recovery(root, self.judge, me=self.id)
         self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots, "cpus": cpus,
                                                   "memory_gb": memory_gb, "lease": lease,
+                                                  **({"shape": shape} if shape else {}),
                                                   **slurm_facts()}, host=host)
         self._specs: "OrderedDict[str, Any]" = OrderedDict()  # recently read specs (jobs seen but not taken)
         self._pending_seen: Dict[str, float] = {}

@@ -400,3 +400,8 @@ def test_docker_is_refused_with_a_clear_message(root_path, monkeypatch):
 def test_public_names_are_not_shadowed_by_modules():
     import hither_fs.containers  # noqa: F401  (a module named like hi.container would replace it)
     assert hi.container.__module__ == 'hither_fs.function' and hi.function.__module__ == 'hither_fs.function'
+
+
+def test_a_notebooks_function_runs_in_a_container(tmp_path, monkeypatch):
+    from test_notebook import run_notebook
+    run_notebook(tmp_path, monkeypatch, 'HANDLER = hi.ParallelJobHandler(2)', '{{"container": {!r}}}'.format(IMAGE))

@@ -305,7 +305,7 @@ def test_stray_files_in_the_index_directories_block_nothing(root):
         assert w.poll() is None
     finally:
         stop([w])
-    assert hi.SlurmJobHandler(queue_name=q).demand(root, [], cap=100) == 0  # no allocations for strays
+    assert hi.SlurmJobHandler().demand(root, q, [], cap=100) == 0  # no allocations for strays
     # a worker whose submitter is gone drains and exits: strays are not work left
     lone = start_worker(root, q, '--parent-pid', '1')
     assert lone.wait(timeout=60) == 0

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 import hither_fs as hi
+import hither_fs.submit
 from conftest import missing_infrastructure
+from hither_fs.queue import iter_tickets
 from hither_fs.slurm import live_workers, scancel
 from jobfuncs import add, sleepy
 from test_jobs import wait_for_file
@@ -170,3 +172,102 @@ def test_parallel_example_on_slurm(root, cluster):
     assert len(jobs) == 8 and all(j.get_runtime_info().get('slurm_job_id') for j in jobs)
     from hither_fs.slurm import scancel
     scancel({j.get_runtime_info()['slurm_job_id'] for j in jobs})
+
+
+def hither_fs_cli(*args):
+    from conftest import run_python
+    return run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', *args)
+
+
+def test_handlers_of_different_shapes_never_share_allocations(root, slurm_handler):
+    small = slurm_handler(max_allocations=1, slots=2, memory_gb_per_slot=0.25)
+    big = slurm_handler(max_allocations=1, slots=2, memory_gb_per_slot=0.5)
+    assert small.queue_for(root) != big.queue_for(root)
+    with hi.Config(job_handler=small):
+        small_jobs = [add.run(x=i, y=0) for i in range(4)]
+    with hi.Config(job_handler=big):
+        big_jobs = [add.run(x=i, y=100) for i in range(4)]
+    hi.wait(timeout=180)
+    assert [j.get_result() for j in small_jobs] == [0, 1, 2, 3]
+    assert [j.get_result() for j in big_jobs] == [100, 101, 102, 103]
+    assert slurm_ids(small_jobs) <= set(small.history) and slurm_ids(big_jobs) <= set(big.history)
+    assert not set(small.history) & set(big.history)
+    assert big_jobs[0].spec['shape']['memory_gb_per_slot'] == 0.5
+    # the allocation's worker says its shape: hither-fs workers ls
+    out = hither_fs_cli('workers', 'ls').stdout
+    assert '0.5G' in out or not [hb for hb in live_workers(root) if hb.get('slurm_job_id') in big.history]
+
+
+@pytest.mark.parametrize('options, words', [
+    ({'partition': 'gpu-nonexistent'}, 'invalid partition'),
+    ({'cpus_per_slot': 64, 'slots': 1}, 'node configuration is not available'),
+    ({'gres': 'gpu:1'}, 'gres'),
+])
+def test_an_allocation_sbatch_refuses_fails_its_jobs_at_once(root, slurm_handler, options, words):
+    handler = slurm_handler(max_allocations=1, **options)
+    with hi.Config(job_handler=handler):
+        with pytest.raises(hi.SlurmError, match='(?i)' + words):
+            add.run(x=1, y=2)
+        job = hither_fs.submit._jobs[-1]
+        assert job.status == 'error'
+        with pytest.raises(hi.JobError, match='(?i)no Slurm allocation can run this job.*' + words):
+            job.get_result()
+        # nothing is left queued for it, and the handler takes no more jobs (nothing is written)
+        assert list(iter_tickets(root.layout, job.spec['queue'])) == []
+        before = len(os.listdir(os.path.join(root.path, 'jobs')))
+        with pytest.raises(hi.SlurmError, match='takes no more jobs'):
+            add.run(x=3, y=4)
+        assert len(os.listdir(os.path.join(root.path, 'jobs'))) == before
+    hi.wait(timeout=5)  # returns: nothing waits for what cannot run
+    assert handler.history == []
+    assert words.lower() in hither_fs_cli('ls').stdout.lower() or 'no slurm allocation' in hither_fs_cli('ls').stdout
+
+
+def test_a_controller_that_does_not_answer_is_retried_then_the_jobs_fail(root, slurm_handler, tmp_path, monkeypatch,
+                                                                       caplog):
+    # a real sbatch, talking to a controller port where nothing listens
+    conf = open(os.environ['SLURM_CONF']).read()
+    import re
+    conf = re.sub(r'(?m)^SlurmctldPort=.*$', '', conf) + '\nSlurmctldPort=1\n'
+    dead = tmp_path / 'slurm.conf'
+    dead.write_text(conf)
+    monkeypatch.setenv('SLURM_CONF', str(dead))
+    handler = slurm_handler(max_allocations=1, submit_retry_for=8)
+    started = time.monotonic()
+    with caplog.at_level('WARNING', logger='hither_fs'):
+        with hi.Config(job_handler=handler):
+            job = add.run(x=1, y=2)  # the first failure passes: .run() returns
+        with pytest.raises(hi.JobError, match='sbatch kept failing for'):
+            job.wait(timeout=180)
+    assert time.monotonic() - started >= 8
+    said = [r.getMessage() for r in caplog.records if 'retrying with back-off' in r.getMessage()]
+    assert len(said) == 1, caplog.text  # said once, not every few seconds
+    assert 'contact' in said[0].lower() or 'timed out' in said[0].lower() or 'refused' in said[0].lower()
+    monkeypatch.undo()
+
+
+def test_ls_and_show_say_why_a_job_waits(root, slurm_handler):
+    handler = slurm_handler(max_allocations=1, sbatch_args=['--hold'])
+    with hi.Config(job_handler=handler):
+        job = add.run(x=1, y=2)
+        deadline = time.monotonic() + 60
+        while True:
+            handler.help(root)
+            out = hither_fs_cli('ls').stdout
+            if 'pending: JobHeldUser' in out:
+                break
+            assert time.monotonic() < deadline, out
+            time.sleep(0.5)
+    line = [ln for ln in out.splitlines() if job.id in ln][0]
+    assert 'allocation {} pending: JobHeldUser'.format(handler.history[0]) in line
+    import json
+    shown = json.loads(hither_fs_cli('show', job.id).stdout)
+    assert shown['waiting'] == 'allocation {} pending: JobHeldUser'.format(handler.history[0])
+    assert shown['spec']['shape']['sbatch_args'] == ['--hold']
+    job.cancel()
+
+
+def test_a_notebooks_function_runs_in_a_slurm_allocation(cluster, tmp_path, monkeypatch):
+    from test_notebook import run_notebook
+    run_notebook(tmp_path, monkeypatch, 'HANDLER = hi.SlurmJobHandler(max_allocations=1, idle_timeout=5, '
+                                        'squeue_interval=2, memory_gb_per_slot=0.25)')

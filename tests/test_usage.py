@@ -55,8 +55,8 @@ def du_bytes(path):
     return int(out.split()[0])
 
 
-def blob_size(job, sha1_of):
-    return os.path.getsize(os.path.join(job.root.path, 'store', sha1_of[:2], sha1_of + '.npy'))
+def blob_size(job, sha1_of, ext='.npy'):
+    return os.path.getsize(os.path.join(job.root.path, 'store', sha1_of[:2], sha1_of + ext))
 
 
 def test_areas_add_up_to_what_find_and_du_count(root, jobs):
@@ -101,18 +101,20 @@ def test_function_and_status_views_match_the_jobs_made(root, jobs):
     assert usage.all_jobs.bytes == sum(map(find_bytes, dirs))
     assert usage.all_jobs.inodes == sum(map(find_inodes, dirs))
     assert usage.by_function['add'].bytes == sum(find_bytes(jobs[k].directory) for k in ('add_arrays', 'add_ints'))
-    # blobs: arange (echo), ones (add's arguments and the queued echo's), 2 * ones (add's result)
+    # blobs: arange (echo), ones (add's arguments and the queued echo's), 2 * ones (add's result), and
+    # the source of jobfuncs.py as submitted (every job's)
     arange = blob_size(jobs['echo'], jobs['echo'].spec['args']['x']['sha1'])
     ones = blob_size(jobs['add_arrays'], jobs['add_arrays'].spec['args']['x']['sha1'])
     twos = blob_size(jobs['add_arrays'], protocol.read_state(root, jobs['add_arrays'].id)['result']['value']['sha1'])
-    assert (usage.by_function['echo'].blobs, usage.by_function['echo'].blob_bytes) == (2, arange + ones)
-    assert (usage.by_function['add'].blobs, usage.by_function['add'].blob_bytes) == (2, ones + twos)
-    assert usage.by_function['fail'].blobs == 0
-    assert (usage.by_status['queued'].blobs, usage.by_status['queued'].blob_bytes) == (1, ones)
+    source = blob_size(jobs['echo'], jobs['echo'].spec['function']['source'], '')
+    assert (usage.by_function['echo'].blobs, usage.by_function['echo'].blob_bytes) == (3, arange + ones + source)
+    assert (usage.by_function['add'].blobs, usage.by_function['add'].blob_bytes) == (3, ones + twos + source)
+    assert (usage.by_function['fail'].blobs, usage.by_function['fail'].blob_bytes) == (1, source)
+    assert (usage.by_status['queued'].blobs, usage.by_status['queued'].blob_bytes) == (2, ones + source)
     # a blob shared by groups counts in each of them, and once in all_jobs: there, the whole store
     store_files = [os.path.join(d, n) for d, _, names in os.walk(root.store.path) for n in names]
-    assert usage.all_jobs.blob_bytes == arange + ones + twos == sum(map(os.path.getsize, store_files))
-    assert sum(g.blob_bytes for g in usage.by_function.values()) == usage.all_jobs.blob_bytes + ones
+    assert usage.all_jobs.blob_bytes == arange + ones + twos + source == sum(map(os.path.getsize, store_files))
+    assert sum(g.blob_bytes for g in usage.by_function.values()) == usage.all_jobs.blob_bytes + ones + 2 * source
 
 
 def test_a_claimed_job_counts_as_running(root, jobs):

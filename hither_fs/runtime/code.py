@@ -3,7 +3,12 @@
 A function defined in an importable module is imported by module name, with
 the directory it was imported from put on ``sys.path``. A function defined in
 a script (the submitter's ``__main__``) is found by loading that script under
-another name. Scripts like the examples in the docs submit jobs at top level
+another name. Either way the code that runs is the code the job was
+submitted with: the spec names a store blob holding the source of the
+function's file as it was at submission (``source``), and the module is
+compiled from those bytes, checked against their hash, never from the file as
+it is now. A function from a notebook has no file: its shipped source (see
+:mod:`hither_fs.shipping`) is loaded the same way. Scripts like the examples in the docs submit jobs at top level
 with no ``if __name__ == "__main__":`` guard, so while a script is being
 loaded this way the first hither_fs call that would start work (a ``.run()``,
 a handler, a ``Config`` block, ``hi.wait()``) stops the load: everything
@@ -14,11 +19,19 @@ Standard library only: this module also runs inside job containers.
 """
 
 import importlib
+import importlib.machinery
 import importlib.util
+import linecache
 import os
 import sys
 import threading
-from typing import Any, Callable, Dict, Tuple
+import types
+from typing import Any, Callable, Dict, Optional, Tuple
+
+from .store import BlobMissingError, Store
+
+#: The name a submitter's script (or a notebook's shipped code) is loaded under.
+SCRIPT_MODULE = "__hither_main__"
 
 _state = threading.local()
 
@@ -41,22 +54,92 @@ class FunctionNotFoundError(Exception):
     pass
 
 
-def _load_script(path: str) -> Any:
-    if not os.path.isfile(path):
-        raise FunctionNotFoundError("the script {} that defined the function no longer exists".format(path))
-    spec = importlib.util.spec_from_file_location("__hither_main__", path)
-    module = importlib.util.module_from_spec(spec)
-    directory = os.path.dirname(path)
-    if directory not in sys.path:
-        sys.path.insert(0, directory)
+def _remember_source(filename: str, source: bytes) -> None:
+    """Tracebacks show the submitted lines, even after the file changed (mtime None: kept)."""
+    text = source.decode("utf-8", "replace")
+    linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
+
+
+def _load_script(path: Optional[str], source: Optional[bytes]) -> Any:
+    if source is None:  # a spec written before sources were stored
+        if not path or not os.path.isfile(path):
+            raise FunctionNotFoundError("the script {} that defined the function no longer exists".format(path))
+        with open(path, "rb") as f:
+            source = f.read()
+    filename = path or "<shipped from a notebook>"
+    module = types.ModuleType(SCRIPT_MODULE)
+    module.__file__ = filename
+    if path:
+        directory = os.path.dirname(path)
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
+    _remember_source(filename, source)
+    code = compile(source, filename, "exec", dont_inherit=True)
+    sys.modules[SCRIPT_MODULE] = module  # dataclasses and the like look their module up
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     except ScriptLoadStop:
         pass
     finally:
         _state.depth -= 1
     return module
+
+
+class _SubmittedSourceLoader(importlib.machinery.SourceFileLoader):
+    """Loads a module from the bytes it had at submission (never from a ``.pyc``, never
+    writing one: those belong to the file as it is now)."""
+
+    def __init__(self, fullname: str, path: str, source: bytes):
+        super().__init__(fullname, path)
+        self.source = source
+
+    def get_source(self, fullname: str) -> str:
+        return self.source.decode("utf-8", "replace")
+
+    def get_code(self, fullname: str) -> Any:
+        _remember_source(self.path, self.source)
+        return compile(self.source, self.path, "exec", dont_inherit=True)
+
+
+def _import_submitted(module_name: str, path: str, source: bytes) -> Any:
+    existing = sys.modules.get(module_name)
+    if existing is not None:  # imported already (by the worker itself?): only if it is the same code
+        loader = getattr(existing, "__loader__", None)
+        if getattr(loader, "source", None) == source:
+            return existing
+        raise FunctionNotFoundError("module {} is already imported in this process, with other code than the "
+                                    "job was submitted with".format(module_name))
+    parent, _, child = module_name.rpartition(".")
+    if parent:
+        importlib.import_module(parent)
+    package = os.path.basename(path) == "__init__.py"
+    spec = importlib.util.spec_from_file_location(
+        module_name, path, loader=_SubmittedSourceLoader(module_name, path, source),
+        submodule_search_locations=[os.path.dirname(path)] if package else None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    if parent:
+        setattr(sys.modules[parent], child, module)
+    return module
+
+
+def submitted_source(fspec: Dict[str, Any], store: Optional[Store]) -> Optional[bytes]:
+    """The source the job's function file had at submission; None for specs that predate it."""
+    sha1 = fspec.get("source")
+    if not sha1 or store is None:
+        return None
+    try:
+        return store.get_bytes(sha1)
+    except BlobMissingError:
+        raise FunctionNotFoundError(
+            "the code of function {!r} as it was submitted (store blob {}) is gone from the root's store; "
+            "submit the job again".format(fspec.get("name"), sha1)) from None
 
 
 def function_in_code_env(fspec: Dict[str, Any], code: Dict[str, Any], code_dir: str) -> Dict[str, Any]:
@@ -72,21 +155,26 @@ def function_in_code_env(fspec: Dict[str, Any], code: Dict[str, Any], code_dir: 
         raise FunctionNotFoundError("unsafe function file {!r} in the job's code environment: it must be a "
                                     "relative path inside the environment, without '..'".format(rel))
     return dict(fspec, module=code["module"], file=os.path.join(code_dir, rel),
-                import_root=code_dir)
+                import_root=code_dir, source=None)
 
 
-def import_function(fspec: Dict[str, Any]) -> Tuple[Callable, Any]:
-    """Return ``(callable, defined_version)`` for a spec's ``function`` entry."""
+def import_function(fspec: Dict[str, Any], store: Optional[Store] = None) -> Tuple[Callable, Any]:
+    """Return ``(callable, defined_version)`` for a spec's ``function`` entry; ``store``
+    holds the submitted source it names."""
     name = fspec["name"]
     module_name = fspec["module"]
+    source = submitted_source(fspec, store)
     if module_name == "__main__":
-        module = _load_script(fspec["file"])
-        where = "script {}".format(fspec["file"])
+        module = _load_script(fspec.get("file"), source)
+        where = "script {}".format(fspec.get("file") or "shipped from a notebook")
     else:
         root = fspec.get("import_root")
         if root and root not in sys.path:
             sys.path.insert(0, root)
-        module = importlib.import_module(module_name)
+        if source is None:
+            module = importlib.import_module(module_name)
+        else:
+            module = _import_submitted(module_name, fspec["file"], source)
         where = "module {}".format(module_name)
     obj = getattr(module, name, None)
     if obj is None:

@@ -81,7 +81,7 @@ def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, A
             function = None
         if function is None:
             stage = "importing function {!r}".format(fspec["name"])
-            function, version = import_function(fspec)
+            function, version = import_function(fspec, store)
             if version is not None and version != fspec["version"]:
                 raise RuntimeError(
                     "function {!r} is version {} in the code now, but the job was submitted "

@@ -10,6 +10,7 @@ The root is a plain directory tree, readable by hand::
         stdout.txt stderr.txt           console output of the run that counted (only if any)
         downstream/<job id>             jobs waiting for this one (only while they wait)
       queue/<queue>/bell                rung when work is added (idle workers watch it)
+      queue/<queue>/scheduler.json      why the queue's jobs wait (Slurm allocations pending, sbatch refusing)
       queue/<queue>/<bucket>/<ticket>   one empty file per job ready to run, in buckets of ~1000
       pending/<token>                   one empty file per job waiting for upstream jobs
       running/<token>.<worker>          one empty file per job a worker has claimed
@@ -138,6 +139,9 @@ class Layout:
 
     def bell(self, queue: str) -> str:
         return os.path.join(self.queue_dir(queue), "bell")
+
+    def scheduler_note(self, queue: str) -> str:
+        return os.path.join(self.queue_dir(queue), "scheduler.json")
 
     def worker_dir(self, worker_id: str) -> str:
         if not is_worker_id(worker_id):

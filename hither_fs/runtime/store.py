@@ -118,6 +118,19 @@ class Store:
             raise CorruptFileError(path, "content hash is {}, expected {}".format(actual, sha1))
         return path
 
+    def get_bytes(self, sha1: str) -> bytes:
+        """A blob's bytes, read once and checked against its name."""
+        path = self.blob_path(sha1)
+        try:
+            with os.fdopen(files.open_regular(path), "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, path)) from None
+        actual = hashlib.sha1(data).hexdigest()
+        if actual != sha1:
+            raise CorruptFileError(path, "content hash is {}, expected {}".format(actual, sha1))
+        return data
+
     def get_array(self, sha1: str) -> np.ndarray:
         path = self.verified_path(sha1, ".npy")
         try:
