@@ -36,6 +36,7 @@ from .cache import record_outcome
 from .containers import run_container_attempt
 from .protocol import Claim, Outcome, error_record
 from .root import Root
+from .runtime.code import preload
 from .runtime.execute import OUTCOME, redirect_console, run_attempt
 from .runtime.files import HOST, CorruptFileError, file_mode, read_json, temp_name
 from .runtime.layout import host_and_pid, host_label, live_console_prefix
@@ -211,6 +212,11 @@ class Attempt:
     def start(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
         os.makedirs(self.scratch, mode=0o700)
+        if not self.claim.spec.get("container"):
+            try:  # read and compiled once per worker; every job process forked after inherits it
+                preload(self.claim.spec["function"], self.root.store)
+            except Exception:
+                pass  # the job's own process meets it again, and fails the job with it
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()

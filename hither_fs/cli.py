@@ -91,7 +91,7 @@ def cmd_ls(args) -> int:
         return 0
     print("{:16}  {:9}  {:20}  {:27}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR OR WHY IT WAITS"))
     for r in rows:
-        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {note:.80}".format(
+        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {note:.100}".format(
             note=r["error"] or r["waiting"], **r))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))

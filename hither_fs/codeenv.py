@@ -242,15 +242,19 @@ def _store_manifest(store: Store, listing: Dict[str, str], entry: Dict[str, Any]
             "files": len(listing), "bytes": total}
 
 
-_sources: Dict[Tuple[str, str], Tuple[Tuple, str, float]] = {}
+_sources: Dict[Tuple[str, Any], Tuple[str, float]] = {}
 
 
 def capture_source(fn, store: Store) -> str:
-    """Store the source of the file that defines ``fn`` as it is now; return its sha1.
+    """Store the source of the file that defines ``fn``; return its sha1.
 
     A worker runs these bytes, not the file as it is when the job starts, and
-    the job cache compares them to tell a changed function. A function from a
-    notebook has no such file: its shipped source is stored instead.
+    the job cache compares them to tell a changed function. The file is read
+    once per function per process - the code this process runs is the code it
+    imported, whatever the file says later - and again after a reload (a new
+    code object). Later submissions cost nothing but a touch of the blob every
+    ``REUSE_SECONDS`` (its mtime keeps ``hither-fs gc`` off it). A function
+    from a notebook has no such file: its shipped source is stored instead.
     """
     wrapped = fn.__wrapped__
     if needs_shipping(wrapped):
@@ -258,16 +262,17 @@ def capture_source(fn, store: Store) -> str:
     path = fn.location().get("file")
     if not path:
         raise CodeEnvError("hither function {!r}: its source file is unknown".format(fn.name))
-    st = os.stat(path)
-    sig = (st.st_size, st.st_mtime_ns, st.st_ino)
-    key = (store.path, path)
+    key = (store.path, wrapped.__code__)  # the memo holds the code object: its id is never reused
+    now = time.monotonic()
     with _cache_lock:
         hit = _sources.get(key)
-    if hit is not None and hit[0] == sig and time.monotonic() - hit[2] < REUSE_SECONDS and store.has(hit[1]):
-        return hit[1]
+    if hit is not None and (now - hit[1] < REUSE_SECONDS or store.refresh(hit[0])):
+        if now - hit[1] >= REUSE_SECONDS:
+            _sources[key] = (hit[0], now)
+        return hit[0]
     sha1 = store.put_file(path)
     with _cache_lock:
-        _sources[key] = (sig, sha1, time.monotonic())
+        _sources[key] = (sha1, now)
     return sha1
 
 

@@ -149,9 +149,11 @@ class ParallelJobHandler(JobHandler):
         self._workers: Dict[Tuple[str, str], List[subprocess.Popen]] = {}  # (root, queue) -> processes
         self._environments: Dict[str, environment.Snapshot] = {}  # queue -> the environment its workers get
         self._failures = 0
+        if self.queue_name:  # known now: the handler keeps workers for it even before it is given a job
+            self.queue_for(None)
         self._checked: set = set()  # roots found safe (checked once: a stat of every top directory)
 
-    def queue_for(self, root: Root) -> str:
+    def queue_for(self, root: Optional[Root]) -> str:
         snapshot = environment.current()
         queue = self.queue_name or snapshot.queue("local")
         self._environments.setdefault(queue, snapshot)

@@ -39,9 +39,11 @@ class SlurmError(RuntimeError):
     """A Slurm command failed; the message has its output. ``transient``: the failure
     says the controller is busy, unreachable or over a submit limit (try again later)."""
 
-    def __init__(self, message: str, transient: bool = False):
+    def __init__(self, message: str, transient: bool = False, said: str = ""):
         super().__init__(message)
         self.transient = transient
+        #: the command's own words, one line ("sbatch: error: Batch job submission failed: " dropped)
+        self.said = said or message
 
 
 #: sbatch's words for failures that pass: the controller is down, slow or busy, or a
@@ -98,9 +100,11 @@ def _run(cmd: List[str], env: Optional[Dict[str, str]] = None, timeout: float = 
     except subprocess.TimeoutExpired:
         raise SlurmError("{} did not answer within {} s".format(cmd[0], timeout), transient=True) from None
     if proc.returncode != 0:
-        said = (proc.stderr or proc.stdout).strip()
-        raise SlurmError("{} failed (exit {}): {}".format(cmd[0], proc.returncode, said),
-                         transient=bool(_TRANSIENT.search(said)))
+        output = (proc.stderr or proc.stdout).strip()
+        said = "; ".join(re.sub(r"^({}: error: )?(Batch job submission failed: )?".format(re.escape(cmd[0])), "",
+                                line.strip()) for line in output.splitlines() if line.strip())
+        raise SlurmError("{} failed (exit {}): {}".format(cmd[0], proc.returncode, output),
+                         transient=bool(_TRANSIENT.search(output)), said=said)
     return proc.stdout
 
 
@@ -348,12 +352,14 @@ class SlurmJobHandler(JobHandler):
         #: sbatch's words when it refused this handler's allocations for good (no job is taken then)
         self.refused: Optional[str] = None
         self._trackers: Dict[str, _QueueTracker] = {}
+        if self.queue_name:  # known now: the handler serves it even before it is given a job
+            self.queue_for(None)
         self._next_look = 0.0
         self._pending_queue: Dict[str, Any] = {}
         self.lease = lease
         self._recovery: Dict[str, Recovery] = {}
 
-    def queue_for(self, root: Root) -> str:
+    def queue_for(self, root: Optional[Root]) -> str:
         snapshot = environment.current()
         queue = self.queue_name or snapshot.queue("slurm", self.allocation.shape())
         if queue not in self._trackers:
@@ -471,9 +477,10 @@ class SlurmJobHandler(JobHandler):
             self.history.append(sid)
             new.append(sid)
             log.info("submitted allocation %s for queue %s", sid, tracker.queue)
-        self._write_note(root, tracker, {"allocations": {sid: {"state": state, "reason": reason}
-                                                         for sid, (state, reason) in sorted(waiting.items())},
-                                         "submitted": sorted(set(tracker.submitted) - set(waiting))})
+        if tracker.failing_since is None:  # else the note says that sbatch keeps failing
+            self._write_note(root, tracker, {"allocations": {sid: {"state": state, "reason": reason}
+                                                             for sid, (state, reason) in sorted(waiting.items())},
+                                             "submitted": sorted(set(tracker.submitted) - set(waiting))})
         return new
 
     def _sbatch_failed(self, root: Root, tracker: _QueueTracker, exc: SlurmError, now: float,
@@ -490,9 +497,9 @@ class SlurmJobHandler(JobHandler):
                 tracker.next_sbatch = now + tracker.sbatch_backoff
                 self._write_note(root, tracker, {"problem": "sbatch keeps failing, retrying: {}".format(exc)})
                 return
-            message = "sbatch kept failing for {:.0f} s: {}".format(now - tracker.failing_since, exc)
+            message = "{} (sbatch kept failing for {:.0f} s)".format(exc.said, now - tracker.failing_since)
         else:
-            message = str(exc)
+            message = "{} (sbatch refused the allocation)".format(exc.said)
         if others:
             log.warning("sbatch refused another allocation for queue %s: %s", tracker.queue, message)
             return  # the allocations there serve the jobs
@@ -501,8 +508,7 @@ class SlurmJobHandler(JobHandler):
     def _refuse(self, root: Root, tracker: _QueueTracker, message: str) -> None:
         """Slurm will not run this shape: fail its queued and pending jobs, take no more."""
         self.refused = message
-        error = protocol.error_record("SlurmError", "no Slurm allocation can run this job: " + message,
-                                      "starting a Slurm allocation for it", module=__name__)
+        error = protocol.error_record("SlurmError", message, "starting a Slurm allocation for it", module=__name__)
         failed = protocol.fail_queue(root, tracker.queue, error)
         self._write_note(root, tracker, {"problem": "refused: " + message})
         log.error("Slurm refused the allocations of queue %s; %d job(s) failed: %s", tracker.queue, failed, message)

@@ -139,3 +139,22 @@ with hi.Config(job_handler=jh):
     proc = run_python(str(script))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ['42']
+
+
+def test_a_package_that_imports_its_module_still_runs_the_submitted_code(root_path, tmp_path, parallel):
+    # pkg/__init__.py imports the function's module: the worker meets it imported from the edited file
+    pkg = tmp_path / 'edited_pkg'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('from .mod import pkg_value, gate_pkg_value\n')
+    (pkg / 'mod.py').write_text(MODULE_V1.format(name='pkg_value'))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import edited_pkg
+    finally:
+        sys.path.remove(str(tmp_path))
+    go = str(tmp_path / 'go')
+    with hi.Config(job_handler=parallel(1)):
+        job = edited_pkg.pkg_value.run(x=edited_pkg.gate_pkg_value.run(path=go))
+    (pkg / 'mod.py').write_text(MODULE_V1.format(name='pkg_value').replace('x + 1', 'x + 1000'))
+    open(go, 'w').close()
+    assert job.wait(timeout=60) == 2

@@ -4,12 +4,16 @@ import json
 import os
 import sys
 
+import pytest
+
 import hither_fs as hi
 from hither_fs import environment
 from conftest import REPO, TESTS, run_python
 
 SCRIPT = '''
 import json, os, sys
+import pytest
+
 import hither_fs as hi
 from jobfuncs import environment_seen
 sys.path.append(os.environ['MARKER'])  # changed at run time: the job must see it too
@@ -68,3 +72,17 @@ def test_a_worker_adopts_the_submitters_path_and_pythonpath(monkeypatch):
     monkeypatch.setattr(os, 'environ', dict(env))
     environment.adopt()
     assert os.environ == {}
+
+
+def test_local_workers_that_cannot_start_fail_their_jobs_instead_of_hanging(root_path, tmp_path, monkeypatch):
+    # an environment whose Python cannot import hither_fs's dependencies: every worker dies at once
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'psutil.py').write_text('raise ImportError("psutil is broken in this environment")\n')
+    monkeypatch.setenv('PYTHONPATH', str(broken))
+    from jobfuncs import add
+    with hi.Config(job_handler=hi.ParallelJobHandler(num_workers=1)):
+        job = add.run(x=1, y=2)
+        with pytest.raises(hi.JobError, match='local workers keep failing \\(exit code 1\\); see .*\\.log'):
+            job.wait(timeout=120)
+    assert job.status == 'error'

@@ -3,6 +3,7 @@
 These tests need the cluster: tests/run.sh starts it. Without it they fail.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -200,7 +201,7 @@ def test_handlers_of_different_shapes_never_share_allocations(root, slurm_handle
 
 @pytest.mark.parametrize('options, words', [
     ({'partition': 'gpu-nonexistent'}, 'invalid partition'),
-    ({'cpus_per_slot': 64, 'slots': 1}, 'node configuration is not available'),
+    ({'cpus_per_slot': 64, 'slots': 1}, 'more processors requested than permitted'),
     ({'gres': 'gpu:1'}, 'gres'),
 ])
 def test_an_allocation_sbatch_refuses_fails_its_jobs_at_once(root, slurm_handler, options, words):
@@ -210,7 +211,7 @@ def test_an_allocation_sbatch_refuses_fails_its_jobs_at_once(root, slurm_handler
             add.run(x=1, y=2)
         job = hither_fs.submit._jobs[-1]
         assert job.status == 'error'
-        with pytest.raises(hi.JobError, match='(?i)no Slurm allocation can run this job.*' + words):
+        with pytest.raises(hi.JobError, match='(?i)^SlurmError: .*' + words + '.*sbatch refused the allocation'):
             job.get_result()
         # nothing is left queued for it, and the handler takes no more jobs (nothing is written)
         assert list(iter_tickets(root.layout, job.spec['queue'])) == []
@@ -220,7 +221,7 @@ def test_an_allocation_sbatch_refuses_fails_its_jobs_at_once(root, slurm_handler
         assert len(os.listdir(os.path.join(root.path, 'jobs'))) == before
     hi.wait(timeout=5)  # returns: nothing waits for what cannot run
     assert handler.history == []
-    assert words.lower() in hither_fs_cli('ls').stdout.lower() or 'no slurm allocation' in hither_fs_cli('ls').stdout
+    assert words in hither_fs_cli('ls').stdout.lower()  # the first words of sbatch's own, beside the job
 
 
 def test_a_controller_that_does_not_answer_is_retried_then_the_jobs_fail(root, slurm_handler, tmp_path, monkeypatch,
@@ -260,7 +261,6 @@ def test_ls_and_show_say_why_a_job_waits(root, slurm_handler):
             time.sleep(0.5)
     line = [ln for ln in out.splitlines() if job.id in ln][0]
     assert 'allocation {} pending: JobHeldUser'.format(handler.history[0]) in line
-    import json
     shown = json.loads(hither_fs_cli('show', job.id).stdout)
     assert shown['waiting'] == 'allocation {} pending: JobHeldUser'.format(handler.history[0])
     assert shown['spec']['shape']['sbatch_args'] == ['--hold']
@@ -271,3 +271,31 @@ def test_a_notebooks_function_runs_in_a_slurm_allocation(cluster, tmp_path, monk
     from test_notebook import run_notebook
     run_notebook(tmp_path, monkeypatch, 'HANDLER = hi.SlurmJobHandler(max_allocations=1, idle_timeout=5, '
                                         'squeue_interval=2, memory_gb_per_slot=0.25)')
+
+
+SLURM_SCRIPT = '''
+import json, os
+import hither_fs as hi
+from jobfuncs import environment_seen
+handler = hi.SlurmJobHandler(max_allocations=1, slots=2, idle_timeout=30, squeue_interval=2, memory_gb_per_slot=0.25)
+with hi.Config(job_handler=handler):
+    jobs = [environment_seen.run(names=['MYVAR'], marker='-') for _ in range(2)]
+    print(json.dumps([[j.wait(timeout=180)['vars']['MYVAR'], j.get_runtime_info()['slurm_job_id']] for j in jobs]))
+'''
+
+
+def test_scripts_in_different_environments_never_share_allocations(root, cluster, tmp_path):
+    # the first script's allocation idles on (idle_timeout 30 s) while the second one runs
+    from conftest import run_python
+    script = tmp_path / 'script.py'
+    script.write_text(SLURM_SCRIPT)
+    seen = {}
+    try:
+        for n in (1, 2):
+            proc = run_python(str(script), env={'MYVAR': 'run{}'.format(n)}, timeout=300)
+            assert proc.returncode == 0, proc.stderr
+            seen[n] = json.loads(proc.stdout.splitlines()[-1])
+        assert [v for v, _ in seen[1]] == ['run1', 'run1'] and [v for v, _ in seen[2]] == ['run2', 'run2']
+        assert not {s for _, s in seen[1]} & {s for _, s in seen[2]}  # never in each other's allocation
+    finally:
+        scancel({s for rows in seen.values() for _, s in rows})

@@ -26,12 +26,15 @@ import os
 import sys
 import threading
 import types
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from .store import BlobMissingError, Store
 
 #: The name a submitter's script (or a notebook's shipped code) is loaded under.
 SCRIPT_MODULE = "__hither_main__"
+#: The file name in tracebacks of a notebook's shipped code.
+SHIPPED_NAME = "<shipped from a notebook>"
 
 _state = threading.local()
 
@@ -54,19 +57,48 @@ class FunctionNotFoundError(Exception):
     pass
 
 
+#: Sources (and their compiled code) a worker read before forking a job's process: a job of a
+#: function already seen by the worker neither reads its blob nor compiles it again.
+_preloaded: "OrderedDict[str, Tuple[bytes, Dict[str, Any]]]" = OrderedDict()
+_PRELOAD_MAX = 64
+
+
+def preload(fspec: Dict[str, Any], store: Store) -> None:
+    """Read and compile a job's submitted source here, so the processes forked from this
+    one inherit it (called by a worker before it forks a job)."""
+    sha1 = fspec.get("source")
+    if not sha1 or sha1 in _preloaded:
+        if sha1:
+            _preloaded.move_to_end(sha1)
+        return
+    source = store.get_bytes(sha1)
+    _preloaded[sha1] = (source, {})
+    _compiled(sha1, source, fspec.get("file") or SHIPPED_NAME)
+    while len(_preloaded) > _PRELOAD_MAX:
+        _preloaded.popitem(last=False)
+
+
+def _compiled(sha1: Optional[str], source: bytes, filename: str) -> Any:
+    codes = _preloaded[sha1][1] if sha1 in _preloaded else {}
+    code = codes.get(filename)
+    if code is None:
+        code = codes[filename] = compile(source, filename, "exec", dont_inherit=True)
+    return code
+
+
 def _remember_source(filename: str, source: bytes) -> None:
     """Tracebacks show the submitted lines, even after the file changed (mtime None: kept)."""
     text = source.decode("utf-8", "replace")
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
 
 
-def _load_script(path: Optional[str], source: Optional[bytes]) -> Any:
+def _load_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str] = None) -> Any:
     if source is None:  # a spec written before sources were stored
         if not path or not os.path.isfile(path):
             raise FunctionNotFoundError("the script {} that defined the function no longer exists".format(path))
         with open(path, "rb") as f:
             source = f.read()
-    filename = path or "<shipped from a notebook>"
+    filename = path or SHIPPED_NAME
     module = types.ModuleType(SCRIPT_MODULE)
     module.__file__ = filename
     if path:
@@ -74,7 +106,7 @@ def _load_script(path: Optional[str], source: Optional[bytes]) -> Any:
         if directory not in sys.path:
             sys.path.insert(0, directory)
     _remember_source(filename, source)
-    code = compile(source, filename, "exec", dont_inherit=True)
+    code = _compiled(sha1, source, filename)
     sys.modules[SCRIPT_MODULE] = module  # dataclasses and the like look their module up
     _state.depth = getattr(_state, "depth", 0) + 1
     try:
@@ -90,32 +122,28 @@ class _SubmittedSourceLoader(importlib.machinery.SourceFileLoader):
     """Loads a module from the bytes it had at submission (never from a ``.pyc``, never
     writing one: those belong to the file as it is now)."""
 
-    def __init__(self, fullname: str, path: str, source: bytes):
+    def __init__(self, fullname: str, path: str, source: bytes, sha1: Optional[str]):
         super().__init__(fullname, path)
-        self.source = source
+        self.source, self.sha1 = source, sha1
 
     def get_source(self, fullname: str) -> str:
         return self.source.decode("utf-8", "replace")
 
     def get_code(self, fullname: str) -> Any:
         _remember_source(self.path, self.source)
-        return compile(self.source, self.path, "exec", dont_inherit=True)
+        return _compiled(self.sha1, self.source, self.path)
 
 
-def _import_submitted(module_name: str, path: str, source: bytes) -> Any:
-    existing = sys.modules.get(module_name)
-    if existing is not None:  # imported already (by the worker itself?): only if it is the same code
-        loader = getattr(existing, "__loader__", None)
-        if getattr(loader, "source", None) == source:
-            return existing
-        raise FunctionNotFoundError("module {} is already imported in this process, with other code than the "
-                                    "job was submitted with".format(module_name))
+def _import_submitted(module_name: str, path: str, source: bytes, sha1: Optional[str] = None) -> Any:
     parent, _, child = module_name.rpartition(".")
     if parent:
-        importlib.import_module(parent)
+        importlib.import_module(parent)  # its __init__ may import the module itself, from the file as it is now
+    existing = sys.modules.get(module_name)
+    if existing is not None and _same_source(existing, source):
+        return existing
     package = os.path.basename(path) == "__init__.py"
     spec = importlib.util.spec_from_file_location(
-        module_name, path, loader=_SubmittedSourceLoader(module_name, path, source),
+        module_name, path, loader=_SubmittedSourceLoader(module_name, path, source, sha1),
         submodule_search_locations=[os.path.dirname(path)] if package else None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
@@ -129,11 +157,24 @@ def _import_submitted(module_name: str, path: str, source: bytes) -> Any:
     return module
 
 
+def _same_source(module: Any, source: bytes) -> bool:
+    """Whether an imported module was made from these bytes (else the job's code replaces it)."""
+    if getattr(getattr(module, "__loader__", None), "source", None) == source:
+        return True
+    try:
+        with open(module.__file__, "rb") as f:
+            return f.read() == source
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
 def submitted_source(fspec: Dict[str, Any], store: Optional[Store]) -> Optional[bytes]:
     """The source the job's function file had at submission; None for specs that predate it."""
     sha1 = fspec.get("source")
     if not sha1 or store is None:
         return None
+    if sha1 in _preloaded:
+        return _preloaded[sha1][0]
     try:
         return store.get_bytes(sha1)
     except BlobMissingError:
@@ -165,7 +206,7 @@ def import_function(fspec: Dict[str, Any], store: Optional[Store] = None) -> Tup
     module_name = fspec["module"]
     source = submitted_source(fspec, store)
     if module_name == "__main__":
-        module = _load_script(fspec.get("file"), source)
+        module = _load_script(fspec.get("file"), source, fspec.get("source"))
         where = "script {}".format(fspec.get("file") or "shipped from a notebook")
     else:
         root = fspec.get("import_root")
@@ -174,7 +215,7 @@ def import_function(fspec: Dict[str, Any], store: Optional[Store] = None) -> Tup
         if source is None:
             module = importlib.import_module(module_name)
         else:
-            module = _import_submitted(module_name, fspec["file"], source)
+            module = _import_submitted(module_name, fspec["file"], source, fspec.get("source"))
         where = "module {}".format(module_name)
     obj = getattr(module, name, None)
     if obj is None:
