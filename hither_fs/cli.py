@@ -12,9 +12,9 @@ from .fsck import fsck
 from .job import Job
 from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
-from .runtime.files import CorruptFileError, listdir, read_json, with_parents, write_new
+from .runtime.files import CorruptFileError, fs_clock, listdir, read_json, with_parents, write_new
 from .runtime.layout import check_job_id, check_queue_name, is_job_id
-from .slurm import Allocation, describe_shape, live_workers, parse_slurm_time, waiting_reason
+from .slurm import NOTE_STALE, Allocation, describe_shape, live_workers, parse_slurm_time, waiting_reason
 from .usage import SHARED_NOTE, disk_usage, human
 from .worker import Worker
 
@@ -40,7 +40,10 @@ class _Waits:
             return ""  # an in-process queue: its submitting process runs it while it waits
         if queue not in self.reasons:
             try:
-                note = read_json(self.root.layout.scheduler_note(check_queue_name(queue)))
+                path = self.root.layout.scheduler_note(check_queue_name(queue))
+                note = read_json(path)
+                if fs_clock(self.root.layout.workers) - os.stat(path).st_mtime > NOTE_STALE:
+                    note = None  # its handler is gone: what it said then is no reason now
             except (OSError, CorruptFileError, ValueError):
                 note = None
             reason = waiting_reason(note)

@@ -30,15 +30,17 @@ code imports there.
 
 import fnmatch
 import json
+import linecache
 import os
 import shutil
+import sys
 import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from .runtime.files import makedirs, temp_name
-from .shipping import needs_shipping, shipped_source
 from .runtime.store import Store, sha1_of_file
+from .shipping import needs_shipping, shipped_source
 
 FORMAT = 1
 #: Where a notebook's shipped source sits in its code environment.
@@ -250,15 +252,22 @@ def capture_source(fn, store: Store) -> str:
 
     A worker runs these bytes, not the file as it is when the job starts, and
     the job cache compares them to tell a changed function. The file is read
-    once per function per process - the code this process runs is the code it
-    imported, whatever the file says later - and again after a reload (a new
-    code object). Later submissions cost nothing but a touch of the blob every
-    ``REUSE_SECONDS`` (its mtime keeps ``hither-fs gc`` off it). A function
-    from a notebook has no such file: its shipped source is stored instead.
+    at the first ``.run()`` of each function in this process - later edits
+    do not change the code this process runs either - and again after a
+    reload (a new code object). Later submissions cost nothing but a touch of
+    the blob every ``REUSE_SECONDS / 2`` (its mtime keeps ``hither-fs gc``,
+    whose grace is at least ``REUSE_SECONDS``, off it). A function from a
+    notebook has no such file: its shipped source is stored instead.
     """
     wrapped = fn.__wrapped__
     if needs_shipping(wrapped):
         return store.put_bytes(shipped_source(wrapped, fn.name).encode("utf-8"))
+    module = sys.modules.get(wrapped.__module__)
+    submitted = getattr(module, "__hither_source__", None)
+    if submitted:  # a job submitting jobs of its own module: the bytes it runs, not the file as it is now
+        if store.refresh(submitted):
+            return submitted
+        return store.put_bytes("".join(linecache.getlines(module.__file__)).encode("utf-8"))
     path = fn.location().get("file")
     if not path:
         raise CodeEnvError("hither function {!r}: its source file is unknown".format(fn.name))
@@ -266,8 +275,8 @@ def capture_source(fn, store: Store) -> str:
     now = time.monotonic()
     with _cache_lock:
         hit = _sources.get(key)
-    if hit is not None and (now - hit[1] < REUSE_SECONDS or store.refresh(hit[0])):
-        if now - hit[1] >= REUSE_SECONDS:
+    if hit is not None and (now - hit[1] < REUSE_SECONDS / 2 or store.refresh(hit[0])):
+        if now - hit[1] >= REUSE_SECONDS / 2:
             _sources[key] = (hit[0], now)
         return hit[0]
     sha1 = store.put_file(path)

@@ -106,10 +106,13 @@ class ComputeResource:
                 log.warning("compute resource %r: job %s: %s", self.compute_resource_id, token.job_id, exc)
                 protocol.fail(self.root, path, token.job_id, protocol.error_record(
                     type(exc).__name__, str(exc), "forwarding to a compute resource", module=type(exc).__module__))
-        if moved:
-            self.job_handler.submitted(self.root, None)
-        else:
-            self.job_handler.help(self.root)
+        try:
+            if moved:
+                self.job_handler.submitted(self.root, None)
+            else:
+                self.job_handler.help(self.root)
+        except Exception as exc:  # sbatch refusing, local workers failing: its jobs fail, the resource serves on
+            log.warning("compute resource %r: %s", self.compute_resource_id, exc)
         self._remember_finished()
         return moved
 
@@ -124,7 +127,12 @@ class ComputeResource:
                                           served_by=self.compute_resource_id)
 
     def _forward(self, path: str, job_id: str, target: str) -> bool:
-        """Move a job from the resource's queue to the queue of its handler."""
+        """Move a job from the resource's queue to the queue of its handler (or fail it, when
+        Slurm refused that queue's allocations for good)."""
+        refused = getattr(self.job_handler, "refused", {}).get(target)
+        if refused:
+            return protocol.fail(self.root, path, job_id, protocol.error_record(
+                "SlurmError", refused, "forwarding to a compute resource", module="hither_fs.slurm"))
         if not protocol.forward(self.root, path, target, served_by=self.compute_resource_id):
             return False
         if self.job_cache is not None:

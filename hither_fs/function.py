@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 from .codeenv import check_patterns
-from .runtime.code import stop_if_loading_script
+from .runtime.code import SHIPPED_NAME, stop_if_loading_script
 from .shipping import needs_shipping
 from .submit import submit
 
@@ -47,8 +47,9 @@ class HitherFunction:
         """How a worker finds this function again: module, file, import root."""
         fn = self.__wrapped__
         module = fn.__module__
+        shipped = needs_shipping(fn) or getattr(sys.modules.get(module), "__file__", None) == SHIPPED_NAME
         try:
-            file = "" if needs_shipping(fn) else os.path.abspath(inspect.getsourcefile(fn) or "")
+            file = "" if shipped else os.path.abspath(inspect.getsourcefile(fn) or "")
         except TypeError:
             file = ""
         import_root = None

@@ -23,13 +23,15 @@ from . import environment, protocol
 from .attempts import run_in_process
 from .cache import record_outcome
 from .lease import Heartbeat
-from .queue import QueueReader, remove_empty_queue, ticket_token
+from .queue import QueueReader, count_tickets, remove_empty_queue, ticket_token
 from .root import Root
 from .runtime.files import file_mode, makedirs
 from .runtime.layout import check_queue_name
 from .worker import new_worker_id
 
 _counter = itertools.count(1)
+#: A local worker up this long started fine: the handler stops counting its earlier deaths.
+WORKER_UP_SECONDS = 10.0
 
 
 class JobHandler:
@@ -148,7 +150,8 @@ class ParallelJobHandler(JobHandler):
         self.queue_name = None if queue_name is None else check_queue_name(queue_name)
         self._workers: Dict[Tuple[str, str], List[subprocess.Popen]] = {}  # (root, queue) -> processes
         self._environments: Dict[str, environment.Snapshot] = {}  # queue -> the environment its workers get
-        self._failures = 0
+        self._failures: Dict[str, int] = {}  # queue -> workers that died since one last stayed up
+        self._latest: Optional[str] = None  # the queue of the environment used last
         if self.queue_name:  # known now: the handler keeps workers for it even before it is given a job
             self.queue_for(None)
         self._checked: set = set()  # roots found safe (checked once: a stat of every top directory)
@@ -157,6 +160,7 @@ class ParallelJobHandler(JobHandler):
         snapshot = environment.current()
         queue = self.queue_name or snapshot.queue("local")
         self._environments.setdefault(queue, snapshot)
+        self._latest = queue
         return queue
 
     def submitted(self, root: Root, job) -> None:
@@ -171,17 +175,27 @@ class ParallelJobHandler(JobHandler):
         self._ensure_workers(root)
 
     def _ensure_workers(self, root: Root) -> None:
-        """Keep ``num_workers`` workers alive for each environment this handler was used in."""
-        for queue, snapshot in self._environments.items():
-            procs = []
+        """Keep ``num_workers`` workers alive for the environment used last, and for each
+        earlier one while its queue holds jobs. When a queue's workers keep dying and none
+        is left, nothing can run its jobs: they fail (see :meth:`_give_up`)."""
+        for queue, snapshot in list(self._environments.items()):
+            procs, died = [], None
             for p in self._workers.get((root.path, queue), []):
                 if p.poll() is None:
                     procs.append(p)
                 elif p.returncode != 0:
-                    self._failures += 1
-                    if self._failures > 3 * self.num_workers:
-                        self._give_up(root, queue, "local workers keep failing (exit code {}); see {}".format(
-                            p.returncode, p.log_path))
+                    died = p
+                    self._failures[queue] = self._failures.get(queue, 0) + 1
+            if any(time.monotonic() - p.started_at > WORKER_UP_SECONDS for p in procs):
+                self._failures[queue] = 0  # a worker there stays up: deaths were the jobs' doing, not its start's
+            if died is not None:
+                if not procs and self._failures[queue] > 3 * self.num_workers:
+                    self._workers.pop((root.path, queue), None)
+                    self._give_up(root, queue, "local workers keep failing (exit code {}); see {}".format(
+                        died.returncode, died.log_path))
+            if queue != self._latest and not procs and not count_tickets(root.layout, queue, cap=1):
+                self._workers.pop((root.path, queue), None)
+                continue  # an earlier environment with nothing left to run: no workers for it
             while len(procs) < self.num_workers:
                 procs.append(start_worker_process(root, [queue], parent_pid=os.getpid(), env_snapshot=snapshot))
             self._workers[root.path, queue] = procs
@@ -244,4 +258,5 @@ def start_worker_process(root: Root, queues: List[str], *, slots: int = 1, paren
     finally:
         os.close(log)
     proc.log_path = log_path
+    proc.started_at = time.monotonic()
     return proc

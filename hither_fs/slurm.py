@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,10 @@ from .runtime.layout import check_queue_name, is_worker_id
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
 log = logging.getLogger("hither_fs.slurm")
+#: A handler rewrites its queue's scheduler.json at least this often (seconds) while it stands;
+#: ``hither-fs ls`` ignores one older than ``NOTE_STALE``.
+NOTE_REFRESH = 60.0
+NOTE_STALE = 300.0
 _FINAL_SLURM_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
                        "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 
@@ -55,8 +60,7 @@ _TRANSIENT = re.compile(
 
 #: squeue's pending reasons for an allocation Slurm will never start as asked.
 NEVER_REASONS = frozenset({
-    "BadConstraints", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "PartitionDown",
-    "InvalidAccount", "InvalidQOS", "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit",
+    "BadConstraints", "PartitionConfig", "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit",
     "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit",
     "QOSMaxGRESPerJob", "MaxCpuPerAccount", "DependencyNeverSatisfied"})
 
@@ -149,11 +153,11 @@ class Allocation:
 
     def shape(self) -> Dict[str, Any]:
         """What a job can count on in such an allocation: it runs only in allocations of
-        exactly this shape (the number of slots and the timers are not part of it)."""
+        exactly this shape (the timers are not part of it)."""
         return {"partition": self.partition, "account": self.account, "qos": self.qos,
                 "constraint": self.constraint, "gres": self.gres, "time_limit_seconds": self.seconds,
-                "cpus_per_slot": self.cpus_per_slot, "memory_gb_per_slot": self.memory_gb_per_slot,
-                "sbatch_args": list(self.sbatch_args)}
+                "slots": self.slots, "cpus_per_slot": self.cpus_per_slot,
+                "memory_gb_per_slot": self.memory_gb_per_slot, "sbatch_args": list(self.sbatch_args)}
 
     @property
     def cpus(self) -> int:
@@ -251,7 +255,8 @@ def describe_shape(shape: Any) -> str:
     parts = [str(shape.get("partition") or "(default)"), "{}cpu".format(shape.get("cpus_per_slot", "?")),
              "{:g}G".format(shape.get("memory_gb_per_slot") or 0)]
     if shape.get("time_limit_seconds"):
-        parts.append(format_slurm_time(shape["time_limit_seconds"]).lstrip("0-"))
+        limit = format_slurm_time(shape["time_limit_seconds"])
+        parts.append(limit[2:] if limit.startswith("0-") else limit)
     parts += ["{}={}".format(k, shape[k]) for k in ("account", "qos", "constraint", "gres") if shape.get(k)]
     if shape.get("sbatch_args"):
         parts.append(" ".join(shape["sbatch_args"]))
@@ -293,6 +298,7 @@ class _QueueTracker:
         self.sbatch_backoff = 0.0
         self.failing_since: Optional[float] = None
         self.note: Optional[Dict[str, Any]] = None  # what scheduler.json says now
+        self.note_written = 0.0
 
 
 class SlurmJobHandler(JobHandler):
@@ -349,8 +355,8 @@ class SlurmJobHandler(JobHandler):
         self.squeue_interval = squeue_interval
         self.submit_retry_for = submit_retry_for
         self.history: List[str] = []  # every allocation this handler submitted
-        #: sbatch's words when it refused this handler's allocations for good (no job is taken then)
-        self.refused: Optional[str] = None
+        #: queue -> sbatch's words, for the queues whose allocations it refused for good (they take no job)
+        self.refused: Dict[str, str] = {}
         self._trackers: Dict[str, _QueueTracker] = {}
         if self.queue_name:  # known now: the handler serves it even before it is given a job
             self.queue_for(None)
@@ -370,9 +376,9 @@ class SlurmJobHandler(JobHandler):
         return self.allocation.shape()
 
     def check(self, spec) -> None:
-        if self.refused:
+        if spec.get("queue") in self.refused:
             raise SlurmError("Slurm refused the allocations of {!r}, so it takes no more jobs: {}".format(
-                self, self.refused))
+                self, self.refused[spec["queue"]]))
         timeout = spec.get("timeout")
         usable = self.allocation.seconds - self.allocation.drain_margin
         if timeout and timeout > usable:
@@ -446,6 +452,7 @@ class SlurmJobHandler(JobHandler):
         demand = self.demand(root, tracker.queue, workers, cap=self.max_allocations * self.allocation.slots + 1)
         need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
         if need <= len(workers):
+            tracker.failing_since = None  # nothing to submit: a failure long ago says nothing of the next one
             self._write_note(root, tracker, {})
             return []
         self._look_at_slurm(root, tracker, now)
@@ -453,9 +460,12 @@ class SlurmJobHandler(JobHandler):
         waiting = {sid: sr for sid, sr in tracker.in_slurm.items() if sid not in beating}
         never = {sid: reason for sid, (state, reason) in waiting.items()
                  if state == "PENDING" and reason in NEVER_REASONS}
-        if never and not workers and len(never) == len(waiting):
+        if never and not workers and not tracker.submitted and len(never) == len(waiting):
             sid, reason = sorted(never.items())[0]
-            scancel(never)
+            try:
+                scancel(never)
+            except SlurmError as exc:
+                log.warning("could not cancel allocations %s: %s", ", ".join(sorted(never)), exc)
             tracker.in_slurm = {}
             self._refuse(root, tracker, "Slurm will never start allocation {} as asked (pending: {}); check "
                                         "the handler's partition, account, qos, time_limit and sizes".format(
@@ -500,14 +510,17 @@ class SlurmJobHandler(JobHandler):
             message = "{} (sbatch kept failing for {:.0f} s)".format(exc.said, now - tracker.failing_since)
         else:
             message = "{} (sbatch refused the allocation)".format(exc.said)
-        if others:
-            log.warning("sbatch refused another allocation for queue %s: %s", tracker.queue, message)
-            return  # the allocations there serve the jobs
+        if others:  # the allocations there serve the jobs; ask for more later, not every second
+            tracker.sbatch_backoff = min(300.0, max(60.0, 2 * tracker.sbatch_backoff))
+            tracker.next_sbatch = now + tracker.sbatch_backoff
+            log.warning("sbatch refused another allocation for queue %s (next try in %.0f s): %s", tracker.queue,
+                        tracker.sbatch_backoff, message)
+            return
         self._refuse(root, tracker, message)
 
     def _refuse(self, root: Root, tracker: _QueueTracker, message: str) -> None:
         """Slurm will not run this shape: fail its queued and pending jobs, take no more."""
-        self.refused = message
+        self.refused[tracker.queue] = message
         error = protocol.error_record("SlurmError", message, "starting a Slurm allocation for it", module=__name__)
         failed = protocol.fail_queue(root, tracker.queue, error)
         self._write_note(root, tracker, {"problem": "refused: " + message})
@@ -516,19 +529,23 @@ class SlurmJobHandler(JobHandler):
 
     def _write_note(self, root: Root, tracker: _QueueTracker, note: Dict[str, Any]) -> None:
         """``queue/<queue>/scheduler.json``: why the queue's jobs wait, for ``hither-fs ls``/``show``
-        (written when it changes, not on every look)."""
-        if note == tracker.note:
+        (written when it changes, and once a minute while it stands: readers take an older note
+        for one its writer left behind)."""
+        now = time.monotonic()
+        if note == tracker.note and (not note or now - tracker.note_written < NOTE_REFRESH):
             return
-        tracker.note = note
         path = root.layout.scheduler_note(tracker.queue)
         try:
             if note:
-                with_parents(lambda: write_json(path, dict(note, handler=repr(self), updated=now_iso())),
+                with_parents(lambda: write_json(path, dict(note, handler=repr(self), host=socket.gethostname(),
+                                                           pid=os.getpid(), updated=now_iso())),
                              os.path.dirname(path))
             else:
                 remove_quietly(path)
         except OSError as exc:
             log.debug("could not write %s: %s", path, exc)
+            return
+        tracker.note, tracker.note_written = note, now
 
     def _look_at_slurm(self, root: Root, tracker: _QueueTracker, now: float) -> None:
         """Which allocations of this queue Slurm has, pending or running, and why they pend:

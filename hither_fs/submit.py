@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import warnings
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import environment, protocol
 from .cache import JobCache, cache_key, code_hash
@@ -21,6 +21,7 @@ from .config import Config
 from .errors import CodeChangedWarning
 from .containers import is_pulled
 from .handlers import DefaultJobHandler
+from .slurm import live_workers
 from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
 from .root import Root, new_job_id, now_iso
@@ -213,11 +214,10 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
             except (OSError, CorruptFileError, ValueError):
                 state = {}
             if state.get("status") not in (None, Status.ERROR, Status.CANCELLED):
-                queue = state.get("queue", "")
-                if (not queue.startswith("inproc-") or queue == handler.queue_for(root)) and (
+                if _can_attach(root, holder, state, spec["queue"]) and (
                         state.get("status") != Status.FINISHED or protocol.mark_used(root, holder)):
                     return Job(holder, root, handler)
-                return _create(root, spec, handler)  # only its own process runs an in-process job
+                return _create(root, spec, handler)
         # no job computes the key (none ever did, or the last one failed or is gone): be it
         spec["id"] = new_job_id()
         protocol.publish(root, spec)
@@ -231,6 +231,32 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
             return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])
     raise RuntimeError("could not agree with other submitters on a job for cache key {}".format(key))
+
+
+_served: Dict[str, Tuple[float, set]] = {}  # root -> (when looked, queues live workers serve)
+
+
+def _can_attach(root: Root, holder: str, state: Dict[str, Any], queue: str) -> bool:
+    """Whether a job computing the same key will finish without this process: it did, it runs,
+    or it waits in this job's queue or in one that a live worker (or a Slurm handler) serves.
+    Not a job waiting in another environment's queue nobody serves (left by a script that is
+    gone), nor another process's in-process job."""
+    theirs = state.get("queue", "")
+    if state.get("status") not in (Status.QUEUED, Status.PENDING) or theirs == queue:
+        return True
+    if not isinstance(theirs, str) or theirs.startswith("inproc-"):
+        return False  # only its own process runs an in-process job
+    if protocol.running_claims(root, holder):
+        return True
+    now = time.monotonic()
+    looked, served = _served.get(root.path, (-1e9, set()))
+    if now - looked > 5.0:  # heartbeats are read at most every 5 s for this
+        served = {q for hb in live_workers(root) for q in hb.get("queues", [])}
+        _served[root.path] = (now, served)
+    try:
+        return theirs in served or os.path.exists(root.layout.scheduler_note(check_queue_name(theirs)))
+    except ValueError:
+        return False
 
 
 def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Dict[str, Any], handler) -> Job:

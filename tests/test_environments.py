@@ -86,3 +86,10 @@ def test_local_workers_that_cannot_start_fail_their_jobs_instead_of_hanging(root
         with pytest.raises(hi.JobError, match='local workers keep failing \\(exit code 1\\); see .*\\.log'):
             job.wait(timeout=120)
     assert job.status == 'error'
+
+
+def test_two_runs_of_one_script_in_one_environment_share_a_queue(root_path):
+    show = 'import hither_fs as hi; print(hi.ParallelJobHandler(1).queue_for(hi.Root.get()))'
+    first, again = (run_python(show, env={'MYVAR': 'same'}).stdout.strip() for _ in range(2))
+    other = run_python(show, env={'MYVAR': 'other'}).stdout.strip()
+    assert first == again and first.startswith('local-') and other != first

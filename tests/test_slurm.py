@@ -194,9 +194,10 @@ def test_handlers_of_different_shapes_never_share_allocations(root, slurm_handle
     assert slurm_ids(small_jobs) <= set(small.history) and slurm_ids(big_jobs) <= set(big.history)
     assert not set(small.history) & set(big.history)
     assert big_jobs[0].spec['shape']['memory_gb_per_slot'] == 0.5
-    # the allocation's worker says its shape: hither-fs workers ls
+    # the allocation's worker (idle now, for idle_timeout) says its shape: hither-fs workers ls
     out = hither_fs_cli('workers', 'ls').stdout
-    assert '0.5G' in out or not [hb for hb in live_workers(root) if hb.get('slurm_job_id') in big.history]
+    line = [ln for ln in out.splitlines() if big.history[0] in ln]
+    assert line and 'debug 1cpu 0.5G 1:00:00' in line[0], out
 
 
 @pytest.mark.parametrize('options, words', [
@@ -299,3 +300,26 @@ def test_scripts_in_different_environments_never_share_allocations(root, cluster
         assert not {s for _, s in seen[1]} & {s for _, s in seen[2]}  # never in each other's allocation
     finally:
         scancel({s for rows in seen.values() for _, s in rows})
+
+
+def test_an_allocation_slurm_will_never_start_is_cancelled_and_its_jobs_fail(root, slurm_handler):
+    # an allocation that depends on a Slurm job which then fails: Slurm keeps it pending for ever
+    blocker = subprocess.run(['sbatch', '--parsable', '--mem=100M', '--wrap=sleep 600'], capture_output=True,
+                             text=True, check=True).stdout.strip().split(';')[0]
+    handler = slurm_handler(max_allocations=1, sbatch_args=['--dependency=afterok:' + blocker])
+    try:
+        with hi.Config(job_handler=handler):
+            job = add.run(x=1, y=2)
+            deadline = time.monotonic() + 60
+            while 'pending: Dependency' not in hither_fs_cli('ls').stdout:  # waiting, and saying why
+                handler.help(root)
+                assert time.monotonic() < deadline
+                time.sleep(0.5)
+            scancel([blocker])
+            with pytest.raises(hi.JobError, match='Slurm will never start allocation {} as asked \\(pending: '
+                                                  'DependencyNeverSatisfied\\)'.format(handler.history[0])):
+                job.wait(timeout=120)
+    finally:
+        scancel([blocker])
+    assert handler.history[0] not in subprocess.run(['squeue', '--noheader', '--format=%i'], capture_output=True,
+                                                    text=True).stdout.split()

@@ -101,6 +101,7 @@ def _load_script(path: Optional[str], source: Optional[bytes], sha1: Optional[st
     filename = path or SHIPPED_NAME
     module = types.ModuleType(SCRIPT_MODULE)
     module.__file__ = filename
+    module.__hither_source__ = sha1  # jobs it submits in turn take these bytes along
     if path:
         directory = os.path.dirname(path)
         if directory not in sys.path:
@@ -146,6 +147,7 @@ def _import_submitted(module_name: str, path: str, source: bytes, sha1: Optional
         module_name, path, loader=_SubmittedSourceLoader(module_name, path, source, sha1),
         submodule_search_locations=[os.path.dirname(path)] if package else None)
     module = importlib.util.module_from_spec(spec)
+    module.__hither_source__ = sha1  # jobs it submits in turn take these bytes along
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
