@@ -249,7 +249,7 @@ def waiting_reason(note: Any) -> str:
 
 
 def describe_shape(shape: Any) -> str:
-    """A short line for an allocation's shape: ``debug 1cpu 2G 1:00:00 gres=gpu:1``."""
+    """A short line for an allocation's shape: ``debug 1cpu 2G 01:00:00 gres=gpu:1``."""
     if not isinstance(shape, dict):
         return "-"
     parts = [str(shape.get("partition") or "(default)"), "{}cpu".format(shape.get("cpus_per_slot", "?")),

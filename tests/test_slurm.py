@@ -197,7 +197,7 @@ def test_handlers_of_different_shapes_never_share_allocations(root, slurm_handle
     # the allocation's worker (idle now, for idle_timeout) says its shape: hither-fs workers ls
     out = hither_fs_cli('workers', 'ls').stdout
     line = [ln for ln in out.splitlines() if big.history[0] in ln]
-    assert line and 'debug 1cpu 0.5G 1:00:00' in line[0], out
+    assert line and '(default) 1cpu 0.5G 01:00:00' in line[0], out
 
 
 @pytest.mark.parametrize('options, words', [
