@@ -18,6 +18,7 @@ the worker measures its wall and CPU time and peak memory with ``os.wait4``.
 import contextlib
 import datetime
 import logging
+import getpass
 import os
 import resource
 import shutil
@@ -94,8 +95,11 @@ def slurm_facts() -> Dict[str, Any]:
             if os.environ.get(var)}
 
 
+_USER = getpass.getuser()
+
+
 def base_runtime(worker_id: str) -> Dict[str, Any]:
-    return dict(slurm_facts(), host=HOST, worker=worker_id, python=sys.version.split()[0])
+    return dict(slurm_facts(), host=HOST, worker=worker_id, python=sys.version.split()[0], user=_USER, uid=os.getuid())
 
 
 def kill_tree(pid: int) -> None:

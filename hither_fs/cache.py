@@ -27,6 +27,7 @@ from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, regist
 from .runtime.layout import make_shards
 from .runtime.serialization import blob_refs
 from .runtime.store import BlobMissingError, Store
+from .trust import cache_reason, entry_reason
 
 
 def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict[str, str]) -> str:
@@ -42,6 +43,13 @@ def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict
     text = json.dumps({"function": name, "version": version, "args": canon(args)},
                       sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+def _refuse_if(reason: Optional[str], path: str) -> None:
+    if reason:
+        raise PermissionError("refusing the job cache at {}: {}. A result planted there would be taken for "
+                              "yours: only the cache's owner and its group may write it (chmod o-w, or choose "
+                              "another directory)".format(path, reason))
 
 
 def code_hash(spec: Dict[str, Any]) -> Optional[str]:
@@ -61,6 +69,8 @@ class JobCache:
         self.path = None if path is None else os.path.abspath(os.path.expanduser(str(path)))
         if self.path is not None and os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError("job cache path {} is a file, not a directory".format(self.path))
+        if self.path is not None:
+            _refuse_if(cache_reason(self.path), self.path)
         self._registered = False
 
     def __repr__(self):
@@ -93,7 +103,15 @@ class JobCache:
         A damaged entry, or one whose blobs are missing or damaged, counts as
         a miss (and is reported by ``hither-fs fsck``), never as a result.
         """
-        path = self._entry_path(self.directory(root), key)
+        directory = self.directory(root)
+        path = self._entry_path(directory, key)
+        if self.path is not None:  # a cache of its own: believed only if nobody else could write the entry
+            gid = os.stat(directory).st_gid
+            for part in (os.path.dirname(path), path):
+                try:
+                    _refuse_if(entry_reason(part, os.stat(part), gid), self.path)
+                except FileNotFoundError:
+                    break
         try:
             entry = read_json(path, missing_ok=True)
         except Exception:

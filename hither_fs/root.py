@@ -7,14 +7,17 @@ business; where things are is :class:`~hither_fs.runtime.layout.Layout`'s.
 
 import datetime
 import errno
+import grp
 import os
 import stat
 import uuid
+import warnings
 from typing import Any, Dict, List, Optional
 
 from .runtime.files import guard_tree, makedirs, read_json, register_tree, write_json
 from .runtime.layout import Layout
 from .runtime.store import Store
+from .trust import private_group
 
 #: Version of the root's layout and protocol. Format 1 (hither_fs 0.1) kept per-job
 #: lock files and several records per job; format 2 claims jobs by renaming tokens.
@@ -79,13 +82,58 @@ def _wrong_format(marker: str, found: Any) -> str:
             "made it, or another root.".format(marker, found, FORMAT))
 
 
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _group_to_share_with(shared: Optional[str]) -> Optional[int]:
+    """The gid ``shared`` names (None for 'private', 'group' and no sharing); checked at once."""
+    if shared in (None, "private", "group"):
+        return None
+    if not isinstance(shared, str) or not shared.strip():
+        raise ValueError("shared must be 'private', 'group' or the name of a group, not {!r}".format(shared))
+    try:
+        gid = grp.getgrnam(shared).gr_gid
+    except KeyError:
+        raise ValueError("shared={!r}: there is no group of that name (`getent group` lists them)".format(
+            shared)) from None
+    if gid not in os.getgroups() and gid != os.getgid() and os.getuid() != 0:
+        raise ValueError("shared={!r}: you are not in group {!r}, so you cannot share a root with it "
+                         "(`id` lists your groups; a new membership counts after logging in again)".format(
+                             shared, shared))
+    return gid
+
+
+def _not_readable(path: str) -> str:
+    """Why this user cannot open a root, said as helpfully as a stat allows."""
+    why = "hither_fs root {} is not readable by this user".format(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return why
+    if st.st_mode & stat.S_ISGID and st.st_gid not in os.getgroups() and st.st_gid != os.getgid():
+        return "{}: it is shared with group {}, which this user is not in{}".format(
+            why, _group_name(st.st_gid), " (that group is one user's own: ask its owner to make the root with "
+            "hi.Root(path, shared='<your lab group>'))" if private_group(st.st_gid) else "")
+    return why
+
+
 class Root:
     """An opened root directory.
 
     ``Root(path)`` creates the root if it does not exist (``create=False``:
-    raise ``RootError`` instead). ``shared="group"`` creates it group-writable
-    (setgid directories, group-writable files) for a lab's common root; the
-    default is private to the user (0700 directories, 0600 files).
+    raise ``RootError`` instead). The default is private to the user (0700
+    directories, 0600 files). ``shared="lab"`` (the name of a group you are in)
+    creates it for that group: its directories belong to the group, setgid
+    (so everything made in them does too), and group-writable, so every
+    member's workers can run every member's jobs. ``shared="group"`` does the
+    same with the group the directory gets anyway (that of a setgid parent
+    directory, else your primary group); with user-private groups, the default
+    on Debian, Ubuntu and RHEL, that group holds only you, and a warning says
+    so.
     """
 
     _opened: Dict[str, "Root"] = {}
@@ -120,13 +168,12 @@ class Root:
 
     def _open_or_create(self, shared: Optional[str]) -> Dict[str, Any]:
         path, marker = self.path, self.layout.marker
-        if shared not in (None, "private", "group"):
-            raise ValueError("shared must be 'private' or 'group', not {!r}".format(shared))
+        gid = _group_to_share_with(shared)
         if os.path.exists(path) and not os.path.isdir(path):
             raise RootError("hither_fs root {} is a file, not a directory".format(path))
         if os.path.isdir(path):
             if not os.access(path, os.R_OK | os.X_OK):
-                raise RootError("hither_fs root {} is not readable by this user".format(path))
+                raise RootError(_not_readable(path))
             if os.path.exists(marker):
                 info = read_json(marker)
                 if not isinstance(info, dict) or info.get("format") != FORMAT:
@@ -135,15 +182,20 @@ class Root:
             if [n for n in os.listdir(path) if not n.startswith(".")]:
                 raise RootError("{} exists, is not empty and is not a hither_fs root (no root.json); "
                                 "choose an empty or new directory".format(path))
-        mode = shared or "private"
+        mode = "private" if shared in (None, "private") else "group"
         dir_mode = 0o2770 if mode == "group" else 0o700
         try:
             os.makedirs(path, mode=dir_mode, exist_ok=True)
+            if gid is not None:
+                os.chown(path, -1, gid)  # before the chmod: a chown may clear the setgid bit
             os.chmod(path, dir_mode)
             register_tree(path, mode == "group")
             # the marker first: a concurrent opener then sees a root, not a stranger's directory
             if not os.path.exists(marker):
-                write_json(marker, {"format": FORMAT, "mode": mode, "created": now_iso()})
+                info = {"format": FORMAT, "mode": mode, "created": now_iso()}
+                if mode == "group":
+                    info["group"] = _group_name(os.stat(path).st_gid)
+                write_json(marker, info)
             for d in self.layout.top_dirs():
                 makedirs(d)
         except OSError as exc:
@@ -151,6 +203,12 @@ class Root:
         info = read_json(marker)
         if info.get("format") != FORMAT:
             raise RootError(_wrong_format(marker, info.get("format")))
+        st = os.stat(path)
+        if mode == "group" and private_group(st.st_gid):
+            warnings.warn("hither_fs root {} is shared with group {}, which holds only its owner: nobody else can "
+                          "use it. Share it with your lab's group: hi.Root(path, shared='<group>') (see "
+                          "`getent group`), or make it inside a setgid directory of that group".format(
+                              path, _group_name(st.st_gid)), stacklevel=4)
         return info
 
     def unsafe_reason(self, paths: Optional[List[str]] = None, *,

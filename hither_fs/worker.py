@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections import OrderedDict
@@ -35,6 +36,7 @@ from .queue import QueueReader, count_tickets, ticket_token
 from .root import Root
 from .runtime.files import CorruptFileError, listdir, remove_quietly
 from .runtime.layout import check_queue_name, host_label
+from .trust import CodeTrust
 
 log = logging.getLogger("hither_fs.worker")
 
@@ -112,6 +114,7 @@ class Worker:
         self.scratch = scratch_root(self.id)
         self.runs = Slots(root, self.id, self.scratch, tick=self._tick)
         self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
+        self.code_trust = CodeTrust(root, sys.path)  # who may write the code a job imports
         self.judge = LeaseJudge(lease, host=host, clock=clock)
         self.recovery = Recovery(root, self.judge, me=self.id)
         self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots, "cpus": cpus,
@@ -275,6 +278,7 @@ class Worker:
                 self._finish_now(claim, protocol.error_record("CorruptFileError", str(exc), "claiming"))
                 return True
             claim.spec = spec
+            unsafe = unsafe or self.code_trust.job_reason(spec)
             if unsafe:
                 message = "refusing to run job {}: {}".format(token.job_id, unsafe)
                 log.warning("%s", message)
