@@ -42,14 +42,16 @@ def _group(gid: int) -> str:
 
 
 def private_group(gid: int, uid: Optional[int] = None) -> bool:
-    """Whether ``gid`` is one user's own group (a user-private group: Debian's, Ubuntu's and
-    RHEL's default), with ``uid`` as that user when given."""
+    """Whether ``gid`` is one user's own group - a user-private group, the default on Debian,
+    Ubuntu and RHEL: named as its user, that user's primary group, with no other members
+    (``uid``: that user). Looked up by name, never by listing every user (which a directory
+    service may not allow)."""
     try:
-        members = grp.getgrgid(gid).gr_mem
+        group = grp.getgrgid(gid)
+        user = pwd.getpwuid(uid) if uid is not None else pwd.getpwnam(group.gr_name)
     except KeyError:
         return False
-    owners = [p.pw_uid for p in pwd.getpwall() if p.pw_gid == gid]
-    return not members and len(owners) == 1 and (uid is None or owners[0] == uid)
+    return not group.gr_mem and user.pw_gid == gid and user.pw_name == group.gr_name
 
 
 class Trust:
@@ -118,7 +120,7 @@ class CodeTrust:
         self.root = root
         self.gid = os.stat(root.path).st_gid if root.group_shared else None
         self._seen: Dict[Tuple, Tuple[Optional[str], float]] = {}
-        self._sys_path = list(sys_path)
+        self._sys_path = [p or os.getcwd() for p in sys_path]  # '' is the current directory
 
     def job_reason(self, spec: Dict[str, Any]) -> Optional[str]:
         """Why running this job's code would let someone other than its submitter, this
