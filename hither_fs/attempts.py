@@ -18,8 +18,8 @@ the worker measures its wall and CPU time and peak memory with ``os.wait4``.
 import contextlib
 import datetime
 import logging
-import getpass
 import os
+import pwd
 import resource
 import shutil
 import signal
@@ -95,11 +95,17 @@ def slurm_facts() -> Dict[str, Any]:
             if os.environ.get(var)}
 
 
-_USER = getpass.getuser()
+def _user_name() -> str:
+    """This process's user, from the password database (``$USER`` can say anything)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def base_runtime(worker_id: str) -> Dict[str, Any]:
-    return dict(slurm_facts(), host=HOST, worker=worker_id, python=sys.version.split()[0], user=_USER, uid=os.getuid())
+    return dict(slurm_facts(), host=HOST, worker=worker_id, python=sys.version.split()[0], user=_user_name(),
+                uid=os.getuid())
 
 
 def kill_tree(pid: int) -> None:
@@ -206,6 +212,8 @@ class Attempt:
         self.started_mono = time.monotonic()
         #: set when the worker ends the run itself (timeout, cancel, refusal, lost claim)
         self.failure: Optional[Dict[str, Any]] = None
+        #: the worker's checks of who may write the code (hither_fs.trust.CodeTrust), for the job's imports
+        self.code_trust: Any = None
         self.lost = False
         self.commit_failed = 0.0  # when its first commit failed (a full disk, say)
 
@@ -235,6 +243,8 @@ class Attempt:
                     signal.signal(sig, signal.SIG_DFL)
                 redirect_console(self.scratch, truncate=True)
                 os.environ["HITHER_FS_JOB_ID"] = self.job_id
+                if self.code_trust is not None and not self.claim.spec.get("container"):
+                    self.code_trust.guard_imports(self.claim.spec)  # what the job adds to sys.path is checked too
                 spec = self.claim.spec
                 if spec.get("container"):
                     ok = run_container_attempt(self.root.path, self.job_id, spec, self.scratch)
@@ -301,8 +311,9 @@ class Slots:
     the worker can keep beating.
     """
 
-    def __init__(self, root: Root, worker_id: str, scratch: str, tick: Callable[[], None]):
+    def __init__(self, root: Root, worker_id: str, scratch: str, tick: Callable[[], None], code_trust: Any = None):
         self.root = root
+        self.code_trust = code_trust
         self.worker_id = worker_id
         self.scratch = scratch
         self.tick = tick
@@ -320,6 +331,7 @@ class Slots:
     def start(self, claim: Claim) -> bool:
         """Start a claimed job; if that fails (fork, scratch directory), give it back."""
         attempt = Attempt(self.root, claim, self.worker_id, self.scratch)
+        attempt.code_trust = self.code_trust
         try:
             attempt.start()
         except Exception as exc:

@@ -27,7 +27,7 @@ from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, regist
 from .runtime.layout import make_shards
 from .runtime.serialization import blob_refs
 from .runtime.store import BlobMissingError, Store
-from .trust import cache_reason, entry_reason
+from .trust import cache_entry_reason, cache_reason
 
 
 def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict[str, str]) -> str:
@@ -106,10 +106,11 @@ class JobCache:
         directory = self.directory(root)
         path = self._entry_path(directory, key)
         if self.path is not None:  # a cache of its own: believed only if nobody else could write the entry
-            gid = os.stat(directory).st_gid
+            st = os.stat(directory)
+            _refuse_if(cache_entry_reason(directory, st, st.st_gid), self.path)
             for part in (os.path.dirname(path), path):
                 try:
-                    _refuse_if(entry_reason(part, os.stat(part), gid), self.path)
+                    _refuse_if(cache_entry_reason(part, os.stat(part), st.st_gid), self.path)
                 except FileNotFoundError:
                     break
         try:

@@ -107,6 +107,19 @@ def _group_to_share_with(shared: Optional[str]) -> Optional[int]:
     return gid
 
 
+def _check_sharing(path: str, info: Dict[str, Any], shared: Optional[str], gid: Optional[int]) -> None:
+    """An existing root opened with ``shared=...``: it must be shared as asked (sharing is
+    chosen when a root is made)."""
+    if shared is None:
+        return
+    mode = info.get("mode")
+    if (shared == "private") != (mode == "private") or (gid is not None and os.stat(path).st_gid != gid):
+        raise RootError("hither_fs root {} exists already, {}; it cannot be opened with shared={!r}. A root's "
+                        "sharing is chosen when it is made: make a new one, or open this one without shared=".format(
+                            path, "private" if mode == "private" else "shared with group {}".format(
+                                _group_name(os.stat(path).st_gid)), shared))
+
+
 def _not_readable(path: str) -> str:
     """Why this user cannot open a root, said as helpfully as a stat allows."""
     why = "hither_fs root {} is not readable by this user".format(path)
@@ -178,6 +191,7 @@ class Root:
                 info = read_json(marker)
                 if not isinstance(info, dict) or info.get("format") != FORMAT:
                     raise RootError(_wrong_format(marker, info.get("format") if isinstance(info, dict) else info))
+                _check_sharing(path, info, shared, gid)
                 return info
             if [n for n in os.listdir(path) if not n.startswith(".")]:
                 raise RootError("{} exists, is not empty and is not a hither_fs root (no root.json); "
@@ -186,9 +200,11 @@ class Root:
         dir_mode = 0o2770 if mode == "group" else 0o700
         try:
             os.makedirs(path, mode=dir_mode, exist_ok=True)
-            if gid is not None:
+            st = os.stat(path)
+            if gid is not None and st.st_gid != gid:
                 os.chown(path, -1, gid)  # before the chmod: a chown may clear the setgid bit
-            os.chmod(path, dir_mode)
+            if stat.S_IMODE(os.stat(path).st_mode) != dir_mode:  # an admin's empty directory may be right already
+                os.chmod(path, dir_mode)
             register_tree(path, mode == "group")
             # the marker first: a concurrent opener then sees a root, not a stranger's directory
             if not os.path.exists(marker):
@@ -208,7 +224,7 @@ class Root:
             warnings.warn("hither_fs root {} is shared with group {}, which holds only its owner: nobody else can "
                           "use it. Share it with your lab's group: hi.Root(path, shared='<group>') (see "
                           "`getent group`), or make it inside a setgid directory of that group".format(
-                              path, _group_name(st.st_gid)), stacklevel=4)
+                              path, _group_name(st.st_gid)), stacklevel=3)
         return info
 
     def unsafe_reason(self, paths: Optional[List[str]] = None, *,

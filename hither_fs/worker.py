@@ -112,9 +112,9 @@ class Worker:
         self.stop_signal = 0
         self.warning_signal = 0
         self.scratch = scratch_root(self.id)
-        self.runs = Slots(root, self.id, self.scratch, tick=self._tick)
-        self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
         self.code_trust = CodeTrust(root, sys.path)  # who may write the code a job imports
+        self.runs = Slots(root, self.id, self.scratch, tick=self._tick, code_trust=self.code_trust)
+        self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
         self.judge = LeaseJudge(lease, host=host, clock=clock)
         self.recovery = Recovery(root, self.judge, me=self.id)
         self.heartbeat = Heartbeat(root, self.id, {"queues": self.queues, "slots": slots, "cpus": cpus,

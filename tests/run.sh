@@ -107,24 +107,35 @@ run_lab=1
 for arg in "$@"; do
     case "$arg" in
         tests/test_lab.py*) run_lab=1; break ;;
+        tests|tests/) ;;
         tests/*|*.py|*::*) run_lab=0 ;;
     esac
 done
 if [ "$run_lab" = 1 ]; then
     getent group hither-lab >/dev/null || groupadd hither-lab
     for u in hither-a hither-b hither-c; do
-        id -u "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
+        # -U: each user gets a group of its own (user-private groups), as on Debian, Ubuntu and RHEL
+        id -u "$u" >/dev/null 2>&1 || useradd -U --create-home --shell /bin/bash "$u"
     done
     usermod -a -G hither-lab hither-a
     usermod -a -G hither-lab hither-b
+    gpasswd -d hither-c hither-lab >/dev/null 2>&1 || true
+    # root runs this part: from a copy of the checkout root owns (the test user could change $CACHE/src)
+    rm -rf "$CACHE/lab-src"
+    mkdir -p "$CACHE/lab-src"
+    tar -C "$REPO" --exclude=./.git --exclude=./.venv --exclude='*.egg-info' --exclude=__pycache__ -cf - . |
+        tar -C "$CACHE/lab-src" --no-same-owner -xf -
+    chmod -R go-w "$CACHE/lab-src"
     if [ ! -x "$CACHE/lab-venv/bin/python" ]; then
         /usr/bin/python3 -m venv "$CACHE/lab-venv"
         "$CACHE/lab-venv/bin/pip" install -q --disable-pip-version-check pytest
     fi
-    "$CACHE/lab-venv/bin/pip" install -q --disable-pip-version-check "$CACHE/src" >/dev/null
-    "$CACHE/lab-venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$CACHE/src" >/dev/null
+    "$CACHE/lab-venv/bin/pip" install -q --disable-pip-version-check "$CACHE/lab-src" >/dev/null
+    "$CACHE/lab-venv/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$CACHE/lab-src" \
+        >/dev/null
     chmod -R go-w "$CACHE/lab-venv"
     say "running tests/test_lab.py as root, acting as hither-a, hither-b and hither-c"
+    cd "$CACHE/lab-src"
     set +e
     timeout --kill-after=30 10m env -i HOME=/root LANG=C.UTF-8 PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         HITHER_FS_LAB_PYTHON="$CACHE/lab-venv/bin/python" CI="${CI:-1}" \

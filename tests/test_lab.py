@@ -68,7 +68,8 @@ def lab():
             pwd.getpwnam(user)
     except KeyError as exc:
         missing_infrastructure('user or group {} is missing: tests/run.sh creates them'.format(exc))
-    assert A in members and B in members and C not in members
+    assert A in members and B in members and C not in members, 'tests/run.sh sets the group up so'
+    assert pwd.getpwnam(A).pw_name == grp.getgrgid(pwd.getpwnam(A).pw_gid).gr_name, 'useradd -U: user-private groups'
     base = os.path.join(BASE, uuid.uuid4().hex[:8])
     os.makedirs(base)
     os.chmod(BASE, 0o1777)
@@ -159,7 +160,7 @@ def uid(user):
     return pwd.getpwnam(user).pw_uid
 
 
-@pytest.mark.parametrize('case', ['script', 'module', 'sys.path'])
+@pytest.mark.parametrize('case', ['script', 'module', 'sys.path', 'added to sys.path'])
 def test_code_hither_c_can_change_never_runs(lab, case):
     """A's function where hither-c can add a module (a sticky world-writable scratch directory, a
     directory anyone may write, a directory on the worker's sys.path): the job fails naming the
@@ -173,6 +174,21 @@ def test_code_hither_c_can_change_never_runs(lab, case):
     write_as(C, os.path.join(scratch, 'helper.py'), PLANTED.format(marker=marker))
     body = 'import helper\n    return helper.value(x)'
     extra_env = None
+    if case == 'added to sys.path':  # A's own module puts the scratch directory on sys.path as it loads
+        code = os.path.join(lab, 'a-code-added')
+        mkdir_as(A, code, 0o755)
+        write_as(A, os.path.join(code, 'addedmod.py'), 'import sys\nsys.path.insert(0, {!r})\n'.format(scratch) +
+                 FUNCTION.format(name='planted_added', body=body))
+        worker = worker_of_b(root)
+        try:
+            out = submit_as_a(root, code, 'addedmod', 'planted_added')
+        finally:
+            stop(worker)
+        assert 'result' not in out, out
+        assert 'UntrustedCodeError: refusing to import from {}: {} is writable by every user (mode 777)'.format(
+            scratch, scratch) in out['error'], out
+        assert not os.path.exists(marker)
+        return
     if case == 'script':  # the function is in the submitting script itself, in the sticky scratch directory
         script = os.path.join(scratch, 'in_scratch.py')
         write_as(A, script, FUNCTION.format(name='in_scratch', body=body) + SUBMIT.format(
@@ -225,6 +241,24 @@ def test_a_cache_hither_c_can_write_is_refused(lab):
     assert as_user(B, code='import hither_fs as hi; hi.JobCache({!r})'.format(lab_cache)).returncode == 0
     proc = as_user(C, code='open({!r}, "w")'.format(os.path.join(lab_cache, 'planted.json')))
     assert proc.returncode != 0 and 'PermissionError' in proc.stderr
+    # C makes the cache directory first (in a sticky shared directory), as A's: A refuses it
+    taken = os.path.join(lab, 'taken-cache')
+    mkdir_as(C, taken, 0o755)
+    proc = as_user(A, code='import hither_fs as hi; hi.JobCache({!r})'.format(taken))
+    assert proc.returncode != 0 and 'belongs to user {} ({})'.format(uid(C), C) in proc.stderr
+
+
+def test_the_recipe_in_a_directory_an_admin_made_for_the_lab(lab):
+    import grp
+    root = os.path.join(lab, 'admin-made')
+    os.mkdir(root)
+    os.chown(root, 0, grp.getgrnam(GROUP).gr_gid)
+    os.chmod(root, 0o2770)
+    proc = as_user(A, code=RECIPE.format(root=root))
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr
+    # a root's sharing is chosen when it is made: asking for another one is an error, not a surprise
+    proc = as_user(A, code="import hither_fs as hi; hi.Root({!r}, shared='private')".format(root))
+    assert proc.returncode != 0 and 'exists already, shared with group hither-lab' in proc.stderr
 
 
 def test_a_group_root_of_a_private_group_is_reported(lab):
