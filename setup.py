@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hither_fs", "hither_fs.*"]),
-    package_data={"hither_fs": ["templates/*.sbatch"]},
+    package_data={"hither_fs": ["templates/*.sbatch", "py.typed"]},
     python_requires=">=3.9",
     install_requires=["numpy", "filelock>=3.12", "psutil", "spython"],
     extras_require={"test": ["pytest", "nbclient", "nbformat", "ipykernel"]},

@@ -8,6 +8,7 @@ root, as the only thing connecting the parts.
 from .cache import JobCache
 from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
+from .containers import ContainerError
 from .errors import CodeChangedWarning, JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError, UpstreamJobError, WorkerLostError
 from .function import container, function, run
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
@@ -24,6 +25,7 @@ __all__ = [
     "CodeChangedWarning",
     "ComputeResource",
     "Config",
+    "ContainerError",
     "CorruptFileError",
     "DefaultJobHandler",
     "File",

@@ -9,7 +9,14 @@ from typing import Any, Dict, List
 
 from .runtime.code import stop_if_loading_script
 
-_UNSET = object()
+class _Inherited:
+    """The default of every ``Config`` option: what the enclosing block (or ``DEFAULTS``) says."""
+
+    def __repr__(self):
+        return "<inherited>"
+
+
+_UNSET = _Inherited()
 
 DEFAULTS: Dict[str, Any] = {
     "job_handler": None,     # None: the in-process DefaultJobHandler

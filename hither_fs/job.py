@@ -197,7 +197,15 @@ class Job:
         return status in (Status.CANCELLED, Status.RUNNING)
 
     def __repr__(self):
-        return "<Job {} {}>".format(self.id, self._spec["function"]["name"] if self._spec else "")
+        try:
+            status = self.status
+        except Exception:  # a damaged or removed job still has a repr
+            status = "?"
+        try:
+            name = self.function_name
+        except Exception:
+            name = "?"
+        return "<Job {} {} ({})>".format(self.id, name, status)
 
     def __eq__(self, other):
         return isinstance(other, Job) and other.id == self.id and other.root.path == self.root.path

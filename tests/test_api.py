@@ -140,3 +140,20 @@ def test_get_result_before_done_says_so(root_path):
     assert job.status == 'cancelled'
     with pytest.raises(hi.JobCancelledError):
         job.wait()
+
+
+def test_public_names_reprs_and_type_information(root_path):
+    import inspect
+    import hither_fs
+    from hither_fs.containers import ContainerError
+    from hither_fs.slurm import SlurmError
+    assert hi.ContainerError is ContainerError and hi.SlurmError is SlurmError
+    assert hi.CorruptFileError is hither_fs.runtime.files.CorruptFileError
+    assert set(hither_fs.__all__) <= set(dir(hi))
+    # every option of hi.Config reads as inherited from the enclosing block, not as a bare object()
+    assert 'object object' not in str(inspect.signature(hi.Config))
+    assert str(inspect.signature(hi.Config)).startswith('(job_handler=<inherited>, container=<inherited>')
+    job = add.run(x=1, y=2)
+    assert repr(job) == '<Job {} add (finished)>'.format(job.id)
+    # the package says it has type information (PEP 561)
+    assert os.path.isfile(os.path.join(os.path.dirname(hither_fs.__file__), 'py.typed'))
