@@ -191,10 +191,10 @@ def _pull(url: str, dest: str, fmt: str) -> None:
                 lines.append(line)
     except (subprocess.CalledProcessError, SystemExit, OSError) as exc:
         words = (said.getvalue() + "".join(lines)).strip() or str(exc)
-        raise ContainerError("could not pull container image {}: {}".format(url, _tail(words))) from None
+        raise ContainerError("could not pull container image {}: {}".format(url, _apptainer_words(words))) from None
     if not os.path.exists(dest):  # spython reports a path even when nothing was made
         raise ContainerError("pulling container image {} made no image at {}: {}".format(
-            url, dest, _tail((said.getvalue() + "".join(lines)).strip()) or "no message"))
+            url, dest, _apptainer_words((said.getvalue() + "".join(lines)).strip()) or "no message"))
 
 
 def pulled_image(root, url: str) -> Dict[str, Any]:
@@ -406,8 +406,13 @@ def _text(message: Any) -> str:
     return message or ""
 
 
-def _tail(text: str, limit: int = 2000) -> str:
-    return text if len(text) <= limit else "..." + text[-limit:]
+def _apptainer_words(text: str, limit: int = 2000) -> str:
+    """Apptainer's words, its FATAL and ERROR lines first (a job's one-line summary shows the
+    cause, not a WARNING about the cache), at most ``limit`` characters of them."""
+    lines = text.splitlines()
+    telling = [ln for ln in lines if "FATAL" in ln or "ERROR" in ln]
+    text = "\n".join(telling + [ln for ln in lines if ln not in telling]) if telling else text
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _append(path: str, text: str) -> None:
@@ -464,7 +469,7 @@ def run_container_attempt(root_path: str, job_id: str, spec: Dict[str, Any], out
         elif "numpy" in said:
             hint = " (the image needs numpy)"
         raise ContainerError("the container exited with code {} before the job's code could report{}: {}".format(
-            result.get("return_code"), hint, _tail(said) or "no message"))
+            result.get("return_code"), hint, _apptainer_words(said) or "no message"))
     except (Exception, SystemExit) as exc:
         record = error_record(exc, stage)
         if isinstance(exc, ContainerError):

@@ -157,3 +157,11 @@ def test_public_names_reprs_and_type_information(root_path):
     assert repr(job) == '<Job {} add (finished)>'.format(job.id)
     # the package says it has type information (PEP 561)
     assert os.path.isfile(os.path.join(os.path.dirname(hither_fs.__file__), 'py.typed'))
+
+
+def test_a_container_errors_first_line_is_apptainers_fatal_one():
+    from hither_fs.containers import _apptainer_words
+    said = 'WARNING: /home/u/.apptainer/cache is not writable\nINFO:    Converting OCI blobs\nFATAL:   while pulling: ' \
+           'connection refused'
+    assert _apptainer_words(said).splitlines()[0] == 'FATAL:   while pulling: connection refused'
+    assert _apptainer_words('x' * 3000).endswith('...') and len(_apptainer_words('x' * 3000)) == 2003
