@@ -14,7 +14,8 @@ from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
 from .runtime.files import CorruptFileError, fs_clock, listdir, read_json, with_parents, write_new
 from .runtime.layout import check_job_id, check_queue_name, is_job_id
-from .slurm import NOTE_STALE, Allocation, describe_shape, live_workers, parse_slurm_time, waiting_reason
+from .slurm import (NOTE_STALE, Allocation, describe_shape, live_workers, parse_slurm_time, served_queues,
+                    waiting_reason)
 from .usage import SHARED_NOTE, disk_usage, human
 from .worker import Worker
 
@@ -32,7 +33,7 @@ class _Waits:
 
     def __init__(self, root: Root):
         self.root = root
-        self.served = {q for hb in live_workers(root) for q in hb.get("queues", [])}
+        self.served = served_queues(root)
         self.reasons: Dict[str, str] = {}
 
     def reason(self, queue: Any) -> str:

@@ -263,6 +263,11 @@ def describe_shape(shape: Any) -> str:
     return " ".join(parts)
 
 
+def served_queues(root: Root) -> set:
+    """The queues some live worker serves (from their heartbeats)."""
+    return {q for hb in live_workers(root) for q in hb.get("queues", [])}
+
+
 def live_workers(root: Root, max_age: float = 60.0) -> List[Dict[str, Any]]:
     """Heartbeats of workers that beat within ``max_age`` seconds (by the file's age on the
     file system's clock - a node whose clock is off must not take live workers for dead

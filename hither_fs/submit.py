@@ -21,7 +21,7 @@ from .config import Config
 from .errors import CodeChangedWarning
 from .containers import is_pulled
 from .handlers import DefaultJobHandler
-from .slurm import live_workers
+from .slurm import served_queues
 from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
 from .root import Root, new_job_id, now_iso
@@ -252,7 +252,7 @@ def _can_attach(root: Root, holder: str, state: Dict[str, Any], queue: str) -> b
     now = time.monotonic()
     looked, served = _served.get(root.path, (-1e9, set()))
     if now - looked > 5.0:  # heartbeats are read at most every 5 s for this
-        served = {q for hb in live_workers(root) for q in hb.get("queues", [])}
+        served = served_queues(root)
         _served[root.path] = (now, served)
     try:
         return theirs in served or os.path.exists(root.layout.scheduler_note(check_queue_name(theirs)))

@@ -87,7 +87,7 @@ class Trust:
         self.gid = gid
         self.stops = {os.path.realpath(s) for s in stops}
         self.check_owners = check_owners
-
+        self.group_of = "root"  # whose group ``gid`` is, in messages
     def reason(self, path: str, imported_from: Optional[str] = None) -> Optional[str]:
         """Why ``path`` (or a directory above it) could be changed by someone else, or None.
 
@@ -134,8 +134,8 @@ class Trust:
         if mode & stat.S_IWOTH and (strict or not (stat.S_ISDIR(st.st_mode) and mode & stat.S_ISVTX)):
             return "{} is writable by every user (mode {:o})".format(path, mode)
         if mode & stat.S_IWGRP and st.st_gid != self.gid and not private_group(st.st_gid, st.st_uid):
-            return "{} is writable by group {} (mode {:o}), which is not the root's group".format(
-                path, _group(st.st_gid), mode)
+            return "{} is writable by group {} (mode {:o}), which is not the {}'s group".format(
+                path, _group(st.st_gid), mode, self.group_of)
         return None
 
 
@@ -255,8 +255,9 @@ def cache_reason(path: str) -> Optional[str]:
         why = cache_entry_reason(path, st, st.st_gid)
         if why:
             return why
-    why = Trust({os.getuid()}, _my_group(st.st_gid), check_owners=False).reason(existing, existing)
-    return why and why.replace("which is not the root's group", "which is not the cache's group")
+    trust = Trust({os.getuid()}, _my_group(st.st_gid), check_owners=False)
+    trust.group_of = "cache"
+    return trust.reason(existing, existing)
 
 
 def _my_group(gid: int) -> Optional[int]:
@@ -267,4 +268,6 @@ def cache_entry_reason(path: str, st: os.stat_result, gid: int) -> Optional[str]
     """Why a cache's directory, shard or entry (``st``) could have been written by someone
     other than this user or a member of the cache directory's group ``gid`` (when this user
     is in it): checked at every read, its owner and mode only, no walk."""
-    return Trust({os.getuid()}, _my_group(gid))._one(path, st, True, True)
+    trust = Trust({os.getuid()}, _my_group(gid))
+    trust.group_of = "cache"
+    return trust._one(path, st, True, True)
