@@ -12,7 +12,7 @@ sys.path.insert(0, TESTS)
 
 
 def missing_infrastructure(reason):
-    """A test's real infrastructure (Slurm, Apptainer, the multi-node cluster) is missing:
+    """A test's real infrastructure (Slurm, Apptainer, the multi-node cluster, Jupyter, the lab's users) is missing:
     fail under CI (where tests/run.sh must have set it up), skip with the reason elsewhere."""
     if os.environ.get('CI'):
         pytest.fail(reason)
