@@ -31,9 +31,12 @@ DEFAULTS: Dict[str, Any] = {
     "root": None,            # the root directory; None: $HITHER_FS_ROOT or ~/.hither_fs
     "label": None,           # a name of your choosing, recorded with each job (hither-fs gc --label)
     "code_change": "warn",   # a cache hit from other code of the same version: "warn", "rerun" or "ignore"
+    "container_runtime": None,  # "singularity" or "docker"; None: $HITHER_USE_SINGULARITY, else what the host has
+    "container_network": False,  # Docker: give container jobs a network (--network none otherwise)
 }
 
 CODE_CHANGE_CHOICES = ("warn", "rerun", "ignore")
+CONTAINER_RUNTIMES = ("singularity", "docker")
 
 
 class Config:
@@ -47,11 +50,13 @@ class Config:
 
     def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
                  cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
-                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET, code_change=_UNSET):
+                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET, code_change=_UNSET,
+                 container_runtime=_UNSET, container_network=_UNSET):
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
                      job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
-                     root=root, label=label, code_change=code_change)
+                     root=root, label=label, code_change=code_change,
+                     container_runtime=container_runtime, container_network=container_network)
         self.options = {k: v for k, v in given.items() if v is not _UNSET}
         _check(self.options)
 
@@ -108,6 +113,14 @@ def _check(options: Dict[str, Any]) -> None:
     if options.get("code_change", "warn") not in CODE_CHANGE_CHOICES:
         raise ValueError("code_change must be one of {}, not {!r}".format(
             ", ".join(map(repr, CODE_CHANGE_CHOICES)), options["code_change"]))
+    runtime = options.get("container_runtime")
+    if runtime == "apptainer":
+        options["container_runtime"] = runtime = "singularity"
+    if runtime is not None and runtime not in CONTAINER_RUNTIMES:
+        raise ValueError("container_runtime must be 'singularity' (Apptainer), 'docker' or None, not {!r}"
+                         .format(runtime))
+    if not isinstance(options.get("container_network", False), bool):
+        raise ValueError("container_network must be True or False, not {!r}".format(options["container_network"]))
     cache = options.get("job_cache")
     if cache not in (None, False) and not hasattr(cache, "lookup"):
         raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))
