@@ -35,11 +35,12 @@ import psutil
 from . import protocol
 from .cache import record_outcome
 from .containers import run_container_attempt
+from .docker import kill_container
 from .protocol import Claim, Outcome, error_record
 from .root import Root
 from .runtime.code import preload
 from .runtime.execute import OUTCOME, redirect_console, run_attempt
-from .runtime.files import HOST, CorruptFileError, file_mode, read_json, temp_name
+from .runtime.files import HOST, CorruptFileError, file_mode, listdir, read_json, temp_name
 from .runtime.layout import host_and_pid, host_label, live_console_prefix
 
 CONSOLE = ("stdout", "stderr")
@@ -84,6 +85,8 @@ def remove_dead_scratch() -> List[str]:
     for name in os.listdir(base):
         host, pid = host_and_pid(name.partition("-")[2])  # worker ids: <kind>-<host>-<pid>-<tag>
         if host == host_label() and pid is not None and not psutil.pid_exists(pid):
+            for attempt in listdir(os.path.join(base, name)):
+                kill_container(os.path.join(base, name, attempt))  # a Docker container outlives its client
             shutil.rmtree(os.path.join(base, name), ignore_errors=True)
             removed.append(os.path.join(base, name))
     return removed
@@ -262,6 +265,8 @@ class Attempt:
             self.failure = failure
         if self.pid > 0:
             kill_tree(self.pid)
+            if self.claim.spec.get("container"):
+                kill_container(self.scratch)  # a Docker container outlives its killed client
 
     def poll(self, block: bool = False) -> Optional[Tuple[int, Any]]:
         """``(wait status, rusage)`` once the child has exited, else None."""

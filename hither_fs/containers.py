@@ -1,8 +1,10 @@
-"""Running a job inside a Singularity/Apptainer container, through spython.
+"""Running a job inside a container: Singularity/Apptainer through spython, or Docker.
 
 A worker runs each job in a forked child process (see
 :mod:`hither_fs.worker`); for a containerized job that child calls
-:func:`run_container_attempt`, which
+:func:`run_container_attempt`, which chooses the runtime
+(:func:`choose_runtime`: the one the submitter asked for, else Apptainer
+where it exists, else Docker) and, for Apptainer,
 
 1. finds the image: a ``docker://`` (``library://``, ``oras://``,
    ``shub://``, ``https://``) image is pulled once per root into
@@ -19,6 +21,9 @@ A worker runs each job in a forked child process (see
    scratch directory on the node's own disk read-write (its outcome and
    console output), the code environment and the stand-in read-only.
    ``--nv`` is added when the function asks for a GPU.
+
+For Docker, :mod:`hither_fs.docker` pulls the image once per host and runs
+the same runner with the same binds and environment (:func:`docker_arguments`).
 
 The in-container runner writes ``outcome.json`` into the scratch directory
 itself, like any attempt; the worker commits the outcome as usual. Timeout
@@ -51,9 +56,10 @@ from typing import Any, Dict, Iterator, List, Optional
 import filelock
 import psutil
 
-from . import codeenv
+from . import codeenv, docker
 from .root import Root, now_iso
 from .runtime.execute import OUTCOME, error_record
+from .errors import ContainerError
 from .runtime.files import HOST, file_mode, fs_clock, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.store import sha1_of_file
 
@@ -72,30 +78,49 @@ FAILED_PULL_MEMORY = 60.0
 _LEAKY_ENV = re.compile(r"^(APPTAINERENV_|SINGULARITYENV_|APPTAINER_BIND|SINGULARITY_BIND)")
 
 
-class ContainerError(Exception):
-    """A containerized job could not be run (no runtime, no image, the container did not start)."""
-
-
 # -- the container runtime ---------------------------------------------------------
 
-def singularity_executable() -> str:
-    """Path of the ``singularity`` command spython runs; a clear error if there is none.
+RUNTIMES = ("singularity", "docker")
+_FALSE = ("FALSE", "0", "NO", "OFF")
 
-    ``HITHER_USE_SINGULARITY=TRUE`` (the hither docs' switch) or nothing at
-    all selects Singularity/Apptainer. Setting it to false asks for Docker,
-    which this hither_fs cannot run.
-    """
+
+def requested_runtime(config_value: Optional[str] = None) -> Optional[str]:
+    """The runtime a submitter asked for: ``hi.Config(container_runtime=...)``, else
+    ``HITHER_USE_SINGULARITY`` (the hither docs' switch: true for Singularity, false for
+    Docker), else None - the host that runs the job chooses (:func:`choose_runtime`)."""
+    if config_value:
+        return config_value
     setting = os.environ.get("HITHER_USE_SINGULARITY")
-    if setting is not None and setting.strip().upper() in ("FALSE", "0", "NO", "OFF"):
-        raise ContainerError(
-            "HITHER_USE_SINGULARITY={} asks for Docker, but hither_fs runs containers only with "
-            "Singularity/Apptainer; unset it or set HITHER_USE_SINGULARITY=TRUE".format(setting))
+    if setting is None or not setting.strip():
+        return None
+    return "docker" if setting.strip().upper() in _FALSE else "singularity"
+
+
+def choose_runtime(requested: Optional[str]) -> str:
+    """The runtime that runs a job here: the one requested, else Apptainer/Singularity where
+    its command exists, else Docker where its command exists."""
+    if requested in RUNTIMES:
+        return requested
+    if requested is not None:
+        raise ContainerError("unknown container runtime {!r}: use 'singularity' or 'docker'".format(requested))
+    if shutil.which("singularity") or shutil.which("apptainer"):
+        return "singularity"
+    if shutil.which("docker"):
+        return "docker"
+    raise ContainerError(
+        "no container runtime on host {}: neither 'singularity'/'apptainer' nor 'docker' is on PATH; install "
+        "Apptainer or Docker, or load its module, on the machines that run container jobs".format(
+            os.uname().nodename))
+
+
+def singularity_executable() -> str:
+    """Path of the ``singularity`` command spython runs; a clear error if there is none."""
     exe = shutil.which("singularity")
     if exe is None:
         raise ContainerError(
             "no 'singularity' command on PATH on host {}: install Apptainer (it provides 'singularity') "
-            "or SingularityCE, or load its module, on the machines that run container jobs".format(
-                os.uname().nodename))
+            "or SingularityCE, or load its module, on the machines that run container jobs (or run "
+            "this job with Docker: hi.Config(container_runtime='docker'))".format(os.uname().nodename))
     return exe
 
 
@@ -191,10 +216,10 @@ def _pull(url: str, dest: str, fmt: str) -> None:
                 lines.append(line)
     except (subprocess.CalledProcessError, SystemExit, OSError) as exc:
         words = (said.getvalue() + "".join(lines)).strip() or str(exc)
-        raise ContainerError("could not pull container image {}: {}".format(url, _apptainer_words(words))) from None
+        raise ContainerError("could not pull container image {}: {}".format(url, _telling_words(words))) from None
     if not os.path.exists(dest):  # spython reports a path even when nothing was made
         raise ContainerError("pulling container image {} made no image at {}: {}".format(
-            url, dest, _apptainer_words((said.getvalue() + "".join(lines)).strip()) or "no message"))
+            url, dest, _telling_words((said.getvalue() + "".join(lines)).strip()) or "no message"))
 
 
 def pulled_image(root, url: str) -> Dict[str, Any]:
@@ -349,28 +374,56 @@ def resolve_image(root, image: str) -> Dict[str, Any]:
 
 # -- running ---------------------------------------------------------------------------
 
-def exec_arguments(root_path: str, job_id: str, out_dir: str, image_path: str, code_dir: str,
-                   lib_dir: str, gpu: bool = False) -> Dict[str, Any]:
-    """The keyword arguments of spython's ``Client.execute`` for one attempt
-    (``out_dir``: the attempt's scratch directory)."""
-    for path in (root_path, out_dir, code_dir, lib_dir):
+def check_bind_paths(*paths: str) -> None:
+    for path in paths:
         if ":" in path or "," in path:
             raise ContainerError("cannot bind {} into a container: ':' and ',' are not allowed in "
                                  "bind paths".format(path))
+
+
+def runner_environment(job_id: str, code_dir: str, lib_dir: str) -> Dict[str, str]:
+    """The environment of the in-container runner (nothing else of the host's reaches it)."""
     env = {"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "HITHER_FS_JOB_ID": job_id,
            "PYTHONPATH": "{}:{}".format(lib_dir, code_dir)}
     if os.environ.get("HITHER_FS_FSYNC"):
         env["HITHER_FS_FSYNC"] = os.environ["HITHER_FS_FSYNC"]
+    return env
+
+
+def runner_command(root_path: str, job_id: str, out_dir: str, code_dir: str) -> List[str]:
+    """The in-container runner's command line (``out_dir``: the attempt's scratch directory)."""
+    return ["python3", "-m", "hither_fs.runtime.execute", "--code", code_dir, "--console", out_dir,
+            "--out", out_dir, root_path, job_id]
+
+
+def exec_arguments(root_path: str, job_id: str, out_dir: str, image_path: str, code_dir: str,
+                   lib_dir: str, gpu: bool = False) -> Dict[str, Any]:
+    """The keyword arguments of spython's ``Client.execute`` for one attempt."""
+    check_bind_paths(root_path, out_dir, code_dir, lib_dir)
     options = ["--containall", "--cleanenv"]
-    for key, value in sorted(env.items()):
+    for key, value in sorted(runner_environment(job_id, code_dir, lib_dir).items()):
         options += ["--env", "{}={}".format(key, value)]
     options += ["--pwd", out_dir]
-    command = ["python3", "-m", "hither_fs.runtime.execute", "--code", code_dir, "--console", out_dir,
-               "--out", out_dir, root_path, job_id]
-    return {"image": image_path, "command": command,
+    return {"image": image_path, "command": runner_command(root_path, job_id, out_dir, code_dir),
             "bind": ["{0}:{0}".format(root_path), "{0}:{0}".format(out_dir), "{0}:{0}:ro".format(code_dir),
                      "{0}:{0}:ro".format(lib_dir)],
             "options": options, "nv": bool(gpu)}
+
+
+def docker_arguments(root_path: str, job_id: str, out_dir: str, ref: str, code_dir: str, lib_dir: str,
+                     spec: Dict[str, Any]) -> List[str]:
+    """The ``docker run`` arguments of one attempt: the same runner, binds and environment as
+    for Apptainer, as the submitting user, with the job's resources as limits."""
+    check_bind_paths(root_path, out_dir, code_dir, lib_dir)
+    resources = spec.get("resources") or {}
+    binds = [{"path": root_path}, {"path": out_dir}, {"path": code_dir, "readonly": True},
+             {"path": lib_dir, "readonly": True}]
+    return docker.run_arguments(ref, runner_command(root_path, job_id, out_dir, code_dir),
+                                runner_environment(job_id, code_dir, lib_dir), out_dir, binds,
+                                cpus=resources.get("cpus"), memory_gb=resources.get("memory_gb"),
+                                gpus=resources.get("gpus") or ("all" if spec.get("gpu") else None),
+                                network=bool(spec.get("container_network")),
+                                labels={"hither_fs.job": job_id, "hither_fs.host": HOST})
 
 
 def command_line(args: Dict[str, Any]) -> List[str]:
@@ -406,11 +459,11 @@ def _text(message: Any) -> str:
     return message or ""
 
 
-def _apptainer_words(text: str, limit: int = 2000) -> str:
-    """Apptainer's words, its FATAL and ERROR lines first (a job's one-line summary shows the
-    cause, not a WARNING about the cache), at most ``limit`` characters of them."""
+def _telling_words(text: str, limit: int = 2000) -> str:
+    """What the container runtime said, its FATAL and ERROR lines first (a job's one-line summary
+    shows the cause, not a WARNING about the cache), at most ``limit`` characters of them."""
     lines = text.splitlines()
-    telling = [ln for ln in lines if "FATAL" in ln or "ERROR" in ln]
+    telling = [ln for ln in lines if "FATAL" in ln or "ERROR" in ln or "Error" in ln]
     text = "\n".join(telling + [ln for ln in lines if ln not in telling]) if telling else text
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -427,38 +480,53 @@ def run_container_attempt(root_path: str, job_id: str, spec: Dict[str, Any], out
     """Run one attempt of a containerized job; return True if it produced a result.
 
     Never raises (except ``KeyboardInterrupt``): whatever goes wrong becomes
-    the attempt's error outcome. Facts about the image and the command go to
-    ``runtime.json`` in ``out_dir`` (the attempt's scratch directory) and from
-    there into the job's runtime facts.
+    the attempt's error outcome. Facts about the runtime, the image and the
+    command go to ``runtime.json`` in ``out_dir`` (the attempt's scratch
+    directory) and from there into the job's runtime facts.
     """
     adir = out_dir
-    facts: Dict[str, Any] = {"image": spec.get("container"), "container_runner": "singularity (spython)"}
+    facts: Dict[str, Any] = {"image": spec.get("container")}
     stage = "starting the container"
     try:
         root = Root.get(root_path)
         makedirs(adir)
-        stage = "finding Singularity/Apptainer"
-        facts["singularity"] = singularity_executable()
+        stage = "choosing the container runtime"
+        runtime = facts["container_runtime"] = choose_runtime(spec.get("container_runtime"))
         stage = "getting the container image"
-        facts.update(resolve_image(root, spec["container"]))
+        if runtime == "docker":
+            facts["container_runner"] = "docker"
+            facts["docker"] = docker.docker_executable()
+            facts.update(docker.ensure_image(root, spec["container"]))
+        else:
+            facts["container_runner"] = "singularity (spython)"
+            facts["singularity"] = singularity_executable()
+            facts.update(resolve_image(root, spec["container"]))
         stage = "unpacking the code environment"
         if not spec.get("code"):
             raise ContainerError("the job spec has no code environment (it was submitted by a hither_fs "
                                  "that could not capture one)")
         code_dir = codeenv.materialize(root, spec["code"]["manifest"])
         lib_dir = codeenv.materialize_runtime(root)
-        args = exec_arguments(root.path, job_id, adir, facts["image_path"], code_dir, lib_dir,
-                              gpu=wants_gpu(spec))
-        facts["container_command"] = command_line(args)
-        write_json(os.path.join(adir, "runtime.json"), facts)
         stage = "running the container"
         start = time.monotonic()
-        result = _execute(args)
+        if runtime == "docker":
+            args = docker_arguments(root.path, job_id, adir, facts["image_ref"], code_dir, lib_dir, spec)
+            facts["container_command"] = ["docker"] + args
+            write_json(os.path.join(adir, "runtime.json"), facts)
+            return_code, said = docker.run(args, adir)
+        else:
+            exec_args = exec_arguments(root.path, job_id, adir, facts["image_path"], code_dir, lib_dir,
+                                       gpu=wants_gpu(spec))
+            facts["container_command"] = command_line(exec_args)
+            write_json(os.path.join(adir, "runtime.json"), facts)
+            result = _execute(exec_args)
+            return_code = result.get("return_code")
+            said = _text(result.get("message")).strip()
         facts["container_seconds"] = round(time.monotonic() - start, 3)
-        facts["container_exit_code"] = result.get("return_code")
-        said = _text(result.get("message")).strip()
+        facts["container_exit_code"] = return_code
         if said:
-            _append(os.path.join(adir, "stderr.txt"), "[singularity] " + said.replace("\n", "\n[singularity] ") + "\n")
+            tag = "[{}] ".format(runtime)
+            _append(os.path.join(adir, "stderr.txt"), tag + said.replace("\n", "\n" + tag) + "\n")
         write_json(os.path.join(adir, "runtime.json"), facts)
         outcome = read_json(os.path.join(adir, OUTCOME), None, missing_ok=True)
         if isinstance(outcome, dict) and ("result" in outcome or "error" in outcome):
@@ -469,7 +537,7 @@ def run_container_attempt(root_path: str, job_id: str, spec: Dict[str, Any], out
         elif "numpy" in said:
             hint = " (the image needs numpy)"
         raise ContainerError("the container exited with code {} before the job's code could report{}: {}".format(
-            result.get("return_code"), hint, _apptainer_words(said) or "no message"))
+            return_code, hint, _telling_words(said) or "no message"))
     except (Exception, SystemExit) as exc:
         record = error_record(exc, stage)
         if isinstance(exc, ContainerError):

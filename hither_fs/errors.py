@@ -44,6 +44,14 @@ class WorkerLostError(JobError):
     type_name = "WorkerLostError"
 
 
+class ContainerError(Exception):
+    """A containerized job could not be run (no runtime, no image, the container did not start).
+
+    Raised where the container is started; a job that failed this way raises, on
+    the submitting side, an error that is both a :class:`JobError` and a ``ContainerError``.
+    """
+
+
 class JobNotFinishedError(Exception):
     """``get_result()`` was called on a job that has not finished yet."""
 
@@ -56,6 +64,12 @@ _mixed: Dict[type, type] = {}
 def _class_for(type_name: str, module: str) -> type:
     if type_name in _OWN:
         return _OWN[type_name]
+    if type_name == "ContainerError" and module == "hither_fs":
+        cls = _mixed.get(ContainerError)
+        if cls is None:
+            cls = _mixed[ContainerError] = type("ContainerError", (JobError, ContainerError), {
+                "type_name": type_name, "__module__": "hither_fs.errors"})
+        return cls
     builtin = getattr(builtins, type_name, None) if module == "builtins" else None
     if isinstance(builtin, type) and issubclass(builtin, Exception):
         cls = _mixed.get(builtin)
@@ -70,11 +84,12 @@ def job_error(job_id: str, function_name: str, record: Dict[str, Any]) -> JobErr
     type_name = record.get("type", "JobError")
     message = record.get("message", "")
     tb = record.get("traceback", "")
-    text = "{}: {}".format(type_name, message) if _class_for(type_name, record.get("module", "")) is JobError \
-        else message
+    cls = _class_for(type_name, record.get("module", ""))
+    # the type's name leads the message unless it is the exception's own (Python's) type
+    plain = cls is JobError or issubclass(cls, ContainerError)
+    text = "{}: {}".format(type_name, message) if plain else message
     if tb:
         text += "\n\n[job {} ({}), remote traceback]\n{}".format(job_id, function_name, tb.rstrip())
-    cls = _class_for(type_name, record.get("module", ""))
     try:
         return cls(text, job_id=job_id, type_name=type_name, remote_traceback=tb, record=record)
     except TypeError:  # a built-in exception type whose constructor wants other arguments

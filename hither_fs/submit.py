@@ -19,7 +19,8 @@ from .cache import JobCache, cache_key, code_hash
 from .codeenv import CodeEnvError, capture, capture_source
 from .config import Config
 from .errors import CodeChangedWarning
-from .containers import is_pulled
+from .containers import is_pulled, requested_runtime
+from .docker import image_reference
 from .handlers import DefaultJobHandler
 from .slurm import served_queues
 from .job import POLL_MAX, POLL_MIN, Job
@@ -120,7 +121,7 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
     }
 
     if spec["container"]:
-        _prepare_container_job(fn, root, spec)
+        _prepare_container_job(fn, root, spec, cfg)
     handler.check(spec)
 
     cached = False
@@ -178,13 +179,18 @@ def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str) -> bool
     return True
 
 
-def _prepare_container_job(fn, root: Root, spec: Dict[str, Any]) -> None:
-    """Take the function's code along (see :mod:`hither_fs.codeenv`) and pin down the image.
+def _prepare_container_job(fn, root: Root, spec: Dict[str, Any], cfg: Dict[str, Any]) -> None:
+    """Take the function's code along (see :mod:`hither_fs.codeenv`) and pin down the image
+    and the runtime asked for (None: the host that runs the job chooses).
 
     A container job starts in its attempt directory, not the submitter's
     working directory (which the container does not see).
     """
-    if not is_pulled(spec["container"]):
+    spec["container_runtime"] = requested_runtime(cfg["container_runtime"])
+    spec["container_network"] = bool(cfg["container_network"])
+    if spec["container_runtime"] == "docker":
+        image_reference(spec["container"])  # Docker runs docker:// images only: refused here, not in the job
+    elif not is_pulled(spec["container"]):
         spec["container"] = os.path.abspath(os.path.expanduser(spec["container"]))
     fn.check_importable()
     spec["code"] = capture(fn, root.store)

@@ -4,9 +4,11 @@
 #   sudo tests/run.sh [pytest arguments]
 #
 # 1. installs the system packages the tests use (Slurm, munge, bindfs, fuse3,
-#    mmdebstrap, bubblewrap, python3-venv, faketime) if they are missing;
+#    mmdebstrap, bubblewrap, python3-venv, faketime, docker.io) if they are missing;
 # 2. builds (once, cached) the Debian sid root that provides real Apptainer and
-#    the test image (tests/apptainer/build.sh);
+#    the test image (tests/apptainer/build.sh); starts the Docker daemon if none
+#    answers (and stops it again at the end) and imports the test image into it
+#    as hither-fs-test/bookworm-numpy;
 # 3. copies this checkout and makes a virtualenv for an unprivileged test user
 #    (Apptainer refuses to run as root here, and real cluster users are not
 #    root either);
@@ -45,7 +47,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # 1. system packages --------------------------------------------------------
-packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv faketime)
+packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv faketime docker.io)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -60,8 +62,37 @@ fi
 # 2. real Apptainer and the test image ----------------------------------------
 HITHER_FS_TEST_CACHE=$CACHE "$REPO/tests/apptainer/build.sh"
 
+# 2b. a real Docker daemon, with the test image ----------------------------------------
+# (stopped on exit only if this script started it; see the trap below)
+cleanup() {
+    "$REPO/slurm/cluster.sh" stop >/dev/null 2>&1 || true
+    if [ -n "${started_dockerd:-}" ]; then
+        kill "$started_dockerd" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$started_dockerd" 2>/dev/null || break; sleep 0.1; done
+    fi
+}
+trap cleanup EXIT
+started_dockerd=
+if ! /usr/bin/docker info >/dev/null 2>&1; then
+    say "starting dockerd (log: $CACHE/dockerd.log)"
+    /usr/sbin/dockerd >"$CACHE/dockerd.log" 2>&1 &
+    started_dockerd=$!
+    for _ in $(seq 1 120); do
+        /usr/bin/docker info >/dev/null 2>&1 && break
+        kill -0 "$started_dockerd" 2>/dev/null || { say "dockerd exited:"; tail -20 "$CACHE/dockerd.log" >&2; break; }
+        sleep 0.5
+    done
+fi
+DOCKER_IMAGE=hither-fs-test/bookworm-numpy:latest
+if /usr/bin/docker info >/dev/null 2>&1 && ! /usr/bin/docker image inspect "$DOCKER_IMAGE" >/dev/null 2>&1; then
+    say "importing $CACHE/images/bookworm-numpy into Docker as $DOCKER_IMAGE"
+    tar -C "$CACHE/images/bookworm-numpy" -cf - . | /usr/bin/docker import - "$DOCKER_IMAGE" >/dev/null
+fi
+
 # 3. the test user, a copy of the checkout, a virtualenv --------------------------
 id -u "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+# the docker group lets the test user run containers (Docker runs them as the user's uid)
+getent group docker >/dev/null && usermod -a -G docker "$TEST_USER"
 TEST_HOME=$(getent passwd "$TEST_USER" | cut -d: -f6)
 as_user() { runuser -u "$TEST_USER" -- "$@"; }
 
@@ -76,8 +107,7 @@ fi
 say "installing hither_fs into $CACHE/venv"
 (cd "$CACHE/src" && as_user "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -e ".[test]")
 
-# 4. the local Slurm cluster (stopped on any exit, even a failed start) ----------------
-trap '"$REPO/slurm/cluster.sh" stop >/dev/null || true' EXIT
+# 4. the local Slurm cluster (stopped on any exit, even a failed start: see cleanup) ----------
 "$REPO/slurm/cluster.sh" start >/dev/null
 # `env` says whether the cluster has a shared directory (not with one node).
 unset HITHER_FS_SHARED_DIR

@@ -389,14 +389,6 @@ def test_sif_images_are_pulled_and_run_too(root_path, parallel, registry, pull_e
     assert local_info['image_sha1'] == info['image_sha1']
 
 
-def test_docker_is_refused_with_a_clear_message(root_path, monkeypatch):
-    monkeypatch.setenv('HITHER_USE_SINGULARITY', 'FALSE')
-    with hi.Config(container=IMAGE):
-        job = sumsqr_in_container.run(x=np.array([1]))
-        with pytest.raises(hi.JobError, match='HITHER_USE_SINGULARITY=FALSE asks for Docker'):
-            job.wait(timeout=60)
-
-
 def test_public_names_are_not_shadowed_by_modules():
     import hither_fs.containers  # noqa: F401  (a module named like hi.container would replace it)
     assert hi.container.__module__ == 'hither_fs.function' and hi.function.__module__ == 'hither_fs.function'

@@ -27,6 +27,10 @@ def container_facts():
         'python': sys.version,
         'numpy': np.__version__,
         'in_apptainer': 'APPTAINER_CONTAINER' in os.environ or 'SINGULARITY_CONTAINER' in os.environ,
+        'in_docker': os.path.exists('/.dockerenv'),
+        'uid': os.getuid(),
+        'gid': os.getgid(),
+        'groups': sorted(os.getgroups()),
         'user_site': bool(site.ENABLE_USER_SITE),
         'user_module_found': importlib.util.find_spec('leaky_user_module') is not None,
         'env': sorted(os.environ),
@@ -81,3 +85,29 @@ def gpu_probe():
 @hi.container(UNUSED_IMAGE)
 def fails_in_container(message):
     raise ValueError(message)
+
+
+@hi.function('container_limits', '0.1.0')
+@hi.container(UNUSED_IMAGE)
+def container_limits():
+    """The network interfaces and the memory and CPU limits the job sees (cgroup v1 or v2)."""
+    def read(*paths):
+        for path in paths:
+            try:
+                with open(path) as f:
+                    return f.read().strip()
+            except OSError:
+                pass
+        return None
+    return {
+        'interfaces': sorted(os.listdir('/sys/class/net')),
+        'memory_limit': read('/sys/fs/cgroup/memory.max', '/sys/fs/cgroup/memory/memory.limit_in_bytes'),
+        'cpu_quota': read('/sys/fs/cgroup/cpu.max', '/sys/fs/cgroup/cpu/cpu.cfs_quota_us',
+                          '/sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us'),
+    }
+
+
+@hi.function('writes_into_the_root', '0.1.0')
+@hi.container(UNUSED_IMAGE)
+def writes_into_the_root(n):
+    return np.arange(n, dtype=np.float64)
