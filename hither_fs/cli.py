@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from . import environment, gc, protocol
 from .fsck import fsck
+from .report import write_report
 from .job import Job
 from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
@@ -289,6 +290,13 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    root = Root.get(args.root, create=False)
+    run, n = write_report(root, args.html, run=args.run)
+    print("wrote {} ({} jobs of run {})".format(args.html, n, run))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hither-fs", description=__doc__)
     parser.add_argument("--root", help="root directory (default: $HITHER_FS_ROOT or ~/.hither_fs)")
@@ -411,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("job_ids", nargs="+")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("report", help="write one self-contained HTML page showing a run: a timeline of its jobs "
+                                      "on their workers, and a table per function")
+    p.add_argument("--root", default=argparse.SUPPRESS)
+    p.add_argument("--run", help="the run (a unique prefix of its id; default: the newest run)")
+    p.add_argument("--html", required=True, metavar="FILE", help="the page to write")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

@@ -4,7 +4,7 @@
 #   sudo tests/run.sh [pytest arguments]
 #
 # 1. installs the system packages the tests use (Slurm, munge, bindfs, fuse3,
-#    mmdebstrap, bubblewrap, python3-venv, faketime, docker.io) if they are missing;
+#    mmdebstrap, bubblewrap, python3-venv, faketime, docker.io, chromium) if they are missing;
 # 2. builds (once, cached) the Debian sid root that provides real Apptainer and
 #    the test image (tests/apptainer/build.sh); starts the Docker daemon if none
 #    answers (and stops it again at the end) and imports the test image into it
@@ -47,7 +47,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # 1. system packages --------------------------------------------------------
-packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv faketime docker.io)
+packages=(slurm-wlm munge bindfs fuse3 mmdebstrap bubblewrap python3-venv faketime docker.io chromium)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
