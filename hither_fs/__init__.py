@@ -6,11 +6,12 @@ root, as the only thing connecting the parts.
 """
 
 from .cache import JobCache
+from .compat import Database, JobCancelledException, JobStatus, reset
 from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
 from .containers import ContainerError
 from .errors import CodeChangedWarning, JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError, UpstreamJobError, WorkerLostError
-from .function import container, function, run
+from .function import DuplicateFunctionException, additional_files, container, function, get_function, local_modules, run
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .job import Job, get_job
 from .root import Root, RootError
@@ -49,4 +50,13 @@ __all__ = [
     "get_job",
     "run",
     "wait",
+    # hither's spellings (hither_fs.compat; README: "Coming from hither")
+    "Database",
+    "DuplicateFunctionException",
+    "JobCancelledException",
+    "JobStatus",
+    "additional_files",
+    "get_function",
+    "local_modules",
+    "reset",
 ]

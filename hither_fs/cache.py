@@ -18,9 +18,11 @@ fails, the next submitter claims marker ``.1`` the same way, and so on.
 import hashlib
 import json
 import os
+import stat
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from . import gc
+from .compat import refuse_keywords, tempdir_cache_path
 from .root import Root
 from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly, temp_name,
                             with_parents, write_new)
@@ -52,6 +54,21 @@ def _refuse_if(reason: Optional[str], path: str) -> None:
                               "another directory)".format(path, reason))
 
 
+def _tempdir_cache() -> str:
+    """Make (0700) and return this user's cache directory in the temporary directory; refuse
+    one that is a link, not a directory, or someone else's (made there first)."""
+    path = tempdir_cache_path()
+    makedirs(path)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise PermissionError("refusing the job cache at {} (hi.JobCache(use_tempdir=True)): it is {}, not a directory "
+                              "of yours; remove it, or give hi.JobCache(path) a directory of your own".format(
+                                  path, "a symbolic link" if stat.S_ISLNK(st.st_mode) else
+                                  "not a directory" if not stat.S_ISDIR(st.st_mode) else
+                                  "owned by uid {}".format(st.st_uid)))
+    return path
+
+
 def code_hash(spec: Dict[str, Any]) -> Optional[str]:
     """What identifies the code of a job: the sha1 of its function's file as submitted, or of
     its code environment for a container job (None for jobs from before it was recorded)."""
@@ -63,9 +80,26 @@ def code_hash(spec: Dict[str, Any]) -> Optional[str]:
 
 class JobCache:
     """A job cache. ``JobCache()`` keeps entries in the root; ``JobCache(path)``
-    in a directory of its own (for example a lab's shared cache)."""
+    in a directory of its own (for example a lab's shared cache).
 
-    def __init__(self, path: Optional[str] = None):
+    hither's spellings: ``use_tempdir=True`` is a directory of this user's in the
+    temporary directory (:func:`hither_fs.compat.tempdir_cache_path`); ``readonly=True``
+    is refused (workers write the entries of the jobs they run); kachery feeds
+    (``feed_uri=``, ``feed_name=``) and ``database=`` are refused, naming the replacement.
+    """
+
+    def __init__(self, path: Optional[str] = None, *, use_tempdir: Optional[bool] = None, readonly: bool = False,
+                 **hither_options: Any):
+        if hither_options:
+            refuse_keywords("hi.JobCache", hither_options)
+        if readonly:
+            raise ValueError("hi.JobCache(readonly=True) is not supported: the worker that runs a job writes its "
+                             "entry, and hither_fs cannot keep it from doing so. Leave job_cache unset in the "
+                             "hi.Config blocks whose results should not be cached")
+        if use_tempdir:
+            if path is not None:
+                raise ValueError("hi.JobCache: give path or use_tempdir=True, not both")
+            path = _tempdir_cache()
         self.path = None if path is None else os.path.abspath(os.path.expanduser(str(path)))
         if self.path is not None and os.path.exists(self.path) and not os.path.isdir(self.path):
             raise ValueError("job cache path {} is a file, not a directory".format(self.path))

@@ -11,10 +11,11 @@ with every other handler; there is no server to connect to.
 import logging
 import threading
 import time
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 from . import protocol
 from .cache import JobCache
+from .compat import SERVER_KEYWORDS, NoServerError, refuse_keywords
 from .handlers import JobHandler
 from .protocol import Status, Token
 from .queue import iter_tickets, ticket_token
@@ -30,10 +31,32 @@ def resource_queue(compute_resource_id: str) -> str:
     return check_queue_name("resource-" + compute_resource_id)
 
 
-class RemoteJobHandler(JobHandler):
-    """Send jobs to the compute resource ``compute_resource_id``."""
+def _check_resource_id(compute_resource_id: Any, where: str) -> None:
+    """A missing id, or a kachery-p2p feed URI where an id belongs (hither 0.3 and 0.4 named
+    resources by feed), is refused with what to give instead."""
+    if compute_resource_id is None:
+        raise TypeError("{}() needs compute_resource_id='ID': the name of the compute resource, served by "
+                        "hi.ComputeResource(compute_resource_id='ID', job_handler=...).run() on a machine that sees "
+                        "the root".format(where))
+    if isinstance(compute_resource_id, str) and "://" in compute_resource_id:
+        problem, instead = SERVER_KEYWORDS["compute_resource_uri"]
+        raise NoServerError("{}({!r}): {}. Instead: {}".format(where, compute_resource_id, problem, instead))
+    if not isinstance(compute_resource_id, str):
+        raise TypeError("{}: compute_resource_id must be a string, not {!r}".format(where, compute_resource_id))
 
-    def __init__(self, compute_resource_id: str):
+
+class RemoteJobHandler(JobHandler):
+    """Send jobs to the compute resource ``compute_resource_id``.
+
+    hither's server keywords (``database=``, ``event_stream_client=``,
+    ``compute_resource_uri=``, ``uri=``) and kachery feed URIs are refused,
+    naming the replacement: a compute resource id, reached through the root.
+    """
+
+    def __init__(self, compute_resource_id: Optional[str] = None, **hither_options: Any):
+        if hither_options:
+            refuse_keywords("hi.RemoteJobHandler", hither_options)
+        _check_resource_id(compute_resource_id, "hi.RemoteJobHandler")
         self.compute_resource_id = compute_resource_id
         self.queue_name = resource_queue(compute_resource_id)
 
@@ -51,9 +74,12 @@ class ComputeResource:
     earlier session); ``run()`` serves until interrupted.
     """
 
-    def __init__(self, compute_resource_id: str, job_handler: JobHandler,
-                 job_cache: Optional[JobCache] = None, root: Optional[str] = None):
+    def __init__(self, compute_resource_id: Optional[str] = None, job_handler: Optional[JobHandler] = None,
+                 job_cache: Optional[JobCache] = None, root: Optional[str] = None, **hither_options: Any):
         stop_if_loading_script("hi.ComputeResource()")
+        if hither_options:  # hither's database=, kachery=, compute_resource_uri=, ...: refused, saying instead what
+            refuse_keywords("hi.ComputeResource", hither_options)
+        _check_resource_id(compute_resource_id, "hi.ComputeResource")
         if job_handler is None or job_handler.in_process:
             raise ValueError("a compute resource needs a handler with workers "
                              "(ParallelJobHandler or SlurmJobHandler), not {!r}".format(job_handler))

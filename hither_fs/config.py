@@ -51,7 +51,8 @@ class Config:
     def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
                  cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
                  max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET, code_change=_UNSET,
-                 container_runtime=_UNSET, container_network=_UNSET):
+                 container_runtime=_UNSET, container_network=_UNSET, **hither_options):
+        _hither_options(hither_options)
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
                      job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
@@ -82,6 +83,17 @@ class Config:
         for options in cls._stack():
             merged.update(options)
         return merged
+
+
+def _hither_options(options: Dict[str, Any]) -> None:
+    """hither's ``download_results=`` is accepted and changes nothing (results are in the root's
+    store, read by ``job.wait()`` wherever the job ran); its server options are refused."""
+    download = options.pop("download_results", None)
+    if download is not None and not isinstance(download, bool):
+        raise ValueError("download_results must be True, False or None, not {!r}".format(download))
+    if options:
+        from .compat import refuse_keywords  # compat imports this module
+        refuse_keywords("hi.Config", options)
 
 
 def _check(options: Dict[str, Any]) -> None:

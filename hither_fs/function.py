@@ -33,8 +33,12 @@ class HitherFunction:
         self.version = version
         self.container: Optional[str] = getattr(fn, "_hither_container", None)
         self.container_gpu: bool = getattr(fn, "_hither_container_gpu", False)
-        self.local_modules = list(local_modules or [])
-        self.additional_files = list(additional_files or [])
+        # given to @hi.function (the outer decorator) or, hither's way, by @hi.local_modules /
+        # @hi.additional_files below it: the outermost one counts, as for @hi.container
+        self.local_modules = list(local_modules if local_modules is not None
+                                  else getattr(fn, "_hither_local_modules", None) or [])
+        self.additional_files = list(additional_files if additional_files is not None
+                                     else getattr(fn, "_hither_additional_files", None) or [])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         stop_if_loading_script("a direct call of {}".format(self.name))
@@ -90,18 +94,32 @@ def _identity(fn: Callable):
     return file, fn.__qualname__
 
 
-def function(name: str, version: str, *, local_modules: Optional[List[str]] = None,
+class DuplicateFunctionException(ValueError):
+    """Two different functions were registered under one name (hither's name for it; it is a
+    ``ValueError``)."""
+
+
+def _check_names(value: Any, label: str, name: str) -> None:
+    if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
+        raise TypeError("hither function {!r}: {} must be a list of strings".format(name, label))
+    if label == "additional_files" and value:
+        check_patterns(value, name)
+
+
+def function(name: str, version: str, container: Optional[str] = None, *, local_modules: Optional[List[str]] = None,
              additional_files: Optional[List[str]] = None) -> Callable[[Callable], HitherFunction]:
-    """Register a function under ``name`` (which must be its Python name) and ``version``."""
+    """Register a function under ``name`` (which must be its Python name) and ``version``.
+
+    ``container`` (hither's spelling) is the same as ``@hi.container(image)`` stacked on it.
+    """
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError("hither function name must be a Python identifier, not {!r}".format(name))
     if not isinstance(version, str) or not version:
         raise ValueError("hither function {!r}: version must be a non-empty string, not {!r}".format(name, version))
-    for label, value in (("local_modules", local_modules), ("additional_files", additional_files)):
-        if value is not None and (isinstance(value, str) or not all(isinstance(v, str) for v in value)):
-            raise TypeError("hither function {!r}: {} must be a list of strings".format(name, label))
-    if additional_files:
-        check_patterns(additional_files, name)
+    _check_names(local_modules, "local_modules", name)
+    _check_names(additional_files, "additional_files", name)
+    if container is not None:
+        _check_image(container)
 
     def decorate(fn: Callable) -> HitherFunction:
         if isinstance(fn, HitherFunction):
@@ -112,9 +130,11 @@ def function(name: str, version: str, *, local_modules: Optional[List[str]] = No
             raise ValueError("hither function name {!r} does not match the Python function's name {!r}"
                              .format(name, fn.__name__))
         hf = HitherFunction(fn, name, version, local_modules, additional_files)
+        if container is not None:
+            _set_container(hf, container, False)
         existing = _registry.get(name)
         if existing is not None and _identity(existing.__wrapped__) != _identity(fn):
-            raise ValueError(
+            raise DuplicateFunctionException(
                 "two hither functions are registered under the name {!r}: version {} in {} "
                 "and version {} in {}; give one of them another name".format(
                     name, existing.version, _identity(existing.__wrapped__)[0] or "?",
@@ -131,14 +151,52 @@ def container(image: str, *, gpu: bool = False) -> Callable:
     file or a sandbox directory. Works above or below ``@hi.function``.
     ``gpu=True`` passes the host's NVIDIA GPUs into the container (``--nv``).
     """
+    _check_image(image)
+
+    def decorate(fn):
+        _set_container(fn, image, gpu)
+        return fn
+    return decorate
+
+
+def _check_image(image: Any) -> None:
     if not isinstance(image, str) or not image.strip():
         raise ValueError("@hi.container needs an image URL or path, not {!r}".format(image))
 
+
+def _set_container(fn: Any, image: str, gpu: bool) -> None:
+    if isinstance(fn, HitherFunction):
+        fn.container, fn.container_gpu = image, bool(gpu)
+    else:
+        fn._hither_container, fn._hither_container_gpu = image, bool(gpu)
+
+
+def local_modules(paths: List[str]) -> Callable:
+    """hither's decorator for ``@hi.function(..., local_modules=paths)``: directories or ``.py``
+    files outside the function's directory that its code environment takes along. Works above
+    or below ``@hi.function``; the outermost setting counts."""
+    return _setting("local_modules", paths)
+
+
+def additional_files(patterns: List[str]) -> Callable:
+    """hither's decorator for ``@hi.function(..., additional_files=patterns)``: file name patterns
+    (``fnmatch``) of non-Python files of the function's directory tree that its code environment
+    takes along. Works above or below ``@hi.function``; the outermost setting counts."""
+    return _setting("additional_files", patterns)
+
+
+def _setting(label: str, value: List[str]) -> Callable:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise TypeError("@hi.{} needs a list of strings, not {!r}".format(label, value))
+
     def decorate(fn):
+        if not callable(fn):
+            raise TypeError("@hi.{} must decorate a function, not {!r}".format(label, fn))
+        _check_names(value, label, getattr(fn, "name", None) or getattr(fn, "__name__", "?"))
         if isinstance(fn, HitherFunction):
-            fn.container, fn.container_gpu = image, bool(gpu)
+            setattr(fn, label, list(value))
         else:
-            fn._hither_container, fn._hither_container_gpu = image, bool(gpu)
+            setattr(fn, "_hither_" + label, list(value))
         return fn
     return decorate
 

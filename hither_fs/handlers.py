@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from . import environment, protocol
 from .attempts import run_in_process
 from .cache import record_outcome
+from .job import POLL_MAX, POLL_MIN
 from .lease import Heartbeat
 from .queue import QueueReader, count_tickets, remove_empty_queue, ticket_token
 from .root import Root
@@ -59,6 +60,40 @@ class JobHandler:
 
     def help(self, root: Root) -> None:
         """Called now and then while this process waits for one of the handler's jobs."""
+
+    # -- ``with handler as jh:`` (hither's spelling) ------------------------------------------
+
+    def __enter__(self) -> "JobHandler":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """The end of ``with handler as jh:``. hither cleaned a handler up there: its workers
+        halted, and jobs not yet done never finished. Here no job is lost: the block waits
+        for the jobs this process gave the handler (their errors are not raised here:
+        ``job.get_result()`` does), then :meth:`release` lets go of what ran them.
+
+        When the block ends with an exception, nothing is waited for or stopped: the jobs go
+        on (local workers finish them and leave once this process is gone)."""
+        if exc_type is not None:
+            return
+        jobs = _jobs_of(self)
+        for k, job in enumerate(jobs[-1:] + jobs[:-1]):  # the newest first, then one look at most others: as hi.wait()
+            try:
+                job.wait_done(poll=POLL_MAX if k < len(jobs) - 1 else POLL_MIN, lag=0.05 if k < len(jobs) - 1 else 0.0)
+            except (protocol.JobDirectoryError, FileNotFoundError):
+                continue  # damaged or removed: it will never change (job.get_result() says why)
+        self.release()
+
+    def release(self) -> None:
+        """Let go of what runs this handler's jobs, once they are done (the end of its ``with``
+        block). The handler can still be used afterwards: it starts what it needs again."""
+
+
+def _jobs_of(handler: JobHandler) -> list:
+    """The jobs this process gave ``handler`` (since the last ``hi.reset()``), oldest first."""
+    from . import submit  # submit imports this module
+    with submit._jobs_lock:
+        return [job for job in submit._jobs if job._handler is handler]
 
 
 class DefaultJobHandler(JobHandler):
@@ -224,6 +259,31 @@ class ParallelJobHandler(JobHandler):
                 p.kill()
                 p.wait()
         self._workers.clear()
+
+    def release(self, timeout: float = 5.0) -> None:
+        """Stop this handler's workers (hither halted them at the end of its ``with`` block).
+
+        A worker is asked to stop (SIGTERM: it finishes the job it runs, then exits) only
+        when its queue holds no job for it - jobs queued by another handler in the same
+        environment, or forwarded by a compute resource, keep it. Unlike :meth:`halt` it
+        never kills: it waits ``timeout`` seconds for them to exit, then leaves the rest to
+        finish on their own.
+        """
+        stopped = []
+        for (root_path, queue), procs in list(self._workers.items()):
+            if count_tickets(Root.get(root_path).layout, queue, cap=1):
+                continue  # work left in its queue: these workers go on, and leave once this process is gone
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+                    stopped.append(p)
+            del self._workers[root_path, queue]
+        deadline = time.monotonic() + timeout
+        for p in stopped:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass  # still finishing a job: it exits when done
 
     def __repr__(self):
         queue = ", queue_name={!r}".format(self.queue_name) if self.queue_name else ""

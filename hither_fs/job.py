@@ -7,6 +7,7 @@ output and runtime facts all come from the job's directory.
 
 import logging
 import os
+import stat
 import time
 from typing import Any, Dict, Optional
 
@@ -14,7 +15,7 @@ from . import protocol
 from .errors import JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
-from .runtime.files import CorruptFileError, listdir, read_text_tail
+from .runtime.files import CorruptFileError, listdir, read_record, read_text_tail, write_json
 from .runtime.layout import live_console_prefix
 from .runtime.serialization import decode
 
@@ -33,6 +34,8 @@ PROMOTE_AFTER = 1.0
 #: How often the waiter lets its handler look after its workers (start local
 #: workers, scale Slurm allocations).
 HELP_INTERVAL = 0.2
+#: ``job.set_label()``'s record in the job's directory, and the most of it that is read.
+LABEL_FILE, LABEL_LIMIT = "label.json", 64 << 10
 
 
 class Job:
@@ -129,10 +132,13 @@ class Job:
         if status == Status.FINISHED:
             return decode(state["result"]["value"], self.root.store)
         if status in FINAL_VALUES:
-            record = state.get("error") if isinstance(state.get("error"), dict) else {
-                "type": "JobError", "message": protocol.summary(state) or "no error record"}
-            raise job_error(self.id, self.function_name, record)
+            raise self._error(state)
         raise JobNotFinishedError("job {} ({}) is {}".format(self.id, self.function_name, self.status))
+
+    def _error(self, state: Dict[str, Any]) -> Exception:
+        record = state.get("error") if isinstance(state.get("error"), dict) else {
+            "type": "JobError", "message": protocol.summary(state) or "no error record"}
+        return job_error(self.id, self.function_name, record)
 
     def wait(self, timeout: Optional[float] = None) -> Any:
         """Wait until the job is done; return its result or raise its error.
@@ -195,6 +201,81 @@ class Job:
             log.warning("job %s could not be cancelled now: another process holds it (it is %s); try again",
                         self.id, status)
         return status in (Status.CANCELLED, Status.RUNNING)
+
+    # -- hither's spellings -----------------------------------------------------
+
+    def get_status(self) -> Status:
+        """hither's status, a ``hi.JobStatus``: ``QUEUED`` (also while the job waits for upstream
+        jobs), ``RUNNING``, ``FINISHED`` or ``ERROR`` - also for a cancelled job, as in hither,
+        whose ``get_exception()`` is then a ``hi.JobCancelledException``. ``job.status`` has
+        hither_fs's six: ``pending`` and ``cancelled`` too."""
+        status = Status(self.status)
+        return {Status.PENDING: Status.QUEUED, Status.CANCELLED: Status.ERROR}.get(status, status)
+
+    def get_exception(self) -> Exception:
+        """The exception of a job that failed or was cancelled - what ``wait()`` raises.
+        Raises ``JobNotFinishedError`` before it ends, and ``ValueError`` for a job that finished."""
+        state = self._read_state()
+        if state.get("status") == Status.FINISHED:
+            raise ValueError("job {} ({}) finished without an error: it has no exception".format(
+                self.id, self.function_name))
+        if state.get("status") not in FINAL_VALUES:
+            raise JobNotFinishedError("job {} ({}) is {}".format(self.id, self.function_name, self.status))
+        return self._error(state)
+
+    def print_console_out(self) -> None:
+        """Print the console output (stdout, then stderr) of a job that has ended; nothing before
+        (as in hither). ``get_console_output()`` returns it, live while the job runs."""
+        if not self.is_done():
+            return
+        for text in self.get_console_output().values():
+            if text:
+                print(text, end="" if text.endswith("\n") else "\n")
+
+    def set_label(self, label: str) -> "Job":
+        """Give the job a label (also after it was submitted); returns the job, as in hither.
+
+        Kept in the root as ``label.json`` in the job's directory, so ``get_label()`` in any
+        process sees it. (``hi.Config(label=...)`` labels jobs as they are submitted.)"""
+        if not isinstance(label, str) or not label.strip() or len(label) > 200:
+            raise ValueError("label must be a non-empty string of at most 200 characters, not {!r}".format(label))
+        path = self.directory
+        for part in (os.path.dirname(path), path):  # never write through a link out of the root
+            try:
+                st = os.lstat(part)
+            except FileNotFoundError:
+                raise FileNotFoundError("job {} is not in root {} (any more: removed by hither-fs gc, or by "
+                                        "hand)".format(self.id, self.root.path)) from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise protocol.JobDirectoryError(path, "is not a job directory ({} is {})".format(
+                    part, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"))
+        write_json(os.path.join(path, LABEL_FILE), {"label": label})
+        return self
+
+    def get_label(self) -> str:
+        """The label given by ``set_label()``, else by ``hi.Config(label=...)``, else - as in
+        hither - the function's name."""
+        try:
+            record = read_record(os.path.join(self.directory, LABEL_FILE), limit=LABEL_LIMIT)[0]
+        except FileNotFoundError:
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("label"), str):
+            return record["label"]
+        if record is not None:
+            raise CorruptFileError(os.path.join(self.directory, LABEL_FILE), "not a label record")
+        return self.spec.get("label") or self.function_name
+
+    def get_job_id(self) -> str:
+        """hither's spelling of ``job.id``."""
+        return self.id
+
+    def get_function_name(self) -> str:
+        """hither's spelling of ``job.function_name``."""
+        return self.function_name
+
+    def get_function_version(self) -> str:
+        """The version of the function, as submitted."""
+        return self.spec["function"]["version"]
 
     def __repr__(self):
         try:

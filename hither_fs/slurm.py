@@ -27,7 +27,7 @@ from .lease import LeaseJudge, Recovery
 from .queue import count_tickets
 from .root import Root, now_iso
 from .runtime.files import (CorruptFileError, fs_clock, listdir, makedirs, read_json, remove_quietly, with_parents,
-                            write_json)
+                            write_json, write_new)
 from .runtime.layout import check_queue_name, is_worker_id
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates", "worker.sbatch")
@@ -570,6 +570,36 @@ class SlurmJobHandler(JobHandler):
         # what squeue lists speaks for itself; keep only submissions too recent to be listed
         tracker.submitted = {sid: t for sid, t in tracker.submitted.items()
                              if sid not in states and now - t < 2 * self.squeue_interval}
+
+    def release(self) -> None:
+        """The end of the handler's ``with`` block, its jobs done (hither halted its batches
+        there): the allocations this handler submitted are let go unless their queue still
+        holds jobs - one still pending in Slurm is cancelled, a running one's worker is asked
+        to stop (it finishes what it runs, then exits). Allocations whose worker has not
+        started beating yet, and those of others, leave after ``idle_timeout`` as always."""
+        ours = set(self.history)
+        for path in list(self._recovery):  # the roots this handler has scaled for
+            root = Root.get(path)
+            try:
+                beating = live_workers(root)
+                for tracker in self._trackers.values():
+                    if count_tickets(root.layout, tracker.queue, cap=1):
+                        continue  # jobs are left (another process's): its allocations serve them
+                    pending = [sid for sid, (state, _) in squeue_states(job_name(root, tracker.queue)).items()
+                               if sid in ours and state == "PENDING"]
+                    scancel(pending)
+                    for hb in beating:
+                        if str(hb.get("slurm_job_id")) in ours and tracker.queue in hb.get("queues", []) \
+                                and is_worker_id(str(hb.get("id"))):
+                            request = root.layout.stop_request(hb["id"])
+                            try:
+                                with_parents(lambda: write_new(request), os.path.dirname(request))
+                            except FileExistsError:
+                                pass
+                    for sid in pending:
+                        tracker.submitted.pop(sid, None)
+            except (SlurmError, OSError) as exc:  # they leave after idle_timeout anyway
+                log.warning("could not let go of the allocations of %r: %s", self, exc)
 
     def cancel_allocations(self, root: Root) -> None:
         """``scancel`` every allocation serving this handler's queues (their jobs go back to the queue)."""

@@ -64,6 +64,13 @@ class JobNotFinishedError(Exception):
     pass
 
 
+JobCancelledException = JobCancelledError  # hither's spellings (see hither_fs.compat)
+
+
+class DuplicateFunctionException(ValueError):
+    pass
+
+
 class RootError(Exception):
     pass
 
@@ -79,8 +86,10 @@ class HitherFunction:
         self.version = version
         self.container = getattr(fn, "_hither_container", None)
         self.container_gpu = getattr(fn, "_hither_container_gpu", False)
-        self.local_modules = list(local_modules or [])
-        self.additional_files = list(additional_files or [])
+        self.local_modules = list(local_modules if local_modules is not None
+                                  else getattr(fn, "_hither_local_modules", None) or [])
+        self.additional_files = list(additional_files if additional_files is not None
+                                     else getattr(fn, "_hither_additional_files", None) or [])
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         stop_if_loading_script("a direct call of {}".format(self.name))
@@ -94,14 +103,34 @@ class HitherFunction:
         return "<hither function {} {} (in a container)>".format(self.name, self.version)
 
 
-def function(name: str, version: str, *, local_modules: Optional[List[str]] = None,
+def function(name: str, version: str, container: Optional[str] = None, *,
+             local_modules: Optional[List[str]] = None,
              additional_files: Optional[List[str]] = None) -> Callable[[Callable], HitherFunction]:
     def decorate(fn: Callable) -> HitherFunction:
         if getattr(fn, "__name__", None) != name:
             raise ValueError("hither function name {!r} does not match the Python function's name {!r}"
                              .format(name, getattr(fn, "__name__", None)))
-        return HitherFunction(fn, name, version, local_modules, additional_files)
+        hf = HitherFunction(fn, name, version, local_modules, additional_files)
+        if container is not None:
+            hf.container, hf.container_gpu = container, False
+        return hf
     return decorate
+
+
+def _setting(label: str, value: List[str]) -> Callable:
+    """hither's @hi.local_modules / @hi.additional_files (checked on the host already)."""
+    def decorate(fn):
+        setattr(fn, label if isinstance(fn, HitherFunction) else "_hither_" + label, list(value))
+        return fn
+    return decorate
+
+
+def local_modules(paths: List[str]) -> Callable:
+    return _setting("local_modules", paths)
+
+
+def additional_files(patterns: List[str]) -> Callable:
+    return _setting("additional_files", patterns)
 
 
 def container(image: str, *, gpu: bool = False) -> Callable:
@@ -185,4 +214,6 @@ __all__ = [
     "JobError", "JobHandler", "JobNotFinishedError", "JobTimeoutError", "ParallelJobHandler",
     "RemoteJobHandler", "Root", "RootError", "SlurmJobHandler", "UpstreamJobError", "WorkerLostError",
     "container", "function", "get_job", "run", "wait",
+    # hither's spellings
+    "DuplicateFunctionException", "JobCancelledException", "additional_files", "local_modules",
 ]
