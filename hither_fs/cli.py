@@ -5,27 +5,20 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, List, Optional
 
-from . import environment, gc, protocol
+from . import environment, gc, listing, protocol
 from .fsck import fsck
 from .report import write_report
 from .job import Job
 from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
-from .runtime.files import CorruptFileError, fs_clock, listdir, read_json, with_parents, write_new
-from .runtime.layout import check_job_id, check_queue_name, is_job_id
+from .runtime.files import CorruptFileError, fs_clock, read_json, with_parents, write_new
+from .runtime.layout import check_queue_name
 from .slurm import (NOTE_STALE, Allocation, describe_shape, live_workers, parse_slurm_time, served_queues,
                     waiting_reason)
 from .usage import SHARED_NOTE, disk_usage, human
 from .worker import Worker
-
-
-def _iter_job_ids(root: Root) -> Iterator[str]:
-    for shard in sorted(listdir(root.layout.jobs)):
-        for job_id in listdir(os.path.join(root.layout.jobs, shard)):
-            if is_job_id(job_id):
-                yield job_id
 
 
 class _Waits:
@@ -55,59 +48,93 @@ class _Waits:
         return self.reasons[queue]
 
 
-def _job_summary(root: Root, job_id: str, running: Dict[str, Any],
-                 waits: Optional[_Waits] = None) -> Optional[Dict[str, Any]]:
-    try:
-        protocol.check_job_dir(root, job_id)
-        state = protocol.read_state(root, job_id)
-        spec = protocol.read_spec(root, job_id)
-    except FileNotFoundError:
-        return None
-    except (OSError, CorruptFileError) as exc:
-        return {"id": job_id, "status": "damaged", "function": "?", "submitted": "", "attempt": 0, "worker": "",
-                "error": str(exc)}
-    status = state.get("status", "?")
-    worker = state.get("worker") or ""
-    attempt = state.get("attempt", 0)
-    if status == Status.QUEUED and job_id in running:
-        status, worker, attempt = Status.RUNNING.value, running[job_id].worker, running[job_id].attempt
-    waiting = waits.reason(state.get("queue")) if waits is not None and status == Status.QUEUED else ""
-    return {"id": job_id, "status": status, "function": (spec.get("function") or {}).get("name", "?"),
-            "submitted": state.get("submitted") or spec.get("created") or "", "attempt": attempt,
-            "worker": worker, "error": protocol.summary(state), "waiting": waiting}
+def _duration(seconds: Any) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return "{:.1f}s".format(seconds)
+    if seconds < 3600:
+        return "{:.1f}m".format(seconds / 60)
+    return "{:.1f}h".format(seconds / 3600)
+
+
+def _counts(rows: List[Dict[str, Any]]) -> str:
+    counts: Dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    order = ["finished", "error", "cancelled", "running", "queued", "pending"]
+    return ", ".join("{} {}".format(counts[s], s) for s in sorted(
+        counts, key=lambda s: (order.index(s) if s in order else len(order), s)))
+
+
+def _selected(root: Root, args) -> List[Dict[str, Any]]:
+    """The jobs ``ls``/``cancel`` name with --run, --label, --function, --status, --since."""
+    newer = gc.parse_age(args.since) if getattr(args, "since", None) else None
+    return listing.select(listing.job_rows(root), run=args.run, label=args.label, function=args.function,
+                          status=args.status, newer_than=newer)
 
 
 def cmd_ls(args) -> int:
     root = Root.get(args.root, create=False)
-    running = {token.job_id: token for token, _ in protocol.running_claims(root)}
+    rows = _selected(root, args)
+    if args.by:
+        return _ls_groups(rows, args.by, args.json)
     waits = _Waits(root)
-    rows = [s for s in (_job_summary(root, j, running, waits) for j in _iter_job_ids(root)) if s]
-    if args.status:
-        rows = [r for r in rows if r["status"] == args.status]
-    if args.function:
-        rows = [r for r in rows if r["function"] == args.function]
-    rows.sort(key=lambda r: r["submitted"])
+    for r in rows:
+        r["waiting"] = waits.reason(r["queue"]) if r["status"] == Status.QUEUED else ""
+    total = len(rows)
     hidden = 0
     if args.limit and len(rows) > args.limit:
         hidden = len(rows) - args.limit
-        rows = rows[-args.limit:]
+        shown = rows[-args.limit:]
+    else:
+        shown = rows
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(shown, indent=1))
         return 0
-    print("{:16}  {:9}  {:20}  {:27}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "ERROR OR WHY IT WAITS"))
-    for r in rows:
-        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {note:.100}".format(
-            note=r["error"] or r["waiting"], **r))
+    print("{:16}  {:9}  {:20}  {:27}  {:>7}  {}".format("ID", "STATUS", "FUNCTION", "SUBMITTED", "TOOK",
+                                                        "LABEL / ERROR OR WHY IT WAITS"))
+    for r in shown:
+        note = r["error"] or r["waiting"]
+        if r["label"]:
+            note = "[{}] {}".format(r["label"], note) if note else "[{}]".format(r["label"])
+        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {took:>7}  {note:.100}".format(
+            took=_duration(r["seconds"]), note=note, **{k: r[k] for k in ("id", "status", "function", "submitted")}))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))
+    print("{} job{}{}".format(total, "" if total == 1 else "s", ": " + _counts(rows) if rows else ""))
+    return 0
+
+
+def _ls_groups(rows: List[Dict[str, Any]], by: str, as_json: bool) -> int:
+    """``ls --by run|label|function``: one line per group, with its counts and times."""
+    groups: Dict[str, List[Dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r[by] or "-", []).append(r)
+    out = []
+    for name, jobs in groups.items():
+        ran = [r["seconds"] for r in jobs if r["seconds"] is not None]
+        starts = [r["start"] for r in jobs if r["start"] is not None]
+        ends = [r["end"] for r in jobs if r["end"] is not None]
+        labels = sorted({r["label"] for r in jobs if r["label"]})
+        out.append({by: name, "jobs": len(jobs), "counts": _counts(jobs), "first_submitted": jobs[0]["submitted"],
+                    "run_seconds": round(sum(ran), 3), "span_seconds": round(max(ends) - min(starts), 3)
+                    if starts and ends else None, "labels": labels})
+    out.sort(key=lambda g: g["first_submitted"])
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return 0
+    print("{:40}  {:27}  {:>5}  {:>8}  {:>8}  {}".format(by.upper(), "FIRST SUBMITTED", "JOBS", "SPAN", "JOB TIME",
+                                                         "STATUS" + ("  LABEL" if by == "run" else "")))
+    for g in out:
+        print("{:40.40}  {:27}  {:>5}  {:>8}  {:>8}  {}{}".format(
+            g[by], g["first_submitted"], g["jobs"], _duration(g["span_seconds"]), _duration(g["run_seconds"]),
+            g["counts"], "  " + ", ".join(g["labels"]) if by == "run" and g["labels"] else ""))
     return 0
 
 
 def _resolve_job(root: Root, job_id: str) -> str:
-    check_job_id(job_id)
-    if not protocol.job_exists(root, job_id):
-        raise SystemExit("hither-fs: no job {} in root {}".format(job_id, root.path))
-    return job_id
+    return listing.resolve_job(root, job_id)
 
 
 def cmd_show(args) -> int:
@@ -134,14 +161,41 @@ def cmd_logs(args) -> int:
     return 0
 
 
+#: ``cancel`` asks before cancelling more jobs than this (``--yes`` does not ask).
+CONFIRM_ABOVE = 5
+
+
 def cmd_cancel(args) -> int:
     root = Root.get(args.root, create=False)
+    ids = [_resolve_job(root, j) for j in args.job_ids]
+    if args.run or args.label or args.function or args.status or args.since or args.all:
+        if args.status and set(args.status) - set(listing.LIVE):
+            raise ValueError("only {} jobs can be cancelled".format(", ".join(listing.LIVE)))
+        rows = [r for r in _selected(root, args) if r["status"] in listing.LIVE]
+        ids += [r["id"] for r in rows if r["id"] not in ids]
+        if not ids:
+            print("no unfinished job matches")
+            return 0
+    elif not ids:
+        raise ValueError("name jobs to cancel: ids (or unique prefixes), or --run, --label, --function, --status, "
+                         "--since or --all")
+    if len(ids) > CONFIRM_ABOVE and not args.yes:
+        question = "cancel {} jobs in {}? [y/N] ".format(len(ids), root.path)
+        if not sys.stdin.isatty():
+            raise ValueError("{} jobs match; add --yes to cancel them".format(len(ids)))
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("nothing cancelled")
+            return 1
     code = 0
-    for job_id in args.job_ids:
-        _resolve_job(root, job_id)
-    found = protocol.find_tokens(root, set(args.job_ids))
-    for job_id in args.job_ids:
+    found = protocol.find_tokens(root, set(ids))
+    counts: Dict[str, int] = {}
+    for job_id in ids:
         status = protocol.cancel(root, job_id, found.get(job_id))
+        counts[str(status)] = counts.get(str(status), 0) + 1
+        if len(ids) > CONFIRM_ABOVE:
+            continue
         if status == Status.RUNNING:
             print("{}: cancel requested; its worker kills it".format(job_id))
         elif status == Status.CANCELLED:
@@ -152,6 +206,12 @@ def cmd_cancel(args) -> int:
         else:
             print("{}: not cancelled: another process holds it just now (it is {}); try again".format(job_id, status))
             code = 1
+    if len(ids) > CONFIRM_ABOVE:
+        print("{} jobs: {} cancelled, {} running (their workers kill them), {} already finished, {} held by another "
+              "process (try again)".format(len(ids), counts.get("cancelled", 0), counts.get("running", 0),
+                                           counts.get("finished", 0) + counts.get("error", 0),
+                                           sum(n for k, n in counts.items() if k not in
+                                               ("cancelled", "running", "finished", "error"))))
     return code
 
 
@@ -297,6 +357,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _job_filters(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="jobs of this run (a unique prefix of its id; ls --by run lists them)")
+    p.add_argument("--label", help="jobs with this label (hi.Config(label=...) or job.set_label())")
+    p.add_argument("--function", help="jobs of this function")
+    p.add_argument("--status", action="append", choices=[s.value for s in Status] + ["damaged"],
+                   help="jobs with this status (repeatable)")
+    p.add_argument("--since", metavar="AGE", help="jobs submitted less than AGE ago (30m, 12h, 2d)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hither-fs", description=__doc__)
     parser.add_argument("--root", help="root directory (default: $HITHER_FS_ROOT or ~/.hither_fs)")
@@ -322,10 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("ls", help="list jobs")
+    p = sub.add_parser("ls", help="list jobs (or, with --by, runs, labels or functions), with counts per status")
     p.add_argument("--root", default=argparse.SUPPRESS)
-    p.add_argument("--status", choices=[s.value for s in Status] + ["damaged"])
-    p.add_argument("--function")
+    _job_filters(p)
+    p.add_argument("--by", choices=["run", "label", "function"], help="one line per run, label or function")
     p.add_argument("--limit", type=int, default=50, help="show the newest N (default 50; 0: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_ls)
@@ -415,9 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gc)
 
-    p = sub.add_parser("cancel", help="cancel jobs (running ones are killed)")
+    p = sub.add_parser("cancel", help="cancel jobs (running ones are killed): by id or unique prefix, or all "
+                                      "unfinished jobs that match the filters")
     p.add_argument("--root", default=argparse.SUPPRESS)
-    p.add_argument("job_ids", nargs="+")
+    p.add_argument("job_ids", nargs="*", help="job ids or unique prefixes of them")
+    _job_filters(p)
+    p.add_argument("--all", action="store_true", help="every unfinished job (with the filters: every one that matches)")
+    p.add_argument("--yes", "-y", action="store_true",
+                   help="do not ask before cancelling more than {} jobs".format(CONFIRM_ABOVE))
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("report", help="write one self-contained HTML page showing a run: a timeline of its jobs "

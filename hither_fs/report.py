@@ -8,15 +8,14 @@ wait) and the failures with their one-line errors. It is made from the jobs'
 ``spec.json`` and ``state.json`` alone.
 """
 
-import datetime
 import html
 import os
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+import time
+from typing import Any, Dict, List, Optional, Tuple
 
-from . import protocol
+from .listing import job_rows, newest_run, parse_time, resolve_run
 from .root import Root
-from .runtime.files import CorruptFileError, atomic_write, listdir
-from .runtime.layout import is_job_id
+from .runtime.files import atomic_write
 
 #: Bar colours by status (the legend shows them).
 COLOURS = {"finished": "#2ca02c", "error": "#d62728", "cancelled": "#8c8c8c", "running": "#1f77b4"}
@@ -28,64 +27,9 @@ LABEL_WIDTH = 260
 CHART_WIDTH = 900
 
 
-def _time(text: Any) -> Optional[float]:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.datetime.strptime(text.rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f").replace(
-            tzinfo=datetime.timezone.utc).timestamp()
-    except ValueError:
-        try:
-            return datetime.datetime.strptime(text.rstrip("Z"), "%Y-%m-%dT%H:%M:%S").replace(
-                tzinfo=datetime.timezone.utc).timestamp()
-        except ValueError:
-            return None
-
-
-def job_rows(root: Root) -> Iterable[Dict[str, Any]]:
-    """What the report needs of every job in the root (damaged jobs are left out)."""
-    for shard in sorted(listdir(root.layout.jobs)):
-        for job_id in listdir(os.path.join(root.layout.jobs, shard)):
-            if not is_job_id(job_id):
-                continue
-            try:
-                spec = protocol.read_spec(root, job_id)
-                state = protocol.read_state(root, job_id)
-            except (OSError, CorruptFileError):
-                continue
-            runtime = state.get("runtime") or {}
-            yield {
-                "id": job_id,
-                "function": (spec.get("function") or {}).get("name", "?"),
-                "status": state.get("status", "?"),
-                "run": spec.get("run") or "",
-                "label": state.get("label") or spec.get("label") or "",
-                "submitted": _time(state.get("submitted") or spec.get("created")),
-                "start": _time(runtime.get("start")),
-                "end": _time(runtime.get("end")),
-                "worker": runtime.get("worker") or state.get("worker") or "",
-                "host": runtime.get("host") or "",
-                "error": protocol.summary(state),
-            }
-
-
-def select_run(rows: List[Dict[str, Any]], run: Optional[str]) -> Tuple[str, List[Dict[str, Any]]]:
-    """The jobs of one run, named by a unique prefix of its id; None: the newest run."""
-    runs: Dict[str, float] = {}
-    for r in rows:
-        runs[r["run"]] = min(runs.get(r["run"], float("inf")), r["submitted"] or 0.0)
-    if not runs:
-        raise ValueError("the root has no jobs")
-    if run is None:
-        chosen = max(runs, key=lambda k: runs[k])
-    else:
-        matches = [k for k in runs if k.startswith(run)]
-        if not matches:
-            raise ValueError("no run {!r} in the root (hither-fs ls shows the runs)".format(run))
-        if len(matches) > 1:
-            raise ValueError("run {!r} is ambiguous: {}".format(run, ", ".join(sorted(matches)[:5])))
-        chosen = matches[0]
-    return chosen, [r for r in rows if r["run"] == chosen]
+def report_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The listing's rows with their times as numbers."""
+    return [dict(r, submitted=parse_time(r["submitted"])) for r in rows]
 
 
 def _lanes(rows: List[Dict[str, Any]]) -> List[Tuple[str, List[Dict[str, Any]]]]:
@@ -259,8 +203,9 @@ th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
 def write_report(root: Root, path: str, run: Optional[str] = None, now: Optional[float] = None) -> Tuple[str, int]:
     """Write the page of ``run`` (a unique prefix; None: the newest run) to ``path``.
     Returns the run's id and its number of jobs."""
-    import time
-    chosen, rows = select_run(list(job_rows(root)), run)
+    rows = job_rows(root)
+    chosen = resolve_run(rows, run) if run is not None else newest_run(rows)
+    rows = report_rows([r for r in rows if r["run"] == chosen])
     page = render(root, chosen, rows, time.time() if now is None else now)
     atomic_write(os.path.abspath(path), lambda f: f.write(page.encode("utf-8")))
     return chosen, len(rows)

@@ -15,7 +15,7 @@ import pytest
 
 import hither_fs as hi
 from conftest import missing_infrastructure, run_python
-from hither_fs import cli, report
+from hither_fs import cli, listing, report
 from jobfuncs import sleepy
 
 GREEN = tuple(int(report.COLOURS['finished'][i:i + 2], 16) for i in (1, 3, 5))
@@ -36,14 +36,15 @@ def test_jobs_running_at_once_on_a_worker_get_lanes_of_their_own():
 
 
 def test_a_run_is_named_by_a_unique_prefix_else_the_newest_is_shown():
-    rows = [row('a', 'w', 1, 2, run='20260101-x', submitted=1), row('b', 'w', 1, 2, run='20260102-y', submitted=5),
-            row('c', 'w', 1, 2, run='20260102-z', submitted=3)]
-    assert report.select_run(rows, None)[0] == '20260102-y'
-    assert report.select_run(rows, '20260101')[1] == [rows[0]]
+    rows = [row('a', 'w', 1, 2, run='20260101-x', submitted='2026-01-01T00:00:01Z'),
+            row('b', 'w', 1, 2, run='20260102-y', submitted='2026-01-02T00:00:05Z'),
+            row('c', 'w', 1, 2, run='20260102-z', submitted='2026-01-02T00:00:03Z')]
+    assert listing.newest_run(rows) == '20260102-y'
+    assert listing.select(rows, run='20260101') == [rows[0]]
     with pytest.raises(ValueError, match="run '20260102' is ambiguous"):
-        report.select_run(rows, '20260102')
+        listing.select(rows, run='20260102')
     with pytest.raises(ValueError, match="no run 'nope'"):
-        report.select_run(rows, 'nope')
+        listing.select(rows, run='nope')
 
 
 def read_png(path):
@@ -131,7 +132,7 @@ def test_the_report_page_shows_the_run_as_chromium_draws_it(root_path, parallel,
     times = {}
     for j in done + failed:
         info = j.get_runtime_info()
-        times.setdefault(j.status, []).append(report._time(info['end']) - report._time(info['start']))
+        times.setdefault(j.status, []).append(listing.parse_time(info['end']) - listing.parse_time(info['start']))
     legend = 12 * 12  # one legend square of each colour
     assert green > legend and red > legend
     expected = sum(times['finished']) / sum(times['error'])
