@@ -188,6 +188,22 @@ def test_the_outermost_setting_of_additional_files_counts(hither_module):
     assert sorted(codeenv.collect(hither_module.hs_decorator_outside)[0]) == ['data.csv', 'hither_style.py']
 
 
+def test_the_container_stand_in_takes_the_same_spellings(hither_module):
+    """Inside a container the module is imported with hither_fs's light stand-in: it must take them too."""
+    out = run_python(textwrap.dedent('''\
+        import sys
+        import hither_fs.runtime.standin as standin
+        sys.modules['hither_fs'] = standin  # as in a container, where only the stand-in is there
+        sys.path.insert(0, {!r})
+        import hither_style as m
+        f = m.hs_reads_csv
+        print(type(f).__module__, f.container, f.additional_files, f.local_modules,
+              m.hs_decorator_outside.additional_files, standin.JobCancelledException.__name__)
+        ''').format(os.path.dirname(hither_module.__file__)))
+    assert out.stdout.split() == ['hither_fs.runtime.standin', IMAGE, "['*.csv']", "['../hs_lib']", "['*.csv']",
+                                  'JobCancelledError'], out.stderr
+
+
 def test_hither_style_module_runs_in_a_container(root_path, hither_module, monkeypatch):
     """The module's decorators also work inside the container (hither_fs's stand-in there)."""
     if not os.path.isdir(IMAGE) or not shutil.which('singularity'):
