@@ -225,7 +225,7 @@ def test_get_function_returns_the_registered_function(root_path):
         hi.get_function('nope')
 
 
-def test_duplicate_function_exception(tmp_path):
+def test_duplicate_function_exception():
     with pytest.raises(hi.DuplicateFunctionException, match="two hither functions are registered under the name "
                                                             "'add'") as info:
         @hi.function('add', '0.2.0')
@@ -333,7 +333,7 @@ def test_get_status_returns_hithers_job_statuses(root_path, parallel, tmp_path):
     queued.cancel()
     pid_file = str(tmp_path / 'pid')
     with hi.Config(job_handler=parallel(1)):
-        running = sleepy.run(seconds=0.3, pid_file=pid_file, result=1)
+        running = sleepy.run(seconds=1.0, pid_file=pid_file, result=1)  # long enough to be seen running
         failing = fail.run(message='no')
     wait_for_file(pid_file)
     assert running.get_status() == hi.JobStatus.RUNNING
