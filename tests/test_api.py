@@ -160,8 +160,8 @@ def test_public_names_reprs_and_type_information(root_path):
 
 
 def test_a_container_errors_first_line_is_apptainers_fatal_one():
-    from hither_fs.containers import _apptainer_words
+    from hither_fs.containers import _telling_words
     said = 'WARNING: /home/u/.apptainer/cache is not writable\nINFO:    Converting OCI blobs\nFATAL:   while pulling: ' \
            'connection refused'
-    assert _apptainer_words(said).splitlines()[0] == 'FATAL:   while pulling: connection refused'
-    assert _apptainer_words('x' * 3000).endswith('...') and len(_apptainer_words('x' * 3000)) == 2003
+    assert _telling_words(said).splitlines()[0] == 'FATAL:   while pulling: connection refused'
+    assert _telling_words('x' * 3000).endswith('...') and len(_telling_words('x' * 3000)) == 2003
