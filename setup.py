@@ -10,6 +10,6 @@ setup(
     package_data={"hither_fs": ["templates/*.sbatch", "py.typed"]},
     python_requires=">=3.9",
     install_requires=["numpy", "filelock>=3.12", "psutil", "spython"],
-    extras_require={"test": ["pytest", "nbclient", "nbformat", "ipykernel"]},
+    extras_require={"test": ["pytest", "nbclient", "nbformat", "ipykernel", "mypy"]},
     entry_points={"console_scripts": ["hither-fs=hither_fs.cli:main"]},
 )

@@ -8,6 +8,7 @@ called directly.
 """
 
 import builtins
+from concurrent import futures
 from typing import Any, Dict
 
 
@@ -25,7 +26,8 @@ class JobError(Exception):
         self.record = record or {}
 
 
-class JobCancelledError(JobError):
+class JobCancelledError(JobError, futures.CancelledError):
+    """The job was cancelled (also a ``concurrent.futures.CancelledError``, as a Future's result is)."""
     type_name = "JobCancelledError"
 
 

@@ -4,7 +4,7 @@ import functools
 import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, List, Optional, TypeVar
 
 from .codeenv import check_patterns
 from .runtime.code import SHIPPED_NAME, stop_if_loading_script
@@ -16,8 +16,11 @@ if TYPE_CHECKING:  # job.py imports this module's users; the annotation needs no
 
 _registry: Dict[str, "HitherFunction"] = {}
 
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
-class HitherFunction:
+
+class HitherFunction(Generic[R]):
     """A Python function registered under a name and a version.
 
     Calling it runs the function here and now (no job, no cache);
@@ -25,7 +28,7 @@ class HitherFunction:
     :class:`~hither_fs.Config`.
     """
 
-    def __init__(self, fn: Callable, name: str, version: str,
+    def __init__(self, fn: Callable[..., R], name: str, version: str,
                  local_modules: Optional[List[str]] = None,
                  additional_files: Optional[List[str]] = None):
         functools.update_wrapper(self, fn)
@@ -40,11 +43,11 @@ class HitherFunction:
         self.additional_files = list(additional_files if additional_files is not None
                                      else getattr(fn, "_hither_additional_files", None) or [])
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
         stop_if_loading_script("a direct call of {}".format(self.name))
-        return self.__wrapped__(*args, **kwargs)
+        return self.__wrapped__(*args, **kwargs)  # type: ignore[attr-defined]
 
-    def run(self, **kwargs: Any) -> "Job":
+    def run(self, **kwargs: Any) -> "Job[R]":
         return submit(self, kwargs)
 
     def location(self) -> Dict[str, Any]:
@@ -107,7 +110,7 @@ def _check_names(value: Any, label: str, name: str) -> None:
 
 
 def function(name: str, version: str, container: Optional[str] = None, *, local_modules: Optional[List[str]] = None,
-             additional_files: Optional[List[str]] = None) -> Callable[[Callable], HitherFunction]:
+             additional_files: Optional[List[str]] = None) -> Callable[[Callable[..., R]], HitherFunction[R]]:
     """Register a function under ``name`` (which must be its Python name) and ``version``.
 
     ``container`` (hither's spelling) is the same as ``@hi.container(image)`` stacked on it.
@@ -121,7 +124,7 @@ def function(name: str, version: str, container: Optional[str] = None, *, local_
     if container is not None:
         _check_image(container)
 
-    def decorate(fn: Callable) -> HitherFunction:
+    def decorate(fn: Callable[..., R]) -> HitherFunction[R]:
         if isinstance(fn, HitherFunction):
             raise TypeError("@hi.function applied twice to {!r}".format(name))
         if not callable(fn):
@@ -144,7 +147,7 @@ def function(name: str, version: str, container: Optional[str] = None, *, local_
     return decorate
 
 
-def container(image: str, *, gpu: bool = False) -> Callable:
+def container(image: str, *, gpu: bool = False) -> Callable[[F], F]:
     """Declare the container image a function runs in when ``Config(container=True)``.
 
     ``image`` is a ``docker://``, ``library://`` or ``oras://`` URL, a ``.sif``
@@ -153,7 +156,7 @@ def container(image: str, *, gpu: bool = False) -> Callable:
     """
     _check_image(image)
 
-    def decorate(fn):
+    def decorate(fn: F) -> F:
         _set_container(fn, image, gpu)
         return fn
     return decorate
@@ -171,25 +174,25 @@ def _set_container(fn: Any, image: str, gpu: bool) -> None:
         fn._hither_container, fn._hither_container_gpu = image, bool(gpu)
 
 
-def local_modules(paths: List[str]) -> Callable:
+def local_modules(paths: List[str]) -> Callable[[F], F]:
     """hither's decorator for ``@hi.function(..., local_modules=paths)``: directories or ``.py``
     files outside the function's directory that its code environment takes along. Works above
     or below ``@hi.function``; the outermost setting counts."""
     return _setting("local_modules", paths)
 
 
-def additional_files(patterns: List[str]) -> Callable:
+def additional_files(patterns: List[str]) -> Callable[[F], F]:
     """hither's decorator for ``@hi.function(..., additional_files=patterns)``: file name patterns
     (``fnmatch``) of non-Python files of the function's directory tree that its code environment
     takes along. Works above or below ``@hi.function``; the outermost setting counts."""
     return _setting("additional_files", patterns)
 
 
-def _setting(label: str, value: List[str]) -> Callable:
+def _setting(label: str, value: List[str]) -> Callable[[F], F]:
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
         raise TypeError("@hi.{} needs a list of strings, not {!r}".format(label, value))
 
-    def decorate(fn):
+    def decorate(fn: F) -> F:
         if not callable(fn):
             raise TypeError("@hi.{} must decorate a function, not {!r}".format(label, fn))
         _check_names(value, label, getattr(fn, "name", None) or getattr(fn, "__name__", "?"))
@@ -201,7 +204,7 @@ def _setting(label: str, value: List[str]) -> Callable:
     return decorate
 
 
-def get_function(name: str) -> HitherFunction:
+def get_function(name: str) -> HitherFunction[Any]:
     try:
         return _registry[name]
     except KeyError:
@@ -210,7 +213,7 @@ def get_function(name: str) -> HitherFunction:
             name, known)) from None
 
 
-def run(name: str, **kwargs: Any) -> "Job":
+def run(name: str, **kwargs: Any) -> "Job[Any]":
     """Run a registered hither function by name: ``hi.run('add', x=1, y=2)``."""
     stop_if_loading_script("hi.run({!r})".format(name))
     return get_function(name).run(**kwargs)

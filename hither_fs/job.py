@@ -8,16 +8,20 @@ output and runtime facts all come from the job's directory.
 import logging
 import os
 import stat
+import threading
 import time
-from typing import Any, Dict, Optional
+from concurrent import futures
+from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
+from typing import Any, Callable, Dict, Generic, Optional, TypeVar
 
 from . import protocol
-from .errors import JobNotFinishedError, job_error
+from .errors import JobCancelledError, JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
 from .runtime.files import CorruptFileError, listdir, read_record, read_text_tail, write_json
 from .runtime.layout import live_console_prefix
 from .runtime.serialization import decode
+from .watch import Waiters, watcher
 
 log = logging.getLogger("hither_fs.job")
 
@@ -38,8 +42,22 @@ HELP_INTERVAL = 0.2
 LABEL_FILE, LABEL_LIMIT = "label.json", 64 << 10
 
 
-class Job:
-    """A job: a hither function applied to specific arguments."""
+T = TypeVar("T")
+#: Guards the lazy creation of a job's ``Future`` parts (most jobs never need them).
+_FUTURE_LOCK = threading.Lock()
+
+
+class Job(futures.Future, Generic[T]):
+    """A job: a hither function applied to specific arguments.
+
+    A ``Job`` is a ``concurrent.futures.Future``: ``done()``, ``result(timeout)``,
+    ``exception(timeout)``, ``add_done_callback()``, ``cancel()``, and the
+    standard library's ``concurrent.futures.wait`` and ``as_completed`` take jobs.
+    Its outcome is written to the root by whatever process runs it; a job that is
+    waited on that way, or has callbacks, is watched by one thread of this process
+    (:mod:`hither_fs.watch`), which also runs the callbacks. Unlike a thread pool's
+    future, ``cancel()`` also stops a running job (its worker kills it).
+    """
 
     def __init__(self, job_id: str, root: Optional[Root] = None, handler: Any = None):
         self.root = root if isinstance(root, Root) else Root.get(root)
@@ -125,7 +143,7 @@ class Job:
 
     # -- outcome ---------------------------------------------------------------
 
-    def get_result(self) -> Any:
+    def get_result(self) -> T:
         """The result of a finished job; the job's error if it failed."""
         state = self._read_state()
         status = state.get("status")
@@ -140,7 +158,7 @@ class Job:
             "type": "JobError", "message": protocol.summary(state) or "no error record"}
         return job_error(self.id, self.function_name, record)
 
-    def wait(self, timeout: Optional[float] = None) -> Any:
+    def wait(self, timeout: Optional[float] = None) -> T:
         """Wait until the job is done; return its result or raise its error.
 
         ``timeout`` (seconds) raises ``TimeoutError`` if it expires first; the
@@ -201,6 +219,112 @@ class Job:
             log.warning("job %s could not be cancelled now: another process holds it (it is %s); try again",
                         self.id, status)
         return status in (Status.CANCELLED, Status.RUNNING)
+
+    # -- the concurrent.futures.Future contract -----------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        # a Future's parts (its state, waiters, callbacks) are made when first used: most
+        # jobs never need them, and a process may hold a hundred thousand jobs
+        if name in ("_state", "_result", "_exception", "_waiters", "_done_callbacks", "_future_condition"):
+            self._make_future_parts()
+            return self.__dict__[name]
+        raise AttributeError("{!r} object has no attribute {!r}".format(type(self).__name__, name))
+
+    def _make_future_parts(self) -> None:
+        with _FUTURE_LOCK:
+            if "_future_condition" not in self.__dict__:
+                self.__dict__.update(_state=PENDING, _result=None, _exception=None, _waiters=Waiters(self),
+                                     _done_callbacks=[], _future_condition=threading.Condition())
+
+    @property
+    def _condition(self) -> threading.Condition:
+        """The Future's condition. ``concurrent.futures.wait`` and ``as_completed`` take it
+        first: the job is completed then if it has ended, so they see it done at once."""
+        self._settle()
+        return self.__dict__["_future_condition"]
+
+    def _settle(self) -> bool:
+        """Complete this Future if the job has ended (notify its waiters, run its callbacks).
+        True once it has. A job removed from the root completes with that error."""
+        if "_future_condition" not in self.__dict__:
+            self._make_future_parts()
+        if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
+            return True
+        try:
+            state = self._read_state()
+            status = state.get("status")
+            if status not in FINAL_VALUES:
+                return False
+            error = None if status in (Status.FINISHED, Status.CANCELLED) else self._error(state)
+        except (FileNotFoundError, protocol.JobDirectoryError, CorruptFileError) as exc:
+            status, error = Status.ERROR.value, exc
+        with self.__dict__["_future_condition"]:
+            if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
+                return True
+            if status == Status.CANCELLED:
+                self._state = CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+            else:
+                self._state, self._exception = FINISHED, error
+                for waiter in self._waiters:
+                    (waiter.add_result if error is None else waiter.add_exception)(self)
+            self.__dict__["_future_condition"].notify_all()
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except Exception:
+                log.exception("a done-callback of job %s raised", self.id)
+        return True
+
+    def done(self) -> bool:
+        """True once the job has ended: finished, failed or cancelled."""
+        return self._settle()
+
+    def running(self) -> bool:
+        return self.status == Status.RUNNING
+
+    def cancelled(self) -> bool:
+        return self._settle() and self._read_state().get("status") == Status.CANCELLED
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        """``wait(timeout)``, with the Future's exceptions: ``concurrent.futures.TimeoutError``
+        when the time runs out, a ``CancelledError`` (``hi.JobCancelledError``) for a cancelled job."""
+        try:
+            return self.wait(timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, futures.TimeoutError):
+                raise
+            raise futures.TimeoutError(str(exc)) from None
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        """The job's error, or None if it finished; waits up to ``timeout`` seconds for it to end."""
+        try:
+            self.wait_done(timeout)
+        except TimeoutError as exc:
+            if isinstance(exc, futures.TimeoutError):
+                raise
+            raise futures.TimeoutError(str(exc)) from None
+        state = self._read_state()
+        if state.get("status") == Status.FINISHED:
+            return None
+        error = self._error(state)
+        if isinstance(error, JobCancelledError):
+            raise error
+        return error
+
+    def add_done_callback(self, fn: Callable[["Job[T]"], Any]) -> None:
+        """Call ``fn(job)`` once the job has ended: now if it has, else from this process's
+        watcher thread (:mod:`hither_fs.watch`)."""
+        if self._settle():
+            fn(self)
+            return
+        with self.__dict__["_future_condition"]:
+            if self._state not in (FINISHED, CANCELLED_AND_NOTIFIED):
+                self._done_callbacks.append(fn)
+                watcher.watch(self)
+                return
+        fn(self)
 
     # -- hither's spellings -----------------------------------------------------
 

@@ -1,0 +1,98 @@
+"""A ``Job`` is a ``concurrent.futures.Future``: checked with the standard library's own functions,
+on real workers, and (for the in-process handler) in this process."""
+
+import concurrent.futures as cf
+import shutil
+import threading
+
+import pytest
+
+import hither_fs as hi
+from jobfuncs import add, fail, sleepy
+
+
+def test_as_completed_yields_jobs_in_the_order_they_end(root_path, parallel, tmp_path):
+    with hi.Config(job_handler=parallel(2)):
+        slow = sleepy.run(seconds=30, pid_file=str(tmp_path / 'slow.pid'), result='slow')
+        quick = add.run(x=1, y=2)
+        order = []
+        for job in cf.as_completed([slow, quick], timeout=60):
+            order.append(job)
+            if job is quick:
+                assert not slow.done()
+                slow.cancel()
+        assert order == [quick, slow]
+    assert quick.result() == 3 and quick.exception() is None
+    assert slow.cancelled()
+    with pytest.raises(cf.CancelledError):
+        slow.result()
+    with pytest.raises(cf.CancelledError):
+        slow.exception()
+
+
+def test_wait_first_exception_and_all_completed(root_path, parallel, tmp_path):
+    with hi.Config(job_handler=parallel(2)):
+        broken = fail.run(message='boom')
+        long = sleepy.run(seconds=60)
+        done, not_done = cf.wait([broken, long], timeout=60, return_when=cf.FIRST_EXCEPTION)
+        assert done == {broken} and not_done == {long}
+        assert isinstance(broken.exception(), ValueError) and 'boom' in str(broken.exception())
+        long.cancel()
+        done, not_done = cf.wait([broken, long], timeout=60)
+        assert done == {broken, long} and not not_done
+        # already ended jobs are seen done at once, even with no time to wait
+        done, not_done = cf.wait([broken, long], timeout=0)
+        assert done == {broken, long}
+
+
+def test_result_and_exception_time_out_as_futures_do(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        job = sleepy.run(seconds=60)
+        with pytest.raises(cf.TimeoutError):
+            job.result(timeout=0.2)
+        with pytest.raises(cf.TimeoutError):
+            job.exception(timeout=0.2)
+        assert not job.done() and not job.cancelled()
+        assert job.cancel()
+
+
+def test_done_callbacks_run_once_when_the_job_ends(root_path, parallel):
+    ended = threading.Event()
+    calls = []
+
+    def callback(job):
+        calls.append((job.id, job.result()))
+        ended.set()
+
+    with hi.Config(job_handler=parallel(1)):
+        job = add.run(x=2, y=3)
+        job.add_done_callback(callback)
+        assert ended.wait(60)
+        late = []
+        job.add_done_callback(late.append)  # already done: called at once, here
+        assert late == [job]
+    assert calls == [(job.id, 5)]
+
+
+def test_in_process_jobs_complete_for_as_completed_too(root_path):
+    # DefaultJobHandler runs jobs in this process: the watcher runs them while as_completed waits
+    jobs = [add.run(x=i, y=1) for i in range(3)]
+    assert sorted(j.result() for j in cf.as_completed(jobs, timeout=60)) == [1, 2, 3]
+
+
+def test_a_job_is_a_future_and_generic():
+    assert issubclass(hi.Job, cf.Future)
+    assert issubclass(hi.JobCancelledError, cf.CancelledError) and issubclass(hi.JobCancelledError, hi.JobError)
+    assert hi.Job[int] is not None  # subscriptable, for annotations
+
+
+def test_a_removed_job_completes_with_its_error(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        job = add.run(x=1, y=1)
+        job.wait(timeout=60)
+    fresh = hi.get_job(job.id)
+    shutil.rmtree(fresh.directory)
+    assert fresh.done()  # as_completed and wait would hand it out, and its result says why
+    with pytest.raises(FileNotFoundError, match='is not in root'):
+        fresh.result()
+    assert list(cf.as_completed([fresh], timeout=5)) == [fresh]
