@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 from . import protocol
 from .codeenv import REUSE_SECONDS, read_manifest
+from .listing import label_of
 from .protocol import FINAL_VALUES
 from .root import Root
 from .runtime.files import DAMAGE_ERRORS, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
@@ -165,12 +166,15 @@ class _Manifests:
         return self._seen[sha1]
 
 
-def _read_job(root: Root, job_id: str, count: Count, age: float, manifests: _Manifests) -> Optional[_Job]:
+def _read_job(root: Root, job_id: str, count: Count, age: float, manifests: _Manifests,
+              labels: bool = False) -> Optional[_Job]:
     """What gc needs to know of a job; None if its spec cannot be read. A state that
-    cannot be read makes it live (a worker holding it writes a good one, and runs it)."""
+    cannot be read makes it live (a worker holding it writes a good one, and runs it).
+    ``labels``: also read a label set after submission (``label.json``)."""
     try:
         spec = protocol.read_spec(root, job_id)
-        job = _Job(None, (spec.get("function") or {}).get("name"), spec.get("run"), spec.get("label"), age, count,
+        label = label_of(root, job_id, spec) if labels else spec.get("label")
+        job = _Job(None, (spec.get("function") or {}).get("name"), spec.get("run"), label, age, count,
                    blob_keys(spec.get("args")) | source_key(spec) | manifests.blobs(spec.get("code")),
                    [u for u in spec.get("upstream") or [] if isinstance(u, str)])
     except DAMAGE_ERRORS:
@@ -201,7 +205,8 @@ def plan(root: Root, sel: Selection) -> Plan:
     manifests = _Manifests(root.store)
     jobs: Dict[str, _Job] = {}
     for job_id, count in walk.jobs.items():
-        job = _read_job(root, job_id, count, out.now - walk.mtimes.get(job_id, out.now), manifests) \
+        job = _read_job(root, job_id, count, out.now - walk.mtimes.get(job_id, out.now), manifests,
+                        bool(sel.labels)) \
             if job_id in walk.job_dirs else None
         if job is not None:  # (a job without a readable spec, or not a directory, stays: fsck reports it)
             jobs[job_id] = job

@@ -133,3 +133,22 @@ def test_cancel_asks_on_a_terminal(root_path, answer, cancelled):
     assert proc.returncode == (0 if cancelled else 1)
     counts = runs(root_path)[0]['counts']
     assert counts == ('1 finished, 7 cancelled' if cancelled else '1 finished, 7 queued'), out
+
+
+def test_a_label_set_after_submission_counts_for_ls_and_gc(root_path):
+    from jobfuncs import add
+    jobs = [add.run(x=i, y=0) for i in range(3)]
+    for j in jobs:
+        j.wait(timeout=60)
+    jobs[1].set_label('keep-me-not')
+    proc = cli('ls', '--label', 'keep-me-not', '--json')
+    assert proc.returncode == 0, proc.stderr
+    listed = json.loads(proc.stdout)
+    assert [r['id'] for r in listed] == [jobs[1].id]
+    from test_gc import age
+    for j in jobs:
+        age(j, 2)  # older than gc's grace period (made so, as test_gc does)
+    proc = cli('gc', '--label', 'keep-me-not')
+    assert proc.returncode == 0, proc.stderr
+    assert [r['id'] for r in json.loads(cli('ls', '--json').stdout)] == sorted(
+        [jobs[0].id, jobs[2].id], key=lambda i: [j.id for j in jobs].index(i))
