@@ -4,6 +4,7 @@ The rendering test needs Debian's ``chromium`` (tests/run.sh installs it): it
 fails under CI without it, and skips with the reason elsewhere.
 """
 
+import os
 import re
 import shutil
 import struct
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 import hither_fs as hi
-from conftest import missing_infrastructure, run_python
+from conftest import REPO, missing_infrastructure, run_python
 from hither_fs import cli, listing, report
 from jobfuncs import sleepy
 
@@ -143,3 +144,12 @@ def test_the_report_page_shows_the_run_as_chromium_draws_it(root_path, parallel,
                          cwd=str(tmp_path)).stdout
     table = dom[dom.index('id="functions"'):dom.index('</table>', dom.index('id="functions"'))]
     assert re.search(r'<td>sleepy</td><td>6</td><td>5</td><td>1</td>', table)
+
+
+def test_the_report_example_writes_its_page(root_path, tmp_path):
+    proc = run_python(os.path.join(REPO, 'examples', 'report_example.py'), cwd=str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert '2 of 4 summaries computed' in proc.stdout
+    assert re.search(r'wrote report.html \(36 jobs of run \S+\)', proc.stdout)
+    page = (tmp_path / 'report.html').read_text()
+    assert '36 jobs: 32 finished, 4 error' in page and 'fit did not converge for sample 10' in page
