@@ -33,16 +33,19 @@ from .trust import cache_entry_reason, cache_reason
 
 
 def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict[str, str]) -> str:
-    """sha1 of the canonical form of a job; ``upstream_keys`` maps job ids to keys."""
-    def canon(obj):
-        if isinstance(obj, list):
-            return [canon(v) for v in obj]
-        if isinstance(obj, dict):
-            if obj.get("__hither__") == "job":
-                return {"__hither__": "job", "key": upstream_keys[obj["id"]]}
-            return {k: canon(v) for k, v in obj.items()}
+    """sha1 of the canonical form of a job; ``upstream_keys`` maps job ids to keys.
+
+    Upstream jobs count by their key: each ``{"__hither__": "job", "id": ...}`` becomes
+    ``{"__hither__": "job", "key": ...}``. The swap is made by JSON's own parser (no recursion
+    in Python, which a value nested as deep as allowed would otherwise take far), and the text
+    is the same as of a copy rebuilt with the swap: keys of existing entries do not change."""
+    def canon(obj: Dict[str, Any]) -> Dict[str, Any]:
+        if obj.get("__hither__") == "job" and isinstance(obj.get("id"), str) and obj["id"] in upstream_keys:
+            return {"__hither__": "job", "key": upstream_keys[obj["id"]]}
         return obj
-    text = json.dumps({"function": name, "version": version, "args": canon(args)},
+    if upstream_keys:
+        args = json.loads(json.dumps(args, allow_nan=True), object_hook=canon)
+    text = json.dumps({"function": name, "version": version, "args": args},
                       sort_keys=True, separators=(",", ":"), allow_nan=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
