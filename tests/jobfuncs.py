@@ -133,3 +133,38 @@ def environment_seen(names, marker):
     import sys
     return {'vars': {n: os.environ.get(n) for n in names}, 'marker_on_path': marker in sys.path,
             'prefix': sys.prefix, 'executable': sys.executable}
+
+
+def _hex(array):
+    """An array's bytes in C order, with x86 longdouble padding (never initialised) zeroed."""
+    raw = bytearray(np.ascontiguousarray(array).tobytes())
+    if array.dtype.type in (np.longdouble, np.clongdouble) and np.finfo(np.longdouble).nmant == 63:
+        size = np.dtype(np.longdouble).itemsize
+        for i in range(0, len(raw), size):
+            raw[i + 10:i + size] = bytes(size - 10)
+    return raw.hex()
+
+
+def value_facts(x):
+    """Exactly what a value is - types, dtypes (byte order, units, lengths, fields), shapes,
+    memory order and bytes, nested - as JSON-able lists, for comparing two values bit for bit."""
+    def kind(v):
+        return type(v).__module__ + '.' + type(v).__qualname__
+    if isinstance(x, np.ndarray):
+        return [kind(x), x.dtype.str, repr(x.dtype), list(x.shape),
+                bool(x.flags.f_contiguous and not x.flags.c_contiguous), _hex(x)]
+    if isinstance(x, np.generic):
+        return [kind(x), x.dtype.str, repr(x.dtype), _hex(np.asarray(x))]
+    if isinstance(x, (list, tuple)):
+        return [kind(x), [value_facts(v) for v in x]]
+    if isinstance(x, dict):
+        return [kind(x), [[k, value_facts(v)] for k, v in x.items()]]
+    if isinstance(x, hi.File):
+        return [kind(x), x.name, x.sha1]
+    return [kind(x), repr(x)]
+
+
+@hi.function('facts', '0.1.0')
+def facts(x):
+    """What the job received, exactly (see :func:`value_facts`)."""
+    return value_facts(x)
