@@ -29,7 +29,7 @@ from .root import Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
 from .runtime.files import CorruptFileError
 from .runtime.layout import check_queue_name, host_label, is_job_id
-from .runtime.serialization import TAG, encode
+from .runtime.serialization import TAG, encode, set_default_store
 from .shipping import ShipError
 
 _jobs_lock = threading.Lock()
@@ -47,6 +47,15 @@ def run_id() -> str:
         _run.update(id="{}-{}-{}".format(time.strftime("%Y%m%dT%H%M%S", time.gmtime()), host_label(), os.getpid()),
                     pid=os.getpid())
     return _run["id"]
+
+
+def _config_store():
+    """Where a ``hi.File`` made in this process (outside a job) keeps its bytes: the store of
+    ``hi.Config``'s root."""
+    return Root.get(Config.current()["root"]).store
+
+
+set_default_store(_config_store)
 
 
 def default_handler() -> DefaultJobHandler:

@@ -135,6 +135,20 @@ def environment_seen(names, marker):
             'prefix': sys.prefix, 'executable': sys.executable}
 
 
+@hi.function('file_from_tempdir', '0.1.0')
+def file_from_tempdir(text):
+    """Makes a hi.File in a temporary directory and returns it after the directory is gone."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, 'made.txt')
+        with open(path, 'w') as f:
+            f.write(text)
+        made = hi.File(path)
+    assert not os.path.exists(d)
+    assert made.read_text() == text  # readable here too, after its directory went
+    return made
+
+
 def _hex(array):
     """An array's bytes in C order, with x86 longdouble padding (never initialised) zeroed."""
     raw = bytearray(np.ascontiguousarray(array).tobytes())

@@ -1,8 +1,10 @@
 """Values come back exactly - type, dtype (units, byte lengths, precision, byte order, fields)
-and bits - or are refused at .run() with a message that names them."""
+and bits - or are refused at .run() with a message that names them; hi.File keeps its bytes
+from the moment it is made."""
 
 import glob
 import hashlib
+import io
 import json
 import os
 import warnings
@@ -12,9 +14,10 @@ import pytest
 
 import hither_fs as hi
 from hither_fs.cache import cache_key
+from hither_fs.runtime import serialization
 from hither_fs.runtime.serialization import MAX_DEPTH, blob_refs, decode, encode
 from hither_fs.runtime.store import Store
-from jobfuncs import echo, facts, value_facts
+from jobfuncs import echo, facts, file_from_tempdir, read_file, value_facts
 
 UNITS = ['Y', 'M', 'W', 'D', 'h', 'm', 's', 'ms', 'us', 'ns', 'ps', 'fs', 'as']
 INTS = ['i1', 'i2', 'i4', 'i8', 'u1', 'u2', 'u4', 'u8']
@@ -388,3 +391,91 @@ def test_the_brief_s_worker_round_trip(tmp_path):
         handler.halt()
     assert [v.dtype.str for v in out] == ['<m8[ns]', '|S3', np.dtype(np.clongdouble).str]
     assert out[2] == np.clongdouble(2) / 3 and type(out) is tuple
+
+
+# -- hi.File keeps its bytes from the moment it is made --------------------------------------
+
+def test_a_file_made_in_a_job_in_a_temporary_directory_outlives_it(root_path, parallel):
+    in_process = file_from_tempdir.run(text='made in process').wait()
+    with hi.Config(job_handler=parallel(1)):
+        on_worker = file_from_tempdir.run(text='made on a worker').wait(timeout=60)
+    for made, text in ((in_process, 'made in process'), (on_worker, 'made on a worker')):
+        assert isinstance(made, hi.File) and made.name == 'made.txt'
+        assert made.read_text() == text
+        assert made.path.startswith(os.path.join(root_path, 'store'))
+        assert made.sha1 == hashlib.sha1(text.encode()).hexdigest()
+
+
+def test_a_file_whose_source_is_deleted_after_it_was_made_still_travels(root_path, parallel, tmp_path):
+    src = tmp_path / 'input.txt'
+    src.write_text('the bytes at hi.File()')
+    f = hi.File(str(src))
+    src.unlink()
+    assert f.read_text() == 'the bytes at hi.File()' and os.path.exists(f.path) and f.name == 'input.txt'
+    inode = os.stat(f.path).st_ino
+    assert read_file.run(f=f).wait() == 'the bytes at hi.File()'
+    with hi.Config(job_handler=parallel(1)):
+        assert read_file.run(f=f).wait(timeout=60) == 'the bytes at hi.File()'
+    assert os.stat(f.path).st_ino == inode  # stored once: later runs copy nothing
+
+
+def test_a_file_keeps_the_bytes_it_had_when_made(root_path, tmp_path):
+    src = tmp_path / 'input.txt'
+    src.write_text('before')
+    f = hi.File(src)  # a pathlib.Path will do
+    src.write_text('after, and longer')
+    assert read_file.run(f=f).wait() == 'before'
+    assert f.sha1 == hashlib.sha1(b'before').hexdigest()
+
+
+def test_a_file_made_for_one_root_travels_to_another(root_path, tmp_path):
+    src = tmp_path / 'input.bin'
+    src.write_bytes(b'\x00\x01 data')
+    f = hi.File(str(src))
+    src.unlink()
+    other = str(tmp_path / 'other-root')
+    with hi.Config(root=other):
+        out = echo.run(x=f).wait()
+    assert out.path.startswith(os.path.join(other, 'store')) and out.read_bytes() == b'\x00\x01 data'
+
+
+def test_a_file_whose_stored_copy_was_collected(root_path, root, tmp_path):
+    """hither-fs gc removes blobs no job refers to after its grace period: the original file
+    is stored again if it is unchanged; if it is gone too, .run() says so."""
+    src = tmp_path / 'input.txt'
+    src.write_text('kept')
+    f = hi.File(str(src))
+    os.unlink(f.path)
+    assert read_file.run(f=f).wait() == 'kept'
+    os.unlink(f.path)
+    src.unlink()
+    with pytest.raises(FileNotFoundError, match=r"argument 'f': the bytes of hi.File 'input.txt' .* are no longer "
+                                                r"in the store"):
+        read_file.run(f=f)
+
+
+def test_a_file_of_nothing_is_refused_when_made(root_path, tmp_path):
+    with pytest.raises(FileNotFoundError, match='hi.File: .*missing.txt does not exist'):
+        hi.File(str(tmp_path / 'missing.txt'))
+    with pytest.raises(IsADirectoryError, match='is not a regular file'):
+        hi.File(str(tmp_path))
+
+
+def test_without_a_root_a_file_is_stored_when_first_given_to_a_job(tmp_path, store, monkeypatch):
+    """Where no root is known (the container stand-in outside a job) the path is kept, and the
+    bytes are stored at the first encode, as before."""
+    monkeypatch.setattr(serialization, '_default_store', None)
+    src = tmp_path / 'input.txt'
+    src.write_text('late')
+    f = hi.File(str(src))
+    assert f.path == str(src)
+    out = decode(encode(f, store, 'x'), store)
+    assert out.read_text() == 'late' and out.path.startswith(store.path) and f.path == out.path
+
+
+def test_a_file_written_by_np_save_travels(root_path, tmp_path):
+    buf = io.BytesIO()
+    np.save(buf, np.arange(3))
+    (tmp_path / 'a.npy').write_bytes(buf.getvalue())
+    f = hi.File(str(tmp_path / 'a.npy'))
+    assert echo.run(x=f).wait().read_bytes() == buf.getvalue()

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Optional
 from .code import function_in_code_env, import_function
 from .files import CorruptFileError, file_mode, read_json, write_json
 from .layout import Layout
-from .serialization import decode, encode
+from .serialization import decode, encode, files_stored_in
 from .store import Store
 
 
@@ -92,7 +92,8 @@ def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, A
         cwd = spec.get("cwd")
         if cwd and spec.get("chdir") and os.path.isdir(cwd):
             os.chdir(cwd)
-        value = function(**kwargs)
+        with files_stored_in(store):  # a hi.File it makes keeps its bytes in this root at once
+            value = function(**kwargs)
         stage = "storing the result"
         encoded = encode(value, store, "result of {}".format(fspec["name"]))
         write_json(os.path.join(out_dir, OUTCOME), {"result": {"value": encoded}})

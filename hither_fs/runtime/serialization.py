@@ -36,13 +36,14 @@ Standard library and numpy only (numpy 1.24 and later): this module also
 runs inside job containers.
 """
 
+import contextlib
 import os
 import sys
 from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
-from .store import Store, sha1_of_file
+from .store import BlobMissingError, Store, sha1_of_file
 
 TAG = "__hither__"
 
@@ -52,18 +53,76 @@ TAG = "__hither__"
 MAX_DEPTH = 100
 
 
+# -- where hi.File stores its bytes ----------------------------------------------------
+
+_job_store: Optional[Store] = None
+_default_store: Optional[Callable[[], Optional[Store]]] = None
+
+
+def set_default_store(find: Optional[Callable[[], Optional[Store]]]) -> None:
+    """Where a ``hi.File`` made outside a job stores its bytes: the full hither_fs sets this to
+    the store of ``hi.Config``'s root (the container stand-in leaves it unset)."""
+    global _default_store
+    _default_store = find
+
+
+@contextlib.contextmanager
+def files_stored_in(store: Store) -> Iterator[None]:
+    """While a job's function runs, every ``hi.File`` it makes stores its bytes in the job's
+    root (in whichever thread it is made: the setting is process-wide)."""
+    global _job_store
+    before, _job_store = _job_store, store
+    try:
+        yield
+    finally:
+        _job_store = before
+
+
+def _current_store() -> Optional[Store]:
+    if _job_store is not None:
+        return _job_store
+    return _default_store() if _default_store is not None else None
+
+
 class File:
     """A file that travels with a job: stored by content in the root's store.
 
-    ``hi.File(path)`` wraps a local file; when it is passed to ``.run()`` (or
-    returned by a job) its bytes are copied into the store and it is known by
-    its sha1 from then on. ``.path`` is where the bytes can be read.
+    ``hi.File(path)`` copies the file's bytes into the store of the root in
+    use (``hi.Config``'s root; inside a job, the job's root) at once, so the
+    original may change or vanish right after: passing the ``File`` to
+    ``.run()``, returning it from a job and reading it all use the stored
+    copy. ``.path`` is where that copy can be read (do not write to it),
+    ``.name`` the original file name, ``.sha1`` the content hash.
     """
 
-    def __init__(self, path: str, *, sha1: Optional[str] = None, name: Optional[str] = None):
-        self.path = os.path.abspath(path)
+    def __init__(self, path: "os.PathLike[str] | str", *, sha1: Optional[str] = None,
+                 name: Optional[str] = None):
+        path = os.path.abspath(os.fspath(path))
         self.name = name or os.path.basename(path)
-        self._sha1 = sha1
+        self._store: Optional[Store] = None
+        self._source: Optional[str] = None  # the original file, for a File that could not be stored yet
+        if sha1 is not None:  # a stored copy that is known already
+            self.path, self._sha1 = path, sha1
+            return
+        if not os.path.exists(path):
+            raise FileNotFoundError("hi.File: {} does not exist".format(path))
+        if not os.path.isfile(path):
+            raise IsADirectoryError("hi.File: {} is not a regular file".format(path)) if os.path.isdir(path) \
+                else ValueError("hi.File: {} is not a regular file".format(path))
+        store = _current_store()
+        if store is None:  # no root here (a container outside a job): stored when it is first given to a job
+            self.path, self._sha1, self._source = path, None, path
+            return
+        self._sha1 = store.put_file(path)
+        self._store, self._source = store, path
+        self.path = store.blob_path(self._sha1)
+
+    @classmethod
+    def _stored(cls, store: Store, sha1: str, name: Optional[str]) -> "File":
+        """A ``File`` for a blob already in ``store`` (checked against its hash now)."""
+        f = cls(store.verified_path(sha1), sha1=sha1, name=name)
+        f._store = store
+        return f
 
     @property
     def sha1(self) -> str:
@@ -77,6 +136,34 @@ class File:
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
+
+    def _store_in(self, store: Store, where: str) -> str:
+        """Make the bytes present in ``store`` (linked or copied from where they are now)."""
+        if self._store is None:
+            if not os.path.isfile(self.path):
+                raise FileNotFoundError("{}: file {} does not exist".format(where, self.path))
+            self._sha1 = store.put_file(self.path)
+            self._store, self.path = store, store.blob_path(self._sha1)
+            return self._sha1
+        sha1 = self._sha1
+        try:
+            if os.path.abspath(self._store.path) == os.path.abspath(store.path):
+                if store.refresh(sha1):
+                    return sha1
+                raise BlobMissingError(sha1)
+            store.copy_blob_from(self._store, sha1)
+            return sha1
+        except BlobMissingError:
+            pass
+        # the stored copy is gone (hither-fs gc removes blobs no job refers to after its grace
+        # period): the original file will do if it still holds the same bytes
+        if self._source is not None and os.path.isfile(self._source) and sha1_of_file(self._source) == sha1:
+            store.put_file(self._source)
+            return sha1
+        raise FileNotFoundError(
+            "{}: the bytes of hi.File {!r} (sha1 {}) are no longer in the store at {} (removed by hither-fs "
+            "gc?) and its original file {} is gone or changed: make the hi.File again".format(
+                where, self.name, sha1, self._store.path, self._source or "(unknown)"))
 
     def __eq__(self, other):
         return isinstance(other, File) and other.sha1 == self.sha1
@@ -264,11 +351,7 @@ def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any,
             items[k] = _encode(v, store, _where_item(where, k), other, depth + 1, top)
         return {TAG: "dict", "items": items} if TAG in items else items
     if isinstance(value, File):
-        if not os.path.isfile(value.path):
-            raise FileNotFoundError("{}: file {} does not exist".format(where, value.path))
-        sha1 = store.put_file(value.path)
-        value._sha1 = sha1
-        return {TAG: "file", "sha1": sha1, "name": value.name}
+        return {TAG: "file", "sha1": value._store_in(store, where), "name": value.name}
     if other is not None:
         encoded = other(value, where)
         if encoded is not NotImplemented:
@@ -317,7 +400,7 @@ def _decode(obj: Any, store: Store, job_value: Optional[Callable[[str], Any]], d
     if kind == "dict":
         return {k: _decode(v, store, job_value, depth + 1) for k, v in obj["items"].items()}
     if kind == "file":
-        return File(store.verified_path(obj["sha1"]), sha1=obj["sha1"], name=obj.get("name"))
+        return File._stored(store, obj["sha1"], obj.get("name"))
     if kind == "job":
         if job_value is None:
             raise ValueError("a job reference cannot be decoded here")
