@@ -39,7 +39,7 @@ runs inside job containers.
 import contextlib
 import os
 import sys
-from typing import Any, Callable, Iterator, Optional, Tuple
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class File:
     ``.name`` the original file name, ``.sha1`` the content hash.
     """
 
-    def __init__(self, path: "os.PathLike[str] | str", *, sha1: Optional[str] = None,
+    def __init__(self, path: Union[str, "os.PathLike[str]"], *, sha1: Optional[str] = None,
                  name: Optional[str] = None):
         path = os.path.abspath(os.fspath(path))
         self.name = name or os.path.basename(path)
