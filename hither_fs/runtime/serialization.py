@@ -100,6 +100,7 @@ class File:
         path = os.path.abspath(os.fspath(path))
         self.name = name or os.path.basename(path)
         self._store: Optional[Store] = None
+        self._sha1: Optional[str] = None
         self._source: Optional[str] = None  # the original file, for a File that could not be stored yet
         if sha1 is not None:  # a stored copy that is known already
             self.path, self._sha1 = path, sha1
@@ -244,14 +245,14 @@ def _json_number(value: np.generic) -> Any:
     return NotImplemented
 
 
-def _scalar_from_json(dtype: np.dtype, value: Any) -> np.generic:
+def _scalar_from_json(dtype: np.dtype, value: Any) -> Any:
     if dtype.kind in "mM":
         count = np.iinfo(np.int64).min if value is None else value
         return np.array(count, dtype=np.int64).view(dtype)[()]
     return dtype.type(value)
 
 
-def _scalar_from_array(array: np.ndarray, dtype_text: Any) -> np.generic:
+def _scalar_from_array(array: np.ndarray, dtype_text: Any) -> Any:
     """The scalar a 0-d array holds, with its recorded dtype: numpy drops trailing NULs of
     bytes and str scalars (``|S3`` ``b'ab\\0'`` would come back ``|S2``), so those are rebuilt
     from the array's raw bytes, cut to the recorded length."""
@@ -282,7 +283,7 @@ def _without_padding(array: np.ndarray) -> np.ndarray:
     if not _X87_PADDED or dtype.kind not in "fc" or dtype.type not in (np.longdouble, np.clongdouble) \
             or not dtype.isnative or array.size == 0:
         return array
-    order = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
+    order: Any = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"
     copy = array.copy(order=order)
     part = np.dtype(np.longdouble).itemsize
     flat = copy.reshape(-1, order=order).view(np.uint8).reshape(-1, part)  # views of the copy
