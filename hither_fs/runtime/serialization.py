@@ -146,7 +146,7 @@ class File:
             self._sha1 = store.put_file(self.path)
             self._store, self.path = store, store.blob_path(self._sha1)
             return self._sha1
-        sha1 = self._sha1
+        sha1 = self.sha1  # known: a stored File has its sha1
         try:
             if os.path.abspath(self._store.path) == os.path.abspath(store.path):
                 if store.refresh(sha1):
