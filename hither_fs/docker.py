@@ -72,7 +72,7 @@ def image_reference(image: str) -> str:
 
 
 def _call(args: List[str], timeout: Optional[float] = CALL_TIMEOUT) -> subprocess.CompletedProcess:
-    return subprocess.run([docker_executable()] + args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+    return subprocess.run([docker_executable(), *args], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -185,7 +185,7 @@ def run(args: List[str], out_dir: str) -> Tuple[int, str]:
     the job's own console files) printed, kept in ``out_dir``'s ``docker.txt``."""
     said_path = os.path.join(out_dir, SAID)
     with open(said_path, "ab") as said:
-        code = subprocess.run([docker_executable()] + args, stdin=subprocess.DEVNULL, stdout=said,
+        code = subprocess.run([docker_executable(), *args], stdin=subprocess.DEVNULL, stdout=said,
                               stderr=subprocess.STDOUT).returncode
     return code, read_text_tail(said_path, 64 * 1024).strip()
 
