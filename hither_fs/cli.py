@@ -13,39 +13,10 @@ from .report import write_report
 from .job import Job
 from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
-from .runtime.files import CorruptFileError, fs_clock, read_json, with_parents, write_new
-from .runtime.layout import check_queue_name
-from .slurm import (NOTE_STALE, Allocation, describe_shape, live_workers, parse_slurm_time, served_queues,
-                    waiting_reason)
+from .runtime.files import CorruptFileError, with_parents, write_new
+from .slurm import Allocation, QueueWaits, describe_shape, live_workers, parse_slurm_time
 from .usage import SHARED_NOTE, disk_usage, human
 from .worker import Worker
-
-
-class _Waits:
-    """Why queued jobs wait, by queue: what the scheduler said (``scheduler.json``), or that
-    no live worker serves the queue. Each queue is looked up once per command."""
-
-    def __init__(self, root: Root):
-        self.root = root
-        self.served = served_queues(root)
-        self.reasons: Dict[str, str] = {}
-
-    def reason(self, queue: Any) -> str:
-        if not isinstance(queue, str) or queue.startswith("inproc-"):
-            return ""  # an in-process queue: its submitting process runs it while it waits
-        if queue not in self.reasons:
-            try:
-                path = self.root.layout.scheduler_note(check_queue_name(queue))
-                note = read_json(path)
-                if fs_clock(self.root.layout.workers) - os.stat(path).st_mtime > NOTE_STALE:
-                    note = None  # its handler is gone: what it said then is no reason now
-            except (OSError, CorruptFileError, ValueError):
-                note = None
-            reason = waiting_reason(note)
-            if not reason and queue not in self.served:
-                reason = "no live worker serves queue {}".format(queue)
-            self.reasons[queue] = reason
-        return self.reasons[queue]
 
 
 def _duration(seconds: Any) -> str:
@@ -79,7 +50,7 @@ def cmd_ls(args) -> int:
     rows = _selected(root, args)
     if args.by:
         return _ls_groups(rows, args.by, args.json)
-    waits = _Waits(root)
+    waits = QueueWaits(root)
     for r in rows:
         r["waiting"] = waits.reason(r["queue"]) if r["status"] == Status.QUEUED else ""
     total = len(rows)
@@ -143,7 +114,7 @@ def cmd_show(args) -> int:
     state = protocol.live_status(root, job_id, protocol.read_state(root, job_id))
     out = {"directory": root.layout.job_dir(job_id), "spec": protocol.read_spec(root, job_id), "state": state}
     if state.get("status") == Status.QUEUED:
-        out["waiting"] = _Waits(root).reason(state.get("queue"))
+        out["waiting"] = QueueWaits(root).reason(state.get("queue"))
     tokens = protocol.find_tokens(root, {job_id})
     if job_id in tokens:
         out["token"] = tokens[job_id].path

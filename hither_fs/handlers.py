@@ -12,6 +12,7 @@ A handler names the queue its jobs go to and makes sure someone serves it:
 import atexit
 import datetime
 import itertools
+import logging
 import os
 import socket
 import subprocess
@@ -30,6 +31,7 @@ from .runtime.files import file_mode, makedirs
 from .runtime.layout import check_queue_name
 from .worker import new_worker_id
 
+log = logging.getLogger("hither_fs.handlers")
 _counter = itertools.count(1)
 #: A local worker up this long started fine: the handler stops counting its earlier deaths.
 WORKER_UP_SECONDS = 10.0
@@ -138,6 +140,8 @@ class DefaultJobHandler(JobHandler):
                     continue
                 claim = protocol.claim(root, path, self._worker_id, spec)
                 if claim is not None:
+                    log.debug("running job %s (%s) in this process", claim.job_id,
+                              (spec.get("function") or {}).get("name"))
                     self._run(root, claim)
                     break
             else:
@@ -221,6 +225,8 @@ class ParallelJobHandler(JobHandler):
                 elif p.returncode != 0:
                     died = p
                     self._failures[queue] = self._failures.get(queue, 0) + 1
+                    log.warning("local worker pid %d for queue %s exited with code %s; see %s", p.pid, queue,
+                                p.returncode, p.log_path)
             if any(time.monotonic() - p.started_at > WORKER_UP_SECONDS for p in procs):
                 self._failures[queue] = 0  # a worker there stays up: deaths were the jobs' doing, not its start's
             if died is not None:
@@ -238,6 +244,7 @@ class ParallelJobHandler(JobHandler):
     def _give_up(self, root: Root, queue: str, message: str) -> None:
         """Nothing can run the queue's jobs: fail them with ``message``, and raise it."""
         self._environments.pop(queue, None)
+        log.error("giving up on queue %s: %s", queue, message)
         protocol.fail_queue(root, queue, protocol.error_record(
             "RuntimeError", message, "starting local workers for it", module="builtins"))
         raise RuntimeError(message)
@@ -311,12 +318,14 @@ def start_worker_process(root: Root, queues: List[str], *, slots: int = 1, paren
     env = (env_snapshot or environment.current()).for_worker(environment.PACKAGE_PARENT)
     log_path = worker_log_path(root, "local-{}-{}-{}".format(socket.gethostname().split(".")[0],
                                                              os.getpid(), next(_counter)))
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode(os.path.dirname(log_path)))
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, file_mode(os.path.dirname(log_path)))
     try:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fd, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
     finally:
-        os.close(log)
+        os.close(log_fd)
     proc.log_path = log_path
     proc.started_at = time.monotonic()
+    log.info("started local worker pid %d for queue%s %s (%d slot%s; log: %s)", proc.pid,
+             "" if len(queues) == 1 else "s", ", ".join(queues), slots, "" if slots == 1 else "s", log_path)
     return proc

@@ -262,7 +262,11 @@ class Recovery:
         except (OSError, CorruptFileError) as exc:
             log.warning("could not hand back job %s: %s", token.job_id, exc)
             return 0
-        if status is not None:
-            log.warning("job %s handed back (%s): %s", token.job_id, status, why)
+        if status == protocol.Status.QUEUED:
+            log.warning("job %s: its worker %s was lost (%s); queued again to run once more (attempt %d)",
+                        token.job_id, token.worker, why, token.attempt + 1)
+        elif status is not None:
+            log.warning("job %s: its worker %s was lost (%s); the job is now %s", token.job_id, token.worker,
+                        why, status.value)
         return status is not None
 

@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -199,8 +200,13 @@ class Allocation:
     def submit(self, root: Root, queue_name: str, snapshot: Optional[environment.Snapshot] = None) -> str:
         """``sbatch`` one allocation, in ``snapshot``'s environment (this process's by default);
         return its Slurm job id."""
-        out = _run(self.sbatch_command(root, queue_name), env=self.worker_environment(root, queue_name, snapshot))
-        return out.strip().split(";")[0]
+        cmd = self.sbatch_command(root, queue_name)
+        log.debug("sbatch for queue %s: %s", queue_name, shlex.join(cmd))
+        out = _run(cmd, env=self.worker_environment(root, queue_name, snapshot))
+        sid = out.strip().split(";")[0]
+        log.info("sbatch submitted allocation %s (%d slot%s) for queue %s: %s", sid, self.slots,
+                 "" if self.slots == 1 else "s", queue_name, shlex.join(cmd))
+        return sid
 
 
 def job_name(root: Root, queue_name: str) -> str:
@@ -246,6 +252,34 @@ def waiting_reason(note: Any) -> str:
     for sid in note.get("submitted") or []:
         parts.append("allocation {} submitted".format(sid))
     return "; ".join(parts)
+
+
+class QueueWaits:
+    """Why queued jobs wait, by queue: what the scheduler said (``scheduler.json``), or that
+    no live worker serves the queue. Each queue is looked up once per instance (``hither-fs
+    ls``/``show`` make one per command, the progress line one every few seconds)."""
+
+    def __init__(self, root: Root):
+        self.root = root
+        self.served = served_queues(root)
+        self.reasons: Dict[str, str] = {}
+
+    def reason(self, queue: Any) -> str:
+        if not isinstance(queue, str) or queue.startswith("inproc-"):
+            return ""  # an in-process queue: its submitting process runs it while it waits
+        if queue not in self.reasons:
+            try:
+                path = self.root.layout.scheduler_note(check_queue_name(queue))
+                note = read_json(path)
+                if fs_clock(self.root.layout.workers) - os.stat(path).st_mtime > NOTE_STALE:
+                    note = None  # its handler is gone: what it said then is no reason now
+            except (OSError, CorruptFileError, ValueError):
+                note = None
+            reason = waiting_reason(note)
+            if not reason and queue not in self.served:
+                reason = "no live worker serves queue {}".format(queue)
+            self.reasons[queue] = reason
+        return self.reasons[queue]
 
 
 def describe_shape(shape: Any) -> str:
@@ -304,6 +338,7 @@ class _QueueTracker:
         self.failing_since: Optional[float] = None
         self.note: Optional[Dict[str, Any]] = None  # what scheduler.json says now
         self.note_written = 0.0
+        self.serving: set = set()  # allocations whose worker was seen beating (logged once each)
 
 
 class SlurmJobHandler(JobHandler):
@@ -454,6 +489,10 @@ class SlurmJobHandler(JobHandler):
                      now: float) -> List[str]:
         # every live allocation counts against max_allocations, draining ones too:
         # their replacement is submitted when they leave
+        serving = {str(hb.get("slurm_job_id")) for hb in workers if hb.get("slurm_job_id")}
+        for sid in sorted(serving - tracker.serving):
+            log.info("allocation %s serves queue %s: its worker is up", sid, tracker.queue)
+        tracker.serving = serving
         demand = self.demand(root, tracker.queue, workers, cap=self.max_allocations * self.allocation.slots + 1)
         need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
         if need <= len(workers):
@@ -491,7 +530,6 @@ class SlurmJobHandler(JobHandler):
             tracker.submitted[sid] = now
             self.history.append(sid)
             new.append(sid)
-            log.info("submitted allocation %s for queue %s", sid, tracker.queue)
         if tracker.failing_since is None:  # else the note says that sbatch keeps failing
             self._write_note(root, tracker, {"allocations": {sid: {"state": state, "reason": reason}
                                                              for sid, (state, reason) in sorted(waiting.items())},
@@ -565,8 +603,23 @@ class SlurmJobHandler(JobHandler):
             return
         tracker.squeue_backoff = self.squeue_interval
         tracker.next_squeue = now + self.squeue_interval
+        before = tracker.in_slurm
         tracker.in_slurm = {sid: sr for sid, sr in states.items()
                             if sr[0] not in _FINAL_SLURM_STATES and sr[0] != "COMPLETING"}
+        for sid, (state, reason) in sorted(tracker.in_slurm.items()):
+            if before.get(sid) == (state, reason):
+                continue
+            if state == "PENDING":
+                log.info("allocation %s for queue %s is pending in Slurm: %s", sid, tracker.queue,
+                         reason if reason and reason != "None" else "no reason given")
+            elif state == "RUNNING":
+                log.info("allocation %s for queue %s has started in Slurm", sid, tracker.queue)
+            else:
+                log.debug("allocation %s for queue %s is %s in Slurm%s", sid, tracker.queue, state,
+                          ": " + reason if reason and reason != "None" else "")
+        for sid in sorted(set(before) - set(tracker.in_slurm)):
+            log.debug("allocation %s for queue %s has left Slurm's queue (%s)", sid, tracker.queue,
+                      states.get(sid, ("gone",))[0].lower())
         # what squeue lists speaks for itself; keep only submissions too recent to be listed
         tracker.submitted = {sid: t for sid, t in tracker.submitted.items()
                              if sid not in states and now - t < 2 * self.squeue_interval}
