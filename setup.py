@@ -9,7 +9,7 @@ setup(
     packages=find_packages(include=["hither_fs", "hither_fs.*"]),
     package_data={"hither_fs": ["templates/*.sbatch", "py.typed"]},
     python_requires=">=3.9",
-    install_requires=["numpy", "filelock>=3.12", "psutil", "spython"],
-    extras_require={"test": ["pytest", "nbclient", "nbformat", "ipykernel", "mypy"]},
+    install_requires=["numpy", "filelock>=3.12", "psutil", "spython", "tqdm>=4.61"],
+    extras_require={"test": ["pytest", "nbclient", "nbformat", "ipykernel", "ipywidgets", "mypy"]},
     entry_points={"console_scripts": ["hither-fs=hither_fs.cli:main"]},
 )

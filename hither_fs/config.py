@@ -33,6 +33,9 @@ DEFAULTS: Dict[str, Any] = {
     "code_change": "warn",   # a cache hit from other code of the same version: "warn", "rerun" or "ignore"
     "container_runtime": None,  # "singularity" or "docker"; None: $HITHER_USE_SINGULARITY, else what the host has
     "container_network": False,  # Docker: give container jobs a network (--network none otherwise)
+    "progress": None,        # a live progress line while waiting: None = on a terminal or in Jupyter only
+    "cancel_on_interrupt": True,  # the first Ctrl-C in a wait cancels this process's unfinished jobs
+    "detach": False,         # True: jobs never cancelled by a Ctrl-C in this process's waits
 }
 
 CODE_CHANGE_CHOICES = ("warn", "rerun", "ignore")
@@ -51,13 +54,15 @@ class Config:
     def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
                  cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
                  max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET, code_change=_UNSET,
-                 container_runtime=_UNSET, container_network=_UNSET, **hither_options):
+                 container_runtime=_UNSET, container_network=_UNSET, progress=_UNSET,
+                 cancel_on_interrupt=_UNSET, detach=_UNSET, **hither_options):
         _hither_options(hither_options)
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
                      job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
                      root=root, label=label, code_change=code_change,
-                     container_runtime=container_runtime, container_network=container_network)
+                     container_runtime=container_runtime, container_network=container_network,
+                     progress=progress, cancel_on_interrupt=cancel_on_interrupt, detach=detach)
         self.options = {k: v for k, v in given.items() if v is not _UNSET}
         _check(self.options)
 
@@ -133,6 +138,12 @@ def _check(options: Dict[str, Any]) -> None:
                          .format(runtime))
     if not isinstance(options.get("container_network", False), bool):
         raise ValueError("container_network must be True or False, not {!r}".format(options["container_network"]))
+    if not isinstance(options.get("progress"), (bool, type(None))):
+        raise ValueError("progress must be True, False or None (on a terminal or in Jupyter), not {!r}".format(
+            options["progress"]))
+    for name in ("cancel_on_interrupt", "detach"):
+        if not isinstance(options.get(name, False), bool):
+            raise ValueError("{} must be True or False, not {!r}".format(name, options[name]))
     cache = options.get("job_cache")
     if cache not in (None, False) and not hasattr(cache, "lookup"):
         raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))

@@ -14,7 +14,7 @@ from concurrent import futures
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Generic, Optional, TypeVar
 
-from . import protocol
+from . import progress, protocol
 from .errors import JobCancelledError, JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
@@ -162,9 +162,12 @@ class Job(futures.Future, Generic[T]):
         """Wait until the job is done; return its result or raise its error.
 
         ``timeout`` (seconds) raises ``TimeoutError`` if it expires first; the
-        job itself goes on.
+        job itself goes on. A wait longer than a second shows a progress line on a
+        terminal or in Jupyter; the first Ctrl-C cancels this process's unfinished
+        jobs (see :mod:`hither_fs.progress`).
         """
-        self.wait_done(timeout)
+        with progress.watching([self], leave=False):
+            self.wait_done(timeout)
         return self.get_result()
 
     def wait_done(self, timeout: Optional[float] = None, poll: float = POLL_MIN, lag: float = 0.0) -> str:

@@ -8,13 +8,15 @@ cache is consulted, the job is written with its spec, and its handler is told.
 import getpass
 import inspect
 import os
+import logging
 import socket
+import sys
 import threading
 import time
 import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import environment, protocol
+from . import environment, progress, protocol
 from .cache import JobCache, cache_key, code_hash
 from .codeenv import CodeEnvError, capture, capture_source
 from .config import Config
@@ -32,12 +34,17 @@ from .runtime.layout import check_queue_name, host_label, is_job_id
 from .runtime.serialization import TAG, encode, set_default_store
 from .shipping import ShipError
 
+log = logging.getLogger("hither_fs.submit")
 _jobs_lock = threading.Lock()
 _jobs: List[Job] = []
 _default_handler = None
 
 
 _run = {"id": None, "pid": None}
+#: The jobs of ``_jobs`` that the first Ctrl-C in a wait cancels: those this process submitted itself
+#: (not a job it attached to, nor a cache hit), without ``detach=True`` or ``cancel_on_interrupt=False``.
+#: Kept with the pid that submitted them: a forked child cancels none of its parent's.
+_cancellable: Dict[str, Any] = {"pid": None, "ids": set()}
 
 
 def run_id() -> str:
@@ -147,6 +154,10 @@ def submit(fn, kwargs: Dict[str, Any]) -> Job:
         job = _create(root, spec, handler)
     with _jobs_lock:
         _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
+        if not cached and job.id == spec.get("id") and cfg["cancel_on_interrupt"] and not cfg["detach"]:
+            if _cancellable["pid"] != os.getpid():
+                _cancellable.update(pid=os.getpid(), ids=set())
+            _cancellable["ids"].add(job.id)
     if cached:
         return job  # answered from the cache: nothing for the handler to run
     if handler.in_process:
@@ -316,14 +327,93 @@ def wait(timeout: Optional[float] = None) -> None:
         jobs = list(_jobs)
     # the newest first; then each of the others in turn (most are done by then: one look each)
     order = jobs[-1:] + jobs[:-1]
-    for k, job in enumerate(order):
-        many = k < len(order) - 1
+    with progress.watching(jobs):  # the progress line; the first Ctrl-C cancels (see interrupted())
+        for k, job in enumerate(order):
+            many = k < len(order) - 1
+            try:
+                # with others still to come, a few milliseconds of lag cost nothing: look less often
+                job.wait_done(None if deadline is None else max(0.0, deadline - time.monotonic()),
+                              poll=POLL_MAX if many else POLL_MIN, lag=0.05 if many else 0.0)
+            except (protocol.JobDirectoryError, FileNotFoundError):
+                continue  # damaged or removed: it will never change (job.get_result() raises why)
+            except TimeoutError:  # say the caller's timeout, not what was left of it for this job
+                raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
+                    job.id, job.function_name, timeout, job.status)) from None
+
+
+def interrupted() -> None:
+    """The first Ctrl-C (``KeyboardInterrupt``) in ``hi.wait()`` or ``job.wait()``: cancel the
+    unfinished jobs this process submitted, and say so on stderr; the caller then raises the
+    ``KeyboardInterrupt`` on.
+
+    Not cancelled: jobs submitted with ``hi.Config(detach=True)`` or
+    ``cancel_on_interrupt=False``, jobs of other processes that this one
+    attached to (the same cache key), and all of them when the wait itself
+    runs under ``cancel_on_interrupt=False``. A second Ctrl-C while cancelling
+    stops at once: it is raised, and the jobs not reached go on.
+    """
+    with _jobs_lock:
+        ids = set(_cancellable["ids"]) if _cancellable["pid"] == os.getpid() else set()
+        mine = list({(job.root.path, job.id): job for job in _jobs if job.id in ids}.values())
+    unfinished = []
+    for job in reversed(mine):  # the newest first: a downstream job before its upstream ones
         try:
-            # with others still to come, a few milliseconds of lag cost nothing: look less often
-            job.wait_done(None if deadline is None else max(0.0, deadline - time.monotonic()),
-                          poll=POLL_MAX if many else POLL_MIN, lag=0.05 if many else 0.0)
-        except (protocol.JobDirectoryError, FileNotFoundError):
-            continue  # damaged or removed: it will never change (job.get_result() raises why)
-        except TimeoutError:  # say the caller's timeout, not what was left of it for this job
-            raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
-                job.id, job.function_name, timeout, job.status)) from None
+            if not job.is_done():
+                unfinished.append(job)
+        except (OSError, CorruptFileError, protocol.JobDirectoryError):
+            continue  # removed or damaged: nothing to cancel
+    if not unfinished:
+        return
+    n = len(unfinished)
+    jobs_word = "job" if n == 1 else "jobs"
+    if not Config.current()["cancel_on_interrupt"]:
+        _say("interrupted; the {} unfinished {} this process submitted keep running (cancel_on_interrupt=False); "
+             "`hither-fs cancel --run {}` cancels them".format(n, jobs_word, run_id()))
+        return
+    cancelled = running = 0
+    left: List[str] = []
+    reached = 0
+    try:
+        _say("interrupted: cancelling the {} unfinished {} this process submitted (Ctrl-C again to stop)".format(
+            n, jobs_word))
+        by_root: Dict[str, List[Job]] = {}
+        for job in unfinished:
+            by_root.setdefault(job.root.path, []).append(job)
+        for group in by_root.values():
+            root = group[0].root
+            found = protocol.find_tokens(root, {job.id for job in group})  # one pass over the root, not one per job
+            for job in group:
+                reached += 1
+                try:
+                    status = protocol.cancel(root, job.id, found.get(job.id))
+                except (OSError, CorruptFileError, protocol.JobDirectoryError) as exc:
+                    log.warning("could not cancel job %s: %s", job.id, exc)
+                    left.append(job.id)
+                    continue
+                if status == Status.CANCELLED:
+                    cancelled += 1
+                elif status == Status.RUNNING:
+                    running += 1
+                elif status not in protocol.FINAL_VALUES:
+                    left.append(job.id)  # another process holds it just now
+    except KeyboardInterrupt:
+        _say("second Ctrl-C: stopped cancelling after {} of {} jobs; the others go on (`hither-fs cancel --run {}` "
+             "cancels them)".format(max(0, reached - 1), n, run_id()))
+        raise
+    said = "cancelled {} {}".format(cancelled + running, "job" if cancelled + running == 1 else "jobs")
+    if running:
+        said += " ({} running: {} now)".format(running, "its worker kills it" if running == 1
+                                               else "their workers kill them")
+    if left:
+        said += "; {} could not be cancelled now (`hither-fs cancel --run {}` tries again)".format(len(left), run_id())
+    _say(said + ". To keep jobs running after Ctrl-C, use hi.Config(cancel_on_interrupt=False), or submit them "
+                "with hi.Config(detach=True)")
+
+
+def _say(message: str) -> None:
+    """A line for the person at the terminal (the wait was interrupted: not a log record)."""
+    try:
+        sys.stderr.write("hither_fs: {}\n".format(message))
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
