@@ -14,6 +14,7 @@ import datetime
 import itertools
 import logging
 import os
+import threading
 import socket
 import subprocess
 import sys
@@ -109,6 +110,7 @@ class DefaultJobHandler(JobHandler):
         self._readers: Dict[str, QueueReader] = {}
         self._worker_id = new_worker_id("inproc")
         self._heartbeats: Dict[str, Heartbeat] = {}
+        self._lock = threading.RLock()
 
     def queue_for(self, root: Root) -> str:
         # per process: a forked child gets its own queue
@@ -122,7 +124,13 @@ class DefaultJobHandler(JobHandler):
         self.help(root)
 
     def help(self, root: Root) -> None:
-        # re-entered when a job running here waits for a job it submitted: that one runs then
+        # one thread at a time runs this handler's jobs (the watcher of futures may ask too, and
+        # a job's console is captured process-wide); re-entered when a job running here waits
+        # for a job it submitted: that one runs then
+        with self._lock:
+            self._help(root)
+
+    def _help(self, root: Root) -> None:
         q = self.queue_for(root)
         reader = self._readers.get(root.path)
         if reader is None:

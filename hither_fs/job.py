@@ -15,13 +15,13 @@ from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Generic, Optional, TypeVar
 
 from . import progress, protocol
-from .errors import JobCancelledError, JobNotFinishedError, job_error
+from .errors import JobError, JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
 from .runtime.files import CorruptFileError, listdir, read_record, read_text_tail, write_json
 from .runtime.layout import live_console_prefix
 from .runtime.serialization import decode
-from .watch import Waiters, watcher
+from .watch import Waiters, run_callbacks, watcher
 
 log = logging.getLogger("hither_fs.job")
 
@@ -242,13 +242,19 @@ class Job(futures.Future, Generic[T]):
     @property
     def _condition(self) -> threading.Condition:
         """The Future's condition. ``concurrent.futures.wait`` and ``as_completed`` take it
-        first: the job is completed then if it has ended, so they see it done at once."""
-        self._settle()
+        first: the job is completed then if it has ended, so they see it done at once.
+        Never raises (the standard library holds other futures' conditions as it asks)."""
+        try:
+            self._settle()
+        except Exception as exc:  # a read that failed for now: the watcher tries again
+            log.debug("job %s: %s", self.id, exc)
         return self.__dict__["_future_condition"]
 
     def _settle(self) -> bool:
-        """Complete this Future if the job has ended (notify its waiters, run its callbacks).
-        True once it has. A job removed from the root completes with that error."""
+        """Complete this Future if the job has ended: notify its waiters and hand its callbacks
+        to the callback thread. True once it is complete. A job removed from the root, or
+        whose records are damaged, completes with that error; other read errors (the
+        filesystem failing for now) raise, and the job stays as it is."""
         if "_future_condition" not in self.__dict__:
             self._make_future_parts()
         if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
@@ -261,7 +267,8 @@ class Job(futures.Future, Generic[T]):
             error = None if status in (Status.FINISHED, Status.CANCELLED) else self._error(state)
         except (FileNotFoundError, protocol.JobDirectoryError, CorruptFileError) as exc:
             status, error = Status.ERROR.value, exc
-        with self.__dict__["_future_condition"]:
+        condition = self.__dict__["_future_condition"]
+        with condition:
             if self._state in (FINISHED, CANCELLED_AND_NOTIFIED):
                 return True
             if status == Status.CANCELLED:
@@ -272,62 +279,77 @@ class Job(futures.Future, Generic[T]):
                 self._state, self._exception = FINISHED, error
                 for waiter in self._waiters:
                     (waiter.add_result if error is None else waiter.add_exception)(self)
-            self.__dict__["_future_condition"].notify_all()
-        for callback in self._done_callbacks:
-            try:
-                callback(self)
-            except Exception:
-                log.exception("a done-callback of job %s raised", self.id)
+            condition.notify_all()
+            callbacks, self._done_callbacks = list(self._done_callbacks), []
+        if callbacks:
+            run_callbacks(self, callbacks)
         return True
+
+    def _waited_on(self) -> bool:
+        """Whether ``concurrent.futures.wait``/``as_completed`` or a callback still waits for it."""
+        with self.__dict__["_future_condition"]:
+            return bool(self._waiters) or bool(self._done_callbacks)
 
     def done(self) -> bool:
         """True once the job has ended: finished, failed or cancelled."""
         return self._settle()
 
     def running(self) -> bool:
-        return self.status == Status.RUNNING
+        return not self._settle() and self.status == Status.RUNNING
 
     def cancelled(self) -> bool:
-        return self._settle() and self._read_state().get("status") == Status.CANCELLED
+        return self._settle() and self._state == CANCELLED_AND_NOTIFIED
+
+    def _wait_as_future(self, timeout: Optional[float]) -> None:
+        """Wait until the job has ended; ``concurrent.futures.TimeoutError`` if it does not in time."""
+        if self._settle():
+            return
+        try:
+            self.wait_done(timeout)
+        except TimeoutError as exc:  # the wait's own: the job did not end in time
+            if isinstance(exc, futures.TimeoutError):
+                raise
+            raise futures.TimeoutError(str(exc)) from None
+        except (FileNotFoundError, protocol.JobDirectoryError, CorruptFileError):
+            pass  # removed or damaged while waited for: settled with that error below
+        self._settle()
 
     def result(self, timeout: Optional[float] = None) -> T:
         """``wait(timeout)``, with the Future's exceptions: ``concurrent.futures.TimeoutError``
-        when the time runs out, a ``CancelledError`` (``hi.JobCancelledError``) for a cancelled job."""
-        try:
-            return self.wait(timeout)
-        except TimeoutError as exc:
-            if isinstance(exc, futures.TimeoutError):
-                raise
-            raise futures.TimeoutError(str(exc)) from None
+        when the time runs out, a ``CancelledError`` (``hi.JobCancelledError``) for a cancelled
+        job, and the job's own error, as ``wait()`` raises it, for a failed one."""
+        self._wait_as_future(timeout)
+        if self._exception is not None and not isinstance(self._exception, JobError):
+            raise self._exception  # removed or damaged: the reason, not a retry of the read
+        return self.get_result()
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        """The job's error, or None if it finished; waits up to ``timeout`` seconds for it to end."""
-        try:
-            self.wait_done(timeout)
-        except TimeoutError as exc:
-            if isinstance(exc, futures.TimeoutError):
-                raise
-            raise futures.TimeoutError(str(exc)) from None
-        state = self._read_state()
-        if state.get("status") == Status.FINISHED:
-            return None
-        error = self._error(state)
-        if isinstance(error, JobCancelledError):
-            raise error
-        return error
+        """The job's error, or None if it finished; waits up to ``timeout`` seconds for it to end.
+        Raises ``CancelledError`` (``hi.JobCancelledError``) for a cancelled job."""
+        self._wait_as_future(timeout)
+        if self._state == CANCELLED_AND_NOTIFIED:
+            raise self._error(self._read_state())
+        return self._exception
 
     def add_done_callback(self, fn: Callable[["Job[T]"], Any]) -> None:
-        """Call ``fn(job)`` once the job has ended: now if it has, else from this process's
-        watcher thread (:mod:`hither_fs.watch`)."""
-        if self._settle():
+        """Call ``fn(job)`` once the job has ended: now, here, if it has; else from this
+        process's callback thread (:mod:`hither_fs.watch`). An exception ``fn`` raises is
+        logged, as for any Future."""
+        try:
+            ended = self._settle()
+        except OSError as exc:
+            log.debug("job %s: %s", self.id, exc)
+            ended = False
+        if not ended:
+            with self.__dict__["_future_condition"]:
+                if self._state not in (FINISHED, CANCELLED_AND_NOTIFIED):
+                    self._done_callbacks.append(fn)
+                    watcher.watch(self)
+                    return
+        try:
             fn(self)
-            return
-        with self.__dict__["_future_condition"]:
-            if self._state not in (FINISHED, CANCELLED_AND_NOTIFIED):
-                self._done_callbacks.append(fn)
-                watcher.watch(self)
-                return
-        fn(self)
+        except Exception:
+            log.exception("a done-callback of job %s raised", self.id)
 
     # -- hither's spellings -----------------------------------------------------
 

@@ -96,3 +96,36 @@ def test_a_removed_job_completes_with_its_error(root_path, parallel):
     with pytest.raises(FileNotFoundError, match='is not in root'):
         fresh.result()
     assert list(cf.as_completed([fresh], timeout=5)) == [fresh]
+
+
+def test_two_handles_on_one_job_both_complete(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        first = sleepy.run(seconds=0.3, result='x')
+        second = hi.get_job(first.id)
+        third = hi.get_job(first.id)
+        assert first == second and first is not second
+        called = threading.Event()
+        third.add_done_callback(lambda job: called.set())
+        assert list(cf.as_completed([second], timeout=60)) == [second]
+        assert called.wait(60) and first.result(timeout=60) == 'x'
+
+
+def test_a_slow_callback_does_not_hold_up_other_jobs(root_path, parallel, tmp_path):
+    release = threading.Event()
+    with hi.Config(job_handler=parallel(2)):
+        a = add.run(x=1, y=1)
+        a.add_done_callback(lambda job: release.wait(60))  # blocks the callback thread
+        b = sleepy.run(seconds=0.2, result='b')
+        assert list(cf.as_completed([b], timeout=30)) == [b]  # completed all the same
+        release.set()
+
+
+def test_a_removed_jobs_exception_is_the_reason(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        job = add.run(x=1, y=1)
+        job.wait(timeout=60)
+    fresh = hi.get_job(job.id)
+    shutil.rmtree(fresh.directory)
+    assert isinstance(fresh.exception(), FileNotFoundError) and not fresh.cancelled()
+    done, _ = cf.wait([fresh], timeout=5, return_when=cf.FIRST_EXCEPTION)
+    assert done == {fresh}

@@ -10,7 +10,7 @@ def typed_add(x: int, y: int) -> int:
 
 
 job = typed_add.run(x=1, y=2)
-reveal_type(job)
+reveal_type(job)  # noqa: F821 (mypy's)
 total: int = job.wait()
 also: int = job.result(timeout=5)
 done = concurrent.futures.wait([job])
