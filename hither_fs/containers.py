@@ -98,17 +98,17 @@ def requested_runtime(config_value: Optional[str] = None) -> Optional[str]:
 
 def choose_runtime(requested: Optional[str]) -> str:
     """The runtime that runs a job here: the one requested, else Apptainer/Singularity where
-    its command exists, else Docker where its command exists."""
+    its ``singularity`` command exists, else Docker where its command exists."""
     if requested in RUNTIMES:
         return requested
     if requested is not None:
         raise ContainerError("unknown container runtime {!r}: use 'singularity' or 'docker'".format(requested))
-    if shutil.which("singularity") or shutil.which("apptainer"):
+    if shutil.which("singularity"):  # Apptainer installs it too; spython runs that command
         return "singularity"
     if shutil.which("docker"):
         return "docker"
     raise ContainerError(
-        "no container runtime on host {}: neither 'singularity'/'apptainer' nor 'docker' is on PATH; install "
+        "no container runtime on host {}: neither 'singularity' (Apptainer provides it) nor 'docker' is on PATH; install "
         "Apptainer or Docker, or load its module, on the machines that run container jobs".format(
             os.uname().nodename))
 

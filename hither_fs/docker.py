@@ -21,6 +21,7 @@ speaks to Docker:
   or a cancel, and for the scratch directories of workers that were killed.
 """
 
+import hashlib
 import logging
 import os
 import re
@@ -44,6 +45,8 @@ SAID = "docker.txt"
 FAILED_PULL_MEMORY = 60.0
 #: How long one ``docker`` call other than a pull or a run may take (seconds).
 CALL_TIMEOUT = 120.0
+#: How long a pull may take, and a worker wait for another's pull of the same image (seconds).
+PULL_TIMEOUT = 3600.0
 
 
 def docker_executable() -> str:
@@ -97,8 +100,10 @@ def image_id(ref: str) -> Optional[str]:
 
 
 def _record_path(root, ref: str) -> str:
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", ref).strip("._-")[:80] or "image"
-    return os.path.join(root.layout.images, "docker", HOST, name)
+    """``ROOT/images/docker/<host>/<readable name>-<hash of the reference>`` (no suffix)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", ref).strip("._-")[:60] or "image"
+    digest = hashlib.sha1(ref.encode("utf-8")).hexdigest()[:12]
+    return os.path.join(root.layout.images, "docker", HOST, "{}-{}".format(name, digest))
 
 
 def ensure_image(root, url: str) -> Dict[str, Any]:
@@ -115,34 +120,51 @@ def ensure_image(root, url: str) -> Dict[str, Any]:
     directory = os.path.dirname(base)
     makedirs(directory)
     waited = time.monotonic()
-    with filelock.FileLock(base + ".lock", mode=file_mode(directory), thread_local=False):
-        waited = time.monotonic() - waited
-        known = image_id(ref)
-        if known:  # pulled by another worker of this host while this one waited
-            facts = {"image_ref": ref, "image_id": known, "image_pulled": False}
-            if waited > 0.5:
-                facts["image_wait_seconds"] = round(waited, 3)
-            return facts
-        failed = read_json(base + ".failed.json", None, missing_ok=True)
-        if failed:
-            age = fs_clock(directory) - os.path.getmtime(base + ".failed.json")
-            if 0 <= age < FAILED_PULL_MEMORY:
-                raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, HOST))
-        start = time.monotonic()
-        proc = _call(["pull", "--quiet", ref], timeout=None)
-        seconds = round(time.monotonic() - start, 3)
-        if proc.returncode != 0:
-            message = "could not pull container image {}: {}".format(url, _words(proc))
-            write_json(base + ".failed.json", {"url": url, "message": message, "host": HOST})
-            raise ContainerError(message)
-        known = image_id(ref)
-        if not known:
-            raise ContainerError("docker pull {} succeeded but host {} has no such image".format(ref, HOST))
-        write_json(base + ".json", {"url": url, "ref": ref, "image_id": known, "host": HOST,
-                                    "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                    "pull_seconds": seconds})
-        remove_quietly(base + ".failed.json")
-        return {"image_ref": ref, "image_id": known, "image_pulled": True, "image_pull_seconds": seconds}
+    lock = filelock.FileLock(base + ".lock", mode=file_mode(directory), thread_local=False)
+    try:
+        lock.acquire(timeout=PULL_TIMEOUT)
+    except filelock.Timeout:
+        raise ContainerError("waited {:.0f} s for another worker on host {} to pull {}; giving up".format(
+            PULL_TIMEOUT, HOST, url)) from None
+    try:
+        return _pull_locked(url, ref, base, directory, time.monotonic() - waited)
+    finally:
+        lock.release()
+
+
+def _pull_locked(url: str, ref: str, base: str, directory: str, waited: float) -> Dict[str, Any]:
+    """The pull itself, under the host's lock for the image: unless the image arrived meanwhile
+    or a pull of it failed a moment ago."""
+    known = image_id(ref)
+    if known:  # pulled by another worker of this host while this one waited
+        facts = {"image_ref": ref, "image_id": known, "image_pulled": False}
+        if waited > 0.5:
+            facts["image_wait_seconds"] = round(waited, 3)
+        return facts
+    failed = read_json(base + ".failed.json", None, missing_ok=True)
+    if isinstance(failed, dict) and failed.get("url") == url:
+        age = fs_clock(directory) - os.path.getmtime(base + ".failed.json")
+        if 0 <= age < FAILED_PULL_MEMORY:
+            raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, HOST))
+    start = time.monotonic()
+    try:
+        proc = _call(["pull", "--quiet", ref], timeout=PULL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise ContainerError("docker pull {} did not finish in {:.0f} s on host {}".format(
+            ref, PULL_TIMEOUT, HOST)) from None
+    seconds = round(time.monotonic() - start, 3)
+    if proc.returncode != 0:
+        message = "could not pull container image {}: {}".format(url, _words(proc))
+        write_json(base + ".failed.json", {"url": url, "message": message, "host": HOST})
+        raise ContainerError(message)
+    known = image_id(ref)
+    if not known:
+        raise ContainerError("docker pull {} succeeded but host {} has no such image".format(ref, HOST))
+    write_json(base + ".json", {"url": url, "ref": ref, "image_id": known, "host": HOST,
+                                "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                "pull_seconds": seconds})
+    remove_quietly(base + ".failed.json")
+    return {"image_ref": ref, "image_id": known, "image_pulled": True, "image_pull_seconds": seconds}
 
 
 def container_name(out_dir: str) -> str:
@@ -206,7 +228,7 @@ def kill_container(out_dir: str) -> bool:
             return False  # no docker run started here
         target = container_name(out_dir)  # killed before Docker wrote the id: the name is known
     try:
-        proc = _call(["rm", "--force", target], timeout=60)
+        proc = _call(["rm", "--force", target], timeout=20)  # the worker's loop waits for it
     except (ContainerError, OSError, subprocess.TimeoutExpired) as exc:
         log.warning("could not stop Docker container %s of %s: %s", target[:20], out_dir, exc)
         return False
