@@ -29,6 +29,11 @@ def _duration(seconds: Any) -> str:
     return "{:.1f}h".format(seconds / 3600)
 
 
+def _printable(text: str) -> str:
+    """``text`` without control characters (a terminal's escape sequences from a job's error or label)."""
+    return "".join(c if c.isprintable() else "?" for c in text.replace("\n", " "))
+
+
 def _counts(rows: List[Dict[str, Any]]) -> str:
     counts: Dict[str, int] = {}
     for r in rows:
@@ -70,7 +75,8 @@ def cmd_ls(args) -> int:
         if r["label"]:
             note = "[{}] {}".format(r["label"], note) if note else "[{}]".format(r["label"])
         print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {took:>7}  {note:.100}".format(
-            took=_duration(r["seconds"]), note=note, **{k: r[k] for k in ("id", "status", "function", "submitted")}))
+            took=_duration(r["seconds"]), note=_printable(note),
+            **{k: _printable(str(r[k])) for k in ("id", "status", "function", "submitted")}))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))
     print("{} job{}{}".format(total, "" if total == 1 else "s", ": " + _counts(rows) if rows else ""))
@@ -99,8 +105,9 @@ def _ls_groups(rows: List[Dict[str, Any]], by: str, as_json: bool) -> int:
                                                          "STATUS" + ("  LABEL" if by == "run" else "")))
     for g in out:
         print("{:40.40}  {:27}  {:>5}  {:>8}  {:>8}  {}{}".format(
-            g[by], g["first_submitted"], g["jobs"], _duration(g["span_seconds"]), _duration(g["run_seconds"]),
-            g["counts"], "  " + ", ".join(g["labels"]) if by == "run" and g["labels"] else ""))
+            _printable(g[by]), _printable(g["first_submitted"]), g["jobs"], _duration(g["span_seconds"]),
+            _duration(g["run_seconds"]), _printable(g["counts"]),
+            "  " + _printable(", ".join(g["labels"])) if by == "run" and g["labels"] else ""))
     return 0
 
 
@@ -138,12 +145,15 @@ CONFIRM_ABOVE = 5
 
 def cmd_cancel(args) -> int:
     root = Root.get(args.root, create=False)
-    ids = [_resolve_job(root, j) for j in args.job_ids]
-    if args.run or args.label or args.function or args.status or args.since or args.all:
+    ids = list(dict.fromkeys(_resolve_job(root, j) for j in args.job_ids))  # each once, in order
+    filters = args.run or args.label or args.function or args.status or args.since or args.all
+    if ids and filters:
+        raise ValueError("name jobs either by id or by --run, --label, --function, --status, --since or --all, "
+                         "not both")
+    if filters:
         if args.status and set(args.status) - set(listing.LIVE):
             raise ValueError("only {} jobs can be cancelled".format(", ".join(listing.LIVE)))
-        rows = [r for r in _selected(root, args) if r["status"] in listing.LIVE]
-        ids += [r["id"] for r in rows if r["id"] not in ids]
+        ids = [r["id"] for r in _selected(root, args) if r["status"] in listing.LIVE]
         if not ids:
             print("no unfinished job matches")
             return 0
@@ -151,39 +161,41 @@ def cmd_cancel(args) -> int:
         raise ValueError("name jobs to cancel: ids (or unique prefixes), or --run, --label, --function, --status, "
                          "--since or --all")
     if len(ids) > CONFIRM_ABOVE and not args.yes:
-        question = "cancel {} jobs in {}? [y/N] ".format(len(ids), root.path)
         if not sys.stdin.isatty():
             raise ValueError("{} jobs match; add --yes to cancel them".format(len(ids)))
-        sys.stderr.write(question)
+        sys.stderr.write("cancel {} jobs in {}? [y/N] ".format(len(ids), root.path))
         sys.stderr.flush()
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("nothing cancelled")
             return 1
-    code = 0
     found = protocol.find_tokens(root, set(ids))
-    counts: Dict[str, int] = {}
+    said = {"cancelled": 0, "running": 0, "ended": 0, "held": 0, "failed": 0}
     for job_id in ids:
-        status = protocol.cancel(root, job_id, found.get(job_id))
-        counts[str(status)] = counts.get(str(status), 0) + 1
+        try:
+            status = protocol.cancel(root, job_id, found.get(job_id))
+        except (OSError, CorruptFileError, ValueError) as exc:  # removed by gc meanwhile, damaged...
+            said["failed"] += 1
+            print("{}: not cancelled: {}".format(job_id, _printable(str(exc))))
+            continue
+        kind = ("running" if status == Status.RUNNING else "cancelled" if status == Status.CANCELLED
+                else "ended" if status in (Status.FINISHED, Status.ERROR) else "held")
+        said[kind] += 1
         if len(ids) > CONFIRM_ABOVE:
             continue
-        if status == Status.RUNNING:
+        if kind == "running":
             print("{}: cancel requested; its worker kills it".format(job_id))
-        elif status == Status.CANCELLED:
+        elif kind == "cancelled":
             print("{}: cancelled".format(job_id))
-        elif status in (Status.FINISHED, Status.ERROR):
+        elif kind == "ended":
             print("{}: already {}".format(job_id, status))
-            code = 1
         else:
             print("{}: not cancelled: another process holds it just now (it is {}); try again".format(job_id, status))
-            code = 1
     if len(ids) > CONFIRM_ABOVE:
-        print("{} jobs: {} cancelled, {} running (their workers kill them), {} already finished, {} held by another "
-              "process (try again)".format(len(ids), counts.get("cancelled", 0), counts.get("running", 0),
-                                           counts.get("finished", 0) + counts.get("error", 0),
-                                           sum(n for k, n in counts.items() if k not in
-                                               ("cancelled", "running", "finished", "error"))))
-    return code
+        print("{} jobs: {cancelled} cancelled, {running} running (their workers kill them), {ended} already "
+              "finished, {held} held by another process (try again){more}".format(
+                  len(ids), more=", {} could not be cancelled".format(said["failed"]) if said["failed"] else "",
+                  **said))
+    return 1 if said["ended"] or said["held"] or said["failed"] else 0
 
 
 def cmd_worker(args) -> int:

@@ -50,7 +50,8 @@ def label_of(root: Root, job_id: str, spec: Dict[str, Any]) -> str:
         record = None
     if isinstance(record, dict) and isinstance(record.get("label"), str):
         return record["label"]
-    return spec.get("label") or ""
+    label = spec.get("label") or ""
+    return label if isinstance(label, str) else repr(label)
 
 
 def job_row(root: Root, job_id: str, running: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -65,19 +66,24 @@ def job_row(root: Root, job_id: str, running: Dict[str, Any]) -> Optional[Dict[s
         return {"id": job_id, "status": "damaged", "function": "?", "run": "", "label": "", "submitted": "",
                 "attempt": 0, "worker": "", "host": "", "start": None, "end": None, "seconds": None,
                 "queue": "", "error": str(exc)}
-    status = state.get("status", "?")
+    function, label, status = spec.get("function"), label_of(root, job_id, spec), state.get("status", "?")
     runtime = state.get("runtime") or {}
+    if not (isinstance(function, dict) and isinstance(status, str) and isinstance(label, str)
+            and isinstance(runtime, dict)):
+        return {"id": job_id, "status": "damaged", "function": "?", "run": "", "label": "", "submitted": "",
+                "attempt": 0, "worker": "", "host": "", "start": None, "end": None, "seconds": None,
+                "queue": "", "error": "its spec or state has fields of the wrong type (hither-fs fsck)"}
     worker = runtime.get("worker") or state.get("worker") or ""
     attempt = state.get("attempt", 0)
     if status == Status.QUEUED and job_id in running:
         status, worker, attempt = Status.RUNNING.value, running[job_id].worker, running[job_id].attempt
     start, end = parse_time(runtime.get("start")), parse_time(runtime.get("end"))
-    return {"id": job_id, "status": status, "function": (spec.get("function") or {}).get("name", "?"),
-            "run": spec.get("run") or "", "label": label_of(root, job_id, spec),
-            "submitted": state.get("submitted") or spec.get("created") or "", "attempt": attempt,
-            "worker": worker, "host": runtime.get("host") or "", "start": start, "end": end,
+    return {"id": job_id, "status": status, "function": str(function.get("name", "?")),
+            "run": str(spec.get("run") or ""), "label": label,
+            "submitted": str(state.get("submitted") or spec.get("created") or ""), "attempt": attempt,
+            "worker": str(worker), "host": str(runtime.get("host") or ""), "start": start, "end": end,
             "seconds": None if start is None or end is None else round(end - start, 3),
-            "queue": state.get("queue") or spec.get("queue") or "", "error": protocol.summary(state)}
+            "queue": str(state.get("queue") or spec.get("queue") or ""), "error": str(protocol.summary(state))}
 
 
 def job_rows(root: Root) -> List[Dict[str, Any]]:
@@ -102,9 +108,14 @@ def resolve_run(rows: List[Dict[str, Any]], prefix: str) -> str:
 
 
 def newest_run(rows: List[Dict[str, Any]]) -> str:
+    """The run that started last (by its first job's submission)."""
     if not rows:
         raise ValueError("the root has no jobs")
-    return max(rows, key=lambda r: r["submitted"])["run"]
+    first: Dict[str, str] = {}
+    for r in rows:
+        if r["run"] not in first or r["submitted"] < first[r["run"]]:
+            first[r["run"]] = r["submitted"]
+    return max(first, key=lambda run: first[run])
 
 
 def select(rows: List[Dict[str, Any]], run: Optional[str] = None, label: Optional[str] = None,

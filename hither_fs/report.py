@@ -75,6 +75,8 @@ def _tick_step(span: float) -> float:
 def _timeline(rows: List[Dict[str, Any]], now: float) -> str:
     lanes = _lanes(rows)
     times = [t for r in rows for t in (r["submitted"], r["start"], r["end"]) if t is not None]
+    if any(r["start"] is not None and r["end"] is None for r in rows):
+        times.append(now)  # a running job's bar reaches the present
     t0, t1 = (min(times), max(times)) if times else (now, now + 1)
     t1 = max(t1, t0 + 1e-3)
     scale = CHART_WIDTH / (t1 - t0)
@@ -112,7 +114,7 @@ def _timeline(rows: List[Dict[str, Any]], now: float) -> str:
         for r in jobs:
             end = r["end"] if r["end"] is not None else now
             colour = COLOURS.get(r["status"], OTHER_COLOUR)
-            wait = r["start"] - r["submitted"] if r["submitted"] is not None else None
+            wait = max(0.0, r["start"] - r["submitted"]) if r["submitted"] is not None else None  # clocks differ
             tip = "{} {} ({})\nqueued {}, ran {}{}".format(
                 r["function"], r["id"], r["status"], _seconds(wait), _seconds(end - r["start"]),
                 "\n" + r["error"][:300] if r["error"] else "")
@@ -146,7 +148,8 @@ def _function_table(rows: List[Dict[str, Any]]) -> str:
     body = []
     for name, jobs in sorted(by_function.items()):
         ran = [r["end"] - r["start"] for r in jobs if r["start"] is not None and r["end"] is not None]
-        waits = [r["start"] - r["submitted"] for r in jobs if r["start"] is not None and r["submitted"] is not None]
+        waits = [max(0.0, r["start"] - r["submitted"]) for r in jobs
+                 if r["start"] is not None and r["submitted"] is not None]
         counts = [sum(1 for r in jobs if r["status"] == s) for s in statuses]
         cells = [html.escape(name), str(len(jobs))] + [str(c) if c else "" for c in counts] + [
             _seconds(sum(ran)) if ran else "-", _seconds(sum(ran) / len(ran)) if ran else "-",

@@ -2,6 +2,7 @@
 prefixes, ``hither-fs cancel`` of a whole run, label or function (real processes, a real root)."""
 
 import json
+import os
 
 import pytest
 
@@ -152,3 +153,25 @@ def test_a_label_set_after_submission_counts_for_ls_and_gc(root_path):
     assert proc.returncode == 0, proc.stderr
     assert [r['id'] for r in json.loads(cli('ls', '--json').stdout)] == sorted(
         [jobs[0].id, jobs[2].id], key=lambda i: [j.id for j in jobs].index(i))
+
+
+def test_jobs_with_fields_of_the_wrong_type_show_as_damaged_and_ids_exclude_filters(root_path):
+    from jobfuncs import add
+    good = add.run(x=1, y=1)
+    good.wait(timeout=60)
+    bad = add.run(x=2, y=2)
+    bad.wait(timeout=60)
+    spec_path = os.path.join(bad.directory, 'spec.json')
+    with open(spec_path) as f:
+        spec = json.load(f)
+    spec['function'] = 'not an object'
+    with open(spec_path, 'w') as f:
+        json.dump(spec, f)
+    for args in (['ls'], ['ls', '--by', 'function'], ['cancel', '--all', '--yes'],
+                 ['report', '--html', os.path.join(root_path, '..', 'r.html')]):
+        proc = cli(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+    rows = json.loads(cli('ls', '--json').stdout)
+    assert {r['id']: r['status'] for r in rows} == {good.id: 'finished', bad.id: 'damaged'}
+    proc = cli('cancel', good.id, '--all')
+    assert proc.returncode == 2 and 'either by id or by' in proc.stderr
