@@ -10,13 +10,15 @@ from typing import Any, Dict, List
 from .runtime.code import stop_if_loading_script
 
 class _Inherited:
-    """The default of every ``Config`` option: what the enclosing block (or ``DEFAULTS``) says."""
+    """An option not given to a ``Config``: what the enclosing block (or ``DEFAULTS``) says.
+    Its repr is the default, so ``help(hi.Config)`` shows the defaults."""
 
-    def __repr__(self):
-        return "<inherited>"
+    def __init__(self, default: Any) -> None:
+        self.default = default
 
+    def __repr__(self) -> str:
+        return repr(self.default)
 
-_UNSET = _Inherited()
 
 DEFAULTS: Dict[str, Any] = {
     "job_handler": None,     # None: the in-process DefaultJobHandler
@@ -38,24 +40,43 @@ DEFAULTS: Dict[str, Any] = {
     "detach": False,         # True: jobs never cancelled by a Ctrl-C in this process's waits
 }
 
+_D = {name: _Inherited(value) for name, value in DEFAULTS.items()}
+
 CODE_CHANGE_CHOICES = ("warn", "rerun", "ignore")
 CONTAINER_RUNTIMES = ("singularity", "docker")
 
 
 class Config:
-    """Options for the jobs created inside the ``with`` block.
+    """Options for the jobs created inside the ``with`` block; an option not given is
+    inherited from the enclosing block (outside every block: the default shown).
 
     >>> with hi.Config(job_handler=hi.ParallelJobHandler(4), job_cache=hi.JobCache()):
     ...     job = f.run(x=1)
+
+    job_handler: where jobs run (None: in this process, one by one). container: True for
+    each function's ``@hi.container`` image, or an image for every job. job_cache: a
+    ``hi.JobCache``. force_run: run even when the cache has the result. cache_failing,
+    rerun_failing: also cache errors / run a cached error again. job_timeout: seconds
+    until a job is killed. max_attempts: runs of a job whose worker is lost.
+    job_resources: e.g. ``{'cpus': 4, 'memory_gb': 8}``. root: the root directory (None:
+    ``$HITHER_FS_ROOT``, else ``~/.hither_fs``). label: recorded with each job.
+    code_change: 'warn', 'rerun' or 'ignore' a cache hit from other code.
+    container_runtime: 'singularity' or 'docker' (None: ``$HITHER_USE_SINGULARITY``, else
+    what the host has). container_network: give Docker jobs a network. progress: a live
+    progress line while waiting (None: on a terminal or in Jupyter). cancel_on_interrupt:
+    the first Ctrl-C in a wait cancels this process's unfinished jobs. detach: jobs that
+    a Ctrl-C never cancels.
     """
 
     _local = threading.local()
 
-    def __init__(self, job_handler=_UNSET, container=_UNSET, job_cache=_UNSET, force_run=_UNSET,
-                 cache_failing=_UNSET, rerun_failing=_UNSET, job_timeout=_UNSET,
-                 max_attempts=_UNSET, job_resources=_UNSET, root=_UNSET, label=_UNSET, code_change=_UNSET,
-                 container_runtime=_UNSET, container_network=_UNSET, progress=_UNSET,
-                 cancel_on_interrupt=_UNSET, detach=_UNSET, **hither_options):
+    def __init__(self, job_handler=_D["job_handler"], container=_D["container"], job_cache=_D["job_cache"],
+                 force_run=_D["force_run"], cache_failing=_D["cache_failing"], rerun_failing=_D["rerun_failing"],
+                 job_timeout=_D["job_timeout"], max_attempts=_D["max_attempts"], job_resources=_D["job_resources"],
+                 root=_D["root"], label=_D["label"], code_change=_D["code_change"],
+                 container_runtime=_D["container_runtime"], container_network=_D["container_network"],
+                 progress=_D["progress"], cancel_on_interrupt=_D["cancel_on_interrupt"], detach=_D["detach"],
+                 **hither_options):
         _hither_options(hither_options)
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
@@ -63,8 +84,11 @@ class Config:
                      root=root, label=label, code_change=code_change,
                      container_runtime=container_runtime, container_network=container_network,
                      progress=progress, cancel_on_interrupt=cancel_on_interrupt, detach=detach)
-        self.options = {k: v for k, v in given.items() if v is not _UNSET}
+        self.options = {k: v for k, v in given.items() if not isinstance(v, _Inherited)}
         _check(self.options)
+
+    def __repr__(self) -> str:
+        return "Config({})".format(", ".join("{}={!r}".format(k, v) for k, v in self.options.items()))
 
     @classmethod
     def _stack(cls) -> List[Dict[str, Any]]:

@@ -150,9 +150,19 @@ def test_public_names_reprs_and_type_information(root_path):
     assert hi.ContainerError is ContainerError and hi.SlurmError is SlurmError
     assert hi.CorruptFileError is hither_fs.runtime.files.CorruptFileError
     assert set(hither_fs.__all__) <= set(dir(hi))
-    # every option of hi.Config reads as inherited from the enclosing block, not as a bare object()
-    assert 'object object' not in str(inspect.signature(hi.Config))
-    assert str(inspect.signature(hi.Config)).startswith('(job_handler=<inherited>, container=<inherited>')
+    # help(hi.Config) shows each option's real default (not given: inherited, and outside every block that)
+    signature = str(inspect.signature(hi.Config))
+    assert 'object object' not in signature
+    assert signature.startswith('(job_handler=None, container=False, job_cache=None, force_run=False')
+    assert "max_attempts=3" in signature and "code_change='warn'" in signature
+    from hither_fs.config import DEFAULTS
+    for name, value in DEFAULTS.items():
+        assert '{}={!r}'.format(name, value) in signature
+    assert repr(hi.Config(job_timeout=3, label='x')) == "Config(job_timeout=3, label='x')"
+    with hi.Config(max_attempts=5):
+        with hi.Config(job_timeout=2):  # an option not given is still inherited
+            assert hi.Config.current()['max_attempts'] == 5
+    assert repr(hi.ParallelJobHandler(num_workers=2)) == 'ParallelJobHandler(num_workers=2)'
     job = add.run(x=1, y=2)
     assert repr(job) == '<Job {} add (finished)>'.format(job.id)
     # the package says it has type information (PEP 561)
