@@ -1,6 +1,7 @@
 """The ``hither-fs`` command: run workers and look at a root."""
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -74,8 +75,9 @@ def cmd_ls(args) -> int:
         note = r["error"] or r["waiting"]
         if r["label"]:
             note = "[{}] {}".format(r["label"], note) if note else "[{}]".format(r["label"])
-        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {took:>7}  {note:.100}".format(
-            took=_duration(r["seconds"]), note=_printable(note),
+        note = _printable(note)
+        print("{id:16}  {status:9}  {function:20.20}  {submitted:27}  {took:>7}  {note}".format(
+            took=_duration(r["seconds"]), note=note if len(note) <= 100 else note[:99] + "…",
             **{k: _printable(str(r[k])) for k in ("id", "status", "function", "submitted")}))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))
@@ -119,7 +121,9 @@ def cmd_show(args) -> int:
     root = Root.get(args.root, create=False)
     job_id = _resolve_job(root, args.job_id)
     state = protocol.live_status(root, job_id, protocol.read_state(root, job_id))
-    out = {"directory": root.layout.job_dir(job_id), "spec": protocol.read_spec(root, job_id), "state": state}
+    spec = protocol.read_spec(root, job_id)
+    out = {"directory": root.layout.job_dir(job_id), "label": listing.label_of(root, job_id, spec) or None,
+           "spec": spec, "state": state}
     if state.get("status") == Status.QUEUED:
         out["waiting"] = QueueWaits(root).reason(state.get("queue"))
     tokens = protocol.find_tokens(root, {job_id})
@@ -335,13 +339,17 @@ def cmd_gc(args) -> int:
 
 def cmd_report(args) -> int:
     root = Root.get(args.root, create=False)
+    where = os.path.dirname(os.path.abspath(args.html))
+    if not os.path.isdir(where):
+        raise ValueError("cannot write {}: there is no directory {}".format(args.html, where))
     run, n = write_report(root, args.html, run=args.run)
     print("wrote {} ({} jobs of run {})".format(args.html, n, run))
     return 0
 
 
 def _job_filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", help="jobs of this run (a unique prefix of its id; ls --by run lists them)")
+    p.add_argument("--run", help="jobs of this run (a unique prefix of its id, or its process id; ls --by run "
+                                 "lists them)")
     p.add_argument("--label", help="jobs with this label (hi.Config(label=...) or job.set_label())")
     p.add_argument("--function", help="jobs of this function")
     p.add_argument("--status", action="append", choices=[s.value for s in Status] + ["damaged"],
@@ -490,6 +498,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `hither-fs ls | head`: the reader has all it wanted
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, LookupError, OSError, RuntimeError, RootError, CorruptFileError) as exc:
         print("hither-fs: {}".format(exc), file=sys.stderr)
         return 2

@@ -95,8 +95,10 @@ def job_rows(root: Root) -> List[Dict[str, Any]]:
 
 
 def resolve_run(rows: List[Dict[str, Any]], prefix: str) -> str:
-    """The run whose id starts with ``prefix`` - exactly one, or a ValueError saying which."""
-    runs = sorted({r["run"] for r in rows if r["run"].startswith(prefix)})
+    """The run whose id starts with ``prefix``, or ends with ``-prefix`` (its process id: runs
+    are ``<UTC start>-<host>-<pid>``) - exactly one, or a ValueError saying which."""
+    runs = sorted({r["run"] for r in rows if r["run"].startswith(prefix)}) or sorted(
+        {r["run"] for r in rows if r["run"].endswith("-" + prefix)})
     if prefix in runs:
         return prefix
     if not runs:

@@ -192,9 +192,10 @@ def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str) -> bool
     if name not in _warned_code_change:
         _warned_code_change.add(name)
         warnings.warn(
-            "hither function {!r} version {}: the cached result comes from other code than the function has "
-            "now (its file changed since). Bump the version when a change alters results, or choose with "
-            "hi.Config(code_change='rerun' | 'ignore')".format(name, spec["function"]["version"]),
+            "hither function {!r} version {}: the cached result was computed from another version of the file "
+            "that defines it (any change to that file counts, not only to the function). Bump the version when "
+            "a change alters results, or choose with hi.Config(code_change='rerun' | 'ignore')".format(
+                name, spec["function"]["version"]),
             CodeChangedWarning, stacklevel=4)
     return True
 

@@ -105,7 +105,9 @@ if [ ! -x "$CACHE/venv/bin/python" ]; then
     as_user /usr/bin/python3 -m venv "$CACHE/venv"
 fi
 say "installing hither_fs into $CACHE/venv"
-(cd "$CACHE/src" && as_user "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -e ".[test]")
+# compat: a plain path entry, which mypy follows (tests/test_typing.py), instead of an import hook
+(cd "$CACHE/src" && as_user "$CACHE/venv/bin/pip" install -q --disable-pip-version-check -e ".[test]" \
+    --config-settings editable_mode=compat)
 
 # 4. the local Slurm cluster (stopped on any exit, even a failed start: see cleanup) ----------
 "$REPO/slurm/cluster.sh" start >/dev/null

@@ -49,6 +49,8 @@ def test_ls_groups_and_filters_by_run_label_function_status_and_age(root_path):
     unique = next(first[:n] for n in range(1, len(first) + 1) if not second.startswith(first[:n]))
     out = cli('ls', '--run', unique).stdout
     assert out.strip().endswith('4 jobs: 1 finished, 3 queued') and '[first]' in out
+    by_pid = json.loads(cli('ls', '--run', first.rsplit('-', 1)[1], '--json').stdout)  # its process id
+    assert {r['run'] for r in by_pid} == {first}
     by_label = json.loads(cli('ls', '--label', 'first', '--json').stdout)
     assert len(by_label) == 4 and {r['run'] for r in by_label} == {first}
     assert cli('ls', '--function', 'add', '--status', 'queued').stdout.strip().endswith('9 jobs: 9 queued')
