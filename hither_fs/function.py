@@ -4,12 +4,12 @@ import functools
 import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union
 
 from .codeenv import check_patterns
 from .runtime.code import SHIPPED_NAME, stop_if_loading_script
 from .shipping import needs_shipping
-from .submit import submit
+from .submit import submit, submit_many
 
 if TYPE_CHECKING:  # job.py imports this module's users; the annotation needs no import at run time
     from .job import Job
@@ -49,6 +49,29 @@ class HitherFunction(Generic[R]):
 
     def run(self, **kwargs: Any) -> "Job[R]":
         return submit(self, kwargs)
+
+    def map(self, items: Iterable[Mapping[str, Any]], **common: Any) -> "List[Job[R]]":
+        """Submit one job per item at once: ``f.map([dict(x=1), dict(x=2)], y=0)`` is
+        ``[f.run(x=1, y=0), f.run(x=2, y=0)]``, only much faster (thousands of jobs a second).
+
+        ``items`` is a list (or any iterable) of dicts, each the keyword arguments of
+        one job; ``common`` keyword arguments go to every job as they are. Nothing is
+        zipped or broadcast by guessing: an argument that is itself a list is simply
+        given in the dict (``dict(xs=[1, 2])``) or in ``common``, so a list-valued
+        argument can never be taken for a list of values. ``f.map([dict(x=x) for x in
+        range(1000)])`` is the zip.
+
+        Returns the jobs in the order of the items, each its own job (own id, cache key,
+        record), exactly as ``.run()`` makes it: a cache hit is answered from the cache,
+        a key another job computes just now is that job (two equal items of one call
+        give one job), and jobs are fine as arguments (pipelines).
+
+        Every item is checked and encoded before any job is written: an item that is
+        not a dict, a missing or unknown argument, one given both in an item and in
+        ``common``, or a value that cannot be a job argument raises, naming the item
+        (``item 3: ...``), and no job of the call is in the root.
+        """
+        return submit_many(self, items, common)
 
     def location(self) -> Dict[str, Any]:
         """How a worker finds this function again: module, file, import root."""
@@ -217,3 +240,12 @@ def run(name: str, **kwargs: Any) -> "Job[Any]":
     """Run a registered hither function by name: ``hi.run('add', x=1, y=2)``."""
     stop_if_loading_script("hi.run({!r})".format(name))
     return get_function(name).run(**kwargs)
+
+
+def map(function: Union[str, HitherFunction[R]], items: Iterable[Mapping[str, Any]], **common: Any) -> "List[Job[R]]":
+    """Submit one job per item of a hither function (given, or registered under a name):
+    ``hi.map('add', [dict(x=1), dict(x=2)], y=0)`` is ``add.map([dict(x=1), dict(x=2)], y=0)``
+    (see :meth:`HitherFunction.map`)."""
+    stop_if_loading_script("hi.map()")
+    fn = function if isinstance(function, HitherFunction) else get_function(function)
+    return fn.map(items, **common)

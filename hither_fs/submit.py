@@ -7,6 +7,7 @@ cache is consulted, the job is written with its spec, and its handler is told.
 
 import getpass
 import inspect
+import json
 import os
 import logging
 import socket
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import environment, progress, protocol
@@ -23,8 +25,8 @@ from .config import Config
 from .errors import CodeChangedWarning
 from .containers import is_pulled, requested_runtime
 from .docker import image_reference
-from .handlers import DefaultJobHandler
-from .slurm import served_queues
+from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
+from .slurm import SlurmJobHandler, served_queues
 from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
 from .root import Root, new_job_id, now_iso
@@ -81,89 +83,238 @@ def _container_image(fn, setting) -> Any:
 
 
 def submit(fn, kwargs: Dict[str, Any]) -> Job:
-    stop_if_loading_script("{}.run()".format(fn.name))
+    """One job of ``fn`` (``fn.run(**kwargs)``)."""
+    what = "{}.run()".format(fn.name)
+    stop_if_loading_script(what)
+    batch = _Batch(fn, what)
+    item = batch.prepare(kwargs, "")
+    written = batch.write(item)
+    batch.finish([written], [item])
+    return written[0]
+
+
+def submit_many(fn, items: Any, common: Dict[str, Any]) -> List[Job]:
+    """The jobs of ``fn.map(items, **common)``, in order (see :meth:`HitherFunction.map`).
+
+    Two passes: first every item is checked and encoded and its spec made (a bad item
+    raises, naming it, before any job is written); then the jobs are written one after
+    the other exactly as :func:`submit` writes one, and the handler is told once.
+    """
+    what = "{}.map()".format(fn.name)
+    stop_if_loading_script(what)
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise TypeError("{}: the first argument is a list (or other iterable) of dicts of keyword arguments, one "
+                        "dict per job, not {}: e.g. {}([dict(x=1), dict(x=2)], y=0)".format(
+                            what, "a dict" if isinstance(items, Mapping) else type(items).__name__,
+                            what[:-2]))
+    items = list(items)
+    batch = _Batch(fn, what)
+    prepared = []
+    for k, kwargs in enumerate(items):
+        where = "item {}: ".format(k)
+        if not isinstance(kwargs, Mapping):
+            raise TypeError("{}: {}a {} is not a dict of keyword arguments".format(what, where, type(kwargs).__name__))
+        both = sorted(set(kwargs) & set(common), key=str)
+        if both:
+            raise TypeError("{}: {}{} given both in the item and as a common keyword argument of map(); give each "
+                            "argument in one place".format(what, where, ", ".join(repr(n) for n in both)))
+        bad = [n for n in kwargs if not isinstance(n, str)]
+        if bad:
+            raise TypeError("{}: {}argument names must be strings, not {!r}".format(what, where, bad[0]))
+        prepared.append(batch.prepare(dict(common, **kwargs), where))
+    written: List[Tuple[Job, bool]] = []
     try:
-        inspect.signature(fn.__wrapped__).bind(**kwargs)
-    except TypeError as exc:
-        raise TypeError("{}.run(): {}".format(fn.name, exc)) from None
-    cfg = Config.current()
-    root = Root.get(cfg["root"])
-    handler = cfg["job_handler"] or default_handler()
-    queue_name = check_queue_name(handler.queue_for(root))  # a path component: checked before anything is written
+        for item in prepared:
+            written.append(batch.write(item))
+    finally:  # a write that failed (a full disk): the jobs written before it are known and run all the same
+        batch.finish(written, prepared[:len(written)])
+    return [job for job, _ in written]
 
-    upstream: Dict[str, Job] = {}
 
-    def encode_job(value: Any, where: str) -> Any:
-        if not isinstance(value, Job):
-            return NotImplemented
-        if value.root.path != root.path:
-            raise ValueError("{}: job {} lives in root {}, not in this job's root {}".format(
-                where, value.id, value.root.path, root.path))
-        upstream[value.id] = value
-        return {TAG: "job", "id": value.id}
+class _Batch:
+    """What the jobs of one ``.run()`` or ``.map()`` call share, worked out once: the
+    config, root, handler and queue, the function's location and source, and the spec
+    fields that are the same for each job (``template``), with their JSON."""
 
-    args = {name: encode(value, root.store, "argument {!r}".format(name), encode_job)
-            for name, value in kwargs.items()}
-    if not handler.in_process:
-        fn.check_importable()
-    container = _container_image(fn, cfg["container"])
-    function = fn.location()
-    if not container:
-        function["source"] = _source(fn, root, handler)
-    key = cache_key(fn.name, fn.version, args, {uid: job.spec["key"] for uid, job in upstream.items()})
-    cache = cfg["job_cache"] or None
-    spec = {
-        "function": function,
-        "args": args,
-        "upstream": sorted(upstream),
-        "key": key,
-        "queue": queue_name,
-        "handler": repr(handler),
-        "container": container,
-        "timeout": cfg["job_timeout"],
-        "max_attempts": cfg["max_attempts"],
-        "resources": handler.resources_for(cfg["job_resources"]),
-        "shape": handler.shape(),
-        "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"]),
-                                             "replace": bool(cfg["force_run"])},
-        "environment": environment.current().describe(),
-        "submitted_by": {"host": socket.gethostname(), "pid": os.getpid(), "user": getpass.getuser(),
-                         "uid": os.getuid()},
-        "run": run_id(),
-        "label": cfg["label"],
-        "cwd": os.getcwd(),
-        "chdir": True,
-        "created": now_iso(),
-    }
+    def __init__(self, fn, what: str):
+        self.fn, self.what = fn, what
+        self.signature = _signature(fn)
+        cfg = self.cfg = Config.current()
+        self.root = Root.get(cfg["root"])
+        self.handler = cfg["job_handler"] or default_handler()
+        # a path component: checked before anything is written
+        self.queue = check_queue_name(self.handler.queue_for(self.root))
+        self.cache = cfg["job_cache"] or None
+        self.template: Optional[Dict[str, Any]] = None
+        self.encoder: Optional[_SpecEncoder] = None
 
-    if spec["container"]:
-        _prepare_container_job(fn, root, spec, cfg)
-    handler.check(spec)
+    def _check_args(self, kwargs: Dict[str, Any], where: str) -> None:
+        names, required, free = self.signature
+        if free or not (names.issuperset(kwargs) and required.issubset(kwargs)):
+            try:
+                inspect.signature(self.fn.__wrapped__).bind(**kwargs)
+            except TypeError as exc:
+                raise TypeError("{}: {}{}".format(self.what, where, exc)) from None
 
-    cached = False
-    if cache is not None and not cfg["force_run"]:
-        entry = cache.lookup(root, key)
-        if entry is not None and not _same_code(entry, spec, cfg["code_change"]):
-            spec["cache"]["replace"] = True  # code_change="rerun": its result takes the entry's place
-            job = _create(root, spec, handler)
-        elif entry is not None and ("value" in entry or not cfg["rerun_failing"]):
-            job, cached = _job_from_cache(root, cache, entry, spec, handler), True
+    def prepare(self, kwargs: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Dict[str, Job]]:
+        """A job's spec (without its id), checked: nothing is written but store blobs."""
+        self._check_args(kwargs, where)
+        root = self.root
+        upstream: Dict[str, Job] = {}
+
+        def encode_job(value: Any, at: str) -> Any:
+            if not isinstance(value, Job):
+                return NotImplemented
+            if value.root.path != root.path:
+                raise ValueError("{}: job {} lives in root {}, not in this job's root {}".format(
+                    at, value.id, value.root.path, root.path))
+            upstream[value.id] = value
+            return {TAG: "job", "id": value.id}
+
+        args = {name: encode(value, root.store, "{}argument {!r}".format(where, name), encode_job)
+                for name, value in kwargs.items()}
+        if self.template is None:
+            self.template = self._template()
+            self.encoder = _SpecEncoder(self.template)
+        fn = self.fn
+        spec = dict(self.template)
+        spec.update(args=args, upstream=sorted(upstream), created=now_iso(),
+                    key=cache_key(fn.name, fn.version, args, {uid: job.spec["key"] for uid, job in upstream.items()}))
+        if self.cache is not None:
+            spec["cache"] = dict(spec["cache"])  # its own: "replace" may change for this job alone
+        self.handler.check(spec)
+        return spec, upstream
+
+    def _template(self) -> Dict[str, Any]:
+        fn, cfg, root, handler = self.fn, self.cfg, self.root, self.handler
+        if not handler.in_process:
+            fn.check_importable()
+        container = _container_image(fn, cfg["container"])
+        function = fn.location()
+        if not container:
+            function["source"] = _source(fn, root, handler)
+        cache = self.cache
+        template = {
+            "function": function,
+            "queue": self.queue,
+            "handler": repr(handler),
+            "container": container,
+            "timeout": cfg["job_timeout"],
+            "max_attempts": cfg["max_attempts"],
+            "resources": handler.resources_for(cfg["job_resources"]),
+            "shape": handler.shape(),
+            "cache": None if cache is None else {"path": cache.path, "failing": bool(cfg["cache_failing"]),
+                                                 "replace": bool(cfg["force_run"])},
+            "environment": environment.current().describe(),
+            "submitted_by": _submitted_by(),
+            "run": run_id(),
+            "label": cfg["label"],
+            "cwd": os.getcwd(),
+            "chdir": True,
+        }
+        if template["container"]:
+            _prepare_container_job(fn, root, template, cfg)
+        return template
+
+    def write(self, item: Tuple[Dict[str, Any], Dict[str, Job]]) -> Tuple[Job, bool]:
+        """Put one prepared job in the root, or find it in the cache (then True)."""
+        spec, _ = item
+        cached = False
+        root, handler, cache, cfg, encoder = self.root, self.handler, self.cache, self.cfg, self.encoder
+        if cache is not None and not cfg["force_run"]:
+            entry = cache.lookup(root, spec["key"])
+            if entry is not None and not _same_code(entry, spec, cfg["code_change"], stacklevel=5):
+                spec["cache"]["replace"] = True  # code_change="rerun": its result takes the entry's place
+                job = _create(root, spec, handler, encoder)
+            elif entry is not None and ("value" in entry or not cfg["rerun_failing"]):
+                job, cached = _job_from_cache(root, cache, entry, spec, handler, encoder), True
+            else:
+                job = _create_once(root, cache, spec, handler, encoder)
         else:
-            job = _create_once(root, cache, spec, handler)
-    else:
-        job = _create(root, spec, handler)
-    with _jobs_lock:
-        _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
-        if not cached and job.id == spec.get("id") and cfg["cancel_on_interrupt"] and not cfg["detach"]:
-            if _cancellable["pid"] != os.getpid():
-                _cancellable.update(pid=os.getpid(), ids=set())
-            _cancellable["ids"].add(job.id)
-    if cached:
-        return job  # answered from the cache: nothing for the handler to run
-    if handler.in_process:
-        handler.remember(job.id, fn.__wrapped__)  # it runs in this process: no import needed
-    handler.submitted(root, job)
-    return job
+            job = _create(root, spec, handler, encoder)
+        return job, cached
+
+    def finish(self, jobs: List[Tuple[Job, bool]], items: List[Tuple[Dict[str, Any], Dict[str, Job]]]) -> None:
+        """Remember the jobs written (``hi.wait()``, Ctrl-C) and tell the handler about those
+        it runs: once for the built-in handlers (they look at the queue, not at the job),
+        once per job for any other."""
+        cfg, handler, root = self.cfg, self.handler, self.root
+        cancellable = cfg["cancel_on_interrupt"] and not cfg["detach"]
+        todo: List[Job] = []
+        with _jobs_lock:
+            for (job, cached), (spec, _) in zip(jobs, items):
+                _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
+                if not cached and job.id == spec.get("id") and cancellable:
+                    if _cancellable["pid"] != os.getpid():
+                        _cancellable.update(pid=os.getpid(), ids=set())
+                    _cancellable["ids"].add(job.id)
+                if not cached:  # a cached one has nothing for the handler to run
+                    todo.append(job)
+        if not todo:
+            return
+        if handler.in_process:
+            for job in todo:
+                handler.remember(job.id, self.fn.__wrapped__)  # it runs in this process: no import needed
+        if getattr(type(handler), "submitted", None) in _SUBMITTED_ONCE:
+            handler.submitted(root, todo[-1])
+        else:
+            for job in todo:
+                handler.submitted(root, job)
+
+
+def _signature(fn) -> Tuple[frozenset, frozenset, bool]:
+    """The function's keyword names, the required ones, and whether it takes other forms
+    (``**kwargs``, positional-only): then every call is checked by ``inspect``. Worked out
+    once per function."""
+    facts = getattr(fn, "_hither_signature", None)
+    if facts is None or facts[0] is not fn.__wrapped__:
+        params = inspect.signature(fn.__wrapped__).parameters.values()
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        facts = (fn.__wrapped__, frozenset(p.name for p in params if p.kind in kinds),
+                 frozenset(p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty),
+                 any(p.kind not in kinds for p in params))
+        fn._hither_signature = facts
+    return facts[1:]
+
+
+_who: Dict[str, Any] = {"pid": None}
+
+
+def _submitted_by() -> Dict[str, Any]:
+    """Who submits (recorded in each spec): looked up once per process."""
+    if _who["pid"] != os.getpid():
+        _who.update(pid=os.getpid(), record={"host": socket.gethostname(), "pid": os.getpid(),
+                                             "user": getpass.getuser(), "uid": os.getuid()})
+    return dict(_who["record"])
+
+
+#: The handlers whose ``submitted()`` looks at the queue, not at the job: told once per ``.map()``.
+_SUBMITTED_ONCE = {JobHandler.submitted, DefaultJobHandler.submitted, ParallelJobHandler.submitted,
+                   SlurmJobHandler.submitted}
+
+
+def _fragment(value: Any) -> str:
+    """``value`` as :func:`hither_fs.runtime.files.dumps` writes it one level down in a record."""
+    return json.dumps(value, indent=1, sort_keys=True).replace("\n", "\n ")  # JSON strings hold no raw newline
+
+
+class _SpecEncoder:
+    """``dumps(spec)``, byte for byte, for many specs made from one template: the fields a
+    spec shares with the template (the same object) are encoded once, the others (args,
+    key, id...) for each spec. Saves most of the time ``json`` takes with ``indent``."""
+
+    def __init__(self, template: Dict[str, Any]):
+        self.template = template
+        self.fixed = {key: _fragment(value) for key, value in template.items()}
+
+    def __call__(self, spec: Dict[str, Any]) -> bytes:
+        template, fixed = self.template, self.fixed
+        parts = []
+        for key in sorted(spec):
+            value = spec[key]
+            part = fixed[key] if key in template and template[key] is value else _fragment(value)
+            parts.append(" {}: {}".format(json.dumps(key), part))
+        return ("{\n" + ",\n".join(parts) + "\n}\n").encode("utf-8")
 
 
 def _source(fn, root: Root, handler) -> Optional[str]:
@@ -180,7 +331,7 @@ def _source(fn, root: Root, handler) -> Optional[str]:
 _warned_code_change: set = set()
 
 
-def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str) -> bool:
+def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str, stacklevel: int = 4) -> bool:
     """Whether a cache entry may answer this job: False only when it was computed by other
     code of the same version and ``policy`` is ``"rerun"``. ``"warn"`` says so once per function."""
     then, now = entry.get("code"), code_hash(spec)
@@ -196,7 +347,7 @@ def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str) -> bool
             "that defines it (any change to that file counts, not only to the function). Bump the version when "
             "a change alters results, or choose with hi.Config(code_change='rerun' | 'ignore')".format(
                 name, spec["function"]["version"]),
-            CodeChangedWarning, stacklevel=4)
+            CodeChangedWarning, stacklevel=stacklevel)
     return True
 
 
@@ -219,13 +370,14 @@ def _prepare_container_job(fn, root: Root, spec: Dict[str, Any], cfg: Dict[str, 
     spec["chdir"] = False
 
 
-def _create(root: Root, spec: Dict[str, Any], handler) -> Job:
+def _create(root: Root, spec: Dict[str, Any], handler, encoder: "Optional[_SpecEncoder]" = None) -> Job:
     spec["id"] = new_job_id()
-    protocol.submit(root, spec)
+    protocol.submit(root, spec, encoder(spec) if encoder else None)
     return Job(spec["id"], root, handler)
 
 
-def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> Job:
+def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
+                 encoder: "Optional[_SpecEncoder]" = None) -> Job:
     """A job for a cache key that is not cached yet: the job already computing it (in this
     root, by any process on any node), or a new one that others will attach to.
 
@@ -245,16 +397,16 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler) -> 
                 if _can_attach(root, holder, state, spec["queue"]) and (
                         state.get("status") != Status.FINISHED or protocol.mark_used(root, holder)):
                     return Job(holder, root, handler)
-                return _create(root, spec, handler)
+                return _create(root, spec, handler, encoder)
         # no job computes the key (none ever did, or the last one failed or is gone): be it
         spec["id"] = new_job_id()
-        protocol.publish(root, spec)
+        protocol.publish(root, spec, encoder(spec) if encoder else None)
         if cache.claim_in_flight(root, key, n + 1, spec["id"]):
             entry = cache.lookup(root, key)  # finished just now, by the job of the marker before?
             if entry is not None and "value" in entry:
                 protocol.withdraw(root, spec["id"])
                 cache.release_in_flight(root, key, spec["id"])
-                return _job_from_cache(root, cache, entry, spec, handler)
+                return _job_from_cache(root, cache, entry, spec, handler, encoder)
             protocol.release(root, spec)
             return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])
@@ -287,7 +439,8 @@ def _can_attach(root: Root, holder: str, state: Dict[str, Any], queue: str) -> b
         return False
 
 
-def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Dict[str, Any], handler) -> Job:
+def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Dict[str, Any], handler,
+                    encoder: "Optional[_SpecEncoder]" = None) -> Job:
     """A finished job for a cache hit: the original job when it is in this root,
     otherwise a new job record holding the cached outcome (no function runs)."""
     wanted = Status.FINISHED if "value" in entry else Status.ERROR
@@ -308,7 +461,7 @@ def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Di
         state["result"] = {"value": entry["value"]}
     else:
         state["error"] = entry["error"]
-    protocol.submit_final(root, spec, state)
+    protocol.submit_final(root, spec, state, encoder(spec) if encoder else None)
     return Job(job_id, root, handler)
 
 
