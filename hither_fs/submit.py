@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import environment, progress, protocol
@@ -293,9 +294,23 @@ _SUBMITTED_ONCE = {JobHandler.submitted, DefaultJobHandler.submitted, ParallelJo
                    SlurmJobHandler.submitted}
 
 
-def _fragment(value: Any) -> str:
-    """``value`` as :func:`hither_fs.runtime.files.dumps` writes it one level down in a record."""
-    return json.dumps(value, indent=1, sort_keys=True).replace("\n", "\n ")  # JSON strings hold no raw newline
+def _line(key: str, value: Any) -> str:
+    """``"key": value`` as :func:`hither_fs.runtime.files.dumps` writes it one level down in a record."""
+    if type(value) is str:
+        text = encode_basestring_ascii(value)  # what json.dumps does with a string
+    elif type(value) is list and not value:
+        text = "[]"
+    elif type(value) is dict and value and all(type(k) is str and type(v) in _SCALARS for k, v in value.items()):
+        # the common arguments: a flat dict of scalars, each encoded alike with or without indent
+        text = "{\n" + ",\n".join("  {}: {}".format(encode_basestring_ascii(k), json.dumps(v))
+                                   for k, v in sorted(value.items())) + "\n }"
+    else:  # JSON strings hold no raw newline: each newline is the layout's, one level deeper here
+        text = json.dumps(value, indent=1, sort_keys=True).replace("\n", "\n ")
+    return " {}: {}".format(encode_basestring_ascii(key), text)
+
+
+_MISSING = object()
+_SCALARS = (str, int, float, bool, type(None))
 
 
 class _SpecEncoder:
@@ -305,15 +320,12 @@ class _SpecEncoder:
 
     def __init__(self, template: Dict[str, Any]):
         self.template = template
-        self.fixed = {key: _fragment(value) for key, value in template.items()}
+        self.lines = {key: _line(key, value) for key, value in template.items()}
 
     def __call__(self, spec: Dict[str, Any]) -> bytes:
-        template, fixed = self.template, self.fixed
-        parts = []
-        for key in sorted(spec):
-            value = spec[key]
-            part = fixed[key] if key in template and template[key] is value else _fragment(value)
-            parts.append(" {}: {}".format(json.dumps(key), part))
+        template, lines = self.template, self.lines
+        parts = [lines[key] if template.get(key, _MISSING) is spec[key] else _line(key, spec[key])
+                 for key in sorted(spec)]
         return ("{\n" + ",\n".join(parts) + "\n}\n").encode("utf-8")
 
 

@@ -139,3 +139,19 @@ def test_jobs_of_a_map_are_waited_for_by_hi_wait(root_path, parallel):
         jobs = echo.map([dict(x=k) for k in range(10)])
         hi.wait(60)
         assert all(job.status == 'finished' for job in jobs)
+
+
+@pytest.mark.parametrize('args', [
+    {}, {'x': 1}, {'b': True, 'a': None, 'c': 1.5, 'd': float('nan'), 'e': -float('inf'), 'f': 'é\n"\u2028'},
+    {'x': []}, {'x': {}}, {'x': [1, [2, {'z': 1, 'a': [{}]}]]}, {'x': {'__hither__': 'job', 'id': 'ab'}},
+    {'x': 2 ** 80, 'y': -0.0, 'z': 1e300},
+])
+def test_the_fast_spec_encoder_writes_what_dumps_writes(args):
+    from hither_fs.submit import _SpecEncoder
+    template = {'function': {'name': 'f', 'version': '1'}, 'label': 'a\nb', 'cache': None, 'chdir': True,
+                'environment': {}, 'upstream': [], 'timeout': 2.5}
+    encoder = _SpecEncoder(template)
+    spec = dict(template, args=args, id='0123456789abcdef', upstream=['x', 'y'], key='k')
+    assert encoder(spec) == dumps(spec)
+    spec = dict(template, args=args, id='0123456789abcdef', label={'a': [1]}, from_cache={'key': 'k'})
+    assert encoder(spec) == dumps(spec)
