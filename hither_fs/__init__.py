@@ -11,7 +11,8 @@ from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
 from .containers import ContainerError
 from .errors import CodeChangedWarning, JobCancelledError, JobError, JobNotFinishedError, JobTimeoutError, UpstreamJobError, WorkerLostError
-from .function import DuplicateFunctionException, additional_files, container, function, get_function, local_modules, map, run
+from .function import DuplicateFunctionException, additional_files, container, function, get_function, local_modules, run
+from .function import map as map  # hi.map; not in __all__: `from hither_fs import *` must not hide the builtin map
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .job import Job, get_job
 from .root import Root, RootError
@@ -48,7 +49,6 @@ __all__ = [
     "container",
     "function",
     "get_job",
-    "map",
     "run",
     "wait",
     # hither's spellings (hither_fs.compat; README: "Coming from hither")

@@ -175,8 +175,11 @@ class _Batch:
         args = {name: encode(value, root.store, "{}argument {!r}".format(where, name), encode_job)
                 for name, value in kwargs.items()}
         if self.template is None:
-            self.template = self._template()
-            self.encoder = _SpecEncoder(self.template)
+            template = self._template()
+            last = _last_encoder.get("encoder")
+            if last is None or last.template != template:  # the same as the last call's: its JSON is made
+                last = _last_encoder["encoder"] = _SpecEncoder(template)
+            self.template, self.encoder = last.template, last
         fn = self.fn
         spec = dict(self.template)
         spec.update(args=args, upstream=sorted(upstream), created=now_iso(),
@@ -313,13 +316,16 @@ _MISSING = object()
 _SCALARS = (str, int, float, bool, type(None))
 
 
+_last_encoder: Dict[str, "_SpecEncoder"] = {}
+
+
 class _SpecEncoder:
     """``dumps(spec)``, byte for byte, for many specs made from one template: the fields a
     spec shares with the template (the same object) are encoded once, the others (args,
     key, id...) for each spec. Saves most of the time ``json`` takes with ``indent``."""
 
     def __init__(self, template: Dict[str, Any]):
-        self.template = template
+        self.template = template  # never changed afterwards: specs share its values
         self.lines = {key: _line(key, value) for key, value in template.items()}
 
     def __call__(self, spec: Dict[str, Any]) -> bytes:

@@ -155,3 +155,19 @@ def test_the_fast_spec_encoder_writes_what_dumps_writes(args):
     assert encoder(spec) == dumps(spec)
     spec = dict(template, args=args, id='0123456789abcdef', label={'a': [1]}, from_cache={'key': 'k'})
     assert encoder(spec) == dumps(spec)
+
+
+def test_star_import_leaves_the_builtin_map_alone():
+    namespace = {}
+    exec('from hither_fs import *', namespace)
+    assert 'map' not in namespace and callable(hi.map)
+
+
+def test_each_call_records_its_own_config(root_path, root):
+    with hi.Config(label='one'):
+        a = add.map([dict(x=1, y=1)])[0]
+    with hi.Config(label='two', job_timeout=5):
+        b = add.run(x=1, y=2)
+    c = add.run(x=1, y=3)
+    specs = [protocol.read_spec(root, job.id) for job in (a, b, c)]
+    assert [(s['label'], s['timeout']) for s in specs] == [('one', None), ('two', 5), (None, None)]
