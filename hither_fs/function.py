@@ -4,7 +4,7 @@ import functools
 import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union, overload
 
 from .codeenv import check_patterns
 from .runtime.code import SHIPPED_NAME, stop_if_loading_script
@@ -242,7 +242,15 @@ def run(name: str, **kwargs: Any) -> "Job[Any]":
     return get_function(name).run(**kwargs)
 
 
-def map(function: Union[str, HitherFunction[R]], items: Iterable[Mapping[str, Any]], **common: Any) -> "List[Job[R]]":
+@overload
+def map(function: HitherFunction[R], items: Iterable[Mapping[str, Any]], **common: Any) -> "List[Job[R]]": ...
+
+
+@overload
+def map(function: str, items: Iterable[Mapping[str, Any]], **common: Any) -> "List[Job[Any]]": ...
+
+
+def map(function: Union[str, HitherFunction[Any]], items: Iterable[Mapping[str, Any]], **common: Any) -> "List[Job[Any]]":
     """Submit one job per item of a hither function (given, or registered under a name):
     ``hi.map('add', [dict(x=1), dict(x=2)], y=0)`` is ``add.map([dict(x=1), dict(x=2)], y=0)``
     (see :meth:`HitherFunction.map`)."""
