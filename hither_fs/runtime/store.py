@@ -6,12 +6,22 @@ still the ones that were written. Arrays are stored as ``.npy`` files
 (``np.save`` with ``allow_pickle=False``) and loaded with
 ``allow_pickle=False``; object arrays are refused both ways.
 
+Big arrays take one pass each way: an array is hashed from its memory first and
+not written at all when the store has its bytes (else written once, by temp
+file and rename); a blob is read once, straight into the array it holds, and
+checked against its name as it streams (the sha1 computed in a second thread
+while the next piece is read). Neither keeps a second copy of the array.
+
 Standard library and numpy only: this module also runs inside job containers.
 """
 
 import hashlib
+import io
 import os
+import queue
 import shutil
+import threading
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -19,6 +29,13 @@ from . import files
 from .files import CorruptFileError, makedirs, remove_quietly, temp_name, with_parents
 
 _CHUNK = 1 << 20
+
+#: Pieces in which big arrays are hashed, written and read (views of the array: never copied).
+_BIG_CHUNK = 8 << 20
+
+#: From this many bytes on, the sha1 of data being written or read is computed in a second
+#: thread while the next piece is written or read (hashlib lets go of the GIL).
+_THREADED = 32 << 20
 
 
 class BlobMissingError(Exception):
@@ -39,6 +56,185 @@ def sha1_of_file(path: str, regular_only: bool = False) -> str:
             h.update(chunk)
 
 
+class _Sha1:
+    """sha1 of a stream of buffers; with ``threaded``, computed in a second thread while
+    the caller writes or reads the next buffer. A buffer must not change after it is given."""
+
+    def __init__(self, first: bytes = b"", threaded: bool = False):
+        self._sha1 = hashlib.sha1(first)
+        self._queue: Optional["queue.Queue[Any]"] = None
+        if threaded:
+            self._queue = queue.Queue(2)
+            self._thread = threading.Thread(target=self._run, name="hither-fs-sha1", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        assert self._queue is not None
+        get, update = self._queue.get, self._sha1.update
+        while True:
+            data = get()
+            if data is None:
+                return
+            update(data)
+
+    def update(self, data: Any) -> None:
+        if self._queue is None:
+            self._sha1.update(data)
+        else:
+            self._queue.put(data)
+
+    def stop(self) -> None:
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def hexdigest(self) -> str:
+        self.stop()
+        return self._sha1.hexdigest()
+
+
+class _HeaderWritten(Exception):
+    pass
+
+
+class _HeaderSink:
+    """Where ``np.save`` writes its header (its first write), then is stopped."""
+
+    header = b""
+
+    def write(self, data: Any) -> None:
+        self.header = bytes(data)
+        raise _HeaderWritten
+
+
+def npy_header(array: np.ndarray) -> bytes:
+    """The bytes ``np.save(f, array, allow_pickle=False)`` writes before the array's data
+    (numpy's own header code, so blobs stay byte for byte what they always were)."""
+    sink = _HeaderSink()
+    try:
+        np.save(sink, array, allow_pickle=False)  # type: ignore[arg-type]
+    except _HeaderWritten:
+        return sink.header
+    raise AssertionError("np.save wrote no header")  # pragma: no cover (an array of nothing writes one)
+
+
+def _memory(array: np.ndarray) -> Optional[memoryview]:
+    """The bytes ``np.save`` writes after the header, as a view of the array's memory; None
+    when they are not in memory in that order (a strided view)."""
+    if array.nbytes == 0:
+        return memoryview(b"")
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        flat = array.T.reshape(-1)
+    elif array.flags.c_contiguous:
+        flat = array.reshape(-1)
+    else:
+        return None
+    return memoryview(flat.view(np.uint8))
+
+
+def npy_data(array: np.ndarray) -> Iterator[Any]:
+    """The bytes ``np.save`` writes after the header, in pieces (views of the array's
+    memory when it is contiguous, else copies of a few MiB at a time, as ``np.save`` makes for a stream)."""
+    memory = _memory(array)
+    if memory is not None:
+        for start in range(0, len(memory), _BIG_CHUNK):
+            yield memory[start:start + _BIG_CHUNK]
+        return
+    buffersize = max(_BIG_CHUNK // array.itemsize, 1)
+    for chunk in np.nditer(array, flags=["external_loop", "buffered", "zerosize_ok"], buffersize=buffersize,
+                           order="C"):
+        yield chunk.tobytes("C")
+
+
+def _read_exactly(f: Any, view: memoryview, path: str) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise CorruptFileError(path, "ends before the data its header announces")
+        done += n
+
+
+def _npy_prefix(f: Any, path: str) -> bytes:
+    """Magic, version, header length and header of a ``.npy`` file (as in the file)."""
+    start = bytearray(10)
+    _read_exactly(f, memoryview(start)[:8], path)
+    if start[:6] != b"\x93NUMPY" or start[6] not in (1, 2, 3):
+        raise CorruptFileError(path, "is not a .npy file of a version numpy writes")
+    width = 2 if start[6] == 1 else 4
+    length = bytearray(width)
+    _read_exactly(f, memoryview(length), path)
+    size = int.from_bytes(bytes(length), "little")
+    if size > 1 << 20:  # far above numpy's 10000 (checked below, as np.load does)
+        raise CorruptFileError(path, "has a header of {} bytes".format(size))
+    header = bytearray(size)
+    _read_exactly(f, memoryview(header), path)
+    return bytes(start[:8]) + bytes(length) + bytes(header)
+
+
+class _NotStreamable(Exception):
+    """A ``.npy`` header of a version whose parser numpy does not make public (3.0: utf-8
+    field names): such a blob is checked, then loaded by ``np.load``."""
+
+
+def _parse_npy_prefix(prefix: bytes) -> Any:
+    """(shape, fortran_order, dtype) from a ``.npy`` prefix, by numpy's own code (which refuses
+    headers of more than 10000 bytes, as ``np.load(allow_pickle=False)`` does)."""
+    stream = io.BytesIO(prefix)
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream)
+    raise _NotStreamable
+
+
+def read_npy(f: Any, path: str, sha1: str) -> np.ndarray:
+    """Read an open ``.npy`` blob once, straight into the array it holds, checking the
+    bytes against ``sha1`` as they stream (the only copy in memory is the array)."""
+    prefix = _npy_prefix(f, path)
+    try:
+        shape, fortran_order, dtype = _parse_npy_prefix(prefix)
+        if dtype.hasobject:
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    except (ValueError, SyntaxError, TypeError) as exc:
+        # np.load raises ValueError for object arrays when pickles are refused
+        raise CorruptFileError(path, "refused to load: {}".format(exc)) from None
+    try:
+        size = os.fstat(f.fileno()).st_size
+    except (OSError, AttributeError, io.UnsupportedOperation):  # pragma: no cover
+        size = None
+    count = 1
+    for n in shape:
+        count *= n
+    nbytes = count * dtype.itemsize
+    if size is not None and size < len(prefix) + nbytes:
+        raise CorruptFileError(path, "is {} bytes, less than the {} its header announces".format(
+            size, len(prefix) + nbytes))
+    array = np.empty(shape, dtype=dtype, order="F" if fortran_order else "C")
+    h = _Sha1(prefix, threaded=nbytes >= _THREADED)
+    try:
+        memory = _memory(array)
+        assert memory is not None and len(memory) == nbytes
+        for start in range(0, nbytes, _BIG_CHUNK):
+            piece = memory[start:start + _BIG_CHUNK]
+            _read_exactly(f, piece, path)
+            h.update(piece)
+        rest = bytearray(_CHUNK)
+        while True:  # whatever follows the data counts too (np.save writes nothing there)
+            n = f.readinto(rest)
+            if not n:
+                break
+            h.update(bytes(rest[:n]))
+        actual = h.hexdigest()
+    finally:
+        h.stop()
+    if actual != sha1:
+        raise CorruptFileError(path, "content hash is {}, expected {}".format(actual, sha1))
+    return array
+
+
 class Store:
     def __init__(self, path: str):
         self.path = path
@@ -50,50 +246,101 @@ class Store:
             raise ValueError("bad blob extension {!r}".format(ext))
         return os.path.join(self.path, sha1[:2], sha1 + ext)
 
-    def _commit(self, tmp: str, ext: str) -> str:
-        """Hash a finished temp file and rename it to its content address (over an
-        existing copy: the same bytes, or a damaged copy that this one repairs)."""
-        sha1 = sha1_of_file(tmp, regular_only=True)
-        final = self.blob_path(sha1, ext)
-        with_parents(lambda: os.replace(tmp, final), os.path.dirname(final))
-        return sha1
-
-    def _write_via_temp(self, fill, ext: str) -> str:
+    def _write_via_temp(self, fill: Callable[[Callable[[Any], None]], None], ext: str,
+                        first: bytes = b"", threaded: bool = False, sha1: Optional[str] = None) -> str:
+        """Write a blob into a temp file, hashing its bytes as they are written (unless their
+        ``sha1`` is known), and rename it to its content address (over an existing copy: the
+        same bytes, or a damaged copy that this one repairs). ``first`` opens the bytes,
+        ``fill(write)`` gives the rest."""
         tmp = temp_name(os.path.join(self.path, "incoming"))
         mode = files.file_mode(self.path)
+        h = _Sha1(threaded=threaded and sha1 is None)
         try:
             fd = with_parents(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode),
                               self.path)
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb", buffering=0) as f:
                 if mode & 0o070:
                     os.fchmod(f.fileno(), mode)
-                fill(f)
+
+                def write(data: Any) -> None:
+                    view = memoryview(data)
+                    if sha1 is None:
+                        h.update(view)
+                    while len(view):
+                        n = f.write(view)
+                        if not n:  # pragma: no cover (a regular file takes all or raises)
+                            raise OSError(0, "short write")
+                        view = view[n:]
+
+                if first:
+                    write(first)
+                fill(write)
                 if files.FSYNC:
-                    f.flush()
                     os.fsync(f.fileno())
-            return self._commit(tmp, ext)
+            name = h.hexdigest() if sha1 is None else sha1
+            final = self.blob_path(name, ext)
+            with_parents(lambda: os.replace(tmp, final), os.path.dirname(final))
+            return name
         except OSError as exc:
+            h.stop()
             remove_quietly(tmp)
-            # numpy reports a short write without errno: say what it most likely means
             raise OSError(exc.errno, "cannot write into the store at {}: {} (is the disk full, or a "
                           "file size limit in force?)".format(self.path, exc.strerror or exc)) from exc
         except BaseException:
+            h.stop()
             remove_quietly(tmp)
             raise
 
+    def _present(self, sha1: str, ext: str, size: int) -> bool:
+        """Whether a blob of this name and size is here already (then marked as just stored,
+        for ``hither-fs gc``); its bytes are checked when it is read."""
+        path = self.blob_path(sha1, ext)
+        try:
+            st = os.lstat(path)
+            if not (st.st_mode & 0o170000 == 0o100000 and st.st_size == size):
+                return False  # damaged or a stranger: written again
+            os.utime(path)
+            return True
+        except OSError:  # missing, or not ours to touch: written again
+            return False
+
     def put_array(self, array: np.ndarray) -> str:
+        """Store an array as the ``.npy`` file ``np.save(allow_pickle=False)`` writes; its name is
+        the sha1 of that file. The bytes are hashed first, from the array's memory, and not
+        written at all when the store has them; else written once, never copied whole. (An
+        array that another thread changes meanwhile may leave a blob whose bytes do not match
+        its name: every read checks, and refuses it.)"""
         if array.dtype.hasobject:
             raise TypeError("object arrays are not allowed (dtype {})".format(array.dtype))
-        return self._write_via_temp(lambda f: np.save(f, array, allow_pickle=False), ".npy")
+        header = npy_header(array)
+        size = len(header) + array.nbytes
+        h = hashlib.sha1(header)
+        for piece in npy_data(array):
+            h.update(piece)
+        sha1 = h.hexdigest()
+        if self._present(sha1, ".npy", size):
+            return sha1
+
+        def fill(write: Callable[[Any], None]) -> None:
+            for piece in npy_data(array):
+                write(piece)
+        return self._write_via_temp(fill, ".npy", first=header, sha1=sha1)
 
     def put_bytes(self, data: bytes) -> str:
-        return self._write_via_temp(lambda f: f.write(data), "")
+        sha1 = hashlib.sha1(data).hexdigest()
+        if self._present(sha1, "", len(data)):
+            return sha1
+        return self._write_via_temp(lambda write: write(data), "", sha1=sha1)
 
     def put_file(self, path: str) -> str:
-        def copy(f):
-            with open(path, "rb") as src:
-                shutil.copyfileobj(src, f, _CHUNK)
-        return self._write_via_temp(copy, "")
+        def copy(write: Callable[[Any], None]) -> None:
+            with open(path, "rb", buffering=0) as src:
+                while True:
+                    piece = src.read(_BIG_CHUNK)
+                    if not piece:
+                        return
+                    write(piece)
+        return self._write_via_temp(copy, "", threaded=os.path.getsize(path) >= _THREADED)
 
     def has(self, sha1: str, ext: str = "") -> bool:
         return os.path.exists(self.blob_path(sha1, ext))
@@ -132,13 +379,32 @@ class Store:
         return data
 
     def get_array(self, sha1: str) -> np.ndarray:
+        """An array, read once from its blob and checked against its name as it streams."""
+        path = self.blob_path(sha1, ".npy")
+        try:
+            fd = files.open_regular(path)
+        except FileNotFoundError:
+            raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, path)) from None
+        with os.fdopen(fd, "rb", buffering=0) as f:
+            if hasattr(os, "posix_fadvise"):
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+                except OSError:  # pragma: no cover
+                    pass
+            try:
+                return read_npy(f, path, sha1)
+            except _NotStreamable:
+                pass
+        return self._get_array_in_two_passes(sha1)
+
+    def _get_array_in_two_passes(self, sha1: str) -> np.ndarray:
+        """Check the blob, then load it with ``np.load`` (a header of version 3.0)."""
         path = self.verified_path(sha1, ".npy")
         try:
-            array = np.load(path, allow_pickle=False)
+            return np.load(path, allow_pickle=False)
         except ValueError as exc:
             # np.load raises ValueError for object arrays when pickles are refused
             raise CorruptFileError(path, "refused to load: {}".format(exc)) from None
-        return array
 
     def copy_blob_from(self, other: "Store", sha1: str, ext: str = "") -> None:
         """Make a blob of ``other`` present here (hard link when possible)."""
