@@ -202,3 +202,18 @@ def test_a_strided_array_is_not_copied_whole(tmp_path):
         tracemalloc.stop()
     assert peak < 0.7 * array.nbytes, peak
     assert np.array_equal(store.get_array(sha1), array)
+
+
+def test_a_result_is_hashed_as_it_is_written_an_argument_before(store):
+    from hither_fs.runtime.serialization import encode
+    array = np.arange(5000.0)
+    tag = encode(array, store, "argument 'x'")
+    path = store.blob_path(tag['sha1'], '.npy')
+    inode = os.stat(path).st_ino
+    assert encode(array, store, "argument 'y'") == tag and os.stat(path).st_ino == inode  # not written again
+    assert encode(array, store, 'result of f') == tag  # the same name, from the bytes as written
+    assert os.stat(path).st_ino != inode  # written in one pass (replacing the same bytes)
+    assert store.put_array(array, skip_if_present=False) == tag['sha1']
+    assert np.array_equal(store.get_array(tag['sha1']), array)
+    with open(path, 'rb') as f:
+        assert f.read() == saved(array)

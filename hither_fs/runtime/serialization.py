@@ -318,7 +318,9 @@ def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any,
     if isinstance(value, np.ndarray):
         kind = _array_type(value, where)
         _check_dtype(value.dtype, where, "arrays")
-        sha1 = store.put_array(_without_padding(value.view(np.ndarray)))
+        # an argument is hashed first and not written again when the store has it (the same
+        # array passed to many jobs); a job's result, new bytes as a rule, is hashed as it is written
+        sha1 = store.put_array(_without_padding(value.view(np.ndarray)), skip_if_present=not top.startswith("result"))
         tag = {TAG: "ndarray", "sha1": sha1, "dtype": str(value.dtype), "shape": list(value.shape)}
         if kind is not None:
             tag["type"] = kind

@@ -304,15 +304,24 @@ class Store:
         except OSError:  # missing, or not ours to touch: written again
             return False
 
-    def put_array(self, array: np.ndarray) -> str:
+    def put_array(self, array: np.ndarray, skip_if_present: bool = True) -> str:
         """Store an array as the ``.npy`` file ``np.save(allow_pickle=False)`` writes; its name is
         the sha1 of that file. The bytes are hashed first, from the array's memory, and not
         written at all when the store has them; else written once, never copied whole. (An
         array that another thread changes meanwhile may leave a blob whose bytes do not match
-        its name: every read checks, and refuses it.)"""
+        its name: every read checks, and refuses it.)
+
+        ``skip_if_present=False`` (a job's result, new bytes as a rule): one pass, the bytes
+        hashed in a second thread while they are written (a copy already there is replaced)."""
         if array.dtype.hasobject:
             raise TypeError("object arrays are not allowed (dtype {})".format(array.dtype))
         header = npy_header(array)
+
+        def fill(write: Callable[[Any], None]) -> None:
+            for piece in npy_data(array):
+                write(piece)
+        if not skip_if_present:
+            return self._write_via_temp(fill, ".npy", first=header, threaded=array.nbytes >= _THREADED)
         size = len(header) + array.nbytes
         h = hashlib.sha1(header)
         for piece in npy_data(array):
@@ -320,10 +329,6 @@ class Store:
         sha1 = h.hexdigest()
         if self._present(sha1, ".npy", size):
             return sha1
-
-        def fill(write: Callable[[Any], None]) -> None:
-            for piece in npy_data(array):
-                write(piece)
         return self._write_via_temp(fill, ".npy", first=header, sha1=sha1)
 
     def put_bytes(self, data: bytes) -> str:
