@@ -62,6 +62,7 @@ class _Sha1:
 
     def __init__(self, first: bytes = b"", threaded: bool = False):
         self._sha1 = hashlib.sha1(first)
+        self._error: Optional[BaseException] = None
         self._queue: Optional["queue.Queue[Any]"] = None
         if threaded:
             self._queue = queue.Queue(2)
@@ -75,7 +76,11 @@ class _Sha1:
             data = get()
             if data is None:
                 return
-            update(data)
+            if self._error is None:
+                try:
+                    update(data)
+                except BaseException as exc:  # pragma: no cover (kept for hexdigest; the queue still drains)
+                    self._error = exc
 
     def update(self, data: Any) -> None:
         if self._queue is None:
@@ -91,6 +96,8 @@ class _Sha1:
 
     def hexdigest(self) -> str:
         self.stop()
+        if self._error is not None:  # pragma: no cover
+            raise self._error
         return self._sha1.hexdigest()
 
 
@@ -130,7 +137,7 @@ def _memory(array: np.ndarray) -> Optional[memoryview]:
         flat = array.reshape(-1)
     else:
         return None
-    return memoryview(flat.view(np.uint8))
+    return memoryview(flat.view(np.uint8))  # type: ignore[arg-type]
 
 
 def npy_data(array: np.ndarray) -> Iterator[Any]:
@@ -144,7 +151,7 @@ def npy_data(array: np.ndarray) -> Iterator[Any]:
     buffersize = max(_BIG_CHUNK // array.itemsize, 1)
     for chunk in np.nditer(array, flags=["external_loop", "buffered", "zerosize_ok"], buffersize=buffersize,
                            order="C"):
-        yield chunk.tobytes("C")
+        yield chunk.tobytes("C")  # type: ignore[attr-defined]
 
 
 def _read_exactly(f: Any, view: memoryview, path: str) -> None:
