@@ -18,9 +18,15 @@ contenders taking turns so that the disk's moods hit both alike:
   submitting process wrote (``wchar`` and ``write_bytes`` of /proc/self/io;
   the job processes only read it) and the bytes on disk under the root (du).
 
-Ratios are given against ``np.save`` + ``np.load`` alone, and against the same
-plus the computing the job does (the sum; the ``np.full``), timed apart in the
-same baseline run. Workers are started and warm before anything is timed.
+Ratios (of the medians, and of the minimums) are given against ``np.save`` +
+``np.load`` alone, and against the same plus the computing the job does (the
+sum; the ``np.full``), timed apart in the same baseline run. Workers are
+started and warm before anything is timed.
+
+The floor of hither_fs here is two sha1 passes over the bytes (the writer names
+the blob, the reader checks it; about 0.55 s per GiB each on a core with SHA
+instructions), which ``np.save`` + ``np.load`` do not pay: on a disk that
+takes the bytes at page-cache speed, that alone is more than 1.5x.
 """
 
 import argparse
@@ -168,13 +174,16 @@ def main():
     for name, xs in rows:
         print('{:44} {:7.3f} {:7.3f} {:7.3f}'.format(name, *stats(xs)))
     ratios = {}
+    print('hither_fs / baseline ({} baseline = np.save + np.load; +work = the same plus the job\'s own sum or '
+          'np.full), target <= 1.5x:'.format('io'))
     for what in ('in', 'out'):
-        med = statistics.median(t[what])
-        io_only = statistics.median(t[what + '_np_io'])
-        same_work = statistics.median(t[what + '_np'])
-        ratios[what] = (med / io_only, med / same_work)
-        print('{:4} hither_fs / (np.save + np.load): {:.2f}x   / (same with the job\'s own work): {:.2f}x   '
-              '(target <= 1.5x)'.format(what + ':', med / io_only, med / same_work))
+        ratios[what] = {}
+        for how, pick in (('median', statistics.median), ('min', min)):
+            mine = pick(t[what])
+            io_only, same_work = pick(t[what + '_np_io']), pick(t[what + '_np'])
+            ratios[what][how] = (mine / io_only, mine / same_work)
+            print('  {:4} {:6}  vs io: {:.2f}x   vs io+work: {:.2f}x'.format(what, how, mine / io_only,
+                                                                         mine / same_work))
     print('10 jobs of the same array: submitter wrote {:.3f} GiB (wchar), {:.3f} GiB (write_bytes); the root grew '
           'by {:.3f} GiB on disk ({:.3f} GiB apparent) (target <= 1.1 GiB)'.format(
               written['wchar'] / 2 ** 30, written['write_bytes'] / 2 ** 30, grown[0] / 2 ** 30, grown[1] / 2 ** 30))
