@@ -6,9 +6,11 @@ Both submit the same N no-op jobs (``noop(i=k)``), each into a fresh root on the
 same disk, in one process, alternating, R times each; it prints jobs submitted
 per second (min / median / max). The jobs go to a queue that no worker serves,
 so what is timed is submission alone: each job's spec.json and state.json
-(temp directory + rename), its ticket in the queue, and its ``Job``. A third
-line measures the same with a job cache (``hi.JobCache(path)``, every key new:
-a cache lookup and an in-flight marker per job).
+(temp directory + rename), its ticket in the queue, and its ``Job``. Two more
+lines measure the same with a job cache (``hi.JobCache(path)``, every key new:
+a cache lookup and an in-flight marker per job), and the filesystem floor: the
+same files made by bare system calls (per job a directory, two files of a spec's
+and a state's size, a rename, an empty ticket), with no Python job code at all.
 """
 
 import argparse
@@ -56,6 +58,34 @@ def one(how, n, workdir, cached):
     return n / seconds
 
 
+def floor(n, workdir):
+    root = tempfile.mkdtemp(dir=workdir)
+    jobs, queue = os.path.join(root, 'jobs'), os.path.join(root, 'queue')
+    os.mkdir(jobs)
+    os.mkdir(queue)
+    spec, state = b'x' * 900, b'x' * 200
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    t0 = time.perf_counter()
+    for k in range(n):
+        job_id = '{:016x}'.format(k * 2654435761 % (1 << 64))
+        shard = os.path.join(jobs, job_id[:2])
+        tmp = os.path.join(shard, '.' + job_id + '.tmp')
+        try:
+            os.mkdir(tmp, 0o700)
+        except FileNotFoundError:
+            os.mkdir(shard, 0o700)
+            os.mkdir(tmp, 0o700)
+        for name, data in (('spec.json', spec), ('state.json', state)):
+            fd = os.open(os.path.join(tmp, name), flags, 0o600)
+            os.write(fd, data)
+            os.close(fd)
+        os.rename(tmp, os.path.join(shard, job_id))
+        os.close(os.open(os.path.join(queue, '{:020d}-{}.0.1'.format(time.time_ns(), job_id)), flags, 0o600))
+    seconds = time.perf_counter() - t0
+    shutil.rmtree(root)
+    return n / seconds
+
+
 def line(name, rates):
     return '{:<34} {:>8.0f} {:>8.0f} {:>8.0f}'.format(name, min(rates), statistics.median(rates), max(rates))
 
@@ -75,6 +105,8 @@ def main():
             for _ in range(args.repeat):
                 for how in ('run', 'map'):
                     rates.setdefault((how, cached), []).append(one(how, args.jobs, workdir, cached))
+                if not cached:
+                    rates.setdefault('floor', []).append(floor(args.jobs, workdir))
         print('{} no-op jobs submitted, {} times each; jobs/s'.format(args.jobs, args.repeat))
         print('{:<34} {:>8} {:>8} {:>8}'.format('', 'min', 'median', 'max'))
         for cached in (False, True):
@@ -83,6 +115,10 @@ def main():
             print(line('f.map()' + tag, rates['map', cached]))
             print('  f.map() / loop of f.run(), medians: {:.1f}x'.format(
                 statistics.median(rates['map', cached]) / statistics.median(rates['run', cached])))
+            if not cached:
+                print(line('filesystem floor (same files)', rates['floor']))
+                print('  f.map() / floor, medians: {:.2f}'.format(
+                    statistics.median(rates['map', False]) / statistics.median(rates['floor'])))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
