@@ -305,11 +305,21 @@ def _line(key: str, value: Any) -> str:
         text = "[]"
     elif type(value) is dict and value and all(type(k) is str and type(v) in _SCALARS for k, v in value.items()):
         # the common arguments: a flat dict of scalars, each encoded alike with or without indent
-        text = "{\n" + ",\n".join("  {}: {}".format(encode_basestring_ascii(k), json.dumps(v))
+        text = "{\n" + ",\n".join("  {}: {}".format(encode_basestring_ascii(k), _scalar(v))
                                    for k, v in sorted(value.items())) + "\n }"
     else:  # JSON strings hold no raw newline: each newline is the layout's, one level deeper here
         text = json.dumps(value, indent=1, sort_keys=True).replace("\n", "\n ")
     return " {}: {}".format(encode_basestring_ascii(key), text)
+
+
+def _scalar(value: Any) -> str:
+    """A scalar as json writes it (an int or a string without json's machinery)."""
+    t = type(value)
+    if t is int:
+        return int.__repr__(value)
+    if t is str:
+        return encode_basestring_ascii(value)
+    return json.dumps(value)
 
 
 _MISSING = object()
