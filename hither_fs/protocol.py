@@ -466,17 +466,7 @@ def release(root: Root, spec: Dict[str, Any]) -> Status:
             _mark_waiting(root, up, job_id)
     pending = os.path.join(root.layout.pending, token.name)
     with_parents(lambda: write_new(pending), root.layout.pending)
-    status = promote(root, job_id, spec)
-    if status is None:
-        return Status.PENDING
-    # every upstream job had ended already: no finisher will look for these markers
-    for up in upstream:
-        if is_job_id(up):
-            ddir = root.layout.downstream_dir(up)
-            remove_quietly(os.path.join(ddir, job_id))
-            with contextlib.suppress(OSError):
-                os.rmdir(ddir)  # only if no other job waits there
-    return status
+    return promote(root, job_id, spec) or Status.PENDING
 
 
 def _mark_waiting(root: Root, upstream: str, job_id: str) -> None:

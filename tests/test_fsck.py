@@ -61,15 +61,6 @@ def test_fsck_finds_a_deleted_argument_blob_and_an_orphan_cache_entry(root):
     assert os.path.isdir(job.directory)  # a job is only reported
 
 
-def test_a_pipeline_on_jobs_that_already_ended_leaves_nothing_for_fsck(root):
-    first = add.run(x=1, y=1)
-    first.wait()
-    second = add.run(x=first, y=1)  # its upstream had ended: promoted at once, its marker removed
-    assert second.wait() == 3
-    assert not os.path.exists(root.layout.downstream_dir(first.id))
-    assert fsck(root) == []
-
-
 def test_fsck_reports_records_that_disagree(root):
     a, b, c = add.run(x=1, y=1), add.run(x=2, y=2), add.run(x=3, y=3)
     shutil.copy(os.path.join(b.directory, 'spec.json'), os.path.join(a.directory, 'spec.json'))
