@@ -249,7 +249,8 @@ def _check_job(c: Check, job_id: str, jdir: str, tokens: Dict[str, protocol.Foun
     if status in FINAL_VALUES:
         ddir = os.path.join(jdir, "downstream")
         for down in listdir(ddir):
-            if is_job_id(down) and not os.path.lexists(os.path.join(root.layout.pending, Token(down).name)):
+            if is_job_id(down) and not os.path.lexists(os.path.join(root.layout.pending, Token(down).name)) \
+                    and not _live(root, down):  # a live job may still read this one's result: gc keeps it
                 yield Finding(os.path.join(ddir, down), "marker of a job that waits no more", False,
                               c.repair and remove_quietly(os.path.join(ddir, down)))
         return
@@ -270,6 +271,16 @@ def _check_job(c: Check, job_id: str, jdir: str, tokens: Dict[str, protocol.Foun
         protocol.add_missing_token(root, job_id, state)
         repaired = True
     yield Finding(jdir, "{} job without a token: no worker would see it".format(status), False, repaired)
+
+
+def _live(root: Root, job_id: str) -> bool:
+    """Whether a job exists and has not ended (damaged: counted live, nothing is removed for it)."""
+    try:
+        return protocol.read_state(root, job_id).get("status") not in FINAL_VALUES
+    except FileNotFoundError:
+        return False
+    except (OSError, CorruptFileError, AttributeError):
+        return True
 
 
 # -- tokens ------------------------------------------------------------------------------

@@ -728,7 +728,20 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
         else:
             remove_quietly(live)
     notify_downstream(root, job_id, tick)
+    drop_waiting_markers(root, job_id, claim.spec)
     return status
+
+
+def drop_waiting_markers(root: Root, job_id: str, spec: Dict[str, Any]) -> None:
+    """Once a job is final, its markers in its upstream jobs' ``downstream/`` protect nothing
+    (they keep an upstream job from ``hither-fs gc`` while this one may still read its
+    result): removed, with the directory when it empties. One unlink per upstream job."""
+    for up in spec.get("upstream") or []:
+        if is_job_id(up):
+            ddir = root.layout.downstream_dir(up)
+            if remove_quietly(os.path.join(ddir, job_id)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(ddir)  # only if no other job waits there
 
 
 def requeue(root: Root, token: Token, path: str, why: str, *, counted: bool = True,

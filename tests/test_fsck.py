@@ -61,6 +61,20 @@ def test_fsck_finds_a_deleted_argument_blob_and_an_orphan_cache_entry(root):
     assert os.path.isdir(job.directory)  # a job is only reported
 
 
+def test_a_pipeline_on_jobs_that_already_ended_leaves_nothing_for_fsck(root):
+    from test_faults import QueueOnly
+    first = add.run(x=1, y=1)
+    first.wait()
+    with hi.Config(job_handler=QueueOnly('fsck-waits')):
+        waiting = add.run(x=first, y=2)  # queued, not run: its marker keeps `first` from gc, and is no problem
+    assert waiting.status == 'queued' and fsck(root) == []
+    second = add.run(x=first, y=1)  # its upstream had ended: queued at once, run here
+    assert second.wait() == 3
+    # once final, a job's marker protects nothing: gone with it (the waiting job's stays)
+    assert os.listdir(root.layout.downstream_dir(first.id)) == [waiting.id]
+    assert fsck(root) == []
+
+
 def test_fsck_reports_records_that_disagree(root):
     a, b, c = add.run(x=1, y=1), add.run(x=2, y=2), add.run(x=3, y=3)
     shutil.copy(os.path.join(b.directory, 'spec.json'), os.path.join(a.directory, 'spec.json'))
