@@ -6,7 +6,8 @@ root, as the only thing connecting the parts.
 """
 
 from .cache import JobCache
-from .compat import Database, JobCancelledException, JobStatus, reset
+from .codeenv import CodeEnvError
+from .compat import Database, JobCancelledException, JobStatus, NoServerError, reset
 from .compute_resource import ComputeResource, RemoteJobHandler
 from .config import Config
 from .containers import ContainerError
@@ -18,46 +19,53 @@ from .job import Job, get_job
 from .root import Root, RootError
 from .runtime.files import CorruptFileError
 from .runtime.serialization import File
+from .runtime.store import BlobMissingError
+from .shipping import ShipError
 from .slurm import SlurmError, SlurmJobHandler
 from .submit import wait
+from .trust import UntrustedCodeError
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BlobMissingError",
     "CodeChangedWarning",
+    "CodeEnvError",
     "ComputeResource",
     "Config",
     "ContainerError",
     "CorruptFileError",
+    "Database",
     "DefaultJobHandler",
+    "DuplicateFunctionException",
     "File",
     "Job",
     "JobCache",
     "JobCancelledError",
+    "JobCancelledException",
     "JobError",
     "JobHandler",
     "JobNotFinishedError",
+    "JobStatus",
     "JobTimeoutError",
+    "NoServerError",
     "ParallelJobHandler",
     "RemoteJobHandler",
     "Root",
     "RootError",
+    "ShipError",
     "SlurmError",
     "SlurmJobHandler",
+    "UntrustedCodeError",
     "UpstreamJobError",
     "WorkerLostError",
+    "additional_files",
     "container",
     "function",
-    "get_job",
-    "run",
-    "wait",
-    # hither's spellings (hither_fs.compat; README: "Coming from hither")
-    "Database",
-    "DuplicateFunctionException",
-    "JobCancelledException",
-    "JobStatus",
-    "additional_files",
     "get_function",
+    "get_job",
     "local_modules",
     "reset",
+    "run",
+    "wait",
 ]

@@ -175,3 +175,24 @@ def test_a_container_errors_first_line_is_apptainers_fatal_one():
            'connection refused'
     assert _telling_words(said).splitlines()[0] == 'FATAL:   while pulling: connection refused'
     assert _telling_words('x' * 3000).endswith('...') and len(_telling_words('x' * 3000)) == 2003
+
+
+def test_every_exception_a_user_can_meet_is_exported():
+    """Each exception class of the package's modules is a public name - except the stand-in's copies
+    (inside containers), the protocol's internal signals and private classes."""
+    import importlib
+    import inspect
+    import pkgutil
+    import hither_fs
+    internal = {'ScriptLoadStop', 'JobGoneError', 'FunctionNotFoundError', 'NotAvailableInContainerError',
+                'LinkError', 'JobDirectoryError'}  # signals inside the package, or subclasses of exported ones
+    missing = []
+    for info in pkgutil.walk_packages(hither_fs.__path__, 'hither_fs.'):
+        if info.name.endswith(('standin', '__main__')):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, BaseException) and obj.__module__ == info.name
+                    and not name.startswith('_') and name not in internal and getattr(hi, name, None) is not obj):
+                missing.append('{}.{}'.format(info.name, name))
+    assert missing == []
