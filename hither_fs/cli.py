@@ -44,11 +44,17 @@ def _counts(rows: List[Dict[str, Any]]) -> str:
         counts, key=lambda s: (order.index(s) if s in order else len(order), s)))
 
 
-def _selected(root: Root, args) -> List[Dict[str, Any]]:
-    """The jobs ``ls``/``cancel`` name with --run, --label, --function, --status, --since."""
+def _selected(root: Root, args, live_only: bool = False) -> List[Dict[str, Any]]:
+    """The jobs ``ls``/``cancel`` name with --run, --label, --function, --status, --since.
+    Only live statuses asked for (or ``live_only``): the ended jobs' records are not read."""
     newer = gc.parse_age(args.since) if getattr(args, "since", None) else None
-    return listing.select(listing.job_rows(root), run=args.run, label=args.label, function=args.function,
-                          status=args.status, newer_than=newer)
+    live_only = live_only or bool(args.status) and set(args.status) <= set(listing.LIVE)
+    rows = listing.job_rows(root, live_only=live_only)
+    if live_only and args.run and not any(r["run"].startswith(args.run) or r["run"].endswith("-" + args.run)
+                                          for r in rows):
+        return []  # the run has no live job (or there is no such run): nothing to list or cancel
+    return listing.select(rows, run=args.run, label=args.label, function=args.function, status=args.status,
+                          newer_than=newer)
 
 
 def cmd_ls(args) -> int:
@@ -157,7 +163,7 @@ def cmd_cancel(args) -> int:
     if filters:
         if args.status and set(args.status) - set(listing.LIVE):
             raise ValueError("only {} jobs can be cancelled".format(", ".join(listing.LIVE)))
-        ids = [r["id"] for r in _selected(root, args) if r["status"] in listing.LIVE]
+        ids = [r["id"] for r in _selected(root, args, live_only=True)]
         if not ids:
             print("no unfinished job matches")
             return 0

@@ -177,3 +177,24 @@ def test_jobs_with_fields_of_the_wrong_type_show_as_damaged_and_ids_exclude_filt
     assert {r['id']: r['status'] for r in rows} == {good.id: 'finished', bad.id: 'damaged'}
     proc = cli('cancel', good.id, '--all')
     assert proc.returncode == 2 and 'either by id or by' in proc.stderr
+
+
+def test_live_statuses_are_listed_without_reading_the_ended_jobs(root_path, monkeypatch):
+    from jobfuncs import add
+    from hither_fs import listing, protocol
+    proc = run_python('from jobfuncs import add\nfor i in range(30):\n    add.run(x=i, y=0).wait()')
+    assert proc.returncode == 0, proc.stderr
+    [ended_run] = [g['run'] for g in runs(root_path)]  # another process: a run of its own, all ended
+    with hi.Config(job_handler=hi.RemoteJobHandler(compute_resource_id='nobody')):
+        live = [add.run(x=i, y=1) for i in range(2)]
+    reads = []
+    real = protocol.read_state
+    monkeypatch.setattr(protocol, 'read_state', lambda root, job_id: reads.append(job_id) or real(root, job_id))
+    rows = listing.job_rows(hi.Root.get(root_path), live_only=True)  # a spy on the reads, not a stand-in
+    assert [r['id'] for r in rows] == [j.id for j in live] and sorted(reads) == sorted(j.id for j in live)
+    out = cli('ls', '--status', 'queued').stdout
+    assert out.strip().endswith('2 jobs: 2 queued')
+    assert cli('ls', '--status', 'running', '--run', ended_run).stdout.strip().endswith('0 jobs')
+    proc = cli('cancel', '--run', ended_run, '--yes')
+    assert proc.returncode == 0 and 'no unfinished job matches' in proc.stdout
+    assert [j.status for j in live] == ['queued', 'queued']
