@@ -279,6 +279,9 @@ def capture_source(fn, store: Store) -> str:
         if now - hit[1] >= REUSE_SECONDS / 2:
             _sources[key] = (hit[0], now)
         return hit[0]
+    if not os.path.isfile(path):
+        raise CodeEnvError("hither function {!r}: its source file {} does not exist (was it defined by exec, or "
+                           "its file moved?): define it in a module or script file".format(fn.name, path))
     sha1 = store.put_file(path)
     with _cache_lock:
         _sources[key] = (sha1, now)

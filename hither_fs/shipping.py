@@ -31,12 +31,16 @@ class ShipError(TypeError):
 
 
 def needs_shipping(fn: Any) -> bool:
-    """True when fn (a plain Python function) is defined in __main__ and __main__ has no
-    script file a worker could load (notebook, IPython, `python -c`, a script on stdin)."""
+    """True when fn (a plain Python function) is defined in __main__ and no script file a
+    worker could load holds it (notebook, IPython, `python -c`, a script on stdin, a cell of
+    an IPython script)."""
     if not isinstance(fn, types.FunctionType) or fn.__module__ != "__main__":
         return False
     file = getattr(sys.modules.get("__main__"), "__file__", None)
-    return not (isinstance(file, str) and os.path.isfile(file))  # `python -` sets __file__ to '<stdin>'
+    if not (isinstance(file, str) and os.path.isfile(file)):  # `python -` sets __file__ to '<stdin>'
+        return True
+    # a script that defines it by exec or as an IPython cell (`ipython script.ipy`): no file holds it
+    return not os.path.isfile(fn.__code__.co_filename)
 
 
 def shipped_source(fn: Callable, name: str) -> str:

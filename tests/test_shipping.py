@@ -376,9 +376,34 @@ def test_needs_shipping_when_main_has_no_script_file(session, monkeypatch, tmp_p
     fake_main.__file__ = '<stdin>'  # what `python - < script.py` sets
     assert needs_shipping(fn)
     script = tmp_path / 'script.py'
-    script.write_text('')
+    script.write_text('def need_g(x):\n    return x\n')
     fake_main.__file__ = str(script)  # a script a worker can load again
-    assert not needs_shipping(fn)
+    namespace = {'__name__': '__main__'}
+    exec(compile(script.read_text(), str(script), 'exec'), namespace)
+    assert not needs_shipping(namespace['need_g'])  # defined in it: loaded from it
+    assert needs_shipping(fn)  # defined by a cell (`ipython script.ipy`), which no file holds
     monkeypatch.delattr(fake_main, '__file__')
     assert not needs_shipping(add.__wrapped__) and not needs_shipping(json.dumps)  # functions of real modules
     assert not needs_shipping(add) and not needs_shipping(len)  # not plain functions
+
+
+def test_a_function_of_an_ipython_script_is_shipped(tmp_path):
+    """`ipython script.ipy`: __main__ has a file, but the function's code comes from a cell that
+    no file holds - shipped as source, not read from a file that is not there."""
+    import os
+    import subprocess
+    pytest.importorskip('IPython', reason='IPython comes with ipykernel (pip install -e .[test])')
+    from conftest import REPO, TESTS
+    script = tmp_path / 'script.ipy'
+    script.write_text(textwrap.dedent('''
+        import hither_fs as hi
+        @hi.function('square_in_ipython', '0.1.0')
+        def square_in_ipython(x):
+            return x * x
+        with hi.Config(root={root!r}, job_handler=hi.ParallelJobHandler(1)):
+            print('result', square_in_ipython.run(x=4).wait())
+    ''').format(root=str(tmp_path / 'root')))
+    proc = subprocess.run([sys.executable, '-m', 'IPython', '--no-banner', str(script)], capture_output=True,
+                          text=True, timeout=120, cwd=str(tmp_path),
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS])))
+    assert 'result 16' in proc.stdout, proc.stdout + proc.stderr
