@@ -1,4 +1,5 @@
 import os
+import shutil
 import sys
 
 import pytest
@@ -17,6 +18,40 @@ def missing_infrastructure(reason):
     if os.environ.get('CI'):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+def need_slurm():
+    """Fail (under CI) or skip unless a Slurm cluster answers."""
+    import subprocess
+    if shutil.which('sinfo') is None:
+        missing_infrastructure('Slurm is not installed: run the tests with tests/run.sh (it installs and starts it)')
+    proc = subprocess.run(['sinfo', '--noheader', '--format=%T'], capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        missing_infrastructure('no Slurm cluster answers (start one with slurm/cluster.sh start, or use tests/run.sh): '
+                               + proc.stderr.strip())
+
+
+def jupyter_kernel(tmp_path, monkeypatch):
+    """A kernelspec 'python3' for this interpreter and this checkout, found first through JUPYTER_PATH
+    (a user's own 'python3' kernelspec may name another Python); returns ``(nbformat, NotebookClient)``.
+    Fails (under CI) or skips unless nbclient, nbformat and ipykernel are installed."""
+    import importlib.util
+    import json
+    missing = [m for m in ('nbformat', 'nbclient', 'ipykernel') if importlib.util.find_spec(m) is None]
+    if missing:
+        missing_infrastructure('{} not installed: pip install nbclient nbformat ipykernel'.format(', '.join(missing)))
+    import nbformat
+    from nbclient import NotebookClient
+    spec_dir = tmp_path / 'jupyter' / 'kernels' / 'python3'
+    spec_dir.mkdir(parents=True)
+    pythonpath = os.pathsep.join([REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p])
+    (spec_dir / 'kernel.json').write_text(json.dumps({
+        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
+        'display_name': 'hither_fs test', 'language': 'python', 'env': {'PYTHONPATH': pythonpath}}))
+    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
+    monkeypatch.setenv('JUPYTER_RUNTIME_DIR', str(tmp_path / 'runtime'))
+    monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
+    return nbformat, NotebookClient
 
 
 @pytest.fixture

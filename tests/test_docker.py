@@ -11,13 +11,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
 
 import hither_fs as hi
 from conftest import missing_infrastructure, run_python
+from test_containers import wait_until
 from containerfuncs.funcs import (container_facts, container_limits, fails_in_container, gpu_probe,
                                   sleep_in_container, sumsqr_in_container, writes_into_the_root)
 from hither_fs import containers, docker
@@ -72,13 +72,6 @@ def containers_of(job_id):
     proc = docker_cli('ps', '--all', '--quiet', '--filter', 'label=hither_fs.job=' + job_id)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.split()
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, 'timed out waiting for ' + what
-        time.sleep(0.05)
 
 
 # -- the rules (no Docker needed) --------------------------------------------------------

@@ -96,6 +96,9 @@ def test_a_removed_job_completes_with_its_error(root_path, parallel):
     with pytest.raises(FileNotFoundError, match='is not in root'):
         fresh.result()
     assert list(cf.as_completed([fresh], timeout=5)) == [fresh]
+    assert isinstance(fresh.exception(), FileNotFoundError) and not fresh.cancelled()
+    done, _ = cf.wait([fresh], timeout=5, return_when=cf.FIRST_EXCEPTION)
+    assert done == {fresh}
 
 
 def test_two_handles_on_one_job_both_complete(root_path, parallel):
@@ -118,14 +121,3 @@ def test_a_slow_callback_does_not_hold_up_other_jobs(root_path, parallel, tmp_pa
         b = sleepy.run(seconds=0.2, result='b')
         assert list(cf.as_completed([b], timeout=30)) == [b]  # completed all the same
         release.set()
-
-
-def test_a_removed_jobs_exception_is_the_reason(root_path, parallel):
-    with hi.Config(job_handler=parallel(1)):
-        job = add.run(x=1, y=1)
-        job.wait(timeout=60)
-    fresh = hi.get_job(job.id)
-    shutil.rmtree(fresh.directory)
-    assert isinstance(fresh.exception(), FileNotFoundError) and not fresh.cancelled()
-    done, _ = cf.wait([fresh], timeout=5, return_when=cf.FIRST_EXCEPTION)
-    assert done == {fresh}

@@ -7,12 +7,8 @@ which has no script file, so they reach the workers as shipped source text
 test skips, or fails under CI.
 """
 
-import importlib.util
-import json
-import os
-import sys
 
-from conftest import REPO, missing_infrastructure
+from conftest import jupyter_kernel
 
 CELLS = [
     'import math\nimport numpy as np\nimport hither_fs as hi',
@@ -42,23 +38,7 @@ CELLS = [
 def run_notebook(tmp_path, monkeypatch, setup: str, options: str = '{}') -> None:
     """Write the notebook, with ``setup`` (which sets HANDLER) and Config ``options``, run it in a real
     kernel, and check what it printed."""
-    missing = [m for m in ('nbformat', 'nbclient', 'ipykernel') if importlib.util.find_spec(m) is None]
-    if missing:
-        missing_infrastructure('{} not installed: pip install nbclient nbformat ipykernel'.format(', '.join(missing)))
-    import nbformat
-    from nbclient import NotebookClient
-
-    # A kernelspec 'python3' for this interpreter and this checkout, found first through JUPYTER_PATH:
-    # a user's own 'python3' kernelspec may name another Python.
-    spec_dir = tmp_path / 'jupyter' / 'kernels' / 'python3'
-    spec_dir.mkdir(parents=True)
-    pythonpath = os.pathsep.join([REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-    (spec_dir / 'kernel.json').write_text(json.dumps({
-        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-        'display_name': 'hither_fs test', 'language': 'python', 'env': {'PYTHONPATH': pythonpath}}))
-    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
-    monkeypatch.setenv('JUPYTER_RUNTIME_DIR', str(tmp_path / 'runtime'))
-    monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
+    nbformat, NotebookClient = jupyter_kernel(tmp_path, monkeypatch)
 
     root = str(tmp_path / 'root')
     nb = nbformat.v4.new_notebook()

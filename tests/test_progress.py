@@ -8,18 +8,15 @@ four finished) and waits for the line to show it.
 """
 
 import html
-import importlib.util
-import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
 import hither_fs as hi
-from conftest import REPO, TESTS, missing_infrastructure, run_python
+from conftest import REPO, TESTS, jupyter_kernel, need_slurm, run_python
 from hither_fs.slurm import scancel
 from jobfuncs import add, sleepy
 from terminal import Terminal
@@ -135,22 +132,7 @@ CELLS = [
 def test_the_line_in_a_jupyter_notebook(tmp_path, monkeypatch):
     """In a real kernel (as tests/test_notebook.py runs one): tqdm's widget when ipywidgets is
     installed, its text line in the cell's output otherwise."""
-    missing = [m for m in ('nbformat', 'nbclient', 'ipykernel') if importlib.util.find_spec(m) is None]
-    if missing:
-        missing_infrastructure('{} not installed: pip install nbclient nbformat ipykernel'.format(', '.join(missing)))
-    import nbformat
-    from nbclient import NotebookClient
-
-    spec_dir = tmp_path / 'jupyter' / 'kernels' / 'python3'  # this interpreter and this checkout
-    spec_dir.mkdir(parents=True)
-    pythonpath = os.pathsep.join([REPO] + [p for p in [os.environ.get('PYTHONPATH')] if p])
-    (spec_dir / 'kernel.json').write_text(json.dumps({
-        'argv': [sys.executable, '-m', 'ipykernel_launcher', '-f', '{connection_file}'],
-        'display_name': 'hither_fs test', 'language': 'python', 'env': {'PYTHONPATH': pythonpath}}))
-    monkeypatch.setenv('JUPYTER_PATH', str(tmp_path / 'jupyter'))
-    monkeypatch.setenv('JUPYTER_RUNTIME_DIR', str(tmp_path / 'runtime'))
-    monkeypatch.setenv('IPYTHONDIR', str(tmp_path / 'ipython'))
-
+    nbformat, NotebookClient = jupyter_kernel(tmp_path, monkeypatch)
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(c) for c in ['ROOT = {!r}'.format(str(tmp_path / 'root'))] + CELLS]
     NotebookClient(nb, timeout=120, kernel_name='python3', resources={'metadata': {'path': str(tmp_path)}}).execute()
@@ -228,15 +210,6 @@ def test_a_job_run_again_after_its_worker_was_lost_is_logged(root_path, tmp_path
     said = [r.getMessage() for r in caplog.records if r.name == 'hither_fs.progress']
     assert any(m.startswith('job {} (sleepy) runs again: '.format(job.id)) and '-{}'.format(lost) in m
                for m in said), said
-
-
-def need_slurm():
-    if shutil.which('sinfo') is None:
-        missing_infrastructure('Slurm is not installed: run the tests with tests/run.sh (it installs and starts it)')
-    proc = subprocess.run(['sinfo', '--noheader', '--format=%T'], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        missing_infrastructure('no Slurm cluster answers (start one with slurm/cluster.sh start, or use tests/run.sh): '
-                               + proc.stderr.strip())
 
 
 HELD_ALLOCATION = textwrap.dedent('''\

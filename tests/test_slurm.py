@@ -5,7 +5,6 @@ These tests need the cluster: tests/run.sh starts it. Without it they fail.
 
 import json
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -15,7 +14,7 @@ import pytest
 
 import hither_fs as hi
 import hither_fs.submit
-from conftest import missing_infrastructure
+from conftest import need_slurm
 from hither_fs.queue import iter_tickets
 from hither_fs.slurm import live_workers, scancel
 from jobfuncs import add, sleepy
@@ -24,12 +23,7 @@ from test_jobs import wait_for_file
 
 @pytest.fixture(scope='module')
 def cluster():
-    if shutil.which('sinfo') is None:
-        missing_infrastructure('Slurm is not installed: run the tests with tests/run.sh (it installs and starts it)')
-    proc = subprocess.run(['sinfo', '--noheader', '--format=%T'], capture_output=True, text=True)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        missing_infrastructure('no Slurm cluster answers (start one with slurm/cluster.sh start, or use tests/run.sh): '
-                    + proc.stderr.strip())
+    need_slurm()
 
 
 @pytest.fixture
