@@ -211,7 +211,7 @@ def test_a_result_is_hashed_as_it_is_written_an_argument_before(store):
     path = store.blob_path(tag['sha1'], '.npy')
     inode = os.stat(path).st_ino
     assert encode(array, store, "argument 'y'") == tag and os.stat(path).st_ino == inode  # not written again
-    assert encode(array, store, 'result of f') == tag  # the same name, from the bytes as written
+    assert encode(array, store, 'result of f', result=True) == tag  # the same name, from the bytes as written
     assert os.stat(path).st_ino != inode  # written in one pass (replacing the same bytes)
     assert store.put_array(array, skip_if_present=False) == tag['sha1']
     assert np.array_equal(store.get_array(tag['sha1']), array)

@@ -95,7 +95,7 @@ def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, A
         with files_stored_in(store):  # a hi.File it makes keeps its bytes in this root at once
             value = function(**kwargs)
         stage = "storing the result"
-        encoded = encode(value, store, "result of {}".format(fspec["name"]))
+        encoded = encode(value, store, "result of {}".format(fspec["name"]), result=True)
         write_json(os.path.join(out_dir, OUTCOME), {"result": {"value": encoded}})
         return True
     except BaseException as exc:  # the job's error is data, whatever it is

@@ -301,26 +301,27 @@ def _too_deep(where: str) -> ValueError:
                       "pass deep data as a numpy array or a hi.File".format(where, MAX_DEPTH))
 
 
-def encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any, str], Any]] = None) -> Any:
+def encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any, str], Any]] = None,
+           result: bool = False) -> Any:
     """Encode ``value`` as JSON, writing arrays and files into ``store``.
 
     ``other(value, where)`` may encode extra types (the submitting side uses it
     for ``Job`` objects); it returns ``NotImplemented`` to refuse a value.
     A value nested deeper than :data:`MAX_DEPTH` raises ``ValueError`` naming ``where``.
+    ``result``: a job's result, whose arrays (new bytes as a rule) are hashed as they are written;
+    an argument's are hashed first and not written again when the store has them.
     """
-    return _encode(value, store, where, other, 0, where)
+    return _encode(value, store, where, other, 0, where, result)
 
 
 def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any, str], Any]],
-            depth: int, top: str) -> Any:
+            depth: int, top: str, result: bool) -> Any:
     if value is None or (isinstance(value, (bool, str, int, float)) and not isinstance(value, np.generic)):
         return value
     if isinstance(value, np.ndarray):
         kind = _array_type(value, where)
         _check_dtype(value.dtype, where, "arrays")
-        # an argument is hashed first and not written again when the store has it (the same
-        # array passed to many jobs); a job's result, new bytes as a rule, is hashed as it is written
-        sha1 = store.put_array(_without_padding(value.view(np.ndarray)), skip_if_present=not top.startswith("result"))
+        sha1 = store.put_array(_without_padding(value.view(np.ndarray)), skip_if_present=not result)
         tag = {TAG: "ndarray", "sha1": sha1, "dtype": str(value.dtype), "shape": list(value.shape)}
         if kind is not None:
             tag["type"] = kind
@@ -341,9 +342,9 @@ def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any,
     if isinstance(value, (list, tuple, dict)) and depth >= MAX_DEPTH:
         raise _too_deep(top)
     if isinstance(value, list):
-        return [_encode(v, store, _where_item(where, i), other, depth + 1, top) for i, v in enumerate(value)]
+        return [_encode(v, store, _where_item(where, i), other, depth + 1, top, result) for i, v in enumerate(value)]
     if isinstance(value, tuple):
-        return {TAG: "tuple", "items": [_encode(v, store, _where_item(where, i), other, depth + 1, top)
+        return {TAG: "tuple", "items": [_encode(v, store, _where_item(where, i), other, depth + 1, top, result)
                                         for i, v in enumerate(value)]}
     if isinstance(value, dict):
         items = {}
@@ -351,7 +352,7 @@ def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any,
             if not isinstance(k, str):
                 raise TypeError("{}: dict key {!r} is a {}, only str keys are allowed".format(
                     where, k, type(k).__name__))
-            items[k] = _encode(v, store, _where_item(where, k), other, depth + 1, top)
+            items[k] = _encode(v, store, _where_item(where, k), other, depth + 1, top, result)
         return {TAG: "dict", "items": items} if TAG in items else items
     if isinstance(value, File):
         return {TAG: "file", "sha1": value._store_in(store, where), "name": value.name}
