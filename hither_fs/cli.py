@@ -50,8 +50,7 @@ def _selected(root: Root, args, live_only: bool = False) -> List[Dict[str, Any]]
     newer = gc.parse_age(args.since) if getattr(args, "since", None) else None
     live_only = live_only or bool(args.status) and set(args.status) <= set(listing.LIVE)
     rows = listing.job_rows(root, live_only=live_only)
-    if live_only and args.run and not any(r["run"].startswith(args.run) or r["run"].endswith("-" + args.run)
-                                          for r in rows):
+    if live_only and args.run and not listing.matching_runs(rows, args.run):
         return []  # the run has no live job (or there is no such run): nothing to list or cancel
     return listing.select(rows, run=args.run, label=args.label, function=args.function, status=args.status,
                           newer_than=newer)

@@ -18,7 +18,7 @@ from . import progress, protocol
 from .errors import JobError, JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
-from .runtime.files import CorruptFileError, listdir, read_record, read_text_tail, write_json
+from .runtime.files import CorruptFileError, listdir, read_text_tail, write_json
 from .runtime.layout import live_console_prefix
 from .runtime.serialization import decode
 from .watch import Waiters, run_callbacks, watcher
@@ -38,8 +38,6 @@ PROMOTE_AFTER = 1.0
 #: How often the waiter lets its handler look after its workers (start local
 #: workers, scale Slurm allocations).
 HELP_INTERVAL = 0.2
-#: ``job.set_label()``'s record in the job's directory, and the most of it that is read.
-LABEL_FILE, LABEL_LIMIT = "label.json", 64 << 10
 
 
 T = TypeVar("T")
@@ -398,21 +396,13 @@ class Job(futures.Future, Generic[T]):
             if not stat.S_ISDIR(st.st_mode):
                 raise protocol.JobDirectoryError(path, "is not a job directory ({} is {})".format(
                     part, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"))
-        write_json(os.path.join(path, LABEL_FILE), {"label": label})
+        write_json(os.path.join(path, protocol.LABEL_FILE), {"label": label})
         return self
 
     def get_label(self) -> str:
         """The label given by ``set_label()``, else by ``hi.Config(label=...)``, else - as in
         hither - the function's name."""
-        try:
-            record = read_record(os.path.join(self.directory, LABEL_FILE), limit=LABEL_LIMIT)[0]
-        except FileNotFoundError:
-            record = None
-        if isinstance(record, dict) and isinstance(record.get("label"), str):
-            return record["label"]
-        if record is not None:
-            raise CorruptFileError(os.path.join(self.directory, LABEL_FILE), "not a label record")
-        return self.spec.get("label") or self.function_name
+        return protocol.read_label(self.root, self.id) or self.spec.get("label") or self.function_name
 
     def get_job_id(self) -> str:
         """hither's spelling of ``job.id``."""

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterator, List, Optional
 from . import protocol
 from .protocol import Status
 from .root import Root
-from .runtime.files import CorruptFileError, listdir, read_json
+from .runtime.files import CorruptFileError, listdir
 from .runtime.layout import is_job_id
 
 JOB_ID_LENGTH = 16
@@ -45,11 +45,11 @@ def label_of(root: Root, job_id: str, spec: Dict[str, Any]) -> str:
     """The label set with ``job.set_label()`` (``label.json`` in the job's directory), else the
     one ``hi.Config(label=...)`` gave it at submission."""
     try:
-        record = read_json(os.path.join(root.layout.job_dir(job_id), "label.json"), None, missing_ok=True)
-    except (OSError, CorruptFileError):
-        record = None
-    if isinstance(record, dict) and isinstance(record.get("label"), str):
-        return record["label"]
+        label = protocol.read_label(root, job_id)
+    except (OSError, CorruptFileError):  # a damaged one: the submission's label (fsck reports it)
+        label = None
+    if label is not None:
+        return label
     label = spec.get("label") or ""
     return label if isinstance(label, str) else repr(label)
 
@@ -104,11 +104,16 @@ def job_rows(root: Root, live_only: bool = False) -> List[Dict[str, Any]]:
     return rows
 
 
-def resolve_run(rows: List[Dict[str, Any]], prefix: str) -> str:
-    """The run whose id starts with ``prefix``, or ends with ``-prefix`` (its process id: runs
-    are ``<UTC start>-<host>-<pid>``) - exactly one, or a ValueError saying which."""
-    runs = sorted({r["run"] for r in rows if r["run"].startswith(prefix)}) or sorted(
+def matching_runs(rows: List[Dict[str, Any]], prefix: str) -> List[str]:
+    """The runs whose id starts with ``prefix`` - or, if none does, ends with ``-prefix`` (its
+    process id: runs are ``<UTC start>-<host>-<pid>``)."""
+    return sorted({r["run"] for r in rows if r["run"].startswith(prefix)}) or sorted(
         {r["run"] for r in rows if r["run"].endswith("-" + prefix)})
+
+
+def resolve_run(rows: List[Dict[str, Any]], prefix: str) -> str:
+    """The run :func:`matching_runs` names - exactly one, or a ValueError saying which."""
+    runs = matching_runs(rows, prefix)
     if prefix in runs:
         return prefix
     if not runs:

@@ -226,6 +226,23 @@ def read_state(root: Root, job_id: str) -> Dict[str, Any]:
     return _read_record(root.layout.state_file(job_id))[0]
 
 
+#: ``job.set_label()``'s record in the job's directory, and the most of it that is read.
+LABEL_FILE, LABEL_LIMIT = "label.json", 64 << 10
+
+
+def read_label(root: Root, job_id: str) -> Optional[str]:
+    """The label ``job.set_label()`` gave a job (its ``label.json``), or None if it has none.
+    ``CorruptFileError`` for a record that is not a label."""
+    path = root.layout.job_file(job_id, LABEL_FILE)
+    try:
+        record = read_record(path, limit=LABEL_LIMIT)[0]
+    except FileNotFoundError:
+        return None
+    if isinstance(record, dict) and isinstance(record.get("label"), str):
+        return record["label"]
+    raise CorruptFileError(path, "not a label record")
+
+
 def mark_used(root: Root, job_id: str) -> bool:
     """Make a final job young again (its ``state.json``'s mtime, by which ``hither-fs gc``
     judges age) as it is handed out once more - a cache hit answered with it. False if it
