@@ -60,6 +60,7 @@ from . import codeenv, docker
 from .root import Root, now_iso
 from .runtime.execute import OUTCOME, error_record
 from .errors import ContainerError
+from .pull_failures import forget_failure, raise_if_failed_lately, remember_failure
 from .runtime.files import HOST, file_mode, fs_clock, makedirs, read_json, remove_quietly, temp_name, write_json
 from .runtime.store import sha1_of_file
 
@@ -71,9 +72,6 @@ PULL_SCHEMES = ("docker://", "library://", "oras://", "shub://", "https://")
 #: SIF file) or as single ``sif`` files (far fewer inodes on a shared
 #: filesystem).
 IMAGE_FORMATS = ("sandbox", "sif")
-#: A failed pull is remembered this long, so that the other jobs waiting for
-#: the same image fail at once with the same message instead of each trying again.
-FAILED_PULL_MEMORY = 60.0
 #: Host variables that would add mounts or environment to every container.
 _LEAKY_ENV = re.compile(r"^(APPTAINERENV_|SINGULARITYENV_|APPTAINER_BIND|SINGULARITY_BIND)")
 
@@ -252,11 +250,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
         if meta and os.path.exists(final):
             return _image_facts(meta, pulled=False, waited=waited)
         failed_path = final + ".failed.json"
-        failed = read_json(failed_path, None, missing_ok=True)
-        if failed:
-            age = fs_clock(images) - os.path.getmtime(failed_path)
-            if 0 <= age < FAILED_PULL_MEMORY:
-                raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, failed["host"]))
+        raise_if_failed_lately(failed_path, url)
         if not os.path.exists(final):
             _remove_dead_pulls(images, name)
             tmp = temp_name(final)
@@ -265,7 +259,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
                 _pull(url, tmp, fmt)
             except ContainerError as exc:
                 _remove(tmp)
-                write_json(failed_path, {"url": url, "message": str(exc), "host": os.uname().nodename})
+                remember_failure(failed_path, url, str(exc))
                 raise
             seconds = time.monotonic() - start
             sha1 = tree_sha1(tmp) if os.path.isdir(tmp) else sha1_of_file(tmp)
@@ -283,7 +277,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
         meta = {"url": url, "path": final, "format": fmt, "sha1": sha1, "pulled": _now(),
                 "host": os.uname().nodename, "pull_seconds": None if seconds is None else round(seconds, 3)}
         write_json(meta_path, meta)
-        remove_quietly(failed_path)
+        forget_failure(failed_path)
         return _image_facts(meta, pulled=pulled, waited=waited)
 
 

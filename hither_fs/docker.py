@@ -33,7 +33,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import filelock
 
 from .errors import ContainerError
-from .runtime.files import HOST, file_mode, fs_clock, makedirs, read_json, read_text_tail, remove_quietly, write_json
+from .pull_failures import forget_failure, raise_if_failed_lately, remember_failure
+from .runtime.files import HOST, file_mode, makedirs, read_text_tail, write_json
 
 log = logging.getLogger("hither_fs.docker")
 
@@ -41,8 +42,6 @@ log = logging.getLogger("hither_fs.docker")
 CIDFILE = "container.id"
 #: What ``docker run`` itself prints, in the attempt's scratch directory (made before it starts).
 SAID = "docker.txt"
-#: A failed pull is remembered this long (seconds).
-FAILED_PULL_MEMORY = 60.0
 #: How long one ``docker`` call other than a pull or a run may take (seconds).
 CALL_TIMEOUT = 120.0
 #: How long a pull may take, and a worker wait for another's pull of the same image (seconds).
@@ -141,11 +140,7 @@ def _pull_locked(url: str, ref: str, base: str, directory: str, waited: float) -
         if waited > 0.5:
             facts["image_wait_seconds"] = round(waited, 3)
         return facts
-    failed = read_json(base + ".failed.json", None, missing_ok=True)
-    if isinstance(failed, dict) and failed.get("url") == url:
-        age = fs_clock(directory) - os.path.getmtime(base + ".failed.json")
-        if 0 <= age < FAILED_PULL_MEMORY:
-            raise ContainerError("{} (a pull {:.0f} s ago on {})".format(failed["message"], age, HOST))
+    raise_if_failed_lately(base + ".failed.json", url)
     start = time.monotonic()
     try:
         proc = _call(["pull", "--quiet", ref], timeout=PULL_TIMEOUT)
@@ -155,7 +150,7 @@ def _pull_locked(url: str, ref: str, base: str, directory: str, waited: float) -
     seconds = round(time.monotonic() - start, 3)
     if proc.returncode != 0:
         message = "could not pull container image {}: {}".format(url, _words(proc))
-        write_json(base + ".failed.json", {"url": url, "message": message, "host": HOST})
+        remember_failure(base + ".failed.json", url, message)
         raise ContainerError(message)
     known = image_id(ref)
     if not known:
@@ -163,7 +158,7 @@ def _pull_locked(url: str, ref: str, base: str, directory: str, waited: float) -
     write_json(base + ".json", {"url": url, "ref": ref, "image_id": known, "host": HOST,
                                 "pulled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                 "pull_seconds": seconds})
-    remove_quietly(base + ".failed.json")
+    forget_failure(base + ".failed.json")
     return {"image_ref": ref, "image_id": known, "image_pulled": True, "image_pull_seconds": seconds}
 
 
