@@ -21,6 +21,8 @@ The root is a plain directory tree, readable by hand::
       code/envs/ab/<sha1>/              code environments of container jobs, unpacked (read-only in jobs)
       code/runtime/<sha1>/              the hither_fs stand-in that container jobs import
       logs/                             worker logs (local and Slurm allocations)
+      summary/<2 hex>.jsonl             the ended jobs of jobs/<2 hex>/ in short, for hither-fs ls: a cache,
+                                        rebuilt when out of date, safe to delete (hither_fs.summary)
 
 Ids and hashes are hex, so one level of 256 shards keeps directories small
 (a million jobs make 4,000 entries per shard) without spending directories on
@@ -114,6 +116,7 @@ class Layout:
         self.code = os.path.join(self.path, "code")
         self.images = os.path.join(self.path, "images")
         self.logs = os.path.join(self.path, "logs")
+        self.summaries = os.path.join(self.path, "summary")  # made when first written (not a top dir)
 
     def top_dirs(self):
         return [self.jobs, self.queues, self.pending, self.running,
@@ -133,6 +136,12 @@ class Layout:
 
     def downstream_dir(self, job_id: str) -> str:
         return self.job_file(job_id, "downstream")
+
+    def summary_file(self, shard: str) -> str:
+        """The summary of the ended jobs of ``jobs/<shard>/`` (see :mod:`hither_fs.summary`)."""
+        if len(shard) != 2 or any(c not in "0123456789abcdef" for c in shard):
+            raise ValueError("not a shard of jobs/: {!r}".format(shard))
+        return os.path.join(self.summaries, shard + ".jsonl")
 
     def queue_dir(self, queue: str) -> str:
         return os.path.join(self.queues, check_queue_name(queue))
