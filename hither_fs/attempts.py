@@ -1,5 +1,5 @@
-"""Running one claimed job: in a forked child (workers) or in this process (the
-in-process handler).
+"""Running one claimed job: in a worker's warm runner or a forked child (see
+:mod:`hither_fs.runners`), or in this process (the in-process handler).
 
 A run works in a *scratch directory* on the node's own disk
 (``$TMPDIR/hither_fs-<uid>/<worker>/<job>.<gen>/``): the child's stdout and
@@ -10,19 +10,18 @@ hidden live file in the job's directory as it grows (:class:`Console`), so
 ``hither-fs logs`` shows it from any node while the job runs; the commit
 renames it to ``stdout.txt``/``stderr.txt``.
 
-A child runs in its own session, so a timeout or a cancel kills its whole
-process tree (:func:`kill_tree`); it dies with its worker (``PR_SET_PDEATHSIG``);
-the worker measures its wall and CPU time and peak memory with ``os.wait4``.
+The worker measures a run's wall time; its CPU time and peak memory come from
+the runner's answer, or from ``os.wait4`` for a forked child.
 """
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import pwd
 import resource
 import shutil
-import signal
 import stat
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from .containers import run_container_attempt
 from .docker import kill_container
 from .protocol import Claim, Outcome, error_record
 from .root import Root
+from .runners import RunnerPool, Runner, become_job_process, kill_tree
 from .runtime.code import preload
 from .runtime.execute import OUTCOME, redirect_console, run_attempt
 from .runtime.files import HOST, CorruptFileError, file_mode, listdir, read_json, temp_name
@@ -98,6 +98,7 @@ def slurm_facts() -> Dict[str, Any]:
             if os.environ.get(var)}
 
 
+@functools.lru_cache(maxsize=None)
 def _user_name() -> str:
     """This process's user, from the password database (``$USER`` can say anything)."""
     try:
@@ -109,23 +110,6 @@ def _user_name() -> str:
 def base_runtime(worker_id: str) -> Dict[str, Any]:
     return dict(slurm_facts(), host=HOST, worker=worker_id, python=sys.version.split()[0], user=_user_name(),
                 uid=os.getuid())
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL a job process, its process group and any descendant that left it."""
-    try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    for proc in descendants:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
 
 
 class Console:
@@ -193,23 +177,32 @@ def _outcome_from(scratch: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict
         facts = read_json(os.path.join(scratch, "runtime.json"), {}, missing_ok=True)
     except CorruptFileError:
         facts = {}
-    facts = facts if isinstance(facts, dict) else {}
+    return _outcome_parts(outcome) + (facts if isinstance(facts, dict) else {},)
+
+
+def _outcome_parts(outcome: Any) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """(result, error) of an outcome (either may be None: a run that said nothing)."""
     if isinstance(outcome, dict) and isinstance(outcome.get("result"), dict):
-        return outcome["result"], None, facts
+        return outcome["result"], None
     if isinstance(outcome, dict) and isinstance(outcome.get("error"), dict):
-        return None, outcome["error"], facts
-    return None, None, facts
+        return None, outcome["error"]
+    return None, None
 
 
 class Attempt:
-    """One run of a claimed job in a forked child process."""
+    """One run of a claimed job: in a warm runner of ``runners`` (a job without a
+    container, when the worker has runners), else in a forked child of its own."""
 
-    def __init__(self, root: Root, claim: Claim, worker_id: str, scratch_base: str):
+    def __init__(self, root: Root, claim: Claim, worker_id: str, scratch_base: str,
+                 runners: Optional[RunnerPool] = None):
         self.root = root
         self.claim = claim
         self.worker_id = worker_id
         self.scratch = os.path.join(scratch_base, "{}.{}".format(claim.job_id, claim.token.gen))
         self.console = Console(root, claim, self.scratch)
+        self.runners = runners
+        self.runner: Optional[Runner] = None
+        self.runner_outcome: Optional[Dict[str, Any]] = None  # what the runner answered
         self.pid = -1
         self.started = time.time()
         self.started_mono = time.monotonic()
@@ -225,30 +218,40 @@ class Attempt:
         return self.claim.job_id
 
     def start(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        os.makedirs(self.scratch, mode=0o700)
-        if not self.claim.spec.get("container"):
-            try:  # read and compiled once per worker; every job process forked after inherits it
-                preload(self.claim.spec["function"], self.root.store)
+        spec = self.claim.spec
+        if not spec.get("container"):
+            try:  # read and compiled once per worker; every process forked after inherits it
+                preload(spec["function"], self.root.store)
             except Exception:
                 pass  # the job's own process meets it again, and fails the job with it
+            if self.runners is not None:
+                self.runner = self.runners.acquire(spec)
+                self.pid = self.runner.pid
+                self.scratch = self.runner.scratch
+                self.console = Console(self.root, self.claim, self.scratch)
+                try:
+                    self.runner.send(self.job_id, spec)
+                except OSError:
+                    self.runners.release(self.runner, {"retire": "its pipe broke"})
+                    raise
+                self.started = time.time()
+                self.started_mono = time.monotonic()
+                return
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        os.makedirs(self.scratch, mode=0o700)
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
+        close_fds = self.runners.fds() if self.runners is not None else []
         pid = os.fork()
         if pid == 0:  # the job process
             code = 3
             try:
-                os.setsid()
-                _die_with_parent(parent)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-                    signal.signal(sig, signal.SIG_DFL)
+                become_job_process(parent, close_fds)
                 redirect_console(self.scratch, truncate=True)
                 os.environ["HITHER_FS_JOB_ID"] = self.job_id
-                if self.code_trust is not None and not self.claim.spec.get("container"):
-                    self.code_trust.guard_imports(self.claim.spec)  # what the job adds to sys.path is checked too
-                spec = self.claim.spec
+                if self.code_trust is not None and not spec.get("container"):
+                    self.code_trust.guard_imports(spec)  # what the job adds to sys.path is checked too
                 if spec.get("container"):
                     ok = run_container_attempt(self.root.path, self.job_id, spec, self.scratch)
                 else:
@@ -264,33 +267,50 @@ class Attempt:
         if failure is not None and self.failure is None:
             self.failure = failure
         if self.pid > 0:
-            kill_tree(self.pid)
+            kill_tree(self.pid)  # a runner goes with its job: the next job gets a fresh one
             if self.claim.spec.get("container"):
                 kill_container(self.scratch)  # a Docker container outlives its killed client
 
-    def poll(self, block: bool = False) -> Optional[Tuple[int, Any]]:
-        """``(wait status, rusage)`` once the child has exited, else None."""
+    def poll(self, block: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """``(wait status, measures)`` once the run has ended, else None. The measures
+        are the job's ``cpu_seconds`` and ``peak_memory_bytes`` where known."""
         if self.pid < 0:
-            return 0, None
+            return 0, {}
+        if self.runner is not None:
+            ended = self.runner.answer(block)
+            if ended is None:
+                return None
+            status, answer = ended
+            self.runner_outcome = answer.get("outcome")
+            self.runners.release(self.runner, answer)
+            if answer.get("retire"):
+                log.info("job %s: its runner (pid %d) retires: %s", self.job_id, self.pid, answer["retire"])
+            return status, {k: answer[k] for k in ("cpu_seconds", "peak_memory_bytes") if k in answer}
         try:
             pid, status, usage = os.wait4(self.pid, 0 if block else os.WNOHANG)
         except ChildProcessError:
-            return 0, None
-        return None if pid == 0 else (status, usage)
+            return 0, {}
+        if pid == 0:
+            return None
+        return status, {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 6),
+                        "peak_memory_bytes": usage.ru_maxrss * 1024}  # Linux reports KiB
 
-    def outcome(self, status: int, usage: Any, stopping: bool = False) -> Outcome:
+    def outcome(self, status: int, measures: Dict[str, Any], stopping: bool = False) -> Outcome:
         """What the run amounts to, for :func:`hither_fs.protocol.commit`."""
         end = time.time()
         runtime: Dict[str, Any] = {"pid": self.pid, "start": iso(self.started), "end": iso(end),
                                    "wall_seconds": round(end - self.started, 6), "attempt": self.claim.token.attempt}
-        if usage is not None:
-            runtime["cpu_seconds"] = round(usage.ru_utime + usage.ru_stime, 6)
-            runtime["peak_memory_bytes"] = usage.ru_maxrss * 1024  # Linux reports KiB
+        runtime.update(measures)
+        if self.runner is not None:
+            runtime["runner_job"] = self.runner.jobs_run  # 1 for the first job of a fresh runner
         if os.WIFEXITED(status):
             runtime["exit_code"] = os.WEXITSTATUS(status)
         elif os.WIFSIGNALED(status):
             runtime["killed_by_signal"] = os.WTERMSIG(status)
-        result, error, facts = _outcome_from(self.scratch) if self.pid > 0 else (None, None, {})
+        if self.runner is not None:
+            (result, error), facts = _outcome_parts(self.runner_outcome), {}
+        else:
+            result, error, facts = _outcome_from(self.scratch) if self.pid > 0 else (None, None, {})
         runtime = dict(facts, **runtime)
         runtime.update(base_runtime(self.worker_id))
         if self.failure is not None:
@@ -304,7 +324,8 @@ class Attempt:
         return Outcome(result=result, error=error, runtime=runtime, console=self.console.close())
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.runner is None:  # a runner's directory serves its next job
+            shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 class Slots:
@@ -316,9 +337,11 @@ class Slots:
     the worker can keep beating.
     """
 
-    def __init__(self, root: Root, worker_id: str, scratch: str, tick: Callable[[], None], code_trust: Any = None):
+    def __init__(self, root: Root, worker_id: str, scratch: str, tick: Callable[[], None], code_trust: Any = None,
+                 runners: Optional[RunnerPool] = None):
         self.root = root
         self.code_trust = code_trust
+        self.runners = runners
         self.worker_id = worker_id
         self.scratch = scratch
         self.tick = tick
@@ -335,7 +358,7 @@ class Slots:
 
     def start(self, claim: Claim) -> bool:
         """Start a claimed job; if that fails (fork, scratch directory), give it back."""
-        attempt = Attempt(self.root, claim, self.worker_id, self.scratch)
+        attempt = Attempt(self.root, claim, self.worker_id, self.scratch, self.runners)
         attempt.code_trust = self.code_trust
         try:
             attempt.start()
@@ -383,7 +406,7 @@ class Slots:
                 continue
             del self.running[job_id]
             done = True
-            status, usage = ended
+            status, measures = ended
             if attempt.lost:
                 attempt.console.discard()
                 attempt.cleanup()
@@ -394,7 +417,7 @@ class Slots:
                                  "killed by signal {} while its worker was being stopped".format(
                                      os.WTERMSIG(status)), counted=True)
             else:
-                self._commit(attempt, attempt.outcome(status, usage))
+                self._commit(attempt, attempt.outcome(status, measures))
         return done
 
     def _commit(self, attempt: Attempt, outcome: Outcome, first: bool = True) -> bool:
@@ -460,22 +483,6 @@ class Slots:
                 protocol.requeue(self.root, attempt.claim.token, attempt.claim.path,
                                  "its worker stopped before it could record the outcome", counted=False)
         self.uncommitted.clear()
-
-
-def _die_with_parent(parent: int) -> None:
-    """Have the kernel SIGKILL this job process if its worker dies (Linux).
-
-    A worker killed outright cannot kill its jobs; without this they would
-    run on as orphans while the job is re-run elsewhere.
-    """
-    try:
-        import ctypes  # only here: the worker itself never needs it
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the worker died before prctl took effect
-        os._exit(1)
 
 
 # -- in this process ----------------------------------------------------------------

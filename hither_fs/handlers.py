@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import environment, protocol
+from . import environment, protocol, runners
 from .attempts import run_in_process
 from .cache import record_outcome
 from .job import POLL_MAX, POLL_MIN
@@ -36,6 +36,8 @@ log = logging.getLogger("hither_fs.handlers")
 _counter = itertools.count(1)
 #: A local worker up this long started fine: the handler stops counting its earlier deaths.
 WORKER_UP_SECONDS = 10.0
+#: Local workers are woken at most this often (seconds) as jobs are queued.
+WAKE_EVERY = 0.002
 
 
 class JobHandler:
@@ -202,6 +204,7 @@ class ParallelJobHandler(JobHandler):
         if self.queue_name:  # known now: the handler keeps workers for it even before it is given a job
             self.queue_for(None)
         self._checked: set = set()  # roots found safe (checked once: a stat of every top directory)
+        self._woken = -1.0  # when its workers were last woken for a new job
 
     def queue_for(self, root: Optional[Root]) -> str:
         snapshot = environment.current()
@@ -217,6 +220,11 @@ class ParallelJobHandler(JobHandler):
                 raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
             self._checked.add(root.path)
         self._ensure_workers(root)
+        now = time.monotonic()
+        if now - self._woken >= WAKE_EVERY:  # a burst of jobs wakes them once: they list the whole queue
+            self._woken = now
+            for p in self._workers.get((root.path, self._latest), ()):
+                runners.wake(p.pid)
 
     def help(self, root: Root) -> None:
         self._ensure_workers(root)

@@ -34,6 +34,7 @@ from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
 from .protocol import Claim
 from .queue import QueueReader, count_tickets, ticket_token
 from .root import Root
+from .runners import WAKE_SIGNAL, RunnerPool
 from .runtime.files import CorruptFileError, listdir, remove_quietly
 from .runtime.layout import check_queue_name, host_label
 from .trust import CodeTrust
@@ -113,7 +114,9 @@ class Worker:
         self.warning_signal = 0
         self.scratch = scratch_root(self.id)
         self.code_trust = CodeTrust(root, sys.path)  # who may write the code a job imports
-        self.runs = Slots(root, self.id, self.scratch, tick=self._tick, code_trust=self.code_trust)
+        self.runners = RunnerPool(root.path, slots, self.scratch, key=self.code_trust.uids, prepare=self.code_trust.guard_imports)
+        self.runs = Slots(root, self.id, self.scratch, tick=self._tick, code_trust=self.code_trust,
+                          runners=self.runners)
         self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
         self.judge = LeaseJudge(lease, host=host, clock=clock)
         self.recovery = Recovery(root, self.judge, me=self.id)
@@ -142,9 +145,10 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGUSR1, self._on_warning_signal)
-        # SIGCHLD stays pending while blocked, so the loop can sleep in
-        # sigtimedwait and wake the moment a job process exits.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+        # SIGCHLD and WAKE_SIGNAL stay pending while blocked, so the loop can sleep in
+        # sigtimedwait and wake the moment a job process exits, a runner answers, or a
+        # submitter on this host queues a job.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD, WAKE_SIGNAL})
         for gone in remove_dead_scratch():  # (also checks that the scratch directory is this user's alone)
             log.info("removed the scratch directory %s of a worker that was killed", gone)
         os.makedirs(self.scratch, mode=0o700, exist_ok=True)
@@ -168,6 +172,7 @@ class Worker:
                 self.sleep()
         finally:
             self.runs.hand_back_all("its worker stopped", counted=False)
+            self.runners.close()
             self.heartbeat.remove()
             with contextlib.suppress(OSError):
                 os.rmdir(self.scratch)
@@ -203,10 +208,13 @@ class Worker:
         """Until a job process exits or the next poll is due."""
         idle = self._idle(self.clock())
         if self.running:
-            signal.sigtimedwait({signal.SIGCHLD}, 0.25 if len(self.running) >= self.slots else self._interval)
+            timeout = 0.25 if len(self.running) >= self.slots else self._interval
         else:
-            time.sleep(BELL_INTERVAL if idle else self._interval)
-        self._interval = min(0.25, self._interval * 1.5)
+            timeout = BELL_INTERVAL if idle else self._interval
+        if signal.sigtimedwait({signal.SIGCHLD, WAKE_SIGNAL}, timeout) is not None:
+            self._interval = 0.001  # something happened: look again soon
+        else:
+            self._interval = min(0.25, self._interval * 1.5)
 
     def _active(self) -> None:
         self.last_active = self.clock()

@@ -69,6 +69,15 @@ def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, A
     the job's code environment. (On the host, callers send containerized jobs
     to :mod:`hither_fs.containers` instead, which runs this inside the container.)
     """
+    outcome = attempt_outcome(root, job_id, spec, function, code_dir)
+    write_json(os.path.join(out_dir, OUTCOME), outcome)
+    return "result" in outcome
+
+
+def attempt_outcome(root: str, job_id: str, spec: Optional[Dict[str, Any]] = None,
+                    function: Optional[Callable] = None, code_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Run the job once; return its outcome, ``{"result": {"value": ...}}`` or
+    ``{"error": {...}}`` (see :func:`run_attempt`, which writes it to a file)."""
     layout = Layout(root)
     store = Store(layout.store)
     stage = "reading the job spec"
@@ -96,8 +105,7 @@ def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, A
             value = function(**kwargs)
         stage = "storing the result"
         encoded = encode(value, store, "result of {}".format(fspec["name"]), result=True)
-        write_json(os.path.join(out_dir, OUTCOME), {"result": {"value": encoded}})
-        return True
+        return {"result": {"value": encoded}}
     except BaseException as exc:  # the job's error is data, whatever it is
         record = error_record(exc, stage)
         if stage.startswith("running"):
@@ -105,9 +113,8 @@ def run_attempt(root: str, job_id: str, out_dir: str, spec: Optional[Dict[str, A
             frames = traceback.extract_tb(exc.__traceback__)[1:]
             record["traceback"] = "Traceback (most recent call last):\n" + "".join(
                 traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(exc), exc))
-        write_json(os.path.join(out_dir, OUTCOME), {"error": record})
         sys.stderr.write(record["traceback"])
-        return False
+        return {"error": record}
     finally:
         try:
             sys.stdout.flush()

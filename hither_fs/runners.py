@@ -1,0 +1,250 @@
+"""The processes a worker runs jobs in.
+
+A job without a container runs in a *warm runner*: a process the worker forks
+once per slot, which then runs that slot's jobs one after another
+(:mod:`hither_fs.runtime.runner`), so a function's module is imported once
+per runner instead of once per job, and no job pays for a fork. A job in a
+container still gets a forked process of its own (:meth:`Attempt.start
+<hither_fs.attempts.Attempt.start>`): starting the container costs far more.
+
+Either kind of process runs in its own session, so a timeout or a cancel kills
+its whole process tree (:func:`kill_tree`), and dies with its worker
+(``PR_SET_PDEATHSIG``). A runner answers each job on a pipe and then sends its
+worker :data:`WAKE_SIGNAL`, which the worker's loop waits for along with
+``SIGCHLD``; the same signal from a submitting process on the same host
+wakes a worker at once when it queues a job.
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+import traceback
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import psutil
+
+from .runtime import runner as in_runner
+
+#: Wakes a worker out of its sleep. Its default action is to do nothing, so a signal
+#: that comes before the worker is ready to take it (or to a process that is no
+#: worker) is harmless.
+WAKE_SIGNAL = signal.SIGURG
+
+
+def wake(pid: int) -> None:
+    """Wake the worker ``pid`` (a local worker of this user) at once."""
+    try:
+        os.kill(pid, WAKE_SIGNAL)
+    except OSError:
+        pass
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a job process, its process group and any descendant that left it."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+    for proc in descendants:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+
+
+def become_job_process(parent: int, close_fds: List[int] = ()) -> None:
+    """In a process just forked from the worker ``parent``: a session of its own, death
+    with the worker, the signal dispositions of a fresh process, and none of the
+    worker's pipes to its other runners (a runner must see its pipe close)."""
+    os.setsid()
+    _die_with_parent(parent)
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD, WAKE_SIGNAL):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, WAKE_SIGNAL})
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process if its worker dies (Linux).
+
+    A worker killed outright cannot kill its jobs; without this they would
+    run on as orphans while the job is re-run elsewhere.
+    """
+    try:
+        import ctypes  # only here: the worker itself never needs it
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os._exit(1)
+
+
+class Runner:
+    """One warm runner process and the two pipes to it.
+
+    ``key`` says which jobs it may run (the users whose code its import guard
+    trusts); ``prepare(spec)`` runs in the new process before its first job.
+    """
+
+    def __init__(self, root_path: str, key: Any, prepare: Callable[[Dict[str, Any]], None],
+                 spec: Dict[str, Any], close_fds: List[int], scratch: str):
+        os.makedirs(scratch, mode=0o700, exist_ok=True)
+        self.scratch = scratch  # its jobs' console files, one job at a time
+        jobs_r, jobs_w = os.pipe()
+        answers_r, answers_w = os.pipe()
+        parent = os.getpid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the runner
+            code = 0
+            try:
+                os.close(jobs_w)
+                os.close(answers_r)
+                become_job_process(parent, close_fds)
+                prepare(spec)
+                in_runner.serve(root_path, jobs_r, answers_w, notify=lambda: wake(parent))
+            except BaseException:
+                code = 1
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        os.close(jobs_r)
+        os.close(answers_w)
+        os.set_blocking(answers_r, False)
+        self.pid = pid
+        self.key = key
+        self.jobs_fd, self.answers_fd = jobs_w, answers_r
+        self.jobs_run = 0
+        self.status: Optional[int] = None  # its wait status once it is gone
+        self._buffer = b""
+
+    @property
+    def fds(self) -> List[int]:
+        return [self.jobs_fd, self.answers_fd]
+
+    def send(self, job_id: str, spec: Dict[str, Any]) -> None:
+        data = (json.dumps({"job_id": job_id, "console": self.scratch, "spec": spec}) + "\n").encode()
+        while data:
+            data = data[os.write(self.jobs_fd, data):]
+        self.jobs_run += 1
+
+    def answer(self, block: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
+        """``(wait status, answer)`` once the job it runs has ended, else None. The status
+        is 0 (or exit code 1) with the runner's answer, or the runner's own wait status
+        when it died with the job (then the answer is empty)."""
+        while True:
+            line = self._line()
+            if line is not None:
+                answer = json.loads(line)
+                return (0 if "result" in answer.get("outcome", {}) else 1 << 8), answer
+            if self.status is None:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+                if pid:
+                    self.status = status
+                    continue  # an answer may have come just before it ended
+            if self.status is not None:
+                return self.status, {}
+            if not block:
+                return None
+            select.select([self.answers_fd], [], [], 0.05)
+
+    def _line(self) -> Optional[bytes]:
+        while b"\n" not in self._buffer:
+            try:
+                chunk = os.read(self.answers_fd, 1 << 16)
+            except BlockingIOError:
+                return None
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    @property
+    def alive(self) -> bool:
+        return self.status is None
+
+    def close(self, kill_job: bool = False) -> None:
+        """End it: an idle runner (or one that retired itself) is killed alone; with
+        ``kill_job`` (it runs a job) its whole process tree is."""
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self.status is None:
+            if kill_job:
+                kill_tree(self.pid)
+            else:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            try:
+                _, self.status = os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                self.status = 0
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+class RunnerPool:
+    """A worker's warm runners: at most ``size`` at once, one per running job plus idle
+    ones kept for the next jobs. ``prepare(spec)`` readies a new runner for jobs like
+    ``spec`` (the worker's import guard); ``key(spec)`` says which runners may run it."""
+
+    def __init__(self, root_path: str, size: int, scratch: str, key: Callable[[Dict[str, Any]], Any],
+                 prepare: Callable[[Dict[str, Any]], None]):
+        self.root_path = root_path
+        self.scratch = scratch
+        self.started = 0
+        self.size = size
+        self.key = key
+        self.prepare = prepare
+        self.idle: List[Runner] = []
+        self.busy: List[Runner] = []
+
+    def fds(self) -> List[int]:
+        return [fd for r in self.idle + self.busy for fd in r.fds]
+
+    def acquire(self, spec: Dict[str, Any]) -> Runner:
+        """An idle runner for this job, or a new one (retiring an idle runner of other
+        jobs if the pool is full)."""
+        key = self.key(spec)
+        runner = next((r for r in self.idle if r.key == key), None)
+        if runner is not None:
+            self.idle.remove(runner)
+        else:
+            while self.idle and len(self.idle) + len(self.busy) >= self.size:
+                self.idle.pop(0).close()
+            self.started += 1
+            runner = Runner(self.root_path, key, self.prepare, spec, self.fds(),
+                            os.path.join(self.scratch, "runner-{}".format(self.started)))
+        self.busy.append(runner)
+        return runner
+
+    def release(self, runner: Runner, answer: Dict[str, Any]) -> None:
+        """After its job: keep it for the next one, unless it is gone or said it is unfit."""
+        if runner in self.busy:
+            self.busy.remove(runner)
+        if runner.alive and not answer.get("retire"):
+            self.idle.append(runner)
+        else:
+            runner.close()
+
+    def close(self) -> None:
+        for runner in self.idle + self.busy:
+            runner.close(kill_job=True)
+        self.idle, self.busy = [], []

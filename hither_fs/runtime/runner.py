@@ -1,0 +1,163 @@
+"""A warm runner: a process that runs one worker slot's jobs one after another.
+
+A worker forks a runner per slot (see :mod:`hither_fs.runners`) instead of a
+process per job, so a function's module is imported once per runner, not once
+per job. The runner reads one job per line on a pipe, runs it with
+:func:`~hither_fs.runtime.execute.attempt_outcome`, and answers one line: the
+outcome, the job's CPU time and peak memory, and whether the runner is still
+fit for another job.
+
+What a job gets of its own: its console (file descriptors 1 and 2 point at
+its scratch files while it runs), its CPU time (``getrusage`` before and
+after, its child processes included) and its peak memory (the kernel's
+high-water mark, reset before it starts). What a job changes is put back
+after it: the environment, the working directory, ``sys.path``,
+``sys.stdout``/``sys.stderr``. What cannot be put back ends the runner once
+the job's answer is sent, so the next job gets a fresh one: threads or child
+processes the job left running, and memory it left in use above
+``RETIRE_ABOVE_BYTES``. A job that kills its process (a crash, ``os._exit``)
+or is killed (a timeout, a cancel) ends the runner with it; the worker sees
+the runner gone and fails that job as it would a forked one.
+
+Standard library only (and what :mod:`.execute` imports): the runner is forked
+from the worker, but nothing here needs more.
+"""
+
+import json
+import os
+import resource
+import sys
+import threading
+from typing import Any, Callable, Dict, Optional
+
+from .execute import attempt_outcome, redirect_console
+
+#: A runner whose resident memory grew this much above what it had when it started
+#: (objects a job left behind, a heap that does not shrink) retires after the job.
+RETIRE_ABOVE_BYTES = 512 << 20
+
+
+def _status_kib(field: str) -> Optional[int]:
+    """A ``VmXXX`` field of ``/proc/self/status`` in KiB (None where there is no /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak_memory() -> bool:
+    """Reset the kernel's high-water mark of this process's memory (Linux 4.0+)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _cpu_seconds() -> float:
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _children_left() -> bool:
+    """Reap the job's exited child processes; True if any is still running."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def _console_to_devnull() -> None:
+    """Between jobs the runner's console goes nowhere (a job's files are its own)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+
+
+class _Saved:
+    """What a job may change in its process and the runner puts back after it."""
+
+    def __init__(self):
+        self.environ = _environ_data()
+        self.cwd = os.getcwd()
+        self.path = list(sys.path)
+
+    def restore(self) -> None:
+        if _environ_data() != self.environ:
+            for key in [k for k in os.environ if os.environ.get(k) != self.environ.get(k)]:
+                del os.environ[key]
+            os.environ.update({k: v for k, v in self.environ.items() if os.environ.get(k) != v})
+        try:
+            if os.getcwd() != self.cwd:
+                os.chdir(self.cwd)
+        except OSError:
+            os.chdir(self.cwd)
+        sys.path[:] = self.path
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+def _environ_data() -> Dict[str, str]:
+    return dict(os.environ)
+
+
+def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Optional[int]) -> Dict[str, Any]:
+    """Run one job in this process; return the answer for the worker."""
+    saved = _Saved()
+    measured = _reset_peak_memory()
+    cpu0 = _cpu_seconds()
+    os.environ["HITHER_FS_JOB_ID"] = job["job_id"]
+    for entry in list(sys.path_importer_cache):  # relative entries ('' above all) follow the job's chdir
+        if not os.path.isabs(entry):
+            del sys.path_importer_cache[entry]
+    redirect_console(job["console"], truncate=True)
+    try:
+        outcome = attempt_outcome(root, job["job_id"], spec=job["spec"])
+    finally:
+        saved.restore()
+        _console_to_devnull()
+    answer: Dict[str, Any] = {"outcome": outcome, "cpu_seconds": round(_cpu_seconds() - cpu0, 6)}
+    peak = _status_kib("VmHWM") if measured else None
+    if peak is not None:
+        answer["peak_memory_bytes"] = peak * 1024
+    rss = _status_kib("VmRSS")
+    if threading.active_count() > threads_before:
+        answer["retire"] = "the job left {} thread(s) running".format(threading.active_count() - threads_before)
+    elif _children_left():
+        answer["retire"] = "the job left child processes running"
+    elif rss is not None and rss_start is not None and (rss - rss_start) * 1024 > RETIRE_ABOVE_BYTES:
+        answer["retire"] = "the job left {} MiB more in use".format((rss - rss_start) // 1024)
+    return answer
+
+
+def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[], None]] = None) -> None:
+    """Run the jobs read from ``jobs_fd`` (one JSON object per line:
+    ``{"job_id", "console", "spec"}``: ``console`` is the directory for its
+    console files) until it closes, answering each on ``answers_fd`` with its
+    outcome and measures; ``notify`` is called after each answer (it wakes the worker).
+    Returns when the pipe closes or after a job that leaves the runner unfit."""
+    threads_before = threading.active_count()
+    rss_start = _status_kib("VmRSS")
+    with os.fdopen(jobs_fd, "rb", buffering=1 << 16) as jobs:
+        for line in jobs:
+            answer = run_one(root, json.loads(line), threads_before, rss_start)
+            data = (json.dumps(answer) + "\n").encode()
+            while data:
+                data = data[os.write(answers_fd, data):]
+            if notify is not None:
+                notify()
+            if answer.get("retire"):
+                return

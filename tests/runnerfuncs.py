@@ -1,0 +1,73 @@
+"""Hither functions for the warm runner tests (importable by worker processes)."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import hither_fs as hi
+
+#: How often this module was imported in the process, and how many jobs ran here since.
+IMPORTS = [1]
+CALLS = []
+KEPT = []
+
+
+@hi.function('where', '0.1.0')
+def where(x):
+    """The process and what it has seen: its pid, the module's imports and calls so far."""
+    CALLS.append(x)
+    print('job', x)
+    sys.stderr.write('err {}\n'.format(x))
+    return {'pid': os.getpid(), 'imports': len(IMPORTS), 'calls': len(CALLS), 'cwd': os.getcwd(),
+            'env': os.environ.get('RUNNER_TEST_VAR'), 'path_has_marker': '/runner-test-marker' in sys.path,
+            'job_id': os.environ.get('HITHER_FS_JOB_ID')}
+
+
+@hi.function('meddle', '0.1.0')
+def meddle(directory):
+    """Changes what the runner must put back: the environment, cwd, sys.path, sys.stdout."""
+    os.environ['RUNNER_TEST_VAR'] = 'changed'
+    os.chdir(directory)
+    sys.path.append('/runner-test-marker')
+    sys.stdout = sys.stderr
+    return os.getpid()
+
+
+@hi.function('leave_thread', '0.1.0')
+def leave_thread(seconds):
+    threading.Thread(target=time.sleep, args=(seconds,), daemon=True).start()
+    return os.getpid()
+
+
+@hi.function('leave_child', '0.1.0')
+def leave_child(pid_file):
+    proc = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    with open(pid_file, 'w') as f:
+        f.write(str(proc.pid))
+    return os.getpid()
+
+
+@hi.function('exit_now', '0.1.0')
+def exit_now(code):
+    os._exit(code)
+
+
+@hi.function('hold_memory', '0.1.0')
+def hold_memory(megabytes, keep):
+    """Touches ``megabytes`` of memory; with ``keep`` it stays in use after the job."""
+    block = bytearray(megabytes << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    if keep:
+        KEPT.append(block)
+    return os.getpid()
+
+
+@hi.function('spin', '0.1.0')
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+    return os.getpid()

@@ -1,0 +1,108 @@
+"""Warm runners: a worker slot runs its jobs one after another in one long-lived
+process (hither_fs.runners, hither_fs.runtime.runner), and each job still gets
+its own console, CPU time, peak memory, environment and working directory;
+whatever a job leaves behind that cannot be undone retires the runner."""
+
+import os
+
+import psutil
+import pytest
+
+import hither_fs as hi
+from runnerfuncs import exit_now, hold_memory, leave_child, leave_thread, meddle, spin, where
+
+
+def ends(pid):
+    """Wait for process ``pid`` (not ours: a worker's runner) to end."""
+    try:
+        psutil.Process(pid).wait(30)
+    except psutil.NoSuchProcess:
+        pass
+    return True
+
+
+def test_jobs_of_a_slot_share_one_runner_and_import_once(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        first = where.run(x=1).wait()
+        second = where.run(x=2).wait()
+    assert second['pid'] == first['pid']
+    assert (first['imports'], second['imports']) == (1, 1)
+    assert (first['calls'], second['calls']) == (1, 2)  # module state lives on, as in any process pool
+    assert first['job_id'] != second['job_id']
+
+
+def test_each_job_has_its_own_console_and_runtime_facts(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        jobs = [where.run(x=i) for i in range(3)]
+        hi.wait()
+    for i, job in enumerate(jobs):
+        assert job.get_console_output() == {'stdout': 'job {}\n'.format(i), 'stderr': 'err {}\n'.format(i)}
+        info = job.get_runtime_info()
+        assert info['pid'] == job.wait()['pid']
+        assert info['runner_job'] == i + 1
+        assert info['exit_code'] == 0
+
+
+def test_what_a_job_changes_is_put_back_for_the_next(root_path, parallel, tmp_path):
+    with hi.Config(job_handler=parallel(1)):
+        before = where.run(x=0).wait()
+        pid = meddle.run(directory=str(tmp_path)).wait()
+        after = where.run(x=1).wait()
+    assert pid == before['pid'] == after['pid']
+    assert after['cwd'] == before['cwd'] != str(tmp_path)
+    assert after['env'] is None and not after['path_has_marker']
+    assert after['job_id'] != before['job_id']
+
+
+@pytest.mark.parametrize('leave', ['thread', 'child'])
+def test_a_job_that_leaves_work_running_retires_its_runner(root_path, parallel, tmp_path, leave):
+    with hi.Config(job_handler=parallel(1)):
+        if leave == 'thread':
+            pid = leave_thread.run(seconds=60).wait()
+        else:
+            pid = leave_child.run(pid_file=str(tmp_path / 'child')).wait()
+        assert ends(pid)  # the runner ends once it answered
+        assert where.run(x=1).wait()['pid'] != pid
+    if leave == 'child':
+        psutil.Process(int((tmp_path / 'child').read_text())).kill()
+
+
+def test_a_job_that_ends_its_process_fails_alone(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        first = where.run(x=0).wait()['pid']
+        dead = exit_now.run(code=0)
+        with pytest.raises(hi.JobError, match='ended without writing a result'):
+            dead.wait()
+        assert ends(first)
+        assert where.run(x=1).wait()['pid'] != first
+
+
+def test_cpu_time_and_peak_memory_are_each_jobs_own(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        big = hold_memory.run(megabytes=300, keep=False)
+        busy = spin.run(seconds=0.5)
+        small = where.run(x=0)
+        hi.wait()
+    assert big.wait() == busy.wait() == small.wait()['pid']
+    big_info, busy_info, small_info = (j.get_runtime_info() for j in (big, busy, small))
+    assert big_info['peak_memory_bytes'] > 300 << 20
+    assert small_info['peak_memory_bytes'] < big_info['peak_memory_bytes'] - (200 << 20)
+    assert busy_info['cpu_seconds'] >= 0.45
+    assert small_info['cpu_seconds'] < 0.2
+
+
+def test_memory_a_job_keeps_retires_its_runner(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        pid = hold_memory.run(megabytes=600, keep=True).wait()
+        assert ends(pid)
+        assert where.run(x=0).wait()['pid'] != pid
+
+
+def test_a_timeout_kills_the_runner_and_the_next_job_gets_a_new_one(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        first = where.run(x=0).wait()['pid']
+        with hi.Config(job_timeout=0.5):
+            slow = spin.run(seconds=60)
+        with pytest.raises(hi.JobError, match='job_timeout'):
+            slow.wait()
+        assert where.run(x=1).wait()['pid'] != first
