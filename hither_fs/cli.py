@@ -1,23 +1,20 @@
-"""The ``hither-fs`` command: run workers and look at a root."""
+"""The ``hither-fs`` command: run workers and look at a root.
+
+Each command imports what it needs when it runs (the worker, Slurm, the store,
+gc...), so that a quick look - ``hither-fs ls`` - does not pay for the rest.
+"""
 
 import argparse
 import contextlib
 import json
-import logging
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
-from . import environment, gc, listing, protocol
-from .fsck import fsck
-from .report import write_report
-from .job import Job
+from . import listing, protocol
 from .protocol import FINAL_VALUES, Status
 from .root import Root, RootError
-from .runtime.files import CorruptFileError, with_parents, write_new
-from .slurm import Allocation, QueueWaits, describe_shape, live_workers, parse_slurm_time
-from .usage import SHARED_NOTE, disk_usage, human
-from .worker import Worker
+from .runtime.files import CorruptFileError
 
 
 def _duration(seconds: Any) -> str:
@@ -35,42 +32,40 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text.replace("\n", " "))
 
 
-def _counts(rows: List[Dict[str, Any]]) -> str:
-    counts: Dict[str, int] = {}
-    for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
-    order = ["finished", "error", "cancelled", "running", "queued", "pending"]
-    return ", ".join("{} {}".format(counts[s], s) for s in sorted(
-        counts, key=lambda s: (order.index(s) if s in order else len(order), s)))
-
-
-def _selected(root: Root, args, live_only: bool = False) -> List[Dict[str, Any]]:
-    """The jobs ``ls``/``cancel`` name with --run, --label, --function, --status, --since.
-    Only live statuses asked for (or ``live_only``): the ended jobs' records are not read."""
-    newer = gc.parse_age(args.since) if getattr(args, "since", None) else None
+def _selected(root: Root, args, live_only: bool = False) -> listing.Selection:
+    """The jobs ``ls``/``cancel`` name with --run, --label, --function, --status, --since. Only
+    live statuses asked for (or ``live_only``): from the live work's indexes, the ended jobs'
+    records not read; otherwise the ended jobs from the shards' summaries (hither_fs.summary)."""
+    newer = None
+    if getattr(args, "since", None):
+        from .gc import parse_age
+        newer = parse_age(args.since)
     live_only = live_only or bool(args.status) and set(args.status) <= set(listing.LIVE)
-    rows = listing.job_rows(root, live_only=live_only)
-    if live_only and args.run and not listing.matching_runs(rows, args.run):
-        return []  # the run has no live job (or there is no such run): nothing to list or cancel
-    return listing.select(rows, run=args.run, label=args.label, function=args.function, status=args.status,
-                          newer_than=newer)
+    if live_only:
+        jobs = listing.Listing.of_rows(listing.live_rows(root))
+        if args.run and not listing.matching_runs(jobs.runs(), args.run):
+            return listing.Listing([]).select()  # the run has no live job (or there is no such run)
+    else:
+        from .summary import listing as summed
+        jobs = summed(root)
+    return jobs.select(run=args.run, label=args.label, function=args.function, status=args.status,
+                       newer_than=newer)
 
 
 def cmd_ls(args) -> int:
     root = Root.get(args.root, create=False)
-    rows = _selected(root, args)
+    selection = _selected(root, args)
     if args.by:
-        return _ls_groups(rows, args.by, args.json)
-    waits = QueueWaits(root)
-    for r in rows:
+        return _ls_groups(selection, args.by, args.json)
+    total = len(selection)
+    shown = selection.newest(args.limit) if args.limit else selection.rows()
+    hidden = total - len(shown)
+    waits: Any = None
+    if any(r["status"] == Status.QUEUED for r in shown):
+        from .slurm import QueueWaits  # (Slurm's machinery: only to say why queued jobs wait)
+        waits = QueueWaits(root)
+    for r in shown:
         r["waiting"] = waits.reason(r["queue"]) if r["status"] == Status.QUEUED else ""
-    total = len(rows)
-    hidden = 0
-    if args.limit and len(rows) > args.limit:
-        hidden = len(rows) - args.limit
-        shown = rows[-args.limit:]
-    else:
-        shown = rows
     if args.json:
         print(json.dumps(shown, indent=1))
         return 0
@@ -86,25 +81,14 @@ def cmd_ls(args) -> int:
             **{k: _printable(str(r[k])) for k in ("id", "status", "function", "submitted")}))
     if hidden:
         print("... and {} older jobs (--limit 0 shows all)".format(hidden))
-    print("{} job{}{}".format(total, "" if total == 1 else "s", ": " + _counts(rows) if rows else ""))
+    print("{} job{}{}".format(total, "" if total == 1 else "s",
+                              ": " + listing.counts_text(selection.counts()) if total else ""))
     return 0
 
 
-def _ls_groups(rows: List[Dict[str, Any]], by: str, as_json: bool) -> int:
+def _ls_groups(selection: listing.Selection, by: str, as_json: bool) -> int:
     """``ls --by run|label|function``: one line per group, with its counts and times."""
-    groups: Dict[str, List[Dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(r[by] or "-", []).append(r)
-    out = []
-    for name, jobs in groups.items():
-        ran = [r["seconds"] for r in jobs if r["seconds"] is not None]
-        starts = [r["start"] for r in jobs if r["start"] is not None]
-        ends = [r["end"] for r in jobs if r["end"] is not None]
-        labels = sorted({r["label"] for r in jobs if r["label"]})
-        out.append({by: name, "jobs": len(jobs), "counts": _counts(jobs), "first_submitted": jobs[0]["submitted"],
-                    "run_seconds": round(sum(ran), 3), "span_seconds": round(max(ends) - min(starts), 3)
-                    if starts and ends else None, "labels": labels})
-    out.sort(key=lambda g: g["first_submitted"])
+    out = selection.groups(by)
     if as_json:
         print(json.dumps(out, indent=1))
         return 0
@@ -123,6 +107,7 @@ def _resolve_job(root: Root, job_id: str) -> str:
 
 
 def cmd_show(args) -> int:
+    from .slurm import QueueWaits
     root = Root.get(args.root, create=False)
     job_id = _resolve_job(root, args.job_id)
     state = protocol.live_status(root, job_id, protocol.read_state(root, job_id))
@@ -139,6 +124,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_logs(args) -> int:
+    from .job import Job
     root = Root.get(args.root, create=False)
     job = Job(_resolve_job(root, args.job_id), root)
     console = job.get_console_output()
@@ -162,7 +148,7 @@ def cmd_cancel(args) -> int:
     if filters:
         if args.status and set(args.status) - set(listing.LIVE):
             raise ValueError("only {} jobs can be cancelled".format(", ".join(listing.LIVE)))
-        ids = [r["id"] for r in _selected(root, args, live_only=True)]
+        ids = [r["id"] for r in _selected(root, args, live_only=True).rows()]
         if not ids:
             print("no unfinished job matches")
             return 0
@@ -208,6 +194,11 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    import logging
+
+    from . import environment
+    from .slurm import parse_slurm_time
+    from .worker import Worker
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     environment.adopt()  # the submitter's sys.path and PYTHONPATH, for the jobs
@@ -230,6 +221,7 @@ def cmd_worker(args) -> int:
 
 
 def cmd_workers_ls(args) -> int:
+    from .slurm import describe_shape, live_workers
     root = Root.get(args.root, create=False)
     rows = sorted(live_workers(root, max_age=float("inf")), key=lambda hb: hb.get("started", ""))
     if args.json:
@@ -246,6 +238,8 @@ def cmd_workers_ls(args) -> int:
 
 
 def cmd_workers_stop(args) -> int:
+    from .runtime.files import with_parents, write_new
+    from .slurm import live_workers
     root = Root.get(args.root, create=False)
     chosen = [hb for hb in live_workers(root, max_age=float("inf"))
               if args.all or hb.get("id") in args.worker_ids or set(args.queue or []) & set(hb.get("queues", []))]
@@ -263,6 +257,7 @@ def cmd_workers_stop(args) -> int:
 
 
 def cmd_workers_submit(args) -> int:
+    from .slurm import Allocation
     root = Root.get(args.root)
     alloc = Allocation(partition=args.partition, time_limit=args.time, slots=args.slots,
                        cpus_per_slot=args.cpus_per_slot, memory_gb_per_slot=args.memory_gb_per_slot,
@@ -274,6 +269,7 @@ def cmd_workers_submit(args) -> int:
 
 
 def cmd_fsck(args) -> int:
+    from .fsck import fsck
     root = Root.get(args.root, create=False)
     findings = fsck(root, repair=args.repair)
     for f in findings:
@@ -290,6 +286,7 @@ def cmd_fsck(args) -> int:
 
 
 def cmd_du(args) -> int:
+    from .usage import SHARED_NOTE, disk_usage, human
     root = Root.get(args.root, create=False)
     usage = disk_usage(root)
     if args.json:
@@ -315,6 +312,8 @@ def cmd_du(args) -> int:
 
 
 def cmd_gc(args) -> int:
+    from . import gc
+    from .usage import human
     root = Root.get(args.root, create=False)
     sel = gc.Selection(
         older_than=None if args.older_than is None else gc.parse_age(args.older_than),
@@ -343,6 +342,7 @@ def cmd_gc(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .report import write_report
     root = Root.get(args.root, create=False)
     where = os.path.dirname(os.path.abspath(args.html))
     if not os.path.isdir(where):
