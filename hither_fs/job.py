@@ -14,11 +14,11 @@ from concurrent import futures
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Generic, Optional, TypeVar
 
-from . import progress, protocol
+from . import progress, protocol, summary
 from .errors import JobError, JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
-from .runtime.files import CorruptFileError, listdir, read_text_tail, write_json
+from .runtime.files import CorruptFileError, listdir, read_text_tail
 from .runtime.layout import live_console_prefix
 from .runtime.serialization import decode
 from .watch import Waiters, run_callbacks, watcher
@@ -396,7 +396,7 @@ class Job(futures.Future, Generic[T]):
             if not stat.S_ISDIR(st.st_mode):
                 raise protocol.JobDirectoryError(path, "is not a job directory ({} is {})".format(
                     part, "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"))
-        write_json(os.path.join(path, protocol.LABEL_FILE), {"label": label})
+        summary.write_label(self.root, self.id, label)  # (so that the listing's summaries see the change)
         return self
 
     def get_label(self) -> str:
