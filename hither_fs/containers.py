@@ -1,7 +1,7 @@
 """Running a job inside a container: Singularity/Apptainer through spython, or Docker.
 
-A worker runs each job in a forked child process (see
-:mod:`hither_fs.worker`); for a containerized job that child calls
+A worker runs a containerized job in a forked child process of its own (see
+:mod:`hither_fs.attempts`); that child calls
 :func:`run_container_attempt`, which chooses the runtime
 (:func:`choose_runtime`: the one the submitter asked for, else Apptainer
 where it exists, else Docker) and, for Apptainer,

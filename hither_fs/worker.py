@@ -8,8 +8,11 @@ The worker is one thread in a loop of named steps (:meth:`Worker.step`):
 reap the runs that ended and commit them, police the running ones (timeouts,
 console output), read the requests left for it (stop, cancel), beat, take
 back the jobs of lost workers, and claim new jobs for its free slots. Each
-job runs in a forked child (:mod:`hither_fs.attempts`); the protocol steps
-are :mod:`hither_fs.protocol`'s and the lease rules :mod:`hither_fs.lease`'s.
+job runs in the slot's warm runner, or in a forked child if it has a
+container (:mod:`hither_fs.attempts`, :mod:`hither_fs.runners`); the loop
+sleeps until a run ends, a runner answers, or a submitter on the same host
+wakes it. The protocol steps are :mod:`hither_fs.protocol`'s and the lease
+rules :mod:`hither_fs.lease`'s.
 
 What it costs the shared filesystem, which on a cluster is what matters: a
 busy worker lists the front of its queue only when it has a free slot; an

@@ -92,7 +92,25 @@ def _remember_source(filename: str, source: bytes) -> None:
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)
 
 
+#: Scripts loaded in this process, by (source sha1, file): a warm runner loads a script
+#: once for all the jobs of its functions, as it imports a module once.
+_scripts: "OrderedDict[Tuple[str, Optional[str]], Any]" = OrderedDict()
+
+
 def _load_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str] = None) -> Any:
+    key = (sha1, path)
+    if sha1 and key in _scripts and sys.modules.get(SCRIPT_MODULE) is _scripts[key]:
+        _scripts.move_to_end(key)
+        return _scripts[key]
+    module = _run_script(path, source, sha1)
+    if sha1:
+        _scripts[key] = module
+        while len(_scripts) > _PRELOAD_MAX:
+            _scripts.popitem(last=False)
+    return module
+
+
+def _run_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str]) -> Any:
     if source is None:  # a spec written before sources were stored
         if not path or not os.path.isfile(path):
             raise FunctionNotFoundError("the script {} that defined the function no longer exists".format(path))
@@ -161,8 +179,9 @@ def _import_submitted(module_name: str, path: str, source: bytes, sha1: Optional
 
 def _same_source(module: Any, source: bytes) -> bool:
     """Whether an imported module was made from these bytes (else the job's code replaces it)."""
-    if getattr(getattr(module, "__loader__", None), "source", None) == source:
-        return True
+    loader = getattr(module, "__loader__", None)
+    if isinstance(loader, _SubmittedSourceLoader):  # made from the bytes of an earlier job: those count
+        return loader.source == source
     try:
         with open(module.__file__, "rb") as f:
             return f.read() == source
