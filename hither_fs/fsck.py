@@ -39,7 +39,7 @@ from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Se
 import numpy as np
 import psutil
 
-from . import protocol
+from . import listing, protocol, summary
 from .lease import id_host_pid
 from .protocol import FINAL_VALUES, Status, Token
 from .queue import is_bucket, is_ticket, queue_names, ticket_token
@@ -160,6 +160,9 @@ def check_jobs(c: Check, tokens: Dict[str, protocol.Found], taken: Set[str]) -> 
                 if name.startswith(".") and kind == "dir" and c.writer_dead(name, jdir):
                     yield Finding(jdir, "unpublished job directory of a writer that died", False,
                                   c.repair and _rmtree(jdir))
+                elif name.startswith(".") and kind == "file" and c.writer_dead(name, jdir):  # a label's (set_label)
+                    yield Finding(jdir, "temporary file of a writer that died", False,
+                                  c.repair and remove_quietly(jdir))
                 continue
             if kind != "dir":
                 yield Finding(jdir, "is {}, not a job directory (left alone: nothing can be recorded "
@@ -482,6 +485,42 @@ def _check_markers(c: Check, key: str, paths: List[str]) -> Iterator[Finding]:
                   False, repaired)
 
 
+# -- listing summaries --------------------------------------------------------------------------
+
+_SUMMARY_RE = re.compile(r"^[0-9a-f]{2}\.jsonl$")
+
+
+def check_summaries(c: Check) -> Iterator[Finding]:
+    """``summary/``: a cache of the ended jobs for ``hither-fs ls`` (never damage: ls builds a
+    summary again when it cannot use it). Reported, and removed by ``--repair``: a summary
+    that cannot be used, and one that ``ls`` would trust (its stamp is its shard's mtime)
+    whose rows differ from the records (a final job's records changed by hand)."""
+    root = c.root
+    for name in sorted(listdir(root.layout.summaries)):
+        path = os.path.join(root.layout.summaries, name)
+        if not _SUMMARY_RE.match(name) or _kind(path) != "file":
+            continue  # (temporary files: check_temp_files)
+        yield from guarded(path, lambda: _check_summary(c, path, name[:2]))
+
+
+def _check_summary(c: Check, path: str, shard: str) -> Iterator[Finding]:
+    found = summary.load(c.root, shard)
+    if found is None:
+        if os.path.lexists(path):
+            yield Finding(path, "listing summary that cannot be used (damaged, or of another format; hither-fs ls "
+                          "builds it again)", False, c.repair and remove_quietly(path))
+        return
+    if found.stamp is None or found.stamp != summary.shard_mtime(c.root, shard):
+        return  # out of date, as ls sees too: brought up to date by the next ls
+    for line in found.lines():
+        row = found.row(line)
+        if listing.job_row(c.root, row["id"], {}) != row:
+            yield Finding(path, "listing summary out of date: job {}'s records changed after it ended (by "
+                          "hand?); hither-fs ls would show it as it was".format(row["id"]), False,
+                          c.repair and remove_quietly(path))
+            return
+
+
 # -- workers and temporary files ---------------------------------------------------------------
 
 def check_workers(c: Check) -> Iterator[Finding]:
@@ -523,7 +562,8 @@ def fsck(root: Root, repair: bool = False) -> List[Finding]:
     taken = {token.job_id for _, token, _ in protocol.taken_tokens(root)}
     findings: List[Finding] = []
     for check in (check_duplicates(all_tokens), check_taken(c), check_jobs(c, tokens, taken), check_tokens(c),
-                  check_store(c, root.layout.store), check_cache(c), check_workers(c), check_temp_files(c)):
+                  check_store(c, root.layout.store), check_cache(c), check_summaries(c), check_workers(c),
+                  check_temp_files(c)):
         findings.extend(check)
     return findings
 

@@ -5,7 +5,8 @@ on their workers (one lane per job running at once on a worker, bars coloured
 by status, a tooltip per bar), above it the number of jobs waiting in queues
 over time, and below it a table per function (jobs by status, run time, queue
 wait) and the failures with their one-line errors. It is made from the jobs'
-``spec.json`` and ``state.json`` alone.
+``spec.json`` and ``state.json`` alone (those of ended jobs as the listing's
+summaries keep them: :mod:`hither_fs.summary`).
 """
 
 import html
@@ -13,7 +14,8 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .listing import job_rows, newest_run, parse_time, resolve_run
+from .listing import parse_time, resolve_run
+from .summary import listing
 from .root import Root
 from .runtime.files import atomic_write
 
@@ -206,9 +208,9 @@ th, td {{ border: 1px solid #ccc; padding: 3px 8px; text-align: left; }}
 def write_report(root: Root, path: str, run: Optional[str] = None, now: Optional[float] = None) -> Tuple[str, int]:
     """Write the page of ``run`` (a unique prefix; None: the newest run) to ``path``.
     Returns the run's id and its number of jobs."""
-    rows = job_rows(root)
-    chosen = resolve_run(rows, run) if run is not None else newest_run(rows)
-    rows = report_rows([r for r in rows if r["run"] == chosen])
+    jobs = listing(root)
+    chosen = resolve_run(jobs.runs(), run) if run is not None else jobs.newest_run()
+    rows = report_rows(jobs.select(run=chosen).rows())
     page = render(root, chosen, rows, time.time() if now is None else now)
     atomic_write(os.path.abspath(path), lambda f: f.write(page.encode("utf-8")))
     return chosen, len(rows)

@@ -42,6 +42,7 @@ writes a temporary file and renames it into place, the last one wins, and
 each was exact for the stamp it carries. Hand edits of a final job's records
 are not seen (the summary keeps the rows); ``hither-fs fsck`` reports such a
 summary and ``--repair`` removes it, as deleting ``summary/`` by hand does.
+``HITHER_FS_SUMMARY=0`` lists without summaries (every job's records read).
 """
 
 import json
@@ -51,7 +52,8 @@ import zlib
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from . import protocol
-from .listing import FIELDS, ISO_TIME, Key, Listing, Part, Row, Rows, Totals, job_row, order, running_claims, shards
+from .listing import (FIELDS, ISO_TIME, Key, Listing, Part, Row, Rows, Totals, job_ids, job_row, order, read_rows,
+                      running_claims, shards)
 from .protocol import FINAL_VALUES
 from .root import Root
 from .runtime.files import (CorruptFileError, listdir, makedirs, overwrite, read_bytes, remove_quietly, temp_name,
@@ -80,6 +82,11 @@ def _mtime(path: str) -> Optional[int]:
         return st.st_mtime_ns if stat.S_ISDIR(st.st_mode) else None
     finally:
         os.close(fd)
+
+
+def shard_mtime(root: Root, name: str) -> Optional[int]:
+    """The mtime (ns) of shard ``name`` of ``jobs/``, as a summary's stamp records it."""
+    return _mtime(os.path.join(root.layout.jobs, name))
 
 
 def _line(row: Row, group: int, mtime: int) -> bytes:
@@ -301,11 +308,18 @@ def _ids(root: Root, name: str) -> List[str]:
     return [j for j in listdir(os.path.join(root.layout.jobs, name)) if is_job_id(j) and j.startswith(name)]
 
 
+def enabled() -> bool:
+    """Whether summaries are used: ``HITHER_FS_SUMMARY=0`` (or ``off``) reads every job's records."""
+    return os.environ.get("HITHER_FS_SUMMARY", "1").strip().lower() not in ("0", "off", "no", "false")
+
+
 def listing(root: Root, save: bool = True) -> Listing:
     """Every job of ``root`` as ``ls`` lists it: the ended ones from the shards' summaries
     (brought up to date, and saved if ``save`` and the root can be written), the others
     read now. The same rows as :func:`hither_fs.listing.job_rows`."""
     running = running_claims(root)
+    if not enabled():
+        return Listing.of_rows(read_rows(root, job_ids(root), running))
     saver = _Saver(root, save)
     parts: List[Part] = []
     fresh: List[Row] = []

@@ -5,8 +5,9 @@ counts every file and directory, the root itself included: apparent bytes
 (``st_size``), disk bytes (``st_blocks * 512``, what a byte quota charges) and
 inodes (what a file quota charges), a hard-linked file once. The total is
 split by area, the root's top-level entries (``queue``, ``pending`` and
-``running`` together are "live work"; the root itself, ``root.json`` and
-anything unexpected are "other"), and by the jobs' function, status and age:
+``running`` together are "live work"; ``summary``, the listing's cache of the
+ended jobs, counts with "jobs"; the root itself, ``root.json`` and anything
+unexpected are "other"), and by the jobs' function, status and age:
 each group's job directories, and the store blobs its jobs' arguments and
 results refer to - once per group, so a blob shared by two groups counts in both.
 
@@ -32,7 +33,7 @@ from .runtime.serialization import blob_refs
 
 #: Areas in the order they are shown; a top-level name not in ``_AREA_OF`` is "other".
 AREAS = ("jobs", "store", "cache", "live work", "workers", "logs", "code", "images", "other")
-_AREA_OF = {"jobs": "jobs", "store": "store", "cache": "cache", "workers": "workers", "logs": "logs", "code": "code",
+_AREA_OF = {"jobs": "jobs", "summary": "jobs", "store": "store", "cache": "cache", "workers": "workers", "logs": "logs", "code": "code",
             "images": "images", "queue": "live work", "pending": "live work", "running": "live work"}
 #: Age buckets of jobs, by the mtime of their state.json: name, upper bound in days.
 AGES = (("< 1 day", 1.0), ("1-7 days", 7.0), ("7-30 days", 30.0), ("> 30 days", float("inf")))
