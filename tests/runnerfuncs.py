@@ -22,7 +22,13 @@ def where(x):
     sys.stderr.write('err {}\n'.format(x))
     return {'pid': os.getpid(), 'imports': len(IMPORTS), 'calls': len(CALLS), 'cwd': os.getcwd(),
             'env': os.environ.get('RUNNER_TEST_VAR'), 'path_has_marker': '/runner-test-marker' in sys.path,
-            'job_id': os.environ.get('HITHER_FS_JOB_ID')}
+            'job_id': os.environ.get('HITHER_FS_JOB_ID'), 'umask': _umask()}
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @hi.function('meddle', '0.1.0')
@@ -30,6 +36,7 @@ def meddle(directory):
     """Changes what the runner must put back: the environment, cwd, sys.path, sys.stdout."""
     os.environ['RUNNER_TEST_VAR'] = 'changed'
     os.chdir(directory)
+    os.umask(0o077)
     sys.path.append('/runner-test-marker')
     sys.stdout = sys.stderr
     return os.getpid()

@@ -51,6 +51,7 @@ def test_what_a_job_changes_is_put_back_for_the_next(root_path, parallel, tmp_pa
     assert pid == before['pid'] == after['pid']
     assert after['cwd'] == before['cwd'] != str(tmp_path)
     assert after['env'] is None and not after['path_has_marker']
+    assert after['umask'] == before['umask'] != 0o077
     assert after['job_id'] != before['job_id']
 
 

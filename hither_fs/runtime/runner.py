@@ -11,7 +11,7 @@ What a job gets of its own: its console (file descriptors 1 and 2 point at
 its scratch files while it runs), its CPU time (``getrusage`` before and
 after, its child processes included) and its peak memory (the kernel's
 high-water mark, reset before it starts). What a job changes is put back
-after it: the environment, the working directory, ``sys.path``,
+after it: the environment, the working directory, the umask, ``sys.path``,
 ``sys.stdout``/``sys.stderr``. What cannot be put back ends the runner once
 the job's answer is sent, so the next job gets a fresh one: threads or child
 processes the job left running, and memory it left in use above
@@ -95,6 +95,8 @@ class _Saved:
         self.environ = _environ_data()
         self.cwd = os.getcwd()
         self.path = list(sys.path)
+        self.umask = os.umask(0o077)
+        os.umask(self.umask)
 
     def restore(self) -> None:
         if _environ_data() != self.environ:
@@ -108,6 +110,7 @@ class _Saved:
             os.chdir(self.cwd)
         sys.path[:] = self.path
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+        os.umask(self.umask)
 
 
 def _environ_data() -> Dict[str, str]:
