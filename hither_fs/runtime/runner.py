@@ -28,7 +28,7 @@ import os
 import resource
 import sys
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from .execute import attempt_outcome, redirect_console
 
@@ -75,17 +75,16 @@ def _children_left() -> bool:
             return True
 
 
-def _console_to_devnull() -> None:
-    """Between jobs the runner's console goes nowhere (a job's files are its own)."""
+def _console_back(saved_fds: Tuple[int, int]) -> None:
+    """Between jobs the runner's console is its worker's again (its log): a job's files
+    are its own, and what the runner itself has to say goes where the worker's does."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 1)
-    os.dup2(devnull, 2)
-    os.close(devnull)
+    os.dup2(saved_fds[0], 1)
+    os.dup2(saved_fds[1], 2)
 
 
 class _Saved:
@@ -117,8 +116,10 @@ def _environ_data() -> Dict[str, str]:
     return dict(os.environ)
 
 
-def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Optional[int]) -> Dict[str, Any]:
-    """Run one job in this process; return the answer for the worker."""
+def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Optional[int],
+            console_fds: Tuple[int, int]) -> Dict[str, Any]:
+    """Run one job in this process; return the answer for the worker. ``console_fds``:
+    copies of the runner's own stdout and stderr, put back after the job."""
     saved = _Saved()
     measured = _reset_peak_memory()
     cpu0 = _cpu_seconds()
@@ -131,7 +132,7 @@ def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Opti
         outcome = attempt_outcome(root, job["job_id"], spec=job["spec"])
     finally:
         saved.restore()
-        _console_to_devnull()
+        _console_back(console_fds)
     answer: Dict[str, Any] = {"outcome": outcome, "cpu_seconds": round(_cpu_seconds() - cpu0, 6)}
     peak = _status_kib("VmHWM") if measured else None
     if peak is not None:
@@ -154,9 +155,10 @@ def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[]
     Returns when the pipe closes or after a job that leaves the runner unfit."""
     threads_before = threading.active_count()
     rss_start = _status_kib("VmRSS")
+    console_fds = (os.dup(1), os.dup(2))
     with os.fdopen(jobs_fd, "rb", buffering=1 << 16) as jobs:
         for line in jobs:
-            answer = run_one(root, json.loads(line), threads_before, rss_start)
+            answer = run_one(root, json.loads(line), threads_before, rss_start, console_fds)
             data = (json.dumps(answer) + "\n").encode()
             while data:
                 data = data[os.write(answers_fd, data):]
