@@ -126,7 +126,7 @@ def cmd_show(args) -> int:
 def cmd_logs(args) -> int:
     from .job import Job
     root = Root.get(args.root, create=False)
-    job = Job(_resolve_job(root, args.job_id), root)
+    job: Job[Any] = Job(_resolve_job(root, args.job_id), root)
     console = job.get_console_output()
     streams = ["stderr"] if args.stderr else ["stdout"] if args.stdout else ["stdout", "stderr"]
     for name in streams:

@@ -305,7 +305,7 @@ class Selection:
 
     def newest(self, n: int) -> List[Row]:
         """The newest ``n`` rows, oldest first."""
-        out = []
+        out: List[Row] = []
         for row in self._newest():
             if len(out) >= n:
                 break

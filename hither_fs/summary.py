@@ -138,7 +138,7 @@ class Shard(Part):
 
     def encode(self) -> bytes:
         header = json.dumps({"shard": self.name, "stamp": self.stamp, "others": self.others, "groups": [
-            list(k) + [t.n, t.first[0], t.first[1], t.timed, t.ms, t.start, t.end]
+            [*k, t.n, *(t.first or ("", "")), t.timed, t.ms, t.start, t.end]
             for k, t in zip(self.keys, self.by_group)]}, separators=(",", ":")).encode("ascii") + b"\n"
         rest = header + self.body
         return b"%s %d %d %d\n" % (MAGIC, FORMAT, zlib.crc32(rest), len(rest)) + rest
