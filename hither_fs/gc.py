@@ -35,7 +35,7 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set, Tuple
 
-from . import protocol
+from . import protocol, summary
 from .codeenv import REUSE_SECONDS, read_manifest
 from .listing import label_of
 from .protocol import FINAL_VALUES
@@ -371,6 +371,7 @@ def collect(root: Root, sel: Selection, dry_run: bool = False) -> Plan:
         except OSError:
             continue  # not empty (or gone)
         p.freed.add(Count(st.st_size, st.st_blocks * 512, 1))
+    summary.refresh(root, {j[:2] for j in removed})  # (ls would see they went anyway: this saves it the work)
     return p
 
 

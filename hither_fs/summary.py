@@ -49,7 +49,7 @@ import json
 import os
 import stat
 import zlib
-from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
 from . import protocol
 from .listing import (FIELDS, ISO_TIME, Key, Listing, Part, Row, Rows, Totals, job_ids, job_row, order, read_rows,
@@ -249,6 +249,8 @@ def _update(root: Root, name: str, old: Optional[Shard], running: Dict[str, Any]
     if stamp is None:  # gone, or not a directory (a symbolic link: read the plain way, never summed up)
         if tmp is not None:
             saver.finish(tmp, name, None)
+            if old is not None and not os.path.lexists(shard_dir):
+                remove_quietly(root.layout.summary_file(name))  # (gc removed the shard, emptied)
         return None, [r for r in (job_row(root, j, running) for j in _ids(root, name)) if r]
     kept: Dict[str, bytes] = {}  # id -> its line, unchanged
     dropped = False
@@ -329,6 +331,16 @@ def listing(root: Root, save: bool = True) -> Listing:
             parts.append(summary)
         fresh.extend(rows)
     return Listing(parts + [Rows(fresh)])
+
+
+def refresh(root: Root, names: Iterable[str]) -> None:
+    """Bring the summaries of shards ``names`` up to date now, those that there are (``hither-fs
+    gc`` after it removed jobs from them), so that the next ``ls`` finds them so."""
+    if enabled():
+        running, saver = running_claims(root), _Saver(root, True)
+        for name in sorted(set(names)):
+            if os.path.lexists(root.layout.summary_file(name)):
+                _shard(root, name, running, saver)
 
 
 def write_label(root: Root, job_id: str, label: str) -> None:

@@ -299,3 +299,24 @@ def test_the_claims_make_a_queued_job_running_also_among_summed_up_shards(root, 
     claim(root, queued, 'w-b')
     row = next(r for r in json.loads(ls(root, '--json', '--limit', '0')) if r['id'] == queued)
     assert (row['status'], row['worker']) == ('running', 'w-b')
+
+
+def test_gc_brings_the_summaries_of_the_shards_it_emptied_up_to_date(root, jobs):
+    ls(root)
+    then = time.time() - 3 * 86400
+    ended = [j for j, s in jobs.items() if s in protocol.FINAL_VALUES]
+    for job_id in ended:
+        os.utime(root.layout.state_file(job_id), (then, then))
+    stamps = {n: summary.load(root, n).stamp for n in listing.shards(root)}
+    plan = gc.collect(root, gc.Selection(statuses={'error'}))
+    assert sorted(plan.jobs) == sorted(j for j, s in jobs.items() if s == 'error')
+    for name in {j[:2] for j in plan.jobs}:
+        found = summary.load(root, name)
+        if os.path.isdir(os.path.join(root.layout.jobs, name)):  # up to date again, without the jobs gone
+            assert found.stamp != stamps[name]  # (None if gc changed the shard in the very tick it was summed up)
+            assert found.stamp in (None, summary.shard_mtime(root, name))
+            assert not {found.row(line)['id'] for line in found.lines()} & set(plan.jobs)
+        else:
+            assert found is None  # the shard went with its last job, and its summary too
+    assert ls(root, '--limit', '0') == ls(root, '--limit', '0', summaries=False)
+    assert 'error' not in ls(root).splitlines()[-1]
