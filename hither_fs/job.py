@@ -14,7 +14,7 @@ from concurrent import futures
 from concurrent.futures._base import CANCELLED_AND_NOTIFIED, FINISHED, PENDING
 from typing import Any, Callable, Dict, Generic, Optional, TypeVar
 
-from . import progress, protocol, summary
+from . import dirwatch, progress, protocol, summary
 from .errors import JobError, JobNotFinishedError, job_error
 from .protocol import FINAL_VALUES, Status
 from .root import Root
@@ -25,12 +25,16 @@ from .watch import Waiters, run_callbacks, watcher
 
 log = logging.getLogger("hither_fs.job")
 
-#: Poll intervals while waiting: fast at first (a quick job is noticed within
-#: a millisecond or two), backing off to 10 ms, and over the first minute of a
-#: long wait to 50 ms. Each look is one open of state.json (an open, not a
-#: stat: a shared filesystem may answer a stat from a cache that is seconds
-#: old, but revalidates a file it opens).
-POLL_MIN, POLL_MAX, POLL_MAX_LONG, POLL_GROWTH = 0.0005, 0.01, 0.05, 1.3
+#: Poll intervals while waiting: a look at first after ``POLL_MIN``, then after a tenth
+#: of the time waited so far (a job that ends is noticed within about a tenth of the
+#: time it took: a millisecond for a 10 ms job), up to 10 ms, and over the first minute
+#: of a long wait up to 50 ms (see :func:`poll_interval`). Each look is one open of
+#: state.json (an open, not a stat: a shared filesystem may answer a stat from a cache
+#: that is seconds old, but revalidates a file it opens).
+POLL_MIN, POLL_MAX, POLL_MAX_LONG, POLL_SHARE = 0.0005, 0.01, 0.05, 0.1
+#: A root on a filesystem of this machine: a waiter is woken by inotify the moment a job's
+#: state changes (:mod:`hither_fs.dirwatch`), and looks without an event only this often.
+POLL_WATCHED = 0.1
 #: The longest interval of a wait that allows some lag (``hi.wait()`` while jobs remain).
 POLL_LAG_MAX = 0.5
 #: A waiter promotes the pending job it waits for itself once it has waited this long.
@@ -38,6 +42,19 @@ PROMOTE_AFTER = 1.0
 #: How often the waiter lets its handler look after its workers (start local
 #: workers, scale Slurm allocations).
 HELP_INTERVAL = 0.2
+
+
+def poll_interval(waited: float, first: float = POLL_MIN, lag: float = 0.0, watched: bool = False) -> float:
+    """Seconds until the next look at a job's state, ``waited`` seconds into a wait.
+
+    ``first`` at first, then a tenth of the time waited (``POLL_SHARE``), capped at
+    ``POLL_MAX``, a cap that rises over a minute of waiting to ``POLL_MAX_LONG``; with
+    ``lag``, at least that share of the time waited (at most ``POLL_LAG_MAX``).
+    ``watched``: inotify wakes the wait when the state changes, so looks without an
+    event are only a safety net, ``POLL_WATCHED`` apart (or as the lag allows)."""
+    cap = min(POLL_MAX_LONG, POLL_MAX + waited / 1500.0)
+    interval = max(min(cap, max(first, POLL_SHARE * waited)), min(POLL_LAG_MAX, lag * waited))
+    return max(interval, POLL_WATCHED) if watched else interval
 
 
 T = TypeVar("T")
@@ -173,40 +190,57 @@ class Job(futures.Future, Generic[T]):
 
         ``poll`` is the first interval between looks (they grow from there). ``lag``:
         the share of the time waited so far that may pass before the end is noticed
-        (for a wait whose end nobody needs to the millisecond: fewer looks)."""
+        (for a wait whose end nobody needs to the millisecond: fewer looks). On a root
+        of this machine the wait is woken at once by the change (inotify) instead."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = poll
         next_help = 0.0
         started = time.monotonic()
-        while True:
-            status = self._read_state().get("status")
-            if status in FINAL_VALUES:
-                return status
-            now = time.monotonic()
-            if now >= next_help:
-                # in-process jobs run here; a local or Slurm handler starts or scales its workers
-                if self._handler is not None:
-                    try:
-                        self._handler.help(self.root)
-                    except Exception as exc:  # e.g. sbatch refusing: its jobs fail, say why once
-                        if str(exc) != self._help_error:
-                            self._help_error = str(exc)
-                            log.warning("while waiting for job %s: %s", self.id, exc)
-                if status == Status.PENDING and now - started > PROMOTE_AFTER:
-                    # its upstream jobs' workers promote it when they finish, unless it started
-                    # waiting after they were claimed: then the one waiting for it does
-                    try:
-                        protocol.promote(self.root, self.id)
-                    except Exception as exc:
-                        log.debug("could not promote job %s: %s", self.id, exc)
-                next_help = now + HELP_INTERVAL
-                continue
-            if deadline is not None and now >= deadline:
-                raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
-                    self.id, self.function_name, timeout, self.status))
-            time.sleep(interval if deadline is None else min(interval, max(0.0, deadline - now)))
-            cap = min(POLL_MAX_LONG, POLL_MAX + (now - started) / 1500.0)
-            interval = max(min(cap, interval * POLL_GROWTH), min(POLL_LAG_MAX, lag * (now - started)))
+        changed: Optional[threading.Event] = None
+        subscription = None
+        try:
+            while True:
+                if changed is not None:
+                    changed.clear()  # before the look: a change after it wakes the wait below
+                status = self._read_state().get("status")
+                if status in FINAL_VALUES:
+                    return status
+                now = time.monotonic()
+                if now >= next_help:
+                    # in-process jobs run here; a local or Slurm handler starts or scales its workers
+                    if self._handler is not None:
+                        try:
+                            self._handler.help(self.root)
+                        except Exception as exc:  # e.g. sbatch refusing: its jobs fail, say why once
+                            if str(exc) != self._help_error:
+                                self._help_error = str(exc)
+                                log.warning("while waiting for job %s: %s", self.id, exc)
+                    if status == Status.PENDING and now - started > PROMOTE_AFTER:
+                        # its upstream jobs' workers promote it when they finish, unless it started
+                        # waiting after they were claimed: then the one waiting for it does
+                        try:
+                            protocol.promote(self.root, self.id)
+                        except Exception as exc:
+                            log.debug("could not promote job %s: %s", self.id, exc)
+                    next_help = now + HELP_INTERVAL
+                    continue
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
+                        self.id, self.function_name, timeout, self.status))
+                if changed is None and dirwatch.is_local(self.root.path):
+                    changed = threading.Event()
+                    subscription = dirwatch.subscribe(self.directory, changed.set)
+                    if subscription is not None:
+                        continue  # look once more now that a change would wake us
+                pause = poll_interval(now - started, poll, lag, watched=subscription is not None)
+                pause = min(pause, max(0.0, next_help - now))
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - now))
+                if subscription is not None:
+                    changed.wait(pause)
+                else:
+                    time.sleep(pause)
+        finally:
+            dirwatch.unsubscribe(subscription)
 
     def cancel(self) -> bool:
         """Cancel the job: a queued or pending job never runs, a running one is killed.

@@ -13,22 +13,30 @@ when it ends or when nothing waits on it any more. Callbacks run on a second
 thread, one after another, so a slow callback delays other callbacks but never
 the watching.
 
-Each pass reads one ``state.json`` per watched job; the watcher sleeps at
+Each full pass reads one ``state.json`` per watched job; the watcher sleeps at
 least four times as long as a pass took (so it uses at most a fifth of a core
 however many jobs it watches), from a millisecond up to half a second as the
-wait goes on. A read that fails for a while (the filesystem, not the job) is
-tried again on the next pass.
+wait goes on. On a root of this machine a job's directory is also watched by
+inotify (:mod:`hither_fs.dirwatch`): a change wakes the watcher at once, to read
+the state of that job alone, and full passes are only a safety net, at least
+``POLL_WATCHED`` apart. A read that fails for a while (the filesystem, not the
+job) is tried again on the next pass.
 """
 
+import functools
 import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Set
+
+from . import dirwatch
 
 log = logging.getLogger("hither_fs.watch")
 
 POLL_MIN, POLL_MAX, POLL_GROWTH = 0.001, 0.5, 1.2
+#: Full passes at least this far apart while inotify watches every job (a safety net).
+POLL_WATCHED = 0.1
 HELP_INTERVAL = 0.2
 
 
@@ -38,54 +46,87 @@ class Watcher:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: Dict[int, Any] = {}  # by identity: two handles on one job are two futures
+        self._subs: Dict[int, Any] = {}  # the inotify subscriptions of their directories, by the same key
+        self._changed: Set[int] = set()  # jobs to look at now: changed, or just watched
+        self._new = False  # a job was watched since the last pass: poll fast again
         self._wake = threading.Event()
         self._thread: Any = None
 
     def watch(self, job: Any) -> None:
+        key = id(job)
         with self._lock:
-            self._jobs[id(job)] = job
+            known = key in self._jobs
+            self._jobs[key] = job
+            self._changed.add(key)
+            self._new = True
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="hither_fs-watch", daemon=True)
                 self._thread.start()
+        if not known and dirwatch.is_local(job.root.path):
+            sub = dirwatch.subscribe(job.directory, functools.partial(self._on_change, key))
+            with self._lock:
+                if sub is not None and key in self._jobs and key not in self._subs:
+                    self._subs[key], sub = sub, None
+                    self._changed.add(key)  # looked at once more: it may have ended before the watch began
+            dirwatch.unsubscribe(sub)  # (only one that came too late)
         self._wake.set()
 
     def unwatch(self, job: Any) -> None:
+        self._forget([id(job)])
+
+    def _forget(self, keys: List[int]) -> None:
         with self._lock:
-            self._jobs.pop(id(job), None)
+            subs = [self._subs.pop(key, None) for key in keys]
+            for key in keys:
+                self._jobs.pop(key, None)
+        for sub in subs:
+            dirwatch.unsubscribe(sub)
+
+    def _on_change(self, key: int) -> None:
+        """inotify saw a file renamed into a watched job's directory (the reading thread calls this)."""
+        with self._lock:
+            self._changed.add(key)
+        self._wake.set()
 
     def _run(self) -> None:
         interval = POLL_MIN
-        next_help = 0.0
+        next_help = next_pass = 0.0
         while True:
             with self._lock:
-                jobs = list(self._jobs.values())
+                jobs = dict(self._jobs)
+                changed, self._changed = self._changed, set()
+                new, self._new = self._new, False
+                unwatched = len(self._subs) < len(jobs)  # some are polled only
             if not jobs:
                 self._wake.wait()
                 self._wake.clear()
-                interval = POLL_MIN
                 continue
+            if new:  # a job just watched: looked at now, and polled fast again
+                interval, next_pass = POLL_MIN, 0.0
             started = time.monotonic()
+            full = started >= next_pass
+            look = list(jobs.values()) if full else [jobs[k] for k in changed if k in jobs]
             ended = []
-            for job in jobs:
+            for job in look:
                 try:
                     if job._settle() or not job._waited_on():
-                        ended.append(job)
+                        ended.append(id(job))
                 except Exception as exc:  # the filesystem failing for now: try again next pass
                     log.debug("watching job %s: %s", getattr(job, "id", "?"), exc)
-            with self._lock:
-                for job in ended:
-                    self._jobs.pop(id(job), None)
-                left = list(self._jobs.values())
+            self._forget(ended)
             now = time.monotonic()
-            if left and now >= next_help:
+            if len(ended) < len(jobs) and now >= next_help:
+                with self._lock:
+                    left = list(self._jobs.values())
                 self._help(left)
                 next_help = now + HELP_INTERVAL
-            took = time.monotonic() - started
-            if self._wake.wait(max(interval, 4 * took)):
-                self._wake.clear()
-                interval = POLL_MIN
-            else:
+            if full:
+                took = time.monotonic() - started
+                next_pass = now + max(interval if unwatched else max(interval, POLL_WATCHED), 4 * took)
                 interval = min(POLL_MAX, interval * POLL_GROWTH)
+            pause = max(0.0, min(next_pass, next_help) - time.monotonic())
+            if self._wake.wait(pause):
+                self._wake.clear()
 
     @staticmethod
     def _help(jobs: List[Any]) -> None:

@@ -4,6 +4,7 @@ on real workers, and (for the in-process handler) in this process."""
 import concurrent.futures as cf
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -121,3 +122,47 @@ def test_a_slow_callback_does_not_hold_up_other_jobs(root_path, parallel, tmp_pa
         b = sleepy.run(seconds=0.2, result='b')
         assert list(cf.as_completed([b], timeout=30)) == [b]  # completed all the same
         release.set()
+
+
+def test_the_watcher_is_woken_by_the_change_on_a_root_of_this_machine(root, monkeypatch):
+    from hither_fs import watch
+    from test_faults import QueueOnly
+    from test_jobs import _finish_by_hand, need_inotify
+    need_inotify(root.path)
+    # passes over every job an hour apart: only inotify can complete the future before the timeout
+    for name in ('POLL_MIN', 'POLL_WATCHED', 'HELP_INTERVAL'):
+        monkeypatch.setattr(watch, name, 3600.0)
+    with hi.Config(job_handler=QueueOnly('by-hand')):
+        job = add.run(x=1, y=2)
+    watcher = watch.watcher
+
+    class Wake(threading.Event):
+        """The watcher's wake-up; ``idle`` once it sleeps for long with the job watched by inotify."""
+        idle = threading.Event()
+
+        def wait(self, timeout=None):
+            if timeout is not None and timeout > 1000 and id(job) in watcher._subs and not watcher._changed:
+                self.idle.set()
+            return super().wait(timeout)
+    usual, watcher._wake = watcher._wake, Wake()
+    usual.set()  # a watcher thread left by an earlier test waits on this one: from now on on ours
+    try:
+        finisher = threading.Thread(target=lambda: Wake.idle.wait(30) and _finish_by_hand(root, job, 3))
+        finisher.start()
+        started = time.monotonic()
+        assert list(cf.as_completed([job], timeout=60)) == [job]
+        assert time.monotonic() - started < 30  # woken, not a pass at the timeout
+        finisher.join()
+    finally:
+        spy, watcher._wake = watcher._wake, usual
+        spy.set()  # the watcher waits on the usual event again
+    assert job.result() == 3
+
+
+def test_the_watcher_polls_on_a_shared_filesystem(root_path, parallel, monkeypatch):
+    from hither_fs import dirwatch
+    monkeypatch.setattr(dirwatch, 'is_local', lambda path: False)  # as on NFS: no inotify, polling only
+    monkeypatch.setattr(dirwatch, 'subscribe', None)  # never called
+    with hi.Config(job_handler=parallel(1)):
+        jobs = [add.run(x=i, y=1) for i in range(3)]
+        assert sorted(j.result() for j in cf.as_completed(jobs, timeout=60)) == [1, 2, 3]

@@ -55,8 +55,11 @@ def test_statuses_console_and_runtime_info(root_path, parallel, tmp_path):
     info = queued.get_runtime_info()
     for key in ('host', 'pid', 'start', 'end', 'wall_seconds', 'cpu_seconds', 'peak_memory_bytes', 'worker'):
         assert key in info, key
-    # a human finds the same things by hand
+    # a human finds the same things by hand (the worker renames the console output into
+    # place just after it published the final state, which a waiter may see at once)
     d = queued.directory
+    for name in ('stdout.txt', 'stderr.txt'):
+        wait_for_file(os.path.join(d, name))
     assert sorted(os.listdir(d)) == ['spec.json', 'state.json', 'stderr.txt', 'stdout.txt']
     with open(os.path.join(d, 'state.json')) as f:
         state = json.load(f)
@@ -155,3 +158,129 @@ def test_queue_index_holds_only_live_work(root, parallel):
     # every file in the root has its final name: no temp files left behind
     leftovers = [os.path.join(dp, f) for dp, _, fs in os.walk(root.path) for f in fs if '.tmp-' in f]
     assert leftovers == []
+
+
+# -- waiting: prompt at first, cheap later, woken by inotify on a root of this machine -----------
+
+def test_the_poll_schedule_starts_fast_and_backs_off_smoothly():
+    from hither_fs.job import (POLL_LAG_MAX, POLL_MAX, POLL_MAX_LONG, POLL_MIN, POLL_SHARE, POLL_WATCHED,
+                               poll_interval)
+    assert poll_interval(0) == POLL_MIN
+    assert poll_interval(0.005) <= 0.001  # a 5 ms job is noticed within a millisecond
+    waited = [k / 1000 for k in range(0, 120000, 7)]
+    intervals = [poll_interval(t) for t in waited]
+    assert intervals == sorted(intervals)  # never faster again as the wait goes on
+    assert all(i <= max(POLL_MIN, POLL_SHARE * t) for t, i in zip(waited, intervals) if t <= 0.1)
+    assert POLL_MAX <= poll_interval(1) < 1.1 * POLL_MAX and poll_interval(60) == poll_interval(3600) == POLL_MAX_LONG
+    # a wait that may lag (hi.wait() while other jobs remain): a share of the time waited, bounded
+    assert poll_interval(2, POLL_MAX, lag=0.05) == 0.1 and poll_interval(100, lag=0.05) == POLL_LAG_MAX
+    # watched by inotify: looks without an event are a safety net only
+    assert poll_interval(0, watched=True) == POLL_WATCHED and poll_interval(100, lag=0.05, watched=True) == POLL_LAG_MAX
+
+    def looks(seconds, **kwargs):
+        t, n = 0.0, 0
+        while t < seconds:
+            t, n = t + poll_interval(t, **kwargs), n + 1
+        return n
+    # waiting 10 s: some 700 opens of state.json when polled (~20 us each), a hundred when watched
+    assert looks(10) < 800 and looks(10, watched=True) <= 10 / POLL_WATCHED + 1
+    assert looks(3600) < 3600 / POLL_MAX_LONG + 2000  # an hour: 20 looks a second
+
+
+def need_inotify(path):
+    from hither_fs import dirwatch
+    sub = dirwatch.subscribe(path, lambda: None) if dirwatch.is_local(path) else None
+    if sub is None:
+        pytest.skip('no inotify for {} here'.format(path))
+    dirwatch.unsubscribe(sub)
+
+
+def _finish_by_hand(root, job, value):
+    """Claim a job from its queue and commit a result for it, as a worker would."""
+    from hither_fs import protocol
+    [(path, _)] = list(iter_tickets(root.layout, job.spec['queue']))
+    claim = protocol.claim(root, path, 'w-test', job.spec)
+    assert protocol.commit(root, claim, protocol.Outcome(result={'value': value}, runtime={'start': 0})) == 'finished'
+
+
+def test_a_wait_on_a_root_of_this_machine_is_woken_by_the_change(root, monkeypatch):
+    import threading
+
+    from hither_fs import dirwatch, job as job_module
+    from test_faults import QueueOnly
+    need_inotify(root.path)
+    # no look without an event for an hour: only inotify can end this wait before its timeout
+    monkeypatch.setattr(job_module, 'POLL_WATCHED', 3600.0)
+    monkeypatch.setattr(job_module, 'HELP_INTERVAL', 3600.0)
+    subs, looked = [], threading.Event()
+    subscribe = dirwatch.subscribe
+
+    def spy(path, wake):
+        subs.append(subscribe(path, wake))
+        return subs[-1]
+    monkeypatch.setattr(dirwatch, 'subscribe', spy)
+    with hi.Config(job_handler=QueueOnly('by-hand')):
+        job = add.run(x=1, y=2)
+    read_state = job._read_state
+
+    def look():
+        state = read_state()
+        if subs:  # the look after subscribing: the job ends after it
+            looked.set()
+        return state
+    job._read_state = look
+    finisher = threading.Thread(target=lambda: looked.wait(30) and _finish_by_hand(root, job, 3))
+    finisher.start()
+    started = time.monotonic()
+    assert job.wait(timeout=60) == 3
+    assert time.monotonic() - started < 30  # woken, not the look at the timeout
+    finisher.join()
+    assert subs and subs[0] is not None  # watched, so it was the change that woke the wait
+
+
+def test_a_wait_on_a_shared_filesystem_polls(root_path, parallel, monkeypatch):
+    from hither_fs import dirwatch
+    monkeypatch.setattr(dirwatch, 'is_local', lambda path: False)  # as on NFS: no inotify, polling only
+    monkeypatch.setattr(dirwatch, 'subscribe', None)  # never called
+    with hi.Config(job_handler=parallel(1)):
+        assert add.run(x=1, y=2).wait(timeout=60) == 3
+        assert add.run(x=2, y=2).result(timeout=60) == 4
+
+
+def test_inotify_is_used_only_on_filesystems_of_this_machine(tmp_path):
+    from hither_fs import dirwatch
+    mountinfo = tmp_path / 'mountinfo'
+    mountinfo.write_text('\n'.join([
+        '22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw',
+        '40 22 0:40 / /scratch rw shared:7 - lustre 10.0.0.1@tcp:/fs rw',
+        '41 22 0:41 / /home rw - nfs4 server:/home rw,vers=4.2',
+        '42 41 0:42 / /home/me/local\\040disk rw master:3 - xfs /dev/sdb1 rw',
+        '43 22 0:43 / /tmp rw - tmpfs tmpfs rw',
+        '44 22 0:44 / /tmp rw - nfs server:/tmp rw',  # mounted over /tmp: the later one counts
+    ]) + '\n')
+
+    def kind(path):
+        return dirwatch.fs_type(path, mountinfo=str(mountinfo))
+    assert kind('/data/root') == 'ext4' and kind('/scratch/me/root') == 'lustre'
+    assert kind('/home/me/root') == 'nfs4' and kind('/home/me/local disk/root') == 'xfs'
+    assert kind('/tmp/x') == 'nfs' and kind('/scratchy') == 'ext4'
+    assert {'ext4', 'xfs', 'tmpfs'} <= dirwatch.LOCAL_TYPES
+    assert not {'nfs', 'nfs4', 'lustre', 'gpfs', 'beegfs', 'cifs', 'fuse.sshfs'} & dirwatch.LOCAL_TYPES
+    assert dirwatch.fs_type('/x', mountinfo=str(tmp_path / 'absent')) is None
+
+
+def test_dirwatch_wakes_a_subscriber_when_a_file_is_renamed_in(tmp_path):
+    import threading
+
+    from hither_fs import dirwatch
+    need_inotify(str(tmp_path))
+    woken = threading.Event()
+    sub = dirwatch.subscribe(str(tmp_path), woken.set)
+    assert sub is not None
+    try:
+        (tmp_path / 'state.json.tmp').write_text('{}')
+        os.rename(str(tmp_path / 'state.json.tmp'), str(tmp_path / 'state.json'))
+        assert woken.wait(30)
+    finally:
+        dirwatch.unsubscribe(sub)
+    assert dirwatch.subscribe(str(tmp_path / 'absent'), woken.set) is None  # the caller polls then
