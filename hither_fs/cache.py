@@ -19,23 +19,32 @@ import hashlib
 import json
 import os
 import stat
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Set, Tuple
 
 from . import gc
 from .compat import refuse_keywords, tempdir_cache_path
 from .root import Root
-from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, register_tree, remove_quietly, temp_name,
-                            with_parents, write_new)
-from .runtime.layout import make_shards
-from .runtime.serialization import blob_refs
+from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, read_record, register_tree, remove_quietly,
+                            temp_name, with_parents, write_new)
+from .runtime.layout import is_job_id, make_shards
+from .runtime.serialization import blob_refs, decode
 from .runtime.store import BlobMissingError, Store
 from .trust import cache_entry_reason, cache_reason
+
+
+#: The canonical JSON of a key (sorted keys, no spaces): one encoder, made once.
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=True)
+#: ``(name, version)`` -> the end of a key's text after the arguments (the same for every job
+#: of a function version; a few hundred at most in a process).
+_KEY_TAILS: Dict[Tuple[str, str], str] = {}
 
 
 def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict[str, str]) -> str:
     """sha1 of the canonical form of a job; ``upstream_keys`` maps job ids to keys.
 
-    Upstream jobs count by their key: each ``{"__hither__": "job", "id": ...}`` becomes
+    The canonical form is ``{"args":...,"function":name,"version":version}`` as JSON with
+    sorted keys and no spaces; the part after the arguments is made once per function
+    version. Upstream jobs count by their key: each ``{"__hither__": "job", "id": ...}`` becomes
     ``{"__hither__": "job", "key": ...}``. The swap is made by JSON's own parser (no recursion
     in Python, which a value nested as deep as allowed would otherwise take far), and the text
     is the same as of a copy rebuilt with the swap: keys of existing entries do not change."""
@@ -45,9 +54,13 @@ def cache_key(name: str, version: str, args: Dict[str, Any], upstream_keys: Dict
         return obj
     if upstream_keys:
         args = json.loads(json.dumps(args, allow_nan=True), object_hook=canon)
-    text = json.dumps({"function": name, "version": version, "args": args},
-                      sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+    tail = _KEY_TAILS.get((name, version))
+    if tail is None:
+        if len(_KEY_TAILS) > 10000:
+            _KEY_TAILS.clear()
+        tail = _KEY_TAILS[(name, version)] = ',"function":{},"version":{}}}'.format(
+            _KEY_JSON.encode(name), _KEY_JSON.encode(version))
+    return hashlib.sha1(('{"args":' + _KEY_JSON.encode(args) + tail).encode("utf-8")).hexdigest()
 
 
 def _refuse_if(reason: Optional[str], path: str) -> None:
@@ -81,6 +94,13 @@ def code_hash(spec: Dict[str, Any]) -> Optional[str]:
     return (spec.get("function") or {}).get("source")
 
 
+#: :meth:`JobCache.find`'s value of a result that refers to blobs: decoded when it is read.
+NOT_DECODED = object()
+#: ``(path, uid, gid, mode, cache gid)`` of the directories and entries of caches of their own
+#: found trustworthy in this process (see :meth:`JobCache._check_trust`).
+_trusted: Set[Tuple[str, int, int, int, int]] = set()
+
+
 class JobCache:
     """A job cache. ``JobCache()`` keeps entries in the root; ``JobCache(path)``
     in a directory of its own (for example a lab's shared cache).
@@ -109,6 +129,7 @@ class JobCache:
         if self.path is not None:
             _refuse_if(cache_reason(self.path), self.path)
         self._registered = False
+        self._store: Optional[Store] = None
 
     def __repr__(self):
         return "JobCache({})".format(repr(self.path) if self.path else "in the root")
@@ -127,7 +148,12 @@ class JobCache:
         return self.path
 
     def store(self, root) -> Store:
-        return Store(os.path.join(self.path, "store")) if self.path else root.store
+        """Where the blobs of the entries' results are: the root's store for ``JobCache()``."""
+        if self.path is None:
+            return root.store
+        if self._store is None:
+            self._store = Store(os.path.join(self.path, "store"))
+        return self._store
 
     def _entry_path(self, directory: str, key: str, suffix: str = ".json") -> str:
         return os.path.join(directory, key[:2], key + suffix)
@@ -139,46 +165,112 @@ class JobCache:
 
         A damaged entry, or one whose blobs are missing or damaged, counts as
         a miss (and is reported by ``hither-fs fsck``), never as a result.
+        (A job that takes the entry's outcome as its own, as a compute resource
+        does, needs the blobs in the root; a cache hit answered in this process
+        reads them where they are: :meth:`find`.)
         """
-        directory = self.directory(root)
-        path = self._entry_path(directory, key)
-        if self.path is not None:  # a cache of its own: believed only if nobody else could write the entry
-            st = os.stat(directory)
-            _refuse_if(cache_entry_reason(directory, st, st.st_gid), self.path)
-            for part in (os.path.dirname(path), path):
-                try:
-                    _refuse_if(cache_entry_reason(part, os.stat(part), st.st_gid), self.path)
-                except FileNotFoundError:
-                    break
-        try:
-            entry = read_json(path, missing_ok=True)
-        except Exception:
+        found = self.find(root, key)
+        if found is None:
             return None
-        if not isinstance(entry, dict) or entry.get("key") != key:
-            return None
-        if "value" in entry:
+        entry = found[0]
+        if "value" in entry and self.path is not None:
             try:
                 self._copy_blobs(self.store(root), root.store, entry["value"])
             except Exception:
                 return None
         return entry
 
+    def find(self, root, key: str, name: Optional[str] = None,
+             version: Optional[str] = None) -> Optional[Tuple[Dict[str, Any], Any]]:
+        """``(entry, value)`` for ``key``, or None: a cache hit, found by reading one file.
+
+        Nothing is written but the mtime of the blobs the result refers to (made young
+        to ``hither-fs gc`` and to :meth:`reduce_size`, which keep young blobs, while the
+        hit may still read them). ``value`` is the result decoded once, when it refers to
+        no blob (its check: an entry whose value does not decode is damaged), else
+        :data:`NOT_DECODED` (its blobs were checked against their hashes instead).
+
+        A miss is None: no entry; and also an entry that is damaged - not JSON, not
+        this key's, of another function or version (``name``, ``version``, when
+        given), naming no job, or whose value does not decode or refers to blobs
+        that are missing or damaged (``hither-fs fsck`` reports those). A cache of
+        its own (``JobCache(path)``) whose directory, shard or entry someone else
+        could have written raises ``PermissionError`` instead.
+        """
+        directory = self.directory(root)
+        path = self._entry_path(directory, key)
+        if self.path is not None:  # a cache of its own: believed only if nobody else could write the entry
+            st = os.stat(directory)
+            self._check_trust(directory, st, st.st_gid)
+            try:
+                self._check_trust(os.path.dirname(path), os.stat(os.path.dirname(path)), st.st_gid)
+            except FileNotFoundError:
+                return None
+        try:
+            entry, entry_st = read_record(path)
+        except Exception:  # missing, or damaged
+            return None
+        if self.path is not None:
+            self._check_trust(path, entry_st, st.st_gid)  # the file read, by its fstat
+        return self._check_entry(root, entry, key, name, version)
+
+    def _check_entry(self, root, entry: Any, key: str, name: Optional[str],
+                     version: Optional[str]) -> Optional[Tuple[Dict[str, Any], Any]]:
+        """``(entry, value)`` if ``entry`` (as read) may answer ``key`` (see :meth:`find`), else None."""
+        if (not isinstance(entry, dict) or entry.get("key") != key
+                or not (isinstance(entry.get("job_id"), str) and is_job_id(entry["job_id"]))
+                or (name is not None and entry.get("function") != name)
+                or (version is not None and entry.get("version") != version)):
+            return None
+        if "value" not in entry:
+            error = entry.get("error")
+            return (entry, NOT_DECODED) if isinstance(error, dict) else None
+        store = self.store(root)
+        try:
+            refs = list(blob_refs(entry["value"]))
+            if not refs:
+                return entry, decode(entry["value"], store)
+            for sha1, ext in refs:
+                # made young first, then checked: a blob gc removes meanwhile is a miss
+                if not store.refresh(sha1, ext):
+                    return None
+                store.verified_path(sha1, ext)
+        except Exception:
+            return None
+        return entry, NOT_DECODED
+
+    def _check_trust(self, path: str, st: os.stat_result, gid: int) -> None:
+        """Raise ``PermissionError`` if someone else could have written ``path`` (see
+        :func:`~hither_fs.trust.cache_entry_reason`). The verdict depends only on the
+        owner, group and mode: remembered for each, so a lookup pays a ``stat``, not
+        the user and group look-ups."""
+        facts = (path, st.st_uid, st.st_gid, st.st_mode, gid)
+        if facts not in _trusted:
+            _refuse_if(cache_entry_reason(path, st, gid), self.path or path)
+            if len(_trusted) > 10000:
+                _trusted.clear()
+            _trusted.add(facts)
+
     def record(self, root, key: str, spec: Dict[str, Any], outcome: Dict[str, Any], is_error: bool,
                replace: bool = False) -> bool:
         """Write the entry for a finished job; return whether this call wrote it.
 
         An entry is written once per key (concurrent writers: the first wins),
-        except that a result replaces a cached error or an unreadable entry, and
-        ``replace`` (a ``force_run`` job) replaces whatever was there.
+        except that a result replaces a cached error or a damaged entry (one that
+        :meth:`find` takes for a miss), and ``replace`` (a ``force_run`` job)
+        replaces whatever was there.
         """
         directory = self.directory(root)
         path = self._entry_path(directory, key)
         if os.path.exists(path) and not replace:
+            if is_error:
+                return False
             try:
                 existing = read_json(path)
             except CorruptFileError:
                 existing = None
-            if is_error or (isinstance(existing, dict) and "value" in existing):
+            found = self._check_entry(root, existing, key, spec["function"]["name"], spec["function"]["version"])
+            if found is not None and "value" in found[0]:
                 return False
             replace = True  # a result in place of an error or damage
         entry = {"key": key, "function": spec["function"]["name"], "version": spec["function"]["version"],
@@ -188,7 +280,7 @@ class JobCache:
         if is_error:
             entry["error"] = outcome
         else:
-            self._copy_blobs(root.store, self.store(root), outcome["value"])
+            self._copy_blobs(root.store, self.store(root), outcome["value"], repair=replace)
             entry["value"] = outcome["value"]
         tmp = temp_name(path)
         with_parents(lambda: write_new(tmp, dumps(entry)), os.path.dirname(path))
@@ -203,15 +295,26 @@ class JobCache:
         finally:
             remove_quietly(tmp)
 
-    def _copy_blobs(self, src: Store, dst: Store, value: Any) -> None:
+    def copy_blobs_to(self, root, value: Any) -> None:
+        """Make the blobs of a result of this cache present in the root's store."""
+        self._copy_blobs(self.store(root), root.store, value)
+
+    def _copy_blobs(self, src: Store, dst: Store, value: Any, repair: bool = False) -> None:
+        """Make the blobs of ``value`` present in ``dst``; ``repair``: replace those that are
+        there but damaged (the entry being replaced was a miss for it)."""
         for sha1, ext in blob_refs(value):
             if src.path == dst.path:
                 # about to be recorded again: made young to hither-fs gc first, then checked
                 if not src.refresh(sha1, ext):
                     raise BlobMissingError("blob {} is missing from the store at {}".format(sha1, src.path))
                 src.verified_path(sha1, ext)
-            else:
-                dst.copy_blob_from(src, sha1, ext)
+                continue
+            if repair and dst.has(sha1, ext):
+                try:
+                    dst.verified_path(sha1, ext)
+                except (CorruptFileError, BlobMissingError, OSError):
+                    remove_quietly(dst.blob_path(sha1, ext))
+            dst.copy_blob_from(src, sha1, ext)
 
     def reduce_size(self, bytes_limit: Any = None, items_limit: Optional[int] = None, age_limit: Any = None,
                     root=None) -> Tuple[int, int]:

@@ -5,6 +5,7 @@ so a forbidden value fails before anything about the job is written. Then the
 cache is consulted, the job is written with its spec, and its handler is told.
 """
 
+import datetime
 import getpass
 import inspect
 import json
@@ -17,24 +18,25 @@ import time
 import warnings
 from collections.abc import Iterable, Mapping
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from . import environment, progress, protocol
-from .cache import JobCache, cache_key, code_hash
+from .cache import NOT_DECODED, JobCache, cache_key, code_hash
 from .codeenv import CodeEnvError, capture, capture_source
 from .config import Config
 from .errors import CodeChangedWarning
 from .containers import is_pulled, requested_runtime
 from .docker import image_reference
+from .gc import MIN_GRACE_SECONDS
 from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .slurm import SlurmJobHandler, served_queues
 from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
 from .root import Root, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
-from .runtime.files import CorruptFileError
-from .runtime.layout import check_queue_name, host_label, is_job_id
-from .runtime.serialization import TAG, encode, set_default_store
+from .runtime.files import RECORD_LIMIT, CorruptFileError, read_record, read_text_tail
+from .runtime.layout import Layout, check_queue_name, host_label
+from .runtime.serialization import TAG, decode, encode, set_default_store
 from .shipping import ShipError
 
 log = logging.getLogger("hither_fs.submit")
@@ -157,8 +159,11 @@ class _Batch:
             except TypeError as exc:
                 raise TypeError("{}: {}{}".format(self.what, where, exc)) from None
 
-    def prepare(self, kwargs: Dict[str, Any], where: str) -> Tuple[Dict[str, Any], Dict[str, Job]]:
-        """A job's spec (without its id), checked: nothing is written but store blobs."""
+    def prepare(self, kwargs: Dict[str, Any], where: str) -> "_Item":
+        """A job's spec (without its id), checked, and the cache's answer: nothing is written
+        but store blobs. A cache hit is answered here, by its entry alone (see :class:`CacheHit`):
+        its spec is not made unless asked for, and the handler, which runs nothing for it, is
+        not asked to check it."""
         self._check_args(kwargs, where)
         root = self.root
         upstream: Dict[str, Job] = {}
@@ -174,20 +179,72 @@ class _Batch:
 
         args = {name: encode(value, root.store, "{}argument {!r}".format(where, name), encode_job)
                 for name, value in kwargs.items()}
+        fn = self.fn
+        key = cache_key(fn.name, fn.version, args, {uid: _key_of(job) for uid, job in upstream.items()})
+        answer = None
+        if self.cache is not None and not self.cfg["force_run"]:
+            answer = self._answer(key, args, upstream)
+            if isinstance(answer, CacheHit):
+                return {"key": key, "id": answer.id}, upstream, answer
+        spec = self._spec(args, upstream, now_iso(), key)
+        if answer is _RERUN:
+            spec["cache"]["replace"] = True  # code_change="rerun": its result takes the entry's place
+        self.handler.check(spec)
+        return spec, upstream, answer
+
+    def _ensure_template(self) -> Dict[str, Any]:
+        """The spec fields every job of this call shares, made (with their JSON) at first use."""
         if self.template is None:
             template = self._template()
             last = _last_encoder.get("encoder")
             if last is None or last.template != template:  # the same as the last call's: its JSON is made
                 last = _last_encoder["encoder"] = _SpecEncoder(template)
             self.template, self.encoder = last.template, last
-        fn = self.fn
-        spec = dict(self.template)
-        spec.update(args=args, upstream=sorted(upstream), created=now_iso(),
-                    key=cache_key(fn.name, fn.version, args, {uid: job.spec["key"] for uid, job in upstream.items()}))
+        return self.template
+
+    def _spec(self, args: Dict[str, Any], upstream: Any, created: str, key: str) -> Dict[str, Any]:
+        spec = dict(self._ensure_template())
+        spec.update(args=args, upstream=sorted(upstream), created=created, key=key)
         if self.cache is not None:
             spec["cache"] = dict(spec["cache"])  # its own: "replace" may change for this job alone
-        self.handler.check(spec)
-        return spec, upstream
+        return spec
+
+    def _answer(self, key: str, args: Dict[str, Any], upstream: Dict[str, Job]) -> Any:
+        """What the cache says of ``key``: a :class:`CacheHit`; :data:`_RERUN` for an entry
+        computed by other code when ``code_change`` is ``"rerun"``; None (run it, or attach
+        to the job computing it) for a miss, or a cached error with ``rerun_failing``."""
+        fn, cache, cfg, root = self.fn, self.cache, self.cfg, self.root
+        found = None if cache is None else cache.find(root, key, fn.name, fn.version)
+        if cache is None or found is None:
+            return None
+        entry, value = found
+        if entry.get("code") is not None and cfg["code_change"] != "ignore":
+            if not _same_code(entry, self._code(), fn.name, fn.version, cfg["code_change"], stacklevel=6):
+                return _RERUN
+        if "value" not in entry and cfg["rerun_failing"]:
+            return None
+        if entry.get("root") == root.path:
+            _hand_out(root, entry["job_id"])
+        created = time.time()
+
+        def spec(job_id: str, from_cache: Dict[str, Any]) -> Dict[str, Any]:
+            made = self._spec(args, upstream, _iso(created), key)
+            made.update(id=job_id, from_cache=from_cache)
+            return made
+        return CacheHit(root, self.handler, cache, entry, value, spec, fn.name, fn.version, cfg["label"])
+
+    def _code(self) -> Optional[str]:
+        """What identifies the function's code now (see :func:`hither_fs.cache.code_hash`), for a
+        cache hit: a container job's code environment (the spec's template is made for it), else
+        the sha1 of its source as this process first stored it (see
+        :func:`hither_fs.codeenv.capture_source`), once per code object (a reload makes a new one)."""
+        fn, root = self.fn, self.root
+        if _container_image(fn, self.cfg["container"]):
+            return code_hash(self._ensure_template())
+        code = fn.__wrapped__.__code__
+        if code not in _code_now:
+            _code_now[code] = _source(fn, root, self.handler)
+        return _code_now[code]
 
     def _template(self) -> Dict[str, Any]:
         fn, cfg, root, handler = self.fn, self.cfg, self.root, self.handler
@@ -220,25 +277,22 @@ class _Batch:
             _prepare_container_job(fn, root, template, cfg)
         return template
 
-    def write(self, item: Tuple[Dict[str, Any], Dict[str, Job]]) -> Tuple[Job, bool]:
-        """Put one prepared job in the root, or find it in the cache (then True)."""
-        spec, _ = item
-        cached = False
-        root, handler, cache, cfg, encoder = self.root, self.handler, self.cache, self.cfg, self.encoder
-        if cache is not None and not cfg["force_run"]:
-            entry = cache.lookup(root, spec["key"])
-            if entry is not None and not _same_code(entry, spec, cfg["code_change"], stacklevel=5):
-                spec["cache"]["replace"] = True  # code_change="rerun": its result takes the entry's place
-                job = _create(root, spec, handler, encoder)
-            elif entry is not None and ("value" in entry or not cfg["rerun_failing"]):
-                job, cached = _job_from_cache(root, cache, entry, spec, handler, encoder), True
-            else:
-                job = _create_once(root, cache, spec, handler, encoder)
+    def write(self, item: "_Item") -> Tuple[Job, bool]:
+        """Put one prepared job in the root, or answer it from the cache (then True)."""
+        spec, upstream, answer = item
+        if isinstance(answer, CacheHit):
+            return answer, True
+        root, handler, cache, encoder = self.root, self.handler, self.cache, self.encoder
+        for job in upstream.values():
+            if isinstance(job, CacheHit):
+                job.keep()  # its worker reads it from the root
+        if cache is not None and not self.cfg["force_run"] and answer is not _RERUN:
+            job = _create_once(root, cache, spec, handler, encoder)
         else:
             job = _create(root, spec, handler, encoder)
-        return job, cached
+        return job, isinstance(job, CacheHit)
 
-    def finish(self, jobs: List[Tuple[Job, bool]], items: List[Tuple[Dict[str, Any], Dict[str, Job]]]) -> None:
+    def finish(self, jobs: List[Tuple[Job, bool]], items: "List[_Item]") -> None:
         """Remember the jobs written (``hi.wait()``, Ctrl-C) and tell the handler about those
         it runs: once for the built-in handlers (they look at the queue, not at the job),
         once per job for any other."""
@@ -246,7 +300,7 @@ class _Batch:
         cancellable = cfg["cancel_on_interrupt"] and not cfg["detach"]
         todo: List[Job] = []
         with _jobs_lock:
-            for (job, cached), (spec, _) in zip(jobs, items):
+            for (job, cached), (spec, _, _) in zip(jobs, items):
                 _jobs.append(job)  # before the handler acts: if that fails, hi.wait() still knows the job
                 if not cached and job.id == spec.get("id") and cancellable:
                     if _cancellable["pid"] != os.getpid():
@@ -359,22 +413,23 @@ def _source(fn, root: Root, handler) -> Optional[str]:
 _warned_code_change: set = set()
 
 
-def _same_code(entry: Dict[str, Any], spec: Dict[str, Any], policy: str, stacklevel: int = 4) -> bool:
-    """Whether a cache entry may answer this job: False only when it was computed by other
-    code of the same version and ``policy`` is ``"rerun"``. ``"warn"`` says so once per function."""
-    then, now = entry.get("code"), code_hash(spec)
+def _same_code(entry: Dict[str, Any], now: Optional[str], name: str, version: str, policy: str,
+               stacklevel: int = 5) -> bool:
+    """Whether a cache entry may answer a job of the function whose code is ``now``: False only
+    when it was computed by other code of the same version and ``policy`` is ``"rerun"``.
+    ``"warn"`` says so once per function."""
+    then = entry.get("code")
     if then is None or now is None or then == now or policy == "ignore":
         return True
     if policy == "rerun":
         return False
-    name = spec["function"]["name"]
     if name not in _warned_code_change:
         _warned_code_change.add(name)
         warnings.warn(
             "hither function {!r} version {}: the cached result was computed from another version of the file "
             "that defines it (any change to that file counts, not only to the function). Bump the version when "
             "a change alters results, or choose with hi.Config(code_change='rerun' | 'ignore')".format(
-                name, spec["function"]["version"]),
+                name, version),
             CodeChangedWarning, stacklevel=stacklevel)
     return True
 
@@ -430,11 +485,16 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
         spec["id"] = new_job_id()
         protocol.publish(root, spec, encoder(spec) if encoder else None)
         if cache.claim_in_flight(root, key, n + 1, spec["id"]):
-            entry = cache.lookup(root, key)  # finished just now, by the job of the marker before?
-            if entry is not None and "value" in entry:
+            # finished just now, by the job of the marker before?
+            found = cache.find(root, key, spec["function"]["name"], spec["function"]["version"])
+            if found is not None and "value" in found[0]:
                 protocol.withdraw(root, spec["id"])
                 cache.release_in_flight(root, key, spec["id"])
-                return _job_from_cache(root, cache, entry, spec, handler, encoder)
+                if found[0].get("root") == root.path:
+                    _hand_out(root, found[0]["job_id"])
+                return CacheHit(root, handler, cache, found[0], found[1],
+                                lambda job_id, from_cache: dict(spec, id=job_id, from_cache=from_cache),
+                                spec["function"]["name"], spec["function"]["version"], spec.get("label"))
             protocol.release(root, spec)
             return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])
@@ -467,30 +527,190 @@ def _can_attach(root: Root, holder: str, state: Dict[str, Any], queue: str) -> b
         return False
 
 
-def _job_from_cache(root: Root, cache: JobCache, entry: Dict[str, Any], spec: Dict[str, Any], handler,
-                    encoder: "Optional[_SpecEncoder]" = None) -> Job:
-    """A finished job for a cache hit: the original job when it is in this root,
-    otherwise a new job record holding the cached outcome (no function runs)."""
-    wanted = Status.FINISHED if "value" in entry else Status.ERROR
-    original = entry.get("job_id")
-    if entry.get("root") == root.path and is_job_id(original):
-        try:
-            if protocol.read_state(root, original).get("status") == wanted and protocol.mark_used(root, original):
-                return Job(original, root, handler)
-        except (OSError, CorruptFileError):
-            pass
-    job_id = new_job_id()
-    spec.update(id=job_id, from_cache={"key": entry["key"], "job_id": original, "root": entry.get("root"),
-                                       "cache": cache.path or "root"})
-    now = now_iso()
-    state = {"status": wanted.value, "attempt": 0, "queue": spec["queue"], "submitted": now, "finished": now,
-             "cached": True}
-    if wanted == Status.FINISHED:
-        state["result"] = {"value": entry["value"]}
-    else:
-        state["error"] = entry["error"]
-    protocol.submit_final(root, spec, state, encoder(spec) if encoder else None)
-    return Job(job_id, root, handler)
+class CacheHit(Job):
+    """The job a cache hit answers with: the job that computed the cached outcome, known
+    from the cache entry alone. A hit costs one read of the entry and writes nothing.
+
+    Its id is that job's id (the entry's ``job_id``). With ``JobCache()`` the job is in
+    this root, so the hit *is* that job, as ``hi.get_job(id)`` and ``hither-fs show`` see
+    it; with a lab cache ``JobCache(path)`` it may be in another root (the entry's, which
+    ran it). Either way the hit's status (``finished``, or ``error`` for a cached error),
+    result and error come from the entry, held in memory: ``wait()``, ``result()``,
+    ``done()`` and the other ``Future`` methods answer at once, without reading the root;
+    a result that refers to no blob was decoded, and so checked, as the entry was read;
+    a result's arrays and files are read from the cache's store (checked against their
+    hashes when the entry was read, and again as they are read). ``get_runtime_info()``
+    and ``get_console_output()`` are those of the run that computed it, read from its
+    job's directory in the entry's root while that is there (else empty); ``cancel()``
+    is False, as for any job that has ended; the hit is not this process's to cancel on
+    Ctrl-C, and its handler is not told of it.
+
+    A record is written in this root only when something needs one: when the hit is an
+    input of a job that is not itself a hit (that job's worker reads its upstream results
+    from the root), or ``set_label()`` labels it (:meth:`keep`). If the root holds the
+    job, it is then made young to ``hither-fs gc`` (handed out again); if not (a lab
+    cache's entry, or a job gc removed), a final job of that id is put in with the cached
+    outcome, ``from_cache`` in its spec and the result's blobs in the root's store - once
+    per root, as every later hit of the entry finds it there. So until then a hit from a
+    lab cache is not in ``hither-fs ls`` of this root (it ran nothing here), and
+    ``hi.get_job(id)`` in another process finds it only in the root that ran it.
+    """
+
+    def __init__(self, root: Root, handler: Any, cache: JobCache, entry: Dict[str, Any], value: Any,
+                 make_spec: Callable[[str, Dict[str, Any]], Dict[str, Any]], name: str, version: str,
+                 label: Optional[str]):
+        super().__init__(entry["job_id"], root, handler)
+        self.key: str = entry["key"]
+        self._cache, self._store = cache, cache.store(root)
+        self._origin = entry.get("root") if isinstance(entry.get("root"), str) else None
+        self._make_spec, self._name, self._version, self._label = make_spec, name, version, label
+        self._value = value  # the result decoded once as the entry was read (NOT_DECODED: not yet)
+        self._lock = threading.Lock()
+        self._kept = False
+        self._ran: Optional[Dict[str, Any]] = None  # the state of the run that computed it
+        outcome: Dict[str, Any] = {
+            "status": Status.FINISHED.value if "value" in entry else Status.ERROR.value, "attempt": 0, "cached": True,
+            "from_cache": {"key": self.key, "job_id": self.id, "root": self._origin, "cache": cache.path or "root"}}
+        if "value" in entry:
+            outcome["result"] = {"value": entry["value"]}
+        else:
+            outcome["error"] = entry["error"]
+        self._outcome = self._final = outcome  # a final state: Job answers from it, never reading the root
+
+    # -- what it is ---------------------------------------------------------------
+
+    @property
+    def function_name(self) -> str:
+        return self._name
+
+    def get_function_version(self) -> str:
+        return self._version
+
+    @property
+    def spec(self) -> Dict[str, Any]:
+        """The job's spec in this root, or - while it has no record here - the spec it would be
+        recorded with (this submission's, with ``from_cache``)."""
+        if self._spec is None:
+            if protocol.job_exists(self.root, self.id):
+                self._spec = protocol.read_spec(self.root, self.id)
+            else:
+                self._spec = self._make_spec(self.id, self._outcome["from_cache"])
+        return self._spec
+
+    def get_label(self) -> str:
+        if protocol.job_exists(self.root, self.id):
+            return super().get_label()
+        return self._label or self._name
+
+    # -- its outcome, from the entry ------------------------------------------------
+
+    def get_result(self) -> Any:
+        final = self._outcome
+        if "result" not in final:
+            raise self._error(final)
+        with self._lock:
+            value, self._value = self._value, NOT_DECODED
+        if value is NOT_DECODED:
+            return decode(final["result"]["value"], self._store)
+        return value
+
+    def cancel(self) -> bool:
+        return False  # it has ended
+
+    # -- the run that computed it -------------------------------------------------
+
+    def _run_state(self) -> Dict[str, Any]:
+        """The state of the job that computed the outcome, in the entry's root ({} if gone)."""
+        if self._ran is None:
+            ran: Dict[str, Any] = {}
+            if self._origin is not None and os.path.isabs(self._origin):
+                try:
+                    ran, _ = read_record(Layout(self._origin).state_file(self.id), limit=RECORD_LIMIT)
+                except Exception:  # gone, unreadable or damaged: nothing to tell
+                    ran = {}
+                if not isinstance(ran, dict) or ran.get("status") != self._outcome["status"]:
+                    ran = {}
+            self._ran = ran
+        return self._ran
+
+    def get_runtime_info(self) -> Dict[str, Any]:
+        """Host, pid, start and end, wall and CPU seconds, peak memory of the run that computed
+        the outcome (empty when its job's directory is gone, or cannot be read from here)."""
+        return dict(self._run_state().get("runtime") or {})
+
+    def get_console_output(self) -> Dict[str, str]:
+        """The console output of the run that computed the outcome (empty when gone)."""
+        ran, out = self._run_state(), {}
+        for name in ("stdout", "stderr"):
+            size = (ran.get("console") or {}).get(name)  # (a state is read only from an origin that is a path)
+            out[name] = read_text_tail(Layout(str(self._origin)).job_file(self.id, name + ".txt")) if size else ""
+        return out
+
+    # -- a record in the root, when needed ----------------------------------------
+
+    def set_label(self, label: str) -> "Job":
+        self.keep()
+        return super().set_label(label)
+
+    def keep(self) -> None:
+        """Make sure this root holds the job (see the class docstring): made young to gc if
+        it is there, put in as a final job with the cached outcome if not."""
+        with self._lock:
+            if self._kept:
+                return
+            root = self.root
+            if not (protocol.job_exists(root, self.id) and protocol.mark_used(root, self.id)):
+                final = self._outcome
+                if "result" in final:
+                    self._cache.copy_blobs_to(root, final["result"]["value"])
+                spec = self._spec if self._spec is not None else self._make_spec(self.id, final["from_cache"])
+                now = now_iso()
+                state = dict(final, queue=spec["queue"], submitted=now, finished=now)
+                try:
+                    protocol.submit_final(root, spec, state)
+                except OSError:
+                    if not protocol.job_exists(root, self.id):  # else: put in by another hit just now
+                        raise
+            self._kept = True
+
+
+#: A cache hit answered with a job of this root makes that job young to ``hither-fs gc`` again
+#: (:func:`hither_fs.protocol.mark_used`: gc keeps a job handed out again) when it is older than
+#: this, in seconds: so a job hit again and again is touched at most this often, not at each
+#: hit. Half gc's shortest grace period: any job gc may remove is made young, with minutes to
+#: spare for a node whose clock is behind the file system's.
+HAND_OUT_AFTER = MIN_GRACE_SECONDS / 2
+
+
+def _hand_out(root: Root, job_id: str) -> None:
+    """A cache hit hands out ``job_id`` of this root again: one ``stat``, and a ``utime`` if
+    the job is older than :data:`HAND_OUT_AFTER` (nothing if gc removed it: the hit is
+    answered from its entry all the same)."""
+    try:
+        mtime = os.stat(root.layout.state_file(job_id)).st_mtime
+    except OSError:
+        return
+    if time.time() - mtime > HAND_OUT_AFTER:
+        protocol.mark_used(root, job_id)
+
+
+def _key_of(job: Job) -> str:
+    """A job's cache key (a cache hit knows its own without reading a spec)."""
+    return job.key if isinstance(job, CacheHit) else job.spec["key"]
+
+
+def _iso(t: float) -> str:
+    """:func:`hither_fs.root.now_iso` of the time ``t``."""
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+#: What :meth:`_Batch.prepare` makes of one job: its spec, its upstream jobs, and the cache's
+#: answer (a :class:`CacheHit`, :data:`_RERUN`, or None).
+_Item = Tuple[Dict[str, Any], Dict[str, Job], Any]
+#: The cache's answer for an entry computed by other code, with ``code_change="rerun"``.
+_RERUN = object()
+#: A function's code object -> the sha1 of its source, for the code check of cache hits.
+_code_now: Dict[Any, Optional[str]] = {}
 
 
 def wait(timeout: Optional[float] = None) -> None:

@@ -341,9 +341,10 @@ def test_a_scratch_directory_someone_else_could_use_is_refused(root, tmp_path):
 
 
 def test_a_cache_hit_makes_its_old_job_young_again(root, tmp_path):
-    """A hit answered with an old job of this root (or with a blob linked from an old lab
-    cache) makes it young, so a gc running meanwhile keeps it; a live job whose state
-    cannot be read keeps its argument blobs."""
+    """A hit answered with an old job of this root (or with an old blob of a lab cache)
+    makes it young, so a gc running meanwhile keeps it; a lab cache's hit used as an input
+    links its blob into the root, young; a live job whose state cannot be read keeps its
+    argument blobs."""
     cache = hi.JobCache()
     with hi.Config(job_cache=cache):
         job = echo.run(x=np.arange(9.0))
@@ -356,14 +357,18 @@ def test_a_cache_hit_makes_its_old_job_young_again(root, tmp_path):
     assert np.array_equal(again.wait(), np.arange(9.0))
     lab = hi.JobCache(str(tmp_path / 'lab'))
     with hi.Config(job_cache=lab):
-        echo.run(x=np.arange(4.0)).wait()
+        add.run(x=np.arange(4.0), y=1.0).wait()
     for dirpath, _, names in os.walk(os.path.join(lab.path, 'store')):
         for name in names:
             os.utime(os.path.join(dirpath, name), (time.time() - 40 * DAY,) * 2)
     other = hi.Root(str(tmp_path / 'other'))
     with hi.Config(root=other.path, job_cache=lab):
-        hit = echo.run(x=np.arange(4.0))
+        hit = add.run(x=np.arange(4.0), y=1.0)
     [key] = blob_keys(hit.get_state()['result']['value'])
+    assert time.time() - os.stat(os.path.join(lab.path, 'store', key)).st_mtime < 600  # young in the lab cache
+    assert not present(other, key)  # read from there: a hit writes nothing in the root
+    with hi.Config(root=other.path, job_cache=lab):
+        assert np.array_equal(echo.run(x=hit).wait(), np.arange(4.0) + 1)  # an input: recorded in the root
     assert time.time() - os.stat(os.path.join(other.layout.store, key)).st_mtime < 600  # linked, and young
     with hi.Config(job_handler=QueueOnly('gc-damaged')):
         live = echo.run(x=np.arange(6.0))
