@@ -40,6 +40,10 @@ LOCAL_TYPES = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs
 
 log = logging.getLogger("hither_fs.dirwatch")
 
+#: The most directories this process watches at once (the user's limit is shared with
+#: every other program: editors watch files too). More jobs waited for at once are polled.
+MAX_WATCHES = 1024
+
 _libc: Optional[ctypes.CDLL] = None
 _local: Dict[str, bool] = {}
 
@@ -120,6 +124,8 @@ class Watches:
 
     def subscribe(self, path: str, wake: Callable[[], None]) -> Optional[Subscription]:
         with self._lock:
+            if len(self._subs) >= MAX_WATCHES:
+                return None
             wd = self._libc.inotify_add_watch(self.fd, os.fsencode(path), EVENTS)
             if wd < 0:
                 return None  # gone, or this user's limit of watches reached: the caller polls
