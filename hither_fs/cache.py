@@ -5,7 +5,10 @@ version and arguments, where arrays and files count by their content hash and
 upstream jobs by their own key (so a whole pipeline is recognised before any
 of it runs). An entry is one JSON file, ``<dir>/ab/<key>.json``, holding
 the encoded result; arrays and files it refers to live in the cache's store
-(the root's own store for ``JobCache()``).
+(the root's own store for ``JobCache()``). A hit reads that one file
+(:meth:`JobCache.find`) and writes nothing: the job it answers with is
+:class:`hither_fs.submit.CacheHit`. A damaged entry is a miss, and the next
+result of its key replaces it.
 
 Two submitters of the same job at the same time - on one node or on several,
 with or without working file locks - get one execution: the first to create

@@ -2,7 +2,9 @@
 
 Arguments are checked and encoded first (arrays and files into the store),
 so a forbidden value fails before anything about the job is written. Then the
-cache is consulted, the job is written with its spec, and its handler is told.
+cache is consulted: a hit is answered from its entry alone, by a
+:class:`CacheHit` (nothing is written, the handler is not told); otherwise the
+job is written with its spec, and its handler is told.
 """
 
 import datetime
@@ -616,6 +618,12 @@ class CacheHit(Job):
 
     def cancel(self) -> bool:
         return False  # it has ended
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        return self.get_result()  # (it has ended: no Future machinery to set up)
 
     # -- the run that computed it -------------------------------------------------
 

@@ -254,3 +254,14 @@ def test_the_key_is_the_sha1_of_the_canonical_form():
         text = json.dumps({'function': 'fn', 'version': '1.0', 'args': canon}, sort_keys=True, separators=(',', ':'),
                           allow_nan=True)
         assert cache_key('fn', '1.0', args, upstream) == hashlib.sha1(text.encode('utf-8')).hexdigest()
+
+
+def test_map_answers_hits_and_runs_the_rest(root_path, tmp_path):
+    log = str(tmp_path / 'log')
+    with hi.Config(job_cache=hi.JobCache()):
+        counted.run(x=1, log=log).wait()
+        jobs = counted.map([dict(x=x) for x in (1, 2, 1, 3)], log=log)
+        assert [isinstance(job, CacheHit) for job in jobs] == [True, False, True, False]
+        assert [job.result() for job in jobs] == [2, 4, 2, 6]
+        hi.wait()
+    assert sorted(runs(log)) == ['1', '2', '3']
