@@ -191,7 +191,8 @@ def _outcome_parts(outcome: Any) -> Tuple[Optional[Dict[str, Any]], Optional[Dic
 
 class Attempt:
     """One run of a claimed job: in a warm runner of ``runners`` (a job without a
-    container, when the worker has runners), else in a forked child of its own."""
+    container, when the worker has runners, unless its spec asks for a
+    ``fresh_process``), else in a forked child of its own."""
 
     def __init__(self, root: Root, claim: Claim, worker_id: str, scratch_base: str,
                  runners: Optional[RunnerPool] = None):
@@ -224,7 +225,7 @@ class Attempt:
                 preload(spec["function"], self.root.store)
             except Exception:
                 pass  # the job's own process meets it again, and fails the job with it
-            if self.runners is not None:
+            if self.runners is not None and not spec.get("fresh_process"):
                 self.runner = self.runners.acquire(spec)
                 self.pid = self.runner.pid
                 self.scratch = self.runner.scratch

@@ -28,6 +28,7 @@ DEFAULTS: Dict[str, Any] = {
     "cache_failing": False,  # also cache errors
     "rerun_failing": False,  # a cached error is run again instead of returned
     "job_timeout": None,     # seconds; the job is killed after that
+    "fresh_process": False,  # True: each job in a new process of its own, not its worker slot's warm runner
     "max_attempts": 3,       # tries when a worker running the job is lost
     "job_resources": None,   # e.g. {"cpus": 4, "memory_gb": 8}: what one job needs (Slurm handlers)
     "root": None,            # the root directory; None: $HITHER_FS_ROOT or ~/.hither_fs
@@ -57,7 +58,8 @@ class Config:
     each function's ``@hi.container`` image, or an image for every job. job_cache: a
     ``hi.JobCache``. force_run: run even when the cache has the result. cache_failing,
     rerun_failing: also cache errors / run a cached error again. job_timeout: seconds
-    until a job is killed. max_attempts: runs of a job whose worker is lost.
+    until a job is killed. fresh_process: each job in a new process of its own (not a
+    worker slot's warm runner). max_attempts: runs of a job whose worker is lost.
     job_resources: e.g. ``{'cpus': 4, 'memory_gb': 8}``. root: the root directory (None:
     ``$HITHER_FS_ROOT``, else ``~/.hither_fs``). label: recorded with each job.
     code_change: 'warn', 'rerun' or 'ignore' a cache hit from other code.
@@ -72,7 +74,8 @@ class Config:
 
     def __init__(self, job_handler=_D["job_handler"], container=_D["container"], job_cache=_D["job_cache"],
                  force_run=_D["force_run"], cache_failing=_D["cache_failing"], rerun_failing=_D["rerun_failing"],
-                 job_timeout=_D["job_timeout"], max_attempts=_D["max_attempts"], job_resources=_D["job_resources"],
+                 job_timeout=_D["job_timeout"], fresh_process=_D["fresh_process"], max_attempts=_D["max_attempts"],
+                 job_resources=_D["job_resources"],
                  root=_D["root"], label=_D["label"], code_change=_D["code_change"],
                  container_runtime=_D["container_runtime"], container_network=_D["container_network"],
                  progress=_D["progress"], cancel_on_interrupt=_D["cancel_on_interrupt"], detach=_D["detach"],
@@ -80,7 +83,8 @@ class Config:
         _hither_options(hither_options)
         given = dict(job_handler=job_handler, container=container, job_cache=job_cache,
                      force_run=force_run, cache_failing=cache_failing, rerun_failing=rerun_failing,
-                     job_timeout=job_timeout, max_attempts=max_attempts, job_resources=job_resources,
+                     job_timeout=job_timeout, fresh_process=fresh_process, max_attempts=max_attempts,
+                     job_resources=job_resources,
                      root=root, label=label, code_change=code_change,
                      container_runtime=container_runtime, container_network=container_network,
                      progress=progress, cancel_on_interrupt=cancel_on_interrupt, detach=detach)
@@ -160,6 +164,8 @@ def _check(options: Dict[str, Any]) -> None:
     if runtime is not None and runtime not in CONTAINER_RUNTIMES:
         raise ValueError("container_runtime must be 'singularity' (Apptainer), 'docker' or None, not {!r}"
                          .format(runtime))
+    if not isinstance(options.get("fresh_process", False), bool):
+        raise ValueError("fresh_process must be True or False, not {!r}".format(options["fresh_process"]))
     if not isinstance(options.get("container_network", False), bool):
         raise ValueError("container_network must be True or False, not {!r}".format(options["container_network"]))
     if not isinstance(options.get("progress"), (bool, type(None))):

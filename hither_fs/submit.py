@@ -275,6 +275,8 @@ class _Batch:
             "cwd": os.getcwd(),
             "chdir": True,
         }
+        if cfg["fresh_process"]:
+            template["fresh_process"] = True  # (not in other specs: they run in a warm runner)
         if template["container"]:
             _prepare_container_job(fn, root, template, cfg)
         return template

@@ -3,8 +3,6 @@ process (hither_fs.runners, hither_fs.runtime.runner), and each job still gets
 its own console, CPU time, peak memory, environment and working directory;
 whatever a job leaves behind that cannot be undone retires the runner."""
 
-import os
-
 import psutil
 import pytest
 
@@ -107,3 +105,17 @@ def test_a_timeout_kills_the_runner_and_the_next_job_gets_a_new_one(root_path, p
         with pytest.raises(hi.JobError, match='job_timeout'):
             slow.wait()
         assert where.run(x=1).wait()['pid'] != first
+
+
+def test_fresh_process_gives_each_job_a_process_of_its_own(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        warm = where.run(x=0).wait()
+        with hi.Config(fresh_process=True):
+            fresh = [where.run(x=i).wait() for i in (1, 2)]
+    assert len({warm['pid'], fresh[0]['pid'], fresh[1]['pid']}) == 3
+    assert [f['calls'] for f in fresh] == [1, 1]  # nothing of an earlier job's module state
+
+
+def test_fresh_process_must_be_a_bool():
+    with pytest.raises(ValueError, match='fresh_process must be True or False'):
+        hi.Config(fresh_process='yes')
