@@ -217,3 +217,38 @@ def test_a_result_is_hashed_as_it_is_written_an_argument_before(store):
     assert np.array_equal(store.get_array(tag['sha1']), array)
     with open(path, 'rb') as f:
         assert f.read() == saved(array)
+
+
+def test_each_way_hashes_the_bytes_once(store, monkeypatch):
+    """What is left of the cost of a big array is sha1 itself: the writer hashes the bytes once
+    (naming the blob), the reader once (checking it), never twice."""
+    hashed = []
+    real = hashlib.sha1
+
+    class Counting:
+        def __init__(self, data=b''):
+            self._sha1 = real()
+            self.update(data)
+
+        def update(self, data):
+            hashed.append(memoryview(data).nbytes)
+            self._sha1.update(data)
+
+        def hexdigest(self):
+            return self._sha1.hexdigest()
+
+    array = np.arange(30000.0).reshape(100, 300)
+    size = len(saved(array))
+    monkeypatch.setattr(store_module.hashlib, 'sha1', Counting)
+    sha1 = store.put_array(array, skip_if_present=False)  # a result: hashed as it is written
+    assert sum(hashed) == size
+    hashed.clear()
+    assert np.array_equal(store.get_array(sha1), array)  # checked as it is read
+    assert sum(hashed) == size
+    os.unlink(store.blob_path(sha1, '.npy'))
+    hashed.clear()
+    assert store.put_array(array) == sha1  # an argument: hashed first, then written without hashing again
+    assert sum(hashed) == size
+    hashed.clear()
+    assert store.put_array(array) == sha1  # present: hashed only
+    assert sum(hashed) == size

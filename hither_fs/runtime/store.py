@@ -10,7 +10,11 @@ Big arrays take one pass each way: an array is hashed from its memory first and
 not written at all when the store has its bytes (else written once, by temp
 file and rename); a blob is read once, straight into the array it holds, and
 checked against its name as it streams (the sha1 computed in a second thread
-while the next piece is read). Neither keeps a second copy of the array.
+while the next piece is read). Neither keeps a second copy of the array. What
+stays is sha1 itself, made once by the writer (naming the blob) and once by the
+reader (checking it): about 0.57 s per GiB each on a core with SHA instructions,
+more than ``np.save`` and ``np.load`` of that GiB from the page cache take
+together (``bench/arrays.py`` prints both).
 
 Standard library and numpy only: this module also runs inside job containers.
 """
