@@ -167,8 +167,8 @@ def main():
         workdir = tempfile.mkdtemp(dir=args.dir, prefix='bench-listing-')
     root_path = os.path.join(workdir, 'root')
     try:
-        fs = (subprocess.run(['findmnt', '-no', 'FSTYPE', '-T', workdir], capture_output=True, text=True).stdout.strip()
-              or subprocess.run(['stat', '-f', '-c', '%T', workdir], capture_output=True, text=True).stdout.strip())
+        fs = (subprocess.run(['findmnt', '-no', 'FSTYPE', '-T', workdir], capture_output=True, text=True).stdout.split()
+              or [subprocess.run(['stat', '-f', '-c', '%T', workdir], capture_output=True, text=True).stdout.strip()])[0]
         if not os.path.exists(os.path.join(root_path, 'root.json')):
             seconds = build(root_path, args.jobs)
             print('built {} jobs in {} ({}) in {:.0f} s'.format(args.jobs, root_path, fs, seconds))
