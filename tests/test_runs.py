@@ -3,6 +3,7 @@ prefixes, ``hither-fs cancel`` of a whole run, label or function (real processes
 
 import json
 import os
+import time
 
 import pytest
 
@@ -143,6 +144,8 @@ def test_a_label_set_after_submission_counts_for_ls_and_gc(root_path):
     jobs = [add.run(x=i, y=0) for i in range(3)]
     for j in jobs:
         j.wait(timeout=60)
+    time.sleep(0.05)  # (ended a tick ago: kept in their shards' listing summaries, which the label must get past)
+    assert cli('ls').stdout.strip().endswith('3 jobs: 3 finished')
     jobs[1].set_label('keep-me-not')
     proc = cli('ls', '--label', 'keep-me-not', '--json')
     assert proc.returncode == 0, proc.stderr
