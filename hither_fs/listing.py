@@ -150,9 +150,17 @@ class Totals:
         self.n, self.first, self.timed, self.ms, self.start, self.end = n, first, timed, ms, start, end
 
     def add(self, row: Row) -> None:
-        seconds = row.get("seconds")
-        self.merge(Totals(1, order(row), int(seconds is not None), 0 if seconds is None else round(seconds * 1000),
-                          row.get("start"), row.get("end")))
+        seconds, start, end, first = row.get("seconds"), row.get("start"), row.get("end"), order(row)
+        self.n += 1
+        if seconds is not None:
+            self.timed += 1
+            self.ms += round(seconds * 1000)
+        if self.first is None or first < self.first:
+            self.first = first
+        if start is not None and (self.start is None or start < self.start):
+            self.start = start
+        if end is not None and (self.end is None or end > self.end):
+            self.end = end
 
     def merge(self, other: "Totals") -> None:
         self.n += other.n

@@ -271,7 +271,10 @@ def _update(root: Root, name: str, old: Optional[Shard], running: Dict[str, Any]
     fresh: List[Row] = []
     new: List[Tuple[Row, int]] = []
     for job_id in to_read:
-        mtime = _mtime(os.path.join(shard_dir, job_id))
+        try:  # (an lstat will do here: an mtime older than the records read next is only looked at again)
+            mtime: Optional[int] = os.lstat(os.path.join(shard_dir, job_id)).st_mtime_ns
+        except OSError:
+            mtime = None
         row = job_row(root, job_id, running)
         if row is None:
             continue
