@@ -33,9 +33,10 @@ own temporary file, made before the shard was looked at (on the same file
 system, by the same clock that stamps directories). A change made in the same
 tick of a coarse clock as the look could otherwise leave the mtime as it was
 (the "racy timestamp" problem); this way any change after the look gives an
-mtime that differs from the one kept. Directories are opened (not just
-``lstat``-ed) to read their mtimes: on NFS an open revalidates what the
-client has cached, as it does for the records.
+mtime that differs from the one kept. The mtimes a summary is checked by
+are read through an open of the directory, as the records are read: on NFS,
+close-to-open consistency is what a client promises for an open, not for a
+cached ``lstat``.
 
 Several processes on several nodes may write a shard's summary at once: each
 writes a temporary file and renames it into place, the last one wins, and
