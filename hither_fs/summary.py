@@ -43,7 +43,8 @@ writes a temporary file and renames it into place, the last one wins, and
 each was exact for the stamp it carries. Hand edits of a final job's records
 are not seen (the summary keeps the rows); ``hither-fs fsck`` reports such a
 summary and ``--repair`` removes it, as deleting ``summary/`` by hand does.
-``HITHER_FS_SUMMARY=0`` lists without summaries (every job's records read).
+``hither-fs gc`` brings the summaries of the shards it removed jobs from up to
+date at once (:func:`refresh`). ``HITHER_FS_SUMMARY=0`` lists without summaries (every job's records read).
 """
 
 import json
