@@ -142,12 +142,7 @@ class Job(futures.Future, Generic[T]):
         for name in ("stdout", "stderr"):
             if state["status"] in FINAL_VALUES:
                 size = (state.get("console") or {}).get(name)
-                path = os.path.join(self.directory, name + ".txt")
-                if size and not os.path.lexists(path):  # the commit is renaming it into place just now
-                    prefix = live_console_prefix(name, state.get("gen", 0), state.get("attempt", 1))
-                    live = [n for n in listdir(self.directory) if n.startswith(prefix)]
-                    path = os.path.join(self.directory, live[0]) if live else path
-                out[name] = read_text_tail(path) if size else ""
+                out[name] = self._final_console(name, state) if size else ""
             elif state["status"] == Status.RUNNING:
                 prefix = live_console_prefix(name, state.get("gen", 0), state.get("attempt", 1))
                 live = sorted(n for n in listdir(self.directory) if n.startswith(prefix))
@@ -155,6 +150,22 @@ class Job(futures.Future, Generic[T]):
             else:
                 out[name] = ""
         return out
+
+    def _final_console(self, name: str, state: Dict[str, Any]) -> str:
+        """The console output of an ended job that wrote some: ``<name>.txt`` - or, in the
+        moment its worker renames it there after publishing the final state (a waiter can
+        be that quick), its live file, read unless the rename took it away meanwhile."""
+        path = os.path.join(self.directory, name + ".txt")
+        prefix = live_console_prefix(name, state.get("gen", 0), state.get("attempt", 1))
+        for _ in range(3):
+            if os.path.lexists(path):
+                break
+            live = [os.path.join(self.directory, n) for n in listdir(self.directory) if n.startswith(prefix)]
+            if live:
+                text = read_text_tail(live[0])
+                if text or os.path.lexists(live[0]):
+                    return text
+        return read_text_tail(path)
 
     # -- outcome ---------------------------------------------------------------
 
@@ -205,6 +216,12 @@ class Job(futures.Future, Generic[T]):
                 if status in FINAL_VALUES:
                     return status
                 now = time.monotonic()
+                look_again = False
+                if changed is None:  # watched from now on where inotify serves (then looked at once more)
+                    changed = threading.Event()
+                    if dirwatch.is_local(self.root.path):
+                        subscription = dirwatch.subscribe(self.directory, changed.set)
+                        look_again = subscription is not None
                 if now >= next_help:
                     # in-process jobs run here; a local or Slurm handler starts or scales its workers
                     if self._handler is not None:
@@ -222,15 +239,12 @@ class Job(futures.Future, Generic[T]):
                         except Exception as exc:
                             log.debug("could not promote job %s: %s", self.id, exc)
                     next_help = now + HELP_INTERVAL
+                    look_again = True
+                if look_again:
                     continue
                 if deadline is not None and now >= deadline:
                     raise TimeoutError("job {} ({}) did not finish within {} s (status: {})".format(
                         self.id, self.function_name, timeout, self.status))
-                if changed is None and dirwatch.is_local(self.root.path):
-                    changed = threading.Event()
-                    subscription = dirwatch.subscribe(self.directory, changed.set)
-                    if subscription is not None:
-                        continue  # look once more now that a change would wake us
                 pause = poll_interval(now - started, poll, lag, watched=subscription is not None)
                 pause = min(pause, max(0.0, next_help - now))
                 if deadline is not None:

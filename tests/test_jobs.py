@@ -101,6 +101,31 @@ def test_cancel_running_job_kills_its_process_tree(root_path, parallel, tmp_path
     assert job.cancel() is True or job.status == 'cancelled'  # idempotent
 
 
+def test_console_output_in_the_moment_the_worker_renames_it_into_place(root_path, parallel, monkeypatch):
+    from hither_fs import job as job_module
+    from hither_fs.runtime.layout import live_console_prefix
+    with hi.Config(job_handler=parallel(1)):
+        job = noisy.run(n=2)
+        job.wait(timeout=60)
+    final = os.path.join(job.directory, 'stdout.txt')
+    wait_for_file(final)
+    wait_for_file(os.path.join(job.directory, 'stderr.txt'))
+    expected = job.get_console_output()
+    assert expected['stdout'] == 'line 0\nline 1\n'
+    state = job.get_state()
+    live = os.path.join(job.directory, live_console_prefix('stdout', state['gen'], state['attempt']) + 'tmp-h.1.ab')
+    os.rename(final, live)  # as the job's final state is published, before the worker's rename
+    assert job.get_console_output() == expected
+    read = job_module.read_text_tail
+
+    def renamed_meanwhile(path):  # the worker's rename between finding the live file and reading it
+        if os.path.exists(live):
+            os.rename(live, final)
+        return read(path)
+    monkeypatch.setattr(job_module, 'read_text_tail', renamed_meanwhile)
+    assert job.get_console_output() == expected
+
+
 def test_job_timeout_kills_the_job(root_path, parallel, tmp_path):
     pid_file = str(tmp_path / 'pids')
     with hi.Config(job_handler=parallel(1), job_timeout=1):
