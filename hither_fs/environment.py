@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 #: Variables a shell changes between two runs of the same script in the same
 #: session, or that hither_fs sets itself inside a job: left out of the fingerprint.
@@ -82,14 +82,23 @@ class Snapshot:
 
 
 _last: Optional[Snapshot] = None
+#: What ``_last`` was made from, as cheap to compare as can be: the raw bytes of the
+#: environment (CPython's ``os.environ._data``), ``sys.path`` and the working directory.
+_seen: Optional[Tuple[Any, List[str], str]] = None
 
 
 def current() -> Snapshot:
-    """This process's environment now (the fingerprint is computed again only after a change)."""
-    global _last
+    """This process's environment now (the fingerprint is computed again only after a change;
+    a submission calls this once per job, so the check for a change is a few dict compares)."""
+    global _last, _seen
+    raw = getattr(os.environ, "_data", None)
+    seen = (raw, sys.path, os.getcwd())
+    if _last is not None and _seen is not None and raw is not None and _seen == seen:
+        return _last
     environ, path = dict(os.environ), sys_path()
     if _last is None or _last.environ != environ or _last.path != path:
         _last = Snapshot(environ, path)
+    _seen = (dict(raw) if raw is not None else None, list(sys.path), seen[2])
     return _last
 
 

@@ -93,3 +93,21 @@ def test_two_runs_of_one_script_in_one_environment_share_a_queue(root_path):
     first, again = (run_python(show, env={'MYVAR': 'same'}).stdout.strip() for _ in range(2))
     other = run_python(show, env={'MYVAR': 'other'}).stdout.strip()
     assert first == again and first.startswith('local-') and other != first
+
+
+def test_the_snapshot_is_made_again_after_any_change(monkeypatch, tmp_path):
+    """environment.current() answers from its last snapshot until the variables, sys.path
+    or (for a '' entry) the working directory change."""
+    first = environment.current()
+    assert environment.current() is first
+    monkeypatch.setenv('HITHER_FS_TEST_VARIABLE', 'x')
+    changed = environment.current()
+    assert changed is not first and changed.environ['HITHER_FS_TEST_VARIABLE'] == 'x'
+    monkeypatch.syspath_prepend(str(tmp_path))
+    moved = environment.current()
+    assert moved is not changed and str(tmp_path) in moved.path
+    monkeypatch.setattr(sys, 'path', [''] + sys.path)
+    monkeypatch.chdir(tmp_path / '..')
+    here = environment.current()
+    monkeypatch.chdir(tmp_path)
+    assert environment.current().path[0] == str(tmp_path) != here.path[0]
