@@ -183,8 +183,15 @@ _watches_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:
+    """In a forked child: the reading thread stayed in the parent, so the child makes its
+    own instance if it waits (the parent's, shared, is only let go of here)."""
     global _watches, _watches_lock
-    _watches, _watches_lock = None, threading.Lock()  # the reading thread stayed in the parent
+    if _watches is not None:
+        try:
+            os.close(_watches.fd)
+        except OSError:
+            pass
+    _watches, _watches_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
