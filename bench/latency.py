@@ -20,9 +20,9 @@ of the round's samples), with the ratio of the medians against each peer.
 Measures:
 
 * ``round trip``: submit one no-op job and wait for its result, back to back.
-* ``after idling 0.25 s`` (and 2 s with ``--long-idle``): the same, with the
-  caller sleeping before each submit (not timed): what a job costs when the
-  workers had nothing to do for a while.
+* ``after idling 0.25 s`` (and 2 s with ``--long-idle``, a third as many samples):
+  the same, with the caller sleeping before each submit (not timed): what a job
+  costs when the workers had nothing to do for a while.
 * ``chain of 100``: ``j = noop.run(x=0)`` then 99 times ``j = step.run(x=j)``
   (a Job as an argument: a pipeline), then ``j.wait()``; against dask.distributed's
   ``client.submit(step, prev)`` chain. Milliseconds per link (total / 100).
@@ -196,12 +196,13 @@ def main():
     parser.add_argument('--rounds', type=int, default=3)
     parser.add_argument('--samples', type=int, default=50, help='round trips per round (back to back)')
     parser.add_argument('--idle-samples', type=int, default=12, help='round trips per round after idling')
-    parser.add_argument('--long-idle', action='store_true', help='also after idling 2 s (slow)')
+    parser.add_argument('--long-idle', action='store_true', help='also after idling 2 s (a third as many samples)')
     parser.add_argument('--skip-waiting', action='store_true', help='skip the 10 s waiting measure')
     parser.add_argument('--only', help='comma-separated: roundtrip,idle,chain,waiting')
     args = parser.parse_args()
     only = set(args.only.split(',')) if args.only else {'roundtrip', 'idle', 'chain', 'waiting'}
     idles = [0.25] + ([2.0] if args.long_idle else [])
+    idle_samples = {0.25: args.idle_samples, 2.0: max(3, args.idle_samples // 3)}
     with tempfile.TemporaryDirectory() as workdir:
         contenders = [Hither(workdir), Joblib(workdir), DaskProcesses(workdir), DaskDistributed(workdir)]
         try:
@@ -222,7 +223,7 @@ def main():
                         trips[c.name].append(round_trips(c, args.samples, 0))
                     if 'idle' in only:
                         for idle in idles:
-                            idled[c.name, idle].append(round_trips(c, args.idle_samples, idle))
+                            idled[c.name, idle].append(round_trips(c, idle_samples[idle], idle))
                     if 'chain' in only and hasattr(c, 'chain'):
                         chains[c.name].append(chain_per_link(c))
             for c in contenders[1:]:  # their threads (dask's client) must not count as the waiter's CPU
@@ -240,7 +241,7 @@ def main():
               list(trips.items()))
     if 'idle' in only:
         for idle in idles:
-            table('round trip after idling {} s before each submit, {} per round'.format(idle, args.idle_samples),
+            table('round trip after idling {} s before each submit, {} per round'.format(idle, idle_samples[idle]),
                   [(name, idled[name, idle]) for name in names])
     if 'chain' in only:
         table('chain of {} dependent jobs, per link'.format(CHAIN), list(chains.items()))
