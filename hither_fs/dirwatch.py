@@ -155,6 +155,7 @@ class Watches:
                 log.debug("inotify: %s", exc)
                 return
             fired: Set[int] = set()
+            gone: List[Subscription] = []
             pos = 0
             while pos + _EVENT.size <= len(data):
                 wd, mask, _, length = _EVENT.unpack_from(data, pos)
@@ -162,15 +163,15 @@ class Watches:
                 if mask & IN_Q_OVERFLOW:
                     with self._lock:
                         fired.update(self._subs)  # events were lost: everyone looks
+                elif mask & IN_IGNORED:  # the directory is gone, and its watch with it
+                    with self._lock:
+                        gone.extend(self._subs.pop(wd, []))
+                    for sub in gone:
+                        sub.wd = -1
                 else:
                     fired.add(wd)
-                if mask & IN_IGNORED:  # the directory is gone: its watch with it
-                    with self._lock:
-                        for sub in self._subs.pop(wd, []):
-                            sub.wd = -1
-                            sub.wake()
             with self._lock:
-                subs = [sub for wd in fired for sub in self._subs.get(wd, ())]
+                subs = gone + [sub for wd in fired for sub in self._subs.get(wd, ())]
             for sub in subs:
                 try:
                     sub.wake()
