@@ -1,6 +1,7 @@
 """Latency of one job, and of a chain of dependent jobs: hither_fs vs joblib and dask, side by side.
 
     python bench/latency.py [--rounds R] [--samples N] [--idle-samples M] [--long-idle] [--skip-waiting]
+                             [--only roundtrip,idle,chain,waiting]
 
 All contenders run in this one process, warm, on the same machine, one after
 another within each round; every measure is repeated ``--rounds`` times (3 by
