@@ -65,6 +65,7 @@ reported by ``hither-fs fsck`` and put right by ``--repair``.
 
 import contextlib
 import enum
+import json
 import os
 import stat
 import time
@@ -723,7 +724,7 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
         console = {name: size for name, (_, size) in outcome.console.items() if size > 0}
         extra = {"console": console} if console else {}
         result, error = outcome.result, outcome.error
-        size = len(dumps(result)) if result is not None else 0
+        size = _record_size(result) if result is not None else 0
         if size > RECORD_LIMIT:  # it could never be read back: an error now, not a broken record
             status, result, error = Status.ERROR, None, error_record(
                 "ValueError", "the result of job {} is {} MB of JSON, more than a record may hold ({} MB): "
@@ -747,6 +748,16 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
     notify_downstream(root, job_id, tick)
     drop_waiting_markers(root, job_id, claim.spec)
     return status
+
+
+def _record_size(value: Any) -> int:
+    """The bytes ``value`` takes in a record - or, when that cannot reach ``RECORD_LIMIT``,
+    the size of its compact form, which the fast C encoder makes: a record's indentation
+    adds at most a newline and one space per level of nesting (at most 100: see
+    :mod:`hither_fs.runtime.serialization`) to each token, so a compact form under
+    ``RECORD_LIMIT / 128`` fits; only a bigger one is measured as written."""
+    compact = len(json.dumps(value, allow_nan=True))
+    return compact if compact < RECORD_LIMIT // 128 else len(dumps(value))
 
 
 def drop_waiting_markers(root: Root, job_id: str, spec: Dict[str, Any]) -> None:

@@ -541,3 +541,18 @@ def test_format_1_roots_are_refused_with_what_to_do(tmp_path):
     from hither_fs.root import RootError
     with pytest.raises(RootError, match='format 1 .* cannot read without misreading them.*move it aside'):
         Root(str(path))
+
+
+def test_a_records_indentation_grows_it_at_most_128_times_its_compact_form():
+    """protocol._record_size measures a result as written only when its compact form could
+    reach the record limit: the indentation of the deepest value allowed (100 levels of
+    one-element lists and dicts) stays under 128 times the compact size."""
+    import json
+    from hither_fs import protocol
+    from hither_fs.runtime.files import dumps
+    for leaf in (0, [0] * 50, {'a': 0}):
+        value = leaf
+        for depth in range(99):
+            value = [value] if depth % 2 else {'k': value}
+        assert len(dumps(value)) < 128 * len(json.dumps(value))
+    assert protocol._record_size([1, 2]) == len(json.dumps([1, 2]))
