@@ -229,6 +229,9 @@ class Attempt:
                 self.runner = self.runners.acquire(spec)
                 self.pid = self.runner.pid
                 self.scratch = self.runner.scratch
+                for name in CONSOLE:  # the last job's output was copied when it ended; this one's starts empty
+                    with contextlib.suppress(FileNotFoundError):
+                        os.truncate(os.path.join(self.scratch, name + ".txt"), 0)
                 self.console = Console(self.root, self.claim, self.scratch)
                 try:
                     self.runner.send(self.job_id, spec)

@@ -37,16 +37,18 @@ from .execute import attempt_outcome, redirect_console
 RETIRE_ABOVE_BYTES = 512 << 20
 
 
-def _status_kib(field: str) -> Optional[int]:
-    """A ``VmXXX`` field of ``/proc/self/status`` in KiB (None where there is no /proc)."""
+def _memory_kib() -> Dict[str, int]:
+    """This process's ``VmRSS`` and ``VmHWM`` (its peak) in KiB, from ``/proc/self/status``
+    (empty where there is no /proc)."""
+    found = {}
     try:
-        with open("/proc/self/status") as f:
+        with open("/proc/self/status", "rb") as f:
             for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
+                if line.startswith((b"VmRSS:", b"VmHWM:")):
+                    found[line[:5].decode()] = int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return found
 
 
 def _reset_peak_memory() -> bool:
@@ -127,17 +129,17 @@ def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Opti
     for entry in list(sys.path_importer_cache):  # relative entries ('' above all) follow the job's chdir
         if not os.path.isabs(entry):
             del sys.path_importer_cache[entry]
-    redirect_console(job["console"], truncate=True)
+    redirect_console(job["console"])  # (emptied by the worker before it sent the job)
     try:
         outcome = attempt_outcome(root, job["job_id"], spec=job["spec"])
     finally:
         saved.restore()
         _console_back(console_fds)
     answer: Dict[str, Any] = {"outcome": outcome, "cpu_seconds": round(_cpu_seconds() - cpu0, 6)}
-    peak = _status_kib("VmHWM") if measured else None
-    if peak is not None:
-        answer["peak_memory_bytes"] = peak * 1024
-    rss = _status_kib("VmRSS")
+    memory = _memory_kib()
+    if measured and "VmHWM" in memory:
+        answer["peak_memory_bytes"] = memory["VmHWM"] * 1024
+    rss = memory.get("VmRSS")
     if threading.active_count() > threads_before:
         answer["retire"] = "the job left {} thread(s) running".format(threading.active_count() - threads_before)
     elif _children_left():
@@ -154,7 +156,7 @@ def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[]
     outcome and measures; ``notify`` is called after each answer (it wakes the worker).
     Returns when the pipe closes or after a job that leaves the runner unfit."""
     threads_before = threading.active_count()
-    rss_start = _status_kib("VmRSS")
+    rss_start = _memory_kib().get("VmRSS")
     console_fds = (os.dup(1), os.dup(2))
     with os.fdopen(jobs_fd, "rb", buffering=1 << 16) as jobs:
         for line in jobs:
