@@ -36,12 +36,15 @@ Standard library and numpy only (numpy 1.24 and later): this module also
 runs inside job containers.
 """
 
+from __future__ import annotations  # (np. annotations are not evaluated: see .lazy_numpy)
+
 import contextlib
+import functools
 import os
 import sys
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
-import numpy as np
+from .lazy_numpy import np
 
 from .store import BlobMissingError, Store, sha1_of_file
 
@@ -206,18 +209,14 @@ def _check_dtype(dtype: np.dtype, where: str, what: str) -> None:
                         "{}".format(where, dtype, what))
 
 
-#: ndarray subclasses that travel as themselves: the tag's "type", and how to get them back
-_ARRAY_TYPES = {np.recarray: "recarray", np.matrix: "matrix"}
-
-
 def _array_type(value: np.ndarray, where: str) -> Optional[str]:
     """The ``"type"`` of an array's tag (None for a plain ndarray); refuses masked arrays and
     subclasses that would come back as something else."""
     cls = type(value)
     if cls is np.ndarray or cls is np.memmap:
         return None  # a memmap travels as its bytes: a plain ndarray on the other side
-    if cls in _ARRAY_TYPES:
-        return _ARRAY_TYPES[cls]
+    if cls is np.recarray or cls is np.matrix:  # subclasses that travel as themselves
+        return cls.__name__
     if isinstance(value, np.ma.MaskedArray):
         raise TypeError("{}: np.ma.MaskedArray is not allowed (it would lose its mask): pass its data and mask "
                         "as two arrays, np.ma.getdata(x) and np.ma.getmaskarray(x), or x.filled(value)"
@@ -274,13 +273,15 @@ def _scalar_from_array(array: np.ndarray, dtype_text: Any) -> Any:
 #: x87 extended precision (x86's longdouble) keeps 10 bytes of a 12- or 16-byte item; the rest
 #: is padding that numpy leaves uninitialised, which would make equal values differ in the store
 #: (and in cache keys).
-_X87_PADDED = np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).itemsize > 10
+@functools.lru_cache(maxsize=None)
+def _x87_padded() -> bool:
+    return bool(np.finfo(np.longdouble).nmant == 63 and np.dtype(np.longdouble).itemsize > 10)
 
 
 def _without_padding(array: np.ndarray) -> np.ndarray:
     """``array``, or a copy whose longdouble/clongdouble padding bytes are zero (same values)."""
     dtype = array.dtype
-    if not _X87_PADDED or dtype.kind not in "fc" or dtype.type not in (np.longdouble, np.clongdouble) \
+    if not _x87_padded() or dtype.kind not in "fc" or dtype.type not in (np.longdouble, np.clongdouble) \
             or not dtype.isnative or array.size == 0:
         return array
     order: Any = "F" if array.flags.f_contiguous and not array.flags.c_contiguous else "C"

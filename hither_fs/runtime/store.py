@@ -19,6 +19,8 @@ together (``bench/arrays.py`` prints both).
 Standard library and numpy only: this module also runs inside job containers.
 """
 
+from __future__ import annotations  # (np. annotations are not evaluated: see .lazy_numpy)
+
 import hashlib
 import io
 import os
@@ -27,7 +29,7 @@ import shutil
 import threading
 from typing import Any, Callable, Iterator, Optional
 
-import numpy as np
+from .lazy_numpy import np
 
 from . import files
 from .files import CorruptFileError, makedirs, remove_quietly, temp_name, with_parents
