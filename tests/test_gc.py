@@ -273,7 +273,7 @@ def test_gc_in_a_loop_during_a_chaos_run(root):
         deadline = time.monotonic() + 300
         while threads[1].is_alive():
             assert time.monotonic() < deadline, 'chaos run did not finish'
-            time.sleep(rng.uniform(0.3, 0.8))
+            time.sleep(rng.uniform(0.1, 0.4))
             k = rng.randrange(len(workers))
             workers[k].send_signal(signal.SIGKILL)
             workers[k].wait()
