@@ -10,6 +10,7 @@ import pytest
 
 import hither_fs as hi
 from conftest import REPO, TESTS, run_python
+from hither_fs.runtime import code
 from hither_fs.runtime.code import FunctionNotFoundError, import_function
 
 MODULE_V1 = '''
@@ -89,6 +90,8 @@ def test_the_submitted_source_is_checked_against_its_hash(root, tmp_path):
     spec = {'name': 'f', 'version': '1', 'module': '__main__', 'file': str(tmp_path / 'gone.py'), 'source': blob}
     function, _ = import_function(spec, root.store)
     assert function() == 1  # the file is gone: its submitted source is what runs
+    assert import_function(spec, root.store)[0]() == 1  # read once per process (a warm runner's jobs share it)
+    code._preloaded.clear()  # as in a new process, which reads the blob again:
     path = root.store.blob_path(blob)
     os.chmod(path, 0o644)
     with open(path, 'wb') as f:

@@ -197,11 +197,15 @@ def submitted_source(fspec: Dict[str, Any], store: Optional[Store]) -> Optional[
     if sha1 in _preloaded:
         return _preloaded[sha1][0]
     try:
-        return store.get_bytes(sha1)
+        source = store.get_bytes(sha1)
     except BlobMissingError:
         raise FunctionNotFoundError(
             "the code of function {!r} as it was submitted (store blob {}) is gone from the root's store; "
             "submit the job again".format(fspec.get("name"), sha1)) from None
+    _preloaded[sha1] = (source, {})  # a warm runner reads it once for all the jobs of its function
+    while len(_preloaded) > _PRELOAD_MAX:
+        _preloaded.popitem(last=False)
+    return source
 
 
 def function_in_code_env(fspec: Dict[str, Any], code: Dict[str, Any], code_dir: str) -> Dict[str, Any]:

@@ -43,9 +43,11 @@ def _memory_kib() -> Dict[str, int]:
     found = {}
     try:
         with open("/proc/self/status", "rb") as f:
-            for line in f:
-                if line.startswith((b"VmRSS:", b"VmHWM:")):
-                    found[line[:5].decode()] = int(line.split()[1])
+            text = f.read()
+        for field in (b"VmRSS:", b"VmHWM:"):
+            at = text.find(field)
+            if at >= 0:
+                found[field[:5].decode()] = int(text[at + 6:text.index(b"\n", at)].split()[0])
     except (OSError, ValueError, IndexError):
         pass
     return found
@@ -93,17 +95,15 @@ class _Saved:
     """What a job may change in its process and the runner puts back after it."""
 
     def __init__(self):
-        self.environ = _environ_data()
+        self.environ = _environ_copy()
         self.cwd = os.getcwd()
         self.path = list(sys.path)
         self.umask = os.umask(0o077)
         os.umask(self.umask)
 
     def restore(self) -> None:
-        if _environ_data() != self.environ:
-            for key in [k for k in os.environ if os.environ.get(k) != self.environ.get(k)]:
-                del os.environ[key]
-            os.environ.update({k: v for k, v in self.environ.items() if os.environ.get(k) != v})
+        if _environ_copy() != self.environ:
+            _restore_environ(self.environ)
         try:
             if os.getcwd() != self.cwd:
                 os.chdir(self.cwd)
@@ -114,21 +114,33 @@ class _Saved:
         os.umask(self.umask)
 
 
-def _environ_data() -> Dict[str, str]:
-    return dict(os.environ)
+def _environ_copy() -> Dict[Any, Any]:
+    """The environment as cheap to copy and compare as can be: CPython keeps it as bytes
+    in ``os.environ._data`` (a dict copy in C, against decoding every variable)."""
+    raw = getattr(os.environ, "_data", None)
+    return dict(raw) if isinstance(raw, dict) else dict(os.environ)
+
+
+def _restore_environ(saved: Dict[Any, Any]) -> None:
+    now = _environ_copy()
+    name = os.fsdecode if saved and isinstance(next(iter(saved)), bytes) else str
+    for key in [k for k in now if k not in saved]:
+        del os.environ[name(key)]
+    for key, value in saved.items():
+        if now.get(key) != value:
+            os.environ[name(key)] = name(value)
 
 
 def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Optional[int],
             console_fds: Tuple[int, int]) -> Dict[str, Any]:
     """Run one job in this process; return the answer for the worker. ``console_fds``:
     copies of the runner's own stdout and stderr, put back after the job."""
+    os.environ["HITHER_FS_JOB_ID"] = job["job_id"]  # (before the snapshot: put back as it is)
     saved = _Saved()
     measured = _reset_peak_memory()
     cpu0 = _cpu_seconds()
-    os.environ["HITHER_FS_JOB_ID"] = job["job_id"]
-    for entry in list(sys.path_importer_cache):  # relative entries ('' above all) follow the job's chdir
-        if not os.path.isabs(entry):
-            del sys.path_importer_cache[entry]
+    for entry in [e for e in sys.path_importer_cache if not e.startswith("/")]:
+        del sys.path_importer_cache[entry]  # relative entries ('' above all) follow the job's chdir
     redirect_console(job["console"])  # (emptied by the worker before it sent the job)
     try:
         outcome = attempt_outcome(root, job["job_id"], spec=job["spec"])
