@@ -29,20 +29,36 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import psutil  # noqa: E402
+
 import hither_fs as hi  # noqa: E402
 from hither_fs.runtime.files import write_json  # noqa: E402
 from noop import noop, noop_plain  # noqa: E402
 
 
-def bench_hither(n, workdir):
+def cpu_seconds(process):
+    times = process.cpu_times()
+    return times.user + times.system
+
+
+def bench_hither(n, workdir, cpu=None):
+    """Seconds for n no-op jobs; ``cpu`` (a dict) gets the CPU seconds per job spent by this
+    process (submitting and waiting), by the two workers and by their warm runners."""
     handler = hi.ParallelJobHandler(num_workers=2)
     with hi.Config(job_handler=handler, root=os.path.join(workdir, 'root')):
         noop.run(i=-1).wait()  # workers started and warm
+        workers = [psutil.Process(p.pid) for ps in handler._workers.values() for p in ps]
+        runners = [c for w in workers for c in w.children()]
+        before = [time.process_time(), sum(map(cpu_seconds, workers)), sum(map(cpu_seconds, runners))]
         t0 = time.perf_counter()
         jobs = [noop.run(i=i) for i in range(n)]
         results = [j.wait() for j in jobs]
         elapsed = time.perf_counter() - t0
+        after = [time.process_time(), sum(map(cpu_seconds, workers)), sum(map(cpu_seconds, runners))]
     assert results == list(range(n))
+    if cpu is not None:
+        for key, b, a in zip(('submitter', 'workers', 'runners'), before, after):
+            cpu.setdefault(key, []).append((a - b) / n)
     handler.halt()
     return elapsed
 
@@ -107,13 +123,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--jobs', type=int, default=1000)
     parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--dir', help='where the roots go (default: the temporary directory; /dev/shm for tmpfs)')
     parser.add_argument('--json', help='also write the numbers to this file')
     args = parser.parse_args()
     n = args.jobs
     rates = {'hither': [], 'pool': [], 'floor': []}
-    with tempfile.TemporaryDirectory() as workdir:
+    cpu = {}
+    with tempfile.TemporaryDirectory(dir=args.dir) as workdir:
         for r in range(args.repeat):
-            rates['hither'].append(n / bench_hither(n, os.path.join(workdir, str(r))))
+            rates['hither'].append(n / bench_hither(n, os.path.join(workdir, str(r)), cpu))
             rates['pool'].append(n / bench_pool(n))
             rates['floor'].append(n / bench_floor(n, os.path.join(workdir, str(r))))
         lag, cpu_share = waiting(workdir)
@@ -128,6 +146,8 @@ def main():
         median['hither'] / median['floor']))
     print('  hither_fs / ProcessPoolExecutor, medians: {:.3f}  (target: at least 0.1)'.format(
         median['hither'] / median['pool']))
+    print('CPU per hither_fs job (median, ms): submitting and waiting {:.2f}, workers {:.2f}, their runners {:.2f}'
+          .format(*(statistics.median(cpu[k]) * 1000 for k in ('submitter', 'workers', 'runners'))))
     print('wait() notices a finished job after {:.1f} ms (median of 10)'.format(lag * 1000))
     print('waiting 10 s for a job used {:.2f}% of one core'.format(cpu_share * 100))
     if args.json:
