@@ -40,7 +40,7 @@ from .root import Root
 from .runners import RunnerPool, Runner, become_job_process, kill_tree
 from .runtime.code import preload
 from .runtime.execute import OUTCOME, redirect_console, run_attempt
-from .runtime.files import HOST, CorruptFileError, file_mode, listdir, read_json, temp_name
+from .runtime.files import HOST, CorruptFileError, file_mode, listdir, read_json, remove_quietly, temp_name
 from .runtime.layout import host_and_pid, host_label, live_console_prefix
 
 CONSOLE = ("stdout", "stderr")
@@ -221,17 +221,12 @@ class Attempt:
     def start(self) -> None:
         spec = self.claim.spec
         if not spec.get("container"):
-            try:  # read and compiled once per worker; every process forked after inherits it
-                preload(spec["function"], self.root.store)
-            except Exception:
-                pass  # the job's own process meets it again, and fails the job with it
             if self.runners is not None and not spec.get("fresh_process"):
                 self.runner = self.runners.acquire(spec)
                 self.pid = self.runner.pid
                 self.scratch = self.runner.scratch
-                for name in CONSOLE:  # the last job's output was copied when it ended; this one's starts empty
-                    with contextlib.suppress(FileNotFoundError):
-                        os.truncate(os.path.join(self.scratch, name + ".txt"), 0)
+                for name in CONSOLE:  # new files for each job: whatever the last job left writing
+                    remove_quietly(os.path.join(self.scratch, name + ".txt"))  # writes to the old ones
                 self.console = Console(self.root, self.claim, self.scratch)
                 try:
                     self.runner.send(self.job_id, spec)
@@ -241,6 +236,11 @@ class Attempt:
                 self.started = time.time()
                 self.started_mono = time.monotonic()
                 return
+        if not spec.get("container"):
+            try:  # read and compiled once per worker; every job process forked after inherits it
+                preload(spec["function"], self.root.store)
+            except Exception:
+                pass  # the job's own process meets it again, and fails the job with it
         shutil.rmtree(self.scratch, ignore_errors=True)
         os.makedirs(self.scratch, mode=0o700)
         sys.stdout.flush()
@@ -270,6 +270,8 @@ class Attempt:
     def kill(self, failure: Optional[Dict[str, Any]] = None) -> None:
         if failure is not None and self.failure is None:
             self.failure = failure
+        if self.runner is not None:
+            self.runner.doomed = True  # even if it answered already: it is never given another job
         if self.pid > 0:
             kill_tree(self.pid)  # a runner goes with its job: the next job gets a fresh one
             if self.claim.spec.get("container"):

@@ -75,17 +75,27 @@ def become_job_process(parent: int, close_fds: List[int] = ()) -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, WAKE_SIGNAL})
 
 
+def _prctl(option: int, value: int) -> bool:
+    try:
+        import ctypes  # only here: the worker itself never needs it
+        return ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _become_subreaper() -> None:
+    """Make a runner the parent of whatever its jobs leave behind (Linux 3.4+), so that
+    it sees such processes as its children and retires (see :mod:`.runtime.runner`)."""
+    _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
 def _die_with_parent(parent: int) -> None:
     """Have the kernel SIGKILL this process if its worker dies (Linux).
 
     A worker killed outright cannot kill its jobs; without this they would
     run on as orphans while the job is re-run elsewhere.
     """
-    try:
-        import ctypes  # only here: the worker itself never needs it
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    if not _prctl(1, signal.SIGKILL):  # PR_SET_PDEATHSIG
         return
     if os.getppid() != parent:  # the worker died before prctl took effect
         os._exit(1)
@@ -114,6 +124,7 @@ class Runner:
                 os.close(jobs_w)
                 os.close(answers_r)
                 become_job_process(parent, close_fds)
+                _become_subreaper()
                 prepare(spec)
                 in_runner.serve(root_path, jobs_r, answers_w, notify=lambda: wake(parent))
             except BaseException:
@@ -128,8 +139,11 @@ class Runner:
         self.key = key
         self.jobs_fd, self.answers_fd = jobs_w, answers_r
         self.jobs_run = 0
+        self.job_id: Optional[str] = None  # the job it runs now
+        self.doomed = False  # killed (a timeout, a cancel): never given another job
         self.status: Optional[int] = None  # its wait status once it is gone
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # how much of the buffer holds no newline
 
     @property
     def fds(self) -> List[int]:
@@ -137,6 +151,7 @@ class Runner:
 
     def send(self, job_id: str, spec: Dict[str, Any]) -> None:
         data = (json.dumps({"job_id": job_id, "console": self.scratch, "spec": spec}) + "\n").encode()
+        self.job_id = job_id
         while data:
             data = data[os.write(self.jobs_fd, data):]
         self.jobs_run += 1
@@ -149,6 +164,9 @@ class Runner:
             line = self._line()
             if line is not None:
                 answer = json.loads(line)
+                if answer.get("job_id") != self.job_id or self._buffer:  # never another job's answer
+                    self.doomed = True
+                    return 1 << 8, {}
                 return (0 if "result" in answer.get("outcome", {}) else 1 << 8), answer
             if self.status is None:
                 pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -162,20 +180,31 @@ class Runner:
             select.select([self.answers_fd], [], [], 0.05)
 
     def _line(self) -> Optional[bytes]:
-        while b"\n" not in self._buffer:
+        """The next whole line of answer, else None (what came so far is kept)."""
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[:end + 1]
+                self._scanned = 0
+                return line
+            self._scanned = len(self._buffer)
             try:
-                chunk = os.read(self.answers_fd, 1 << 16)
+                chunk = os.read(self.answers_fd, 1 << 20)
             except BlockingIOError:
                 return None
             if not chunk:
                 return None
             self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
 
     @property
     def alive(self) -> bool:
-        return self.status is None
+        """Whether it can take another job: not killed, and still there."""
+        if self.status is None and not self.doomed:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status is None and not self.doomed
 
     def close(self, kill_job: bool = False) -> None:
         """End it: an idle runner (or one that retired itself) is killed alone; with
@@ -223,6 +252,9 @@ class RunnerPool:
         """An idle runner for this job, or a new one (retiring an idle runner of other
         jobs if the pool is full)."""
         key = self.key(spec)
+        for gone in [r for r in self.idle if not r.alive]:  # killed while idle (the OOM killer, say)
+            self.idle.remove(gone)
+            gone.close()
         runner = next((r for r in self.idle if r.key == key), None)
         if runner is not None:
             self.idle.remove(runner)

@@ -78,3 +78,22 @@ def spin(seconds):
     while time.process_time() < end:
         pass
     return os.getpid()
+
+
+@hi.function('leave_daemon', '0.1.0')
+def leave_daemon(seconds, text, done_file):
+    """Starts a shell that goes on in the background (its parent shell exits at once),
+    prints ``text`` after ``seconds`` and then makes ``done_file``: a process the job left
+    behind, not its child."""
+    os.system('(sleep {}; echo {}; touch {}) &'.format(seconds, text, done_file))
+    return os.getpid()
+
+
+@hi.function('fork_and_return', '0.1.0')
+def fork_and_return(value):
+    """Forks; the child ends with sys.exit(0), which the job's own code would not catch."""
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    return value

@@ -3,11 +3,23 @@ process (hither_fs.runners, hither_fs.runtime.runner), and each job still gets
 its own console, CPU time, peak memory, environment and working directory;
 whatever a job leaves behind that cannot be undone retires the runner."""
 
+import time
+
 import psutil
 import pytest
 
 import hither_fs as hi
-from runnerfuncs import exit_now, hold_memory, leave_child, leave_thread, meddle, spin, where
+from runnerfuncs import (exit_now, fork_and_return, hold_memory, leave_child, leave_daemon, leave_thread, meddle,
+                         spin, where)
+
+
+def wait_for(condition, timeout=30):
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not condition():
+        assert time.monotonic() < deadline, 'timed out'
+        time.sleep(delay)
+        delay = min(0.05, delay * 2)
 
 
 def ends(pid):
@@ -92,7 +104,9 @@ def test_cpu_time_and_peak_memory_are_each_jobs_own(root_path, parallel):
 
 def test_memory_a_job_keeps_retires_its_runner(root_path, parallel):
     with hi.Config(job_handler=parallel(1)):
+        first = where.run(x=0).wait()['pid']  # what the runner has after its first job is its baseline
         pid = hold_memory.run(megabytes=600, keep=True).wait()
+        assert pid == first
         assert ends(pid)
         assert where.run(x=0).wait()['pid'] != pid
 
@@ -119,3 +133,37 @@ def test_fresh_process_gives_each_job_a_process_of_its_own(root_path, parallel):
 def test_fresh_process_must_be_a_bool():
     with pytest.raises(ValueError, match='fresh_process must be True or False'):
         hi.Config(fresh_process='yes')
+
+
+def test_a_daemon_a_job_leaves_retires_the_runner_and_never_writes_into_the_next_jobs_console(
+        root_path, parallel, tmp_path):
+    done = tmp_path / 'printed'
+    with hi.Config(job_handler=parallel(1)):
+        pid = leave_daemon.run(seconds=0.5, text='LEFT-BEHIND', done_file=str(done)).wait()
+        assert ends(pid)  # the runner is the daemon's parent (a subreaper) and retires
+        later = where.run(x=1)
+        assert later.wait()['pid'] != pid
+        wait_for(done.exists)  # the daemon has printed, into the files of the job that left it
+    assert 'LEFT-BEHIND' not in later.get_console_output()['stdout']
+
+
+def test_a_process_a_job_forks_never_answers_for_it(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        assert fork_and_return.run(value='mine').wait() == 'mine'
+        assert where.run(x=1).wait()['calls'] >= 1
+
+
+def test_a_runner_killed_after_it_answered_is_never_given_another_job(tmp_path):
+    """A timeout or a cancel can come between a runner's answer and the worker reading it:
+    the runner is killed then, and must not go back to the idle ones (the next job would
+    die with it). Fake: the pool's jobs are answered by a runner told to do nothing."""
+    from hither_fs.runners import RunnerPool
+    pool = RunnerPool(str(tmp_path), 1, str(tmp_path / 'scratch'), key=lambda spec: 0, prepare=lambda spec: None)
+    try:
+        runner = pool.acquire({})
+        runner.doomed = True  # what Attempt.kill does
+        pool.release(runner, {'outcome': {'result': {'value': 1}}})
+        assert pool.idle == [] and runner.status is not None
+        assert pool.acquire({}) is not runner
+    finally:
+        pool.close()

@@ -13,9 +13,10 @@ after, its child processes included) and its peak memory (the kernel's
 high-water mark, reset before it starts). What a job changes is put back
 after it: the environment, the working directory, the umask, ``sys.path``,
 ``sys.stdout``/``sys.stderr``. What cannot be put back ends the runner once
-the job's answer is sent, so the next job gets a fresh one: threads or child
-processes the job left running, and memory it left in use above
-``RETIRE_ABOVE_BYTES``. A job that kills its process (a crash, ``os._exit``)
+the job's answer is sent, so the next job gets a fresh one: threads or
+processes the job left running, and memory it left in use,
+``RETIRE_ABOVE_BYTES`` above what the runner had after its first job. A
+process the job forks that comes back into the runner's loop leaves at once. A job that kills its process (a crash, ``os._exit``)
 or is killed (a timeout, a cancel) ends the runner with it; the worker sees
 the runner gone and fails that job as it would a forked one.
 
@@ -32,7 +33,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 from .execute import attempt_outcome, redirect_console
 
-#: A runner whose resident memory grew this much above what it had when it started
+#: A runner whose resident memory grew this much above what it had after its first job
 #: (objects a job left behind, a heap that does not shrink) retires after the job.
 RETIRE_ABOVE_BYTES = 512 << 20
 
@@ -69,7 +70,9 @@ def _cpu_seconds() -> float:
 
 
 def _children_left() -> bool:
-    """Reap the job's exited child processes; True if any is still running."""
+    """Reap the job's exited processes; True if any is still running. (The runner is a
+    child subreaper: what a job started and left behind, even a daemon that forked
+    twice, becomes its child when its parent exits.)"""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
@@ -133,7 +136,8 @@ def _restore_environ(saved: Dict[Any, Any]) -> None:
 
 def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Optional[int],
             console_fds: Tuple[int, int]) -> Dict[str, Any]:
-    """Run one job in this process; return the answer for the worker. ``console_fds``:
+    """Run one job in this process; return the answer for the worker. ``threads_before``
+    and ``rss_start`` (KiB, None at first) are what the runner had before; ``console_fds``:
     copies of the runner's own stdout and stderr, put back after the job."""
     os.environ["HITHER_FS_JOB_ID"] = job["job_id"]  # (before the snapshot: put back as it is)
     saved = _Saved()
@@ -152,13 +156,21 @@ def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Opti
     if measured and "VmHWM" in memory:
         answer["peak_memory_bytes"] = memory["VmHWM"] * 1024
     rss = memory.get("VmRSS")
-    if threading.active_count() > threads_before:
-        answer["retire"] = "the job left {} thread(s) running".format(threading.active_count() - threads_before)
+    answer["rss_kib"] = rss
+    threads = _threads() - threads_before
+    if threads > 0:
+        answer["retire"] = "the job left {} thread(s) running".format(threads)
     elif _children_left():
-        answer["retire"] = "the job left child processes running"
+        answer["retire"] = "the job left processes running"
     elif rss is not None and rss_start is not None and (rss - rss_start) * 1024 > RETIRE_ABOVE_BYTES:
         answer["retire"] = "the job left {} MiB more in use".format((rss - rss_start) // 1024)
     return answer
+
+
+def _threads() -> int:
+    """Threads running here, not counting hither_fs's own daemon threads (a job that waits
+    for another job starts the one that watches the root: it serves the next jobs too)."""
+    return sum(1 for t in threading.enumerate() if not t.name.startswith("hither_fs-"))
 
 
 def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[], None]] = None) -> None:
@@ -167,12 +179,19 @@ def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[]
     console files) until it closes, answering each on ``answers_fd`` with its
     outcome and measures; ``notify`` is called after each answer (it wakes the worker).
     Returns when the pipe closes or after a job that leaves the runner unfit."""
-    threads_before = threading.active_count()
-    rss_start = _memory_kib().get("VmRSS")
+    me = os.getpid()
+    threads_before = _threads()
+    rss_start = None  # what it has in use after its first job (the imports a job needs)
     console_fds = (os.dup(1), os.dup(2))
     with os.fdopen(jobs_fd, "rb", buffering=1 << 16) as jobs:
         for line in jobs:
-            answer = run_one(root, json.loads(line), threads_before, rss_start, console_fds)
+            job = json.loads(line)
+            answer = run_one(root, job, threads_before, rss_start, console_fds)
+            if os.getpid() != me:  # a process the job forked, come back here: it answers nothing
+                os._exit(0)
+            if rss_start is None:
+                rss_start = answer.get("rss_kib")
+            answer["job_id"] = job["job_id"]
             data = (json.dumps(answer) + "\n").encode()
             while data:
                 data = data[os.write(answers_fd, data):]
