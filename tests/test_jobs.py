@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 import hither_fs as hi
+from conftest import missing_infrastructure
 from hither_fs.queue import iter_tickets
 from jobfuncs import add, burn, echo, fail, noisy, sleepy, spawn_tree
 
@@ -213,10 +214,12 @@ def test_the_poll_schedule_starts_fast_and_backs_off_smoothly():
 
 
 def need_inotify(path):
+    """Fail (under CI, whose temporary directory is on a local disk) or skip unless inotify
+    watches ``path``."""
     from hither_fs import dirwatch
     sub = dirwatch.subscribe(path, lambda: None) if dirwatch.is_local(path) else None
     if sub is None:
-        pytest.skip('no inotify for {} here'.format(path))
+        missing_infrastructure('no inotify for {} here'.format(path))
     dirwatch.unsubscribe(sub)
 
 
