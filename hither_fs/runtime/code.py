@@ -57,8 +57,8 @@ class FunctionNotFoundError(Exception):
     pass
 
 
-#: Sources (and their compiled code) a worker read before forking a job's process: a job of a
-#: function already seen by the worker neither reads its blob nor compiles it again.
+#: Submitted sources read in this process (and their compiled code), by sha1: a worker reads
+#: one before forking a job's process, a warm runner for all the jobs of its function.
 _preloaded: "OrderedDict[str, Tuple[bytes, Dict[str, Any]]]" = OrderedDict()
 _PRELOAD_MAX = 64
 
@@ -66,16 +66,9 @@ _PRELOAD_MAX = 64
 def preload(fspec: Dict[str, Any], store: Store) -> None:
     """Read and compile a job's submitted source here, so the processes forked from this
     one inherit it (called by a worker before it forks a job)."""
-    sha1 = fspec.get("source")
-    if not sha1 or sha1 in _preloaded:
-        if sha1:
-            _preloaded.move_to_end(sha1)
-        return
-    source = store.get_bytes(sha1)
-    _preloaded[sha1] = (source, {})
-    _compiled(sha1, source, fspec.get("file") or SHIPPED_NAME)
-    while len(_preloaded) > _PRELOAD_MAX:
-        _preloaded.popitem(last=False)
+    source = submitted_source(fspec, store)
+    if source is not None:
+        _compiled(fspec["source"], source, fspec.get("file") or SHIPPED_NAME)
 
 
 def _compiled(sha1: Optional[str], source: bytes, filename: str) -> Any:
@@ -195,6 +188,7 @@ def submitted_source(fspec: Dict[str, Any], store: Optional[Store]) -> Optional[
     if not sha1 or store is None:
         return None
     if sha1 in _preloaded:
+        _preloaded.move_to_end(sha1)
         return _preloaded[sha1][0]
     try:
         source = store.get_bytes(sha1)
@@ -202,7 +196,7 @@ def submitted_source(fspec: Dict[str, Any], store: Optional[Store]) -> Optional[
         raise FunctionNotFoundError(
             "the code of function {!r} as it was submitted (store blob {}) is gone from the root's store; "
             "submit the job again".format(fspec.get("name"), sha1)) from None
-    _preloaded[sha1] = (source, {})  # a warm runner reads it once for all the jobs of its function
+    _preloaded[sha1] = (source, {})
     while len(_preloaded) > _PRELOAD_MAX:
         _preloaded.popitem(last=False)
     return source
