@@ -220,22 +220,27 @@ class Attempt:
 
     def start(self) -> None:
         spec = self.claim.spec
-        if not spec.get("container"):
-            if self.runners is not None and not spec.get("fresh_process"):
-                self.runner = self.runners.acquire(spec)
-                self.pid = self.runner.pid
-                self.scratch = self.runner.scratch
-                for name in CONSOLE:  # new files for each job: whatever the last job left writing
-                    remove_quietly(os.path.join(self.scratch, name + ".txt"))  # writes to the old ones
-                self.console = Console(self.root, self.claim, self.scratch)
-                try:
-                    self.runner.send(self.job_id, spec)
-                except OSError:
-                    self.runners.release(self.runner, {"retire": "its pipe broke"})
-                    raise
-                self.started = time.time()
-                self.started_mono = time.monotonic()
-                return
+        if self.runners is not None and not spec.get("container") and not spec.get("fresh_process"):
+            self._start_in_runner(spec)
+        else:
+            self._start_forked(spec)
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+
+    def _start_in_runner(self, spec: Dict[str, Any]) -> None:
+        self.runner = self.runners.acquire(spec)
+        self.pid = self.runner.pid
+        self.scratch = self.runner.scratch
+        for name in CONSOLE:  # new files for each job: whatever the last job left writing
+            remove_quietly(os.path.join(self.scratch, name + ".txt"))  # writes to the old ones
+        self.console = Console(self.root, self.claim, self.scratch)
+        try:
+            self.runner.send(self.job_id, spec)
+        except OSError:
+            self.runners.release(self.runner, {"retire": "its pipe broke"})
+            raise
+
+    def _start_forked(self, spec: Dict[str, Any]) -> None:
         if not spec.get("container"):
             try:  # read and compiled once per worker; every job process forked after inherits it
                 preload(spec["function"], self.root.store)
@@ -264,8 +269,6 @@ class Attempt:
             finally:
                 os._exit(code)
         self.pid = pid
-        self.started = time.time()
-        self.started_mono = time.monotonic()
 
     def kill(self, failure: Optional[Dict[str, Any]] = None) -> None:
         if failure is not None and self.failure is None:
