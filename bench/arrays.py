@@ -56,6 +56,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hither_fs as hi  # noqa: E402
+from spread import spread  # noqa: E402
 
 
 @hi.function('array_sum', '0.1.0')
@@ -89,10 +90,6 @@ def remove_tree_files(path, suffix):
         for name in names:
             if name.endswith(suffix):
                 os.unlink(os.path.join(d, name))
-
-
-def stats(xs):
-    return min(xs), statistics.median(xs), max(xs)
 
 
 def settle(nbytes, enabled):
@@ -255,7 +252,7 @@ def main():
         ('out: np.full + np.save + np.load', t['out_np']),
     ]
     for name, xs in rows:
-        print('{:44} {:7.3f} {:7.3f} {:7.3f}'.format(name, *stats(xs)))
+        print('{:44} {:7.3f} {:7.3f} {:7.3f}'.format(name, *spread(xs)))
     ratios = {}
     print('hither_fs / baseline (io = np.save + np.load; io+work = the same plus the job\'s own sum or '
           'np.full), target <= 1.5x:')

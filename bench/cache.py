@@ -32,9 +32,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
 import hither_fs as hi  # noqa: E402
 import hither_fs.submit  # noqa: E402
 from noop import noop, noop_plain  # noqa: E402
+from spread import line  # noqa: E402
 
 
 def files_in(path):
@@ -67,10 +69,6 @@ def joblib_hits(n, memory):
     for k in range(n):
         assert memory.cache(noop_plain)(k) == k
     return time.perf_counter() - t0
-
-
-def line(name, rates):
-    return '{:<44} {:>8.0f} {:>8.0f} {:>8.0f}'.format(name, min(rates), statistics.median(rates), max(rates))
 
 
 def main():
@@ -118,9 +116,9 @@ def main():
 
         print('{} cache hits of noop(i), all cached, {} times each; hits/s'.format(n, args.repeat))
         print('{:<44} {:>8} {:>8} {:>8}'.format('', 'min', 'median', 'max'))
-        print(line('hither_fs JobCache()      f.run(i=k).wait()', rates['user']))
-        print(line('hither_fs JobCache(path)  from a fresh root', rates['lab']))
-        print(line('joblib.Memory             memory.cache(f)(k)', rates['joblib']))
+        print(line('hither_fs JobCache()      f.run(i=k).wait()', rates['user'], 44))
+        print(line('hither_fs JobCache(path)  from a fresh root', rates['lab'], 44))
+        print(line('joblib.Memory             memory.cache(f)(k)', rates['joblib'], 44))
         base = statistics.median(rates['joblib'])
         print('  JobCache() / joblib.Memory, medians:     {:.2f}x'.format(statistics.median(rates['user']) / base))
         print('  JobCache(path) / joblib.Memory, medians: {:.2f}x'.format(statistics.median(rates['lab']) / base))

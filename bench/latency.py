@@ -48,6 +48,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hither_fs as hi  # noqa: E402
 from hither_fs import dirwatch  # noqa: E402
 from latencyfuncs import nap, noop, noop_plain, step, step_plain  # noqa: E402
+from spread import spread as spread_of  # noqa: E402
 
 CHAIN = 100
 
@@ -179,7 +180,7 @@ def waiting(samples=10, long_wait=10.0, polling=False):
 
 
 def spread(values, scale=1000.0, fmt='{:8.2f}'):
-    return ' '.join(fmt.format(v * scale) for v in (min(values), p50(values), max(values)))
+    return ' '.join(fmt.format(v * scale) for v in spread_of(values))
 
 
 def table(title, rows, unit='ms'):

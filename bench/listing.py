@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hither_fs as hi  # noqa: E402
+from spread import line  # noqa: E402
 
 CHUNK = 5000
 
@@ -148,10 +149,6 @@ def timed(argv, env=None, shell=False):
     return seconds, proc.stdout
 
 
-def line(name, times):
-    return '{:<52} {:>7.3f} {:>7.3f} {:>7.3f}'.format(name, min(times), statistics.median(times), max(times))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--jobs', type=int, default=100000)
@@ -209,7 +206,7 @@ def main():
         print('{} jobs on {}; seconds, {} runs each (warm: {})'.format(args.jobs, fs, args.repeat, 3 * args.repeat))
         print('{:<52} {:>7} {:>7} {:>7}'.format('', 'min', 'median', 'max'))
         for name, ts in times.items():
-            print(line(name, ts))
+            print(line(name, ts, 52, '{:>7.3f}'))
         warm_ls = statistics.median(times['hither-fs ls, warm (the summaries)'])
         print('  every record read / warm, medians: {:.1f}x'.format(
             statistics.median(times['hither-fs ls, every record read (HITHER_FS_SUMMARY=0)']) / warm_ls))

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import hither_fs as hi  # noqa: E402
 import hither_fs.submit  # noqa: E402
 from noop import noop  # noqa: E402
+from spread import line  # noqa: E402
 
 
 class Parked(hi.JobHandler):
@@ -86,10 +87,6 @@ def floor(n, workdir):
     return n / seconds
 
 
-def line(name, rates):
-    return '{:<34} {:>8.0f} {:>8.0f} {:>8.0f}'.format(name, min(rates), statistics.median(rates), max(rates))
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--jobs', type=int, default=2000)
@@ -111,12 +108,12 @@ def main():
         print('{:<34} {:>8} {:>8} {:>8}'.format('', 'min', 'median', 'max'))
         for cached in (False, True):
             tag = ' (JobCache(path))' if cached else ''
-            print(line('loop of f.run()' + tag, rates['run', cached]))
-            print(line('f.map()' + tag, rates['map', cached]))
+            print(line('loop of f.run()' + tag, rates['run', cached], 34))
+            print(line('f.map()' + tag, rates['map', cached], 34))
             print('  f.map() / loop of f.run(), medians: {:.1f}x'.format(
                 statistics.median(rates['map', cached]) / statistics.median(rates['run', cached])))
             if not cached:
-                print(line('filesystem floor (same files)', rates['floor']))
+                print(line('filesystem floor (same files)', rates['floor'], 34))
                 print('  f.map() / floor, medians: {:.2f}'.format(
                     statistics.median(rates['map', False]) / statistics.median(rates['floor'])))
     finally:

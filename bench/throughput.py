@@ -34,6 +34,7 @@ import psutil  # noqa: E402
 import hither_fs as hi  # noqa: E402
 from hither_fs.runtime.files import write_json  # noqa: E402
 from noop import noop, noop_plain  # noqa: E402
+from spread import spread  # noqa: E402
 
 
 def cpu_seconds(process):
@@ -113,10 +114,6 @@ def waiting(workdir, samples=10, long_wait=10.0):
         cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     handler.halt()
     return statistics.median(lags), cpu_share
-
-
-def spread(values):
-    return min(values), statistics.median(values), max(values)
 
 
 def main():
