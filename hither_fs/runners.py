@@ -65,14 +65,18 @@ def become_job_process(parent: int, close_fds: List[int] = ()) -> None:
     worker's pipes to its other runners (a runner must see its pipe close)."""
     os.setsid()
     _die_with_parent(parent)
-    for fd in close_fds:
+    _close(close_fds)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD, WAKE_SIGNAL):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, WAKE_SIGNAL})
+
+
+def _close(fds: List[int]) -> None:
+    for fd in fds:
         try:
             os.close(fd)
         except OSError:
             pass
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGCHLD, WAKE_SIGNAL):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD, WAKE_SIGNAL})
 
 
 def _prctl(option: int, value: int) -> bool:
@@ -168,11 +172,8 @@ class Runner:
                     self.doomed = True
                     return 1 << 8, {}
                 return (0 if "result" in answer.get("outcome", {}) else 1 << 8), answer
-            if self.status is None:
-                pid, status = os.waitpid(self.pid, os.WNOHANG)
-                if pid:
-                    self.status = status
-                    continue  # an answer may have come just before it ended
+            if self.status is None and self._ended():
+                continue  # an answer may have come just before it ended
             if self.status is not None:
                 return self.status, {}
             if not block:
@@ -201,19 +202,20 @@ class Runner:
     def alive(self) -> bool:
         """Whether it can take another job: not killed, and still there."""
         if self.status is None and not self.doomed:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = status
+            self._ended()
         return self.status is None and not self.doomed
+
+    def _ended(self) -> bool:
+        """Whether the process has ended (its wait status is kept in ``status``)."""
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            self.status = status
+        return bool(pid)
 
     def close(self, kill_job: bool = False) -> None:
         """End it: an idle runner (or one that retired itself) is killed alone; with
         ``kill_job`` (it runs a job) its whole process tree is."""
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close(self.fds)
         if self.status is None:
             if kill_job:
                 kill_tree(self.pid)
