@@ -33,6 +33,10 @@ from .runtime import runner as in_runner
 #: worker) is harmless.
 WAKE_SIGNAL = signal.SIGURG
 
+#: Bytes asked of a pipe per read: what a Linux pipe holds. (A read allocates what it asks
+#: for first: a megabyte would cost an mmap, page faults and an munmap per answer.)
+PIPE_READ = 1 << 16
+
 
 def wake(pid: int) -> None:
     """Wake the worker ``pid`` (a local worker of this user) at once."""
@@ -191,7 +195,7 @@ class Runner:
                 return line
             self._scanned = len(self._buffer)
             try:
-                chunk = os.read(self.answers_fd, 1 << 20)
+                chunk = os.read(self.answers_fd, PIPE_READ)
             except BlockingIOError:
                 return None
             if not chunk:

@@ -179,3 +179,26 @@ def test_a_record_read_cut_short_is_read_again_damage_is_reported_at_once(tmp_pa
     with pytest.raises(hi.CorruptFileError, match='not valid JSON'):
         files.read_json(path)
     assert len(reads) == 3 and len(pauses) == 1
+
+
+def test_a_record_is_read_whole_whatever_its_size_says(tmp_path):
+    """Reads ask for the size ``fstat`` gave, plus one byte (a read allocates what it asks
+    for): a file that grew since is still read to its end, and so is one over a megabyte."""
+    from hither_fs.runtime import files
+    for size in (0, 1, 4095, (1 << 20) - 1, 1 << 20, (3 << 20) + 7):
+        path = str(tmp_path / 'f{}'.format(size))
+        with open(path, 'wb') as f:
+            f.write(os.urandom(size))
+        data, st = files.read_bytes(path)
+        assert data == open(path, 'rb').read() and st.st_size == size
+    path = str(tmp_path / 'growing')
+    with open(path, 'wb') as f:
+        f.write(b'x' * 100)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with open(path, 'ab') as f:
+            f.write(b'y' * 5000)  # after the fstat that said 100 bytes
+        assert files._read_rest(fd, 100) == b'x' * 100 + b'y' * 5000
+    finally:
+        os.close(fd)
+    assert files.read_text_tail(path, limit=10) == 'y' * 10

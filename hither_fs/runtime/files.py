@@ -296,6 +296,11 @@ def open_regular(path: str, limit: Optional[int] = None) -> int:
     outside the root); so does a file of more than ``limit`` bytes (damage,
     not data).
     """
+    return _open_regular(path, limit)[0]
+
+
+def _open_regular(path: str, limit: Optional[int]) -> Tuple[int, os.stat_result]:
+    """:func:`open_regular`, and the file's ``fstat``."""
     try:
         fd = _open_in_tree(path)
         if fd is None:
@@ -310,28 +315,39 @@ def open_regular(path: str, limit: Optional[int] = None) -> int:
             raise CorruptFileError(path, "is not a regular file (mode {:o})".format(st.st_mode))
         if limit is not None and st.st_size > limit:
             raise CorruptFileError(path, "is {} bytes, more than the {} a record may have".format(st.st_size, limit))
-        return fd  # (O_NONBLOCK means nothing to a regular file: left on)
+        return fd, st  # (O_NONBLOCK means nothing to a regular file: left on)
     except BaseException:
         os.close(fd)
         raise
 
 
 def read_bytes(path: str, limit: Optional[int] = None) -> Tuple[bytes, os.stat_result]:
-    """The bytes of the regular file ``path`` (see :func:`open_regular`) and its ``fstat``, in one open."""
-    fd = open_regular(path, limit)
+    """The bytes of the regular file ``path`` (see :func:`open_regular`) and its ``fstat``,
+    in one open. Records are replaced by a rename, never changed in place, so the
+    ``fstat`` taken when the file was opened is that of the bytes read."""
+    fd, st = _open_regular(path, limit)
     try:
-        return _read_rest(fd), os.fstat(fd)
+        return _read_rest(fd, st.st_size), st
     finally:
         os.close(fd)
 
 
-def _read_rest(fd: int) -> bytes:
+def _read_rest(fd: int, size: int = -1) -> bytes:
+    """The rest of ``fd``, ``size`` bytes as far as its ``fstat`` knows. A read allocates
+    what it asks for before it reads (a megabyte costs an mmap, page faults and an munmap),
+    so it asks for one byte more than that, and a read of a regular file that returns less
+    than asked is at the end: one call for a file that still has its size. (A file that
+    grew meanwhile is read on; one cut short is the caller's to judge.)"""
     chunks = []
+    ask = size + 1 if 0 <= size < 1 << 20 else 1 << 20
     while True:
-        chunk = os.read(fd, 1 << 20)
+        chunk = os.read(fd, ask)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
+        if size >= 0 and len(chunk) < ask:
+            return b"".join(chunks)
+        ask = 1 << 20
 
 
 def parse_json(path: str, data: bytes) -> Any:
@@ -520,8 +536,10 @@ def read_text_tail(path: str, limit: Optional[int] = None) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return ""
-        if limit is not None and st.st_size > limit:
-            os.lseek(fd, st.st_size - limit, os.SEEK_SET)
-        return _read_rest(fd).decode("utf-8", errors="replace")
+        size = st.st_size
+        if limit is not None and size > limit:
+            os.lseek(fd, size - limit, os.SEEK_SET)
+            size = limit
+        return _read_rest(fd, size).decode("utf-8", errors="replace")
     finally:
         os.close(fd)
