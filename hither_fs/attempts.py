@@ -15,7 +15,6 @@ the runner's answer, or from ``os.wait4`` for a forked child.
 """
 
 import contextlib
-import datetime
 import functools
 import logging
 import os
@@ -36,7 +35,7 @@ from .cache import record_outcome
 from .containers import run_container_attempt
 from .docker import kill_container
 from .protocol import Claim, Outcome, error_record
-from .root import Root
+from .root import Root, iso_at
 from .runners import RunnerPool, Runner, become_job_process, kill_tree
 from .runtime.code import preload
 from .runtime.execute import OUTCOME, redirect_console, run_attempt
@@ -45,10 +44,6 @@ from .runtime.layout import host_and_pid, host_label, live_console_prefix
 
 CONSOLE = ("stdout", "stderr")
 log = logging.getLogger("hither_fs.worker")
-
-
-def iso(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def scratch_base() -> str:
@@ -142,7 +137,7 @@ class Console:
             with open(src, "rb") as f:
                 f.seek(self.copied[name])
                 while True:
-                    chunk = f.read(1 << 20)
+                    chunk = f.read(min(max(size - self.copied[name], 1 << 16), 1 << 20))  # (allocated before it reads)
                     if not chunk:
                         break
                     os.write(fd_out, chunk)
@@ -307,7 +302,7 @@ class Attempt:
     def outcome(self, status: int, measures: Dict[str, Any], stopping: bool = False) -> Outcome:
         """What the run amounts to, for :func:`hither_fs.protocol.commit`."""
         end = time.time()
-        runtime: Dict[str, Any] = {"pid": self.pid, "start": iso(self.started), "end": iso(end),
+        runtime: Dict[str, Any] = {"pid": self.pid, "start": iso_at(self.started), "end": iso_at(end),
                                    "wall_seconds": round(end - self.started, 6), "attempt": self.claim.token.attempt}
         runtime.update(measures)
         if self.runner is not None:
@@ -526,7 +521,7 @@ def run_in_process(root: Root, claim: Claim, worker_id: str, function: Optional[
                     run_attempt(root.path, claim.job_id, scratch, spec=claim.spec, function=function)
         end = time.time()
         result, error, facts = _outcome_from(scratch)
-        runtime = dict(facts, pid=os.getpid(), start=iso(start), end=iso(end), wall_seconds=round(end - start, 6),
+        runtime = dict(facts, pid=os.getpid(), start=iso_at(start), end=iso_at(end), wall_seconds=round(end - start, 6),
                        cpu_seconds=round(time.process_time() - cpu0, 6), attempt=claim.token.attempt,
                        peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, in_process=True)
         runtime.update(base_runtime(worker_id))

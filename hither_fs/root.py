@@ -10,6 +10,7 @@ import errno
 import grp
 import os
 import stat
+import time
 import uuid
 import warnings
 from typing import Any, Dict, List, Optional
@@ -30,8 +31,14 @@ class RootError(Exception):
     """The root directory cannot be used (wrong type, permissions, ownership, format)."""
 
 
+def iso_at(t: float) -> str:
+    """The time ``t`` (seconds since the epoch) as the root's records write times:
+    UTC to the microsecond, ``2026-01-31T12:00:00.000000Z``."""
+    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
 def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_at(time.time())
 
 
 def new_job_id() -> str:

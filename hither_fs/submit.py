@@ -7,7 +7,6 @@ cache is consulted: a hit is answered from its entry alone, by a
 job is written with its spec, and its handler is told.
 """
 
-import datetime
 import getpass
 import inspect
 import json
@@ -34,7 +33,7 @@ from .handlers import DefaultJobHandler, JobHandler, ParallelJobHandler
 from .slurm import SlurmJobHandler, served_queues
 from .job import POLL_MAX, POLL_MIN, Job
 from .protocol import Status
-from .root import Root, new_job_id, now_iso
+from .root import Root, iso_at, new_job_id, now_iso
 from .runtime.code import stop_if_loading_script
 from .runtime.files import RECORD_LIMIT, CorruptFileError, read_record, read_text_tail
 from .runtime.layout import Layout, check_queue_name, host_label
@@ -230,7 +229,7 @@ class _Batch:
         created = time.time()
 
         def spec(job_id: str, from_cache: Dict[str, Any]) -> Dict[str, Any]:
-            made = self._spec(args, upstream, _iso(created), key)
+            made = self._spec(args, upstream, iso_at(created), key)
             made.update(id=job_id, from_cache=from_cache)
             return made
         return CacheHit(root, self.handler, cache, entry, value, spec, fn.name, fn.version, cfg["label"])
@@ -707,11 +706,6 @@ def _hand_out(root: Root, job_id: str) -> None:
 def _key_of(job: Job) -> str:
     """A job's cache key (a cache hit knows its own without reading a spec)."""
     return job.key if isinstance(job, CacheHit) else job.spec["key"]
-
-
-def _iso(t: float) -> str:
-    """:func:`hither_fs.root.now_iso` of the time ``t``."""
-    return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 #: What :meth:`_Batch.prepare` makes of one job: its spec, its upstream jobs, and the cache's
