@@ -10,8 +10,8 @@ times each in turn (default 3), printed as min / median / max jobs/s:
 * ``ProcessPoolExecutor(2)``: the standard library, no files at all.
 * ``filesystem floor``: in one process, the fewest file operations a job on a
   filesystem bus needs - write the spec and a queue ticket, claim by rename,
-  write the result and the final state (each write by temp file + fsync +
-  rename, as hither_fs does) - with no Python job code at all.
+  write the result and the final state (each write by temp file + rename, as
+  hither_fs does unless ``HITHER_FS_FSYNC=1``) - with no Python job code at all.
 
 It also reports how long ``job.wait()`` takes to notice a finished job, and
 what waiting costs the waiting process.
