@@ -4,7 +4,7 @@ import functools
 import inspect
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union, overload
 
 from .codeenv import check_patterns
 from .runtime.code import SHIPPED_NAME, stop_if_loading_script
@@ -42,6 +42,7 @@ class HitherFunction(Generic[R]):
                                   else getattr(fn, "_hither_local_modules", None) or [])
         self.additional_files = list(additional_files if additional_files is not None
                                      else getattr(fn, "_hither_additional_files", None) or [])
+        self._location: Optional[Tuple[Any, Dict[str, Any]]] = None  # (what it was worked out for, location)
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
         stop_if_loading_script("a direct call of {}".format(self.name))
@@ -74,7 +75,15 @@ class HitherFunction(Generic[R]):
         return submit_many(self, items, common)
 
     def location(self) -> Dict[str, Any]:
-        """How a worker finds this function again: module, file, import root."""
+        """How a worker finds this function again: module, file, import root. Worked out
+        once per code object (a reload makes a new one) and working directory."""
+        code = getattr(self.__wrapped__, "__code__", None)
+        key = (code, os.getcwd())
+        if code is None or self._location is None or self._location[0] != key:
+            self._location = (key, self._find_location())
+        return dict(self._location[1])
+
+    def _find_location(self) -> Dict[str, Any]:
         fn = self.__wrapped__
         module = fn.__module__
         shipped = needs_shipping(fn) or getattr(sys.modules.get(module), "__file__", None) == SHIPPED_NAME

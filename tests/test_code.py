@@ -161,3 +161,19 @@ def test_a_package_that_imports_its_module_still_runs_the_submitted_code(root_pa
     (pkg / 'mod.py').write_text(MODULE_V1.format(name='pkg_value').replace('x + 1', 'x + 1000'))
     open(go, 'w').close()
     assert job.wait(timeout=60) == 2
+
+
+
+def test_a_functions_location_is_the_callers_own_copy(tmp_path):
+    """``location()`` is worked out once per code object (a reload makes a new one); each
+    call hands out its own copy, which the caller may change."""
+    name = 'located_once'
+    write_module(tmp_path, name, MODULE_V1.format(name=name))
+    fn = getattr(load(tmp_path, name), name)
+    where = fn.location()
+    assert where['file'] == str(tmp_path / (name + '_mod.py')) and where['import_root'] == str(tmp_path)
+    where['file'] = 'changed by the caller'
+    assert fn.location()['file'] == str(tmp_path / (name + '_mod.py'))
+    again = getattr(load(tmp_path, name), name)  # reloaded: a new code object
+    assert again.__wrapped__.__code__ is not fn.__wrapped__.__code__
+    assert again.location() == fn.location()
