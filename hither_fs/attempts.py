@@ -338,17 +338,19 @@ class Slots:
     the commit (a full disk), or handed back when the worker must go.
 
     ``tick`` is called now and then during a long commit (many jobs waiting on one), so
-    the worker can keep beating.
+    the worker can keep beating; ``promoted`` after a commit that queued (or failed)
+    jobs that waited for the committed one, with their number.
     """
 
     def __init__(self, root: Root, worker_id: str, scratch: str, tick: Callable[[], None], code_trust: Any = None,
-                 runners: Optional[RunnerPool] = None):
+                 runners: Optional[RunnerPool] = None, promoted: Optional[Callable[[int], None]] = None):
         self.root = root
         self.code_trust = code_trust
         self.runners = runners
         self.worker_id = worker_id
         self.scratch = scratch
         self.tick = tick
+        self.promoted = promoted
         self.running: Dict[str, Attempt] = {}                 # job id -> its run
         self.uncommitted: List[Tuple[Attempt, Outcome]] = []  # runs whose commit failed: retried
         self.jobs_done = 0
@@ -427,7 +429,7 @@ class Slots:
     def _commit(self, attempt: Attempt, outcome: Outcome, first: bool = True) -> bool:
         """Commit one run; False if the root could not take it (kept for a retry)."""
         try:
-            final = protocol.commit(self.root, attempt.claim, outcome, tick=self.tick)
+            final = protocol.commit(self.root, attempt.claim, outcome, tick=self.tick, promoted=self.promoted)
         except protocol.JobGoneError as exc:  # its token is dropped: nothing to retry
             log.warning("job %s: outcome not recorded: %s", attempt.job_id, exc)
             attempt.cleanup()

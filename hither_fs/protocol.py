@@ -702,7 +702,8 @@ def _final(spec: Dict[str, Any], token: Token, prior: Dict[str, Any], status: St
     return state
 
 
-def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[], None]] = None) -> Optional[Status]:
+def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[], None]] = None,
+           promoted: Optional[Callable[[int], None]] = None) -> Optional[Status]:
     """Record how a claimed run ended, if the claim still holds.
 
     Returns the final status, or None if the claim was lost meanwhile (the
@@ -712,7 +713,8 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
     stays this worker's, to commit again or hand back.
 
     Then the jobs waiting for this one are promoted (``tick`` is called now
-    and then meanwhile: a job many others wait for takes a while).
+    and then meanwhile: a job many others wait for takes a while), and
+    ``promoted`` is told how many changed, if any did.
     """
     job_id = claim.job_id
     with _holding(root, claim.path, job_id, dir_checked=True) as held:  # checked when claimed
@@ -745,7 +747,9 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
                 os.replace(live, root.layout.job_file(job_id, name + ".txt"))
         else:
             remove_quietly(live)
-    notify_downstream(root, job_id, tick)
+    changed = notify_downstream(root, job_id, tick)
+    if changed and promoted is not None:
+        promoted(changed)
     drop_waiting_markers(root, job_id, claim.spec)
     return status
 

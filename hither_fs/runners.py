@@ -46,6 +46,25 @@ def wake(pid: int) -> None:
         pass
 
 
+def local_workers(parent_pid: int, root_path: str) -> List[int]:
+    """The pids of the workers that the process ``parent_pid`` started for the root at
+    ``root_path`` on this host (``ParallelJobHandler``'s: its children running
+    ``hither_fs worker --root root_path``)."""
+    try:
+        children = psutil.Process(parent_pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        try:
+            command = child.cmdline()
+        except psutil.Error:
+            continue
+        if "worker" in command and root_path in command and "hither_fs" in command:
+            found.append(child.pid)
+    return found
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a job process, its process group and any descendant that left it."""
     try:

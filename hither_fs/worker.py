@@ -37,7 +37,7 @@ from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
 from .protocol import Claim
 from .queue import QueueReader, count_tickets, ticket_token
 from .root import Root
-from .runners import WAKE_SIGNAL, RunnerPool
+from .runners import WAKE_SIGNAL, RunnerPool, local_workers, wake
 from .runtime.files import CorruptFileError, listdir, remove_quietly
 from .runtime.layout import check_queue_name, host_label
 from .trust import CodeTrust
@@ -56,6 +56,8 @@ LISTEN_AFTER_BELL = 2.0
 NOFIT_MEMORY = 30.0
 IDLE_LISTING = 30.0
 PENDING_SWEEP = 30.0
+#: How long a local worker's list of its sibling workers (see ``_wake_siblings``) is used.
+SIBLINGS_MEMORY = 10.0
 
 
 def new_worker_id(prefix: str = "w") -> str:
@@ -119,7 +121,7 @@ class Worker:
         self.code_trust = CodeTrust(root, sys.path)  # who may write the code a job imports
         self.runners = RunnerPool(root.path, slots, self.scratch, key=self.code_trust.uids, prepare=self.code_trust.guard_imports)
         self.runs = Slots(root, self.id, self.scratch, tick=self._tick, code_trust=self.code_trust,
-                          runners=self.runners)
+                          runners=self.runners, promoted=self._wake_siblings)
         self.readers = {q: QueueReader(root.layout, q, clock=clock) for q in self.queues}
         self.judge = LeaseJudge(lease, host=host, clock=clock)
         self.recovery = Recovery(root, self.judge, me=self.id)
@@ -137,7 +139,8 @@ class Worker:
         self._last_beat = now
         self._interval = 0.001
         self._due = {"beat": now, "requests": now, "recover": now, "pending": now,
-                     "bell": now, "listing": now}
+                     "bell": now, "listing": now, "siblings": now}
+        self._siblings: List[int] = []
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -218,6 +221,20 @@ class Worker:
             self._interval = 0.001  # something happened: look again soon
         else:
             self._interval = min(0.25, self._interval * 1.5)
+
+    def _wake_siblings(self, promoted: int) -> None:
+        """Jobs this worker has just queued (those that waited for the job it committed) are
+        for the other local workers of its submitting process too: wake them now, rather
+        than leave the jobs to their next look at the queue (up to ``BELL_INTERVAL`` when
+        idle). They are looked up at most every ``SIBLINGS_MEMORY`` seconds."""
+        if self.parent_pid is None:
+            return
+        now = self.clock()
+        if now >= self._due["siblings"]:
+            self._siblings = [p for p in local_workers(self.parent_pid, self.root.path) if p != os.getpid()]
+            self._due["siblings"] = now + SIBLINGS_MEMORY
+        for pid in self._siblings:
+            wake(pid)
 
     def _active(self) -> None:
         self.last_active = self.clock()

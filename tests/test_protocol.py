@@ -184,13 +184,17 @@ def test_recovery_cancels_instead_of_requeueing_when_the_lost_worker_was_asked_t
 
 def test_pipeline_promotion_when_the_upstream_job_finishes(root):
     up = submit(root)
-    down = submit(root, upstream=[up['id']])
-    assert status(root, down['id']) == 'pending'
-    assert os.listdir(root.layout.downstream_dir(up['id'])) == [down['id']]
-    assert protocol.commit(root, claim_next(root), finished(5)) == Status.FINISHED
-    assert status(root, down['id']) == 'queued'  # promoted by the commit, no sweep needed
-    assert not os.path.exists(root.layout.downstream_dir(up['id']))  # its waiter marker is gone
-    assert os.listdir(root.layout.pending) == [] and len(tickets(root)) == 1
+    downs = [submit(root, upstream=[up['id']]) for _ in range(2)]
+    assert status(root, downs[0]['id']) == 'pending'
+    assert sorted(os.listdir(root.layout.downstream_dir(up['id']))) == sorted(d['id'] for d in downs)
+    told = []
+    assert protocol.commit(root, claim_next(root), finished(5), promoted=told.append) == Status.FINISHED
+    assert [status(root, d['id']) for d in downs] == ['queued', 'queued']  # promoted by the commit, no sweep needed
+    assert told == [2]  # (a worker wakes its siblings: the queued jobs are theirs too)
+    assert not os.path.exists(root.layout.downstream_dir(up['id']))  # its waiter markers are gone
+    assert os.listdir(root.layout.pending) == [] and len(tickets(root)) == 2
+    assert protocol.commit(root, claim_next(root), finished(6), promoted=told.append) == Status.FINISHED
+    assert told == [2]  # nothing waited for that one: nobody is told
 
 
 def test_a_job_submitted_after_its_upstream_finished_is_queued_at_once(root):

@@ -3,6 +3,7 @@ process (hither_fs.runners, hither_fs.runtime.runner), and each job still gets
 its own console, CPU time, peak memory, environment and working directory;
 whatever a job leaves behind that cannot be undone retires the runner."""
 
+import os
 import time
 
 import psutil
@@ -167,3 +168,17 @@ def test_a_runner_killed_after_it_answered_is_never_given_another_job(tmp_path):
         assert pool.acquire({}) is not runner
     finally:
         pool.close()
+
+
+def test_a_local_worker_finds_its_siblings_to_wake(root_path, parallel):
+    """A worker whose commit queued the jobs that waited for its job wakes the other
+    workers its submitting process started (hither_fs.worker.Worker._wake_siblings):
+    they are found as that process's children serving the same root."""
+    from hither_fs import runners
+    handler = parallel(2)
+    with hi.Config(job_handler=handler):
+        where.run(x=0).wait()
+    pids = sorted(p.pid for ps in handler._workers.values() for p in ps)
+    assert len(pids) == 2
+    assert sorted(runners.local_workers(os.getpid(), hi.Root.get(root_path).path)) == pids
+    assert runners.local_workers(os.getpid(), root_path + '-another') == []
