@@ -1,7 +1,7 @@
 """Latency of one job, and of a chain of dependent jobs: hither_fs vs joblib and dask, side by side.
 
     python bench/latency.py [--rounds R] [--samples N] [--idle-samples M] [--long-idle] [--skip-waiting]
-                             [--only roundtrip,idle,chain,waiting]
+                             [--only roundtrip,idle,chain,fanout,waiting]
 
 All contenders run in this one process, warm, on the same machine, one after
 another within each round; every measure is repeated ``--rounds`` times (3 by
@@ -27,6 +27,10 @@ Measures:
 * ``chain of 100``: ``j = noop.run(x=0)`` then 99 times ``j = step.run(x=j)``
   (a Job as an argument: a pipeline), then ``j.wait()``; against dask.distributed's
   ``client.submit(step, prev)`` chain. Milliseconds per link (total / 100).
+* ``fan-out``: one job naps 1 s, then the 2 jobs that take it as an argument nap
+  0.05 s each, on the 2 workers; the time beyond the naps (against
+  dask.distributed's ``client.submit(f, up)``). The second of the 2 jobs starts
+  as soon as a worker wakes to it.
 * ``waiting``: from a job's function returning (a 0.3 s nap that returns
   ``time.time()``) to ``job.wait()`` returning in the submitter, median of 10;
   and the share of one core the waiting process uses while it waits 10 s. On a
@@ -47,10 +51,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import hither_fs as hi  # noqa: E402
 from hither_fs import dirwatch  # noqa: E402
-from latencyfuncs import nap, noop, noop_plain, step, step_plain  # noqa: E402
+from latencyfuncs import nap, nap_after, nap_after_plain, nap_plain, noop, noop_plain, step, step_plain  # noqa: E402
 from spread import spread as spread_of  # noqa: E402
 
 CHAIN = 100
+FAN, FAN_UP, FAN_DOWN = 2, 1.0, 0.05
 
 
 def p50(samples):
@@ -75,6 +80,11 @@ class Hither:
         for _ in range(CHAIN - 1):
             j = step.run(x=j)
         return j.wait()
+
+    def fan_out(self):
+        up = nap.run(seconds=FAN_UP)
+        downs = [nap_after.run(up=up, seconds=FAN_DOWN) for _ in range(FAN)]
+        return [d.wait() for d in downs]
 
     def close(self):
         self.config.__exit__(None, None, None)
@@ -134,6 +144,11 @@ class DaskDistributed:
             fut = self.client.submit(step_plain, fut, pure=False)
         return fut.result()
 
+    def fan_out(self):
+        up = self.client.submit(nap_plain, FAN_UP, pure=False)
+        downs = [self.client.submit(nap_after_plain, up, FAN_DOWN, pure=False) for _ in range(FAN)]
+        return [d.result() for d in downs]
+
     def close(self):
         self.client.close()
         self.cluster.close()
@@ -156,6 +171,15 @@ def chain_per_link(contender):
     t0 = time.perf_counter()
     assert contender.chain() == CHAIN - 1
     return (time.perf_counter() - t0) / CHAIN
+
+
+def fan_out_overhead(contender):
+    """Seconds a fan-out takes beyond its naps: one job naps ``FAN_UP``, then ``FAN`` jobs
+    that wait for it nap ``FAN_DOWN`` each, on as many workers."""
+    t0 = time.perf_counter()
+    ends = contender.fan_out()
+    assert len(set(ends)) == 1
+    return time.perf_counter() - t0 - FAN_UP - FAN_DOWN
 
 
 def waiting(samples=10, long_wait=10.0, polling=False):
@@ -200,9 +224,9 @@ def main():
     parser.add_argument('--idle-samples', type=int, default=12, help='round trips per round after idling')
     parser.add_argument('--long-idle', action='store_true', help='also after idling 2 s (a third as many samples)')
     parser.add_argument('--skip-waiting', action='store_true', help='skip the 10 s waiting measure')
-    parser.add_argument('--only', help='comma-separated: roundtrip,idle,chain,waiting')
+    parser.add_argument('--only', help='comma-separated: roundtrip,idle,chain,fanout,waiting')
     args = parser.parse_args()
-    only = set(args.only.split(',')) if args.only else {'roundtrip', 'idle', 'chain', 'waiting'}
+    only = set(args.only.split(',')) if args.only else {'roundtrip', 'idle', 'chain', 'fanout', 'waiting'}
     idles = [0.25] + ([2.0] if args.long_idle else [])
     idle_samples = {0.25: args.idle_samples, 2.0: max(3, args.idle_samples // 3)}
     with tempfile.TemporaryDirectory() as workdir:
@@ -215,6 +239,7 @@ def main():
             trips = {c.name: [] for c in contenders}
             idled = {(c.name, idle): [] for c in contenders for idle in idles}
             chains = {c.name: [] for c in contenders if hasattr(c, 'chain')}
+            fans = {c.name: [] for c in contenders if hasattr(c, 'fan_out')}
             if 'chain' in only:
                 for c in contenders:
                     if hasattr(c, 'chain'):
@@ -228,6 +253,8 @@ def main():
                             idled[c.name, idle].append(round_trips(c, idle_samples[idle], idle))
                     if 'chain' in only and hasattr(c, 'chain'):
                         chains[c.name].append(chain_per_link(c))
+                    if 'fanout' in only and hasattr(c, 'fan_out'):
+                        fans[c.name].append(fan_out_overhead(c))
             for c in contenders[1:]:  # their threads (dask's client) must not count as the waiter's CPU
                 c.close()
             contenders = contenders[:1]
@@ -247,6 +274,9 @@ def main():
                   [(name, idled[name, idle]) for name in names])
     if 'chain' in only:
         table('chain of {} dependent jobs, per link'.format(CHAIN), list(chains.items()))
+    if 'fanout' in only:
+        table('fan-out: a {:g} s job, then {} jobs of {:g} s that wait for it, beyond the naps'.format(
+            FAN_UP, FAN, FAN_DOWN), list(fans.items()))
     if 'waiting' in only and not args.skip_waiting:
         print('\nwaiting for a job (hither_fs job.wait()), with {}:'.format(' and with '.join(w for w, _ in waits)))
         for how, (lag, cpu_share) in waits:

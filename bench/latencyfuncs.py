@@ -29,3 +29,20 @@ def noop_plain(x):
 
 def step_plain(x):
     return x + 1
+
+
+@hi.function('nap_after', '0.1.0')
+def nap_after(up, seconds):
+    """Wait for ``up`` (a job: this one is pending until it ends), then sleep."""
+    time.sleep(seconds)
+    return up
+
+
+def nap_plain(seconds):
+    time.sleep(seconds)
+    return time.time()
+
+
+def nap_after_plain(up, seconds):
+    time.sleep(seconds)
+    return up
