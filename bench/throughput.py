@@ -13,8 +13,11 @@ times each in turn (default 3), printed as min / median / max jobs/s:
   write the result and the final state (each write by temp file + rename, as
   hither_fs does unless ``HITHER_FS_FSYNC=1``) - with no Python job code at all.
 
-It also reports how long ``job.wait()`` takes to notice a finished job, and
-what waiting costs the waiting process.
+Against each reference it prints the ratio of the medians, and each round's
+ratio: the three run one after another in a round, so a round's ratio compares
+them on the disk as it was then (this machine's disk swings between a fast and
+a slow state within minutes). It also reports how long ``job.wait()`` takes to
+notice a finished job, and what waiting costs the waiting process.
 """
 
 import argparse
@@ -143,6 +146,11 @@ def main():
         median['hither'] / median['floor']))
     print('  hither_fs / ProcessPoolExecutor, medians: {:.3f}  (target: at least 0.1)'.format(
         median['hither'] / median['pool']))
+    for peer, name in (('floor', 'filesystem floor'), ('pool', 'ProcessPoolExecutor')):
+        # the three ran one after another in each round: a round's ratio compares the disk as it was then
+        ratios = [h / other for h, other in zip(rates['hither'], rates[peer])]
+        print('  hither_fs / {}, round by round: {}  (median {:.2f})'.format(
+            name, ' '.join('{:.2f}'.format(r) for r in ratios), statistics.median(ratios)))
     print('CPU per hither_fs job (median, ms): submitting and waiting {:.2f}, workers {:.2f}, their runners {:.2f}'
           .format(*(statistics.median(cpu[k]) * 1000 for k in ('submitter', 'workers', 'runners'))))
     print('wait() notices a finished job after {:.1f} ms (median of 10)'.format(lag * 1000))
