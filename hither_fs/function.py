@@ -77,7 +77,7 @@ class HitherFunction(Generic[R]):
     def location(self) -> Dict[str, Any]:
         """How a worker finds this function again: module, file, import root. Worked out
         once per code object (a reload makes a new one) and working directory."""
-        code = getattr(self.__wrapped__, "__code__", None)
+        code = getattr(self.__wrapped__, "__code__", None)  # type: ignore[attr-defined]
         key = (code, os.getcwd())
         if code is None or self._location is None or self._location[0] != key:
             self._location = (key, self._find_location())
