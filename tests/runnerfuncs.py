@@ -97,3 +97,77 @@ def fork_and_return(value):
         sys.exit(0)
     os.waitpid(pid, 0)
     return value
+
+
+@hi.function('say_then_exit', '0.1.0')
+def say_then_exit(text, code):
+    """Prints ``text`` to both streams, then ends its process at once."""
+    print(text, flush=True)
+    sys.stderr.write(text + '\n')
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@hi.function('say_then_leave_thread', '0.1.0')
+def say_then_leave_thread(text):
+    print(text, flush=True)
+    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()
+    return os.getpid()
+
+
+@hi.function('change_process', '0.1.0')
+def change_process():
+    """Changes what the kernel keeps per process, as libraries do: an ignored SIGCHLD, an
+    alarm, a lower soft limit on open files, a blocked SIGTERM, one CPU."""
+    import resource
+    import signal
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR2, lambda *a: None)
+    signal.alarm(600)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    return os.getpid()
+
+
+@hi.function('process_facts', '0.1.0')
+def process_facts():
+    """What a job finds of its process (and a command's exit status: an ignored SIGCHLD
+    would make it 0)."""
+    import resource
+    import signal
+    return {'pid': os.getpid(), 'rc': subprocess.run(['sh', '-c', 'exit 3']).returncode,
+            'sigchld': str(signal.getsignal(signal.SIGCHLD)), 'sigusr2': str(signal.getsignal(signal.SIGUSR2)),
+            'alarm': signal.alarm(0), 'nofile': resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            'blocked': sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+            'cpus': len(os.sched_getaffinity(0)), 'nice': os.nice(0)}
+
+
+@hi.function('unfixable', '0.1.0')
+def unfixable(how):
+    """Leaves its process in a state that cannot be put back."""
+    if how == 'nice':
+        os.nice(5)  # only a privileged process may lower it again
+    elif how == 'stdout':
+        with sys.stdout as out:  # closes sys.stdout on the way out
+            out.write('bye\n')
+    elif how == 'fds':
+        for _ in range(300):
+            os.open(os.devnull, os.O_RDONLY)
+    return os.getpid()
+
+
+@hi.function('close_inherited', '0.1.0')
+def close_inherited(value):
+    """Closes every descriptor above 2, as a daemon helper does before it execs."""
+    os.closerange(3, 65536)
+    return value
+
+
+@hi.function('big_child', '0.1.0')
+def big_child(megabytes):
+    """Runs a child process that touches ``megabytes`` of memory."""
+    subprocess.run([sys.executable, '-c', 'b = bytearray({} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1'.format(
+        megabytes)], check=True)
+    return os.getpid()

@@ -10,8 +10,9 @@ import psutil
 import pytest
 
 import hither_fs as hi
-from runnerfuncs import (exit_now, fork_and_return, hold_memory, leave_child, leave_daemon, leave_thread, meddle,
-                         spin, where)
+from runnerfuncs import (big_child, change_process, close_inherited, exit_now, fork_and_return, hold_memory,
+                         leave_child, leave_daemon, leave_thread, meddle, process_facts, say_then_exit,
+                         say_then_leave_thread, spin, unfixable, where)
 
 
 def wait_for(condition, timeout=30):
@@ -182,3 +183,63 @@ def test_a_local_worker_finds_its_siblings_to_wake(root_path, parallel):
     assert len(pids) == 2
     assert sorted(runners.local_workers(os.getpid(), hi.Root.get(root_path).path)) == pids
     assert runners.local_workers(os.getpid(), root_path + '-another') == []
+
+
+def test_a_job_whose_runner_ends_or_retires_keeps_its_console(root_path, parallel):
+    """A runner that ends (the job called os._exit) or retires (it left a thread) takes
+    its directory with it: the job's console is copied into the root first."""
+    with hi.Config(job_handler=parallel(1)):
+        died = say_then_exit.run(text='last words', code=3)
+        with pytest.raises(hi.JobError):
+            died.wait()
+        left = say_then_leave_thread.run(text='still here')
+        left.wait()
+    assert died.get_console_output() == {'stdout': 'last words\n', 'stderr': 'last words\n'}
+    assert left.get_console_output()['stdout'] == 'still here\n'
+
+
+def test_what_a_job_changes_in_its_process_is_put_back(root_path, parallel):
+    """Signal handlers and mask, an alarm, resource limits and CPU affinity a job set are
+    put back before the next job, in the same runner (a command's exit status stays true)."""
+    with hi.Config(job_handler=parallel(1)):
+        before = process_facts.run().wait()
+        pid = change_process.run().wait()
+        after = process_facts.run().wait()
+    assert before['pid'] == pid == after['pid']
+    assert after == before and after['rc'] == 3 and after['alarm'] == 0
+
+
+@pytest.mark.parametrize('how', ['stdout', 'fds'])
+def test_what_cannot_be_put_back_retires_the_runner(root_path, parallel, how):
+    """A closed sys.stdout, 300 leaked file descriptors: the next job gets a fresh
+    runner, and runs as it would in a fresh process."""
+    with hi.Config(job_handler=parallel(1)):
+        where.run(x=0).wait()
+        pid = unfixable.run(how=how).wait()
+        job = where.run(x=1)
+        after = job.wait()
+    assert after['pid'] != pid and ends(pid)
+    assert job.get_console_output()['stdout'] == 'job 1\n'
+
+
+def test_a_nice_value_a_job_raised_is_not_the_next_jobs(root_path, parallel):
+    """Put back where the runner may (as root), else the runner retires."""
+    with hi.Config(job_handler=parallel(1)):
+        pid = unfixable.run(how='nice').wait()
+        facts = process_facts.run().wait()
+    assert facts['nice'] == 0 and (facts['pid'] == pid) == (os.geteuid() == 0)
+
+
+def test_a_job_that_closes_the_runners_pipes_keeps_its_result(root_path, parallel):
+    """Its runner cannot answer on its pipe: it leaves the answer for the worker and ends."""
+    with hi.Config(job_handler=parallel(1)):
+        job = close_inherited.run(value=42)
+        assert job.wait() == 42
+        assert where.run(x=1).wait()['pid'] != job.get_runtime_info()['pid']
+
+
+def test_a_jobs_peak_memory_counts_its_child_processes(root_path, parallel):
+    with hi.Config(job_handler=parallel(1)):
+        job = big_child.run(megabytes=200)
+        job.wait()
+    assert job.get_runtime_info()['peak_memory_bytes'] >= 200 << 20

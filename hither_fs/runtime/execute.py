@@ -141,7 +141,7 @@ def redirect_console(directory: str, truncate: bool = False) -> None:
     try:
         sys.stdout.reconfigure(line_buffering=True)
         sys.stderr.reconfigure(line_buffering=True)
-    except AttributeError:
+    except (AttributeError, ValueError):  # not a text stream; closed
         pass
 
 

@@ -10,15 +10,22 @@ fit for another job.
 What a job gets of its own: its console (file descriptors 1 and 2 point at
 its scratch files while it runs), its CPU time (``getrusage`` before and
 after, its child processes included) and its peak memory (the kernel's
-high-water mark, reset before it starts). What a job changes is put back
-after it: the environment, the working directory, the umask, ``sys.path``,
-``sys.stdout``/``sys.stderr``. What cannot be put back ends the runner once
-the job's answer is sent, so the next job gets a fresh one: threads or
-processes the job left running, and memory it left in use,
-``RETIRE_ABOVE_BYTES`` above what the runner had after its first job. A
-process the job forks that comes back into the runner's loop leaves at once. A job that kills its process (a crash, ``os._exit``)
-or is killed (a timeout, a cancel) ends the runner with it; the worker sees
-the runner gone and fails that job as it would a forked one.
+high-water mark, reset before it starts; its child processes' when they
+used more). What a job changes is put back after it: the environment, the
+working directory, the umask, ``sys.path``, ``sys.stdout``/``sys.stderr``,
+and what the kernel keeps per process (:class:`_ProcessState`: signal
+handlers and mask, timers, resource limits, priority, CPU affinity). What
+cannot be put back ends the runner once the job's answer is sent, so the
+next job gets a fresh one: threads or processes the job left running,
+memory it left in use (``RETIRE_ABOVE_BYTES`` above what the runner had
+after its first job), file descriptors it left open (``RETIRE_ABOVE_FDS``
+more), a closed ``sys.stdout``, a lowered hard limit or priority. A job that
+closed or replaced the runner's own pipes cannot be answered: the runner
+leaves the outcome in its directory for the worker and exits. A process the
+job forks that comes back into the runner's loop leaves at once. A job that
+kills its process (a crash, ``os._exit``) or is killed (a timeout, a
+cancel) ends the runner with it; the worker sees the runner gone and fails
+that job as it would a forked one.
 
 Standard library only (and what :mod:`.execute` imports): the runner is forked
 from the worker, but nothing here needs more.
@@ -27,15 +34,20 @@ from the worker, but nothing here needs more.
 import json
 import os
 import resource
+import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .execute import attempt_outcome, redirect_console
+from .execute import OUTCOME, attempt_outcome, redirect_console
+from .files import write_json
 
 #: A runner whose resident memory grew this much above what it had after its first job
 #: (objects a job left behind, a heap that does not shrink) retires after the job.
 RETIRE_ABOVE_BYTES = 512 << 20
+#: A runner with this many more open file descriptors than after its first job retires
+#: after the job (a job that leaks them would leave the next ones none).
+RETIRE_ABOVE_FDS = 256
 
 
 def _memory_kib() -> Dict[str, int]:
@@ -64,9 +76,26 @@ def _reset_peak_memory() -> bool:
         return False
 
 
-def _cpu_seconds() -> float:
+def _usage() -> Tuple[float, int]:
+    """CPU seconds of this process and its waited-for children, and the largest peak
+    memory (KiB) of those children."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime, children.ru_maxrss
+
+
+def _open_fds() -> Optional[int]:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
+
+
+def _identity(fd: int) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _children_left() -> bool:
@@ -84,7 +113,8 @@ def _children_left() -> bool:
 
 def _console_back(saved_fds: Tuple[int, int]) -> None:
     """Between jobs the runner's console is its worker's again (its log): a job's files
-    are its own, and what the runner itself has to say goes where the worker's does."""
+    are its own, and what the runner itself has to say goes where the worker's does.
+    (Only when ``saved_fds`` are still the runner's: see :func:`serve`.)"""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -92,6 +122,55 @@ def _console_back(saved_fds: Tuple[int, int]) -> None:
             pass
     os.dup2(saved_fds[0], 1)
     os.dup2(saved_fds[1], 2)
+
+
+_SIGNALS = [s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)]
+_LIMITS = sorted({getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_")})
+_TIMERS = [getattr(signal, name) for name in ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF") if hasattr(signal, name)]
+
+
+class _ProcessState:
+    """What the kernel keeps per process that a job may change and that a fresh process
+    would not inherit from it: signal handlers and mask, interval timers (an alarm),
+    resource limits, priority and CPU affinity. Taken once, as the runner starts."""
+
+    def __init__(self):
+        self.handlers = {s: signal.getsignal(s) for s in _SIGNALS}
+        self.mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        self.limits = {r: resource.getrlimit(r) for r in _LIMITS}
+        self.priority = os.getpriority(os.PRIO_PROCESS, 0)
+        self.affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
+    def restore(self) -> Optional[str]:
+        """Put it back after a job; what could not be put back (the runner retires), or None."""
+        unfit: List[str] = []
+        for timer in _TIMERS:
+            signal.setitimer(timer, 0)  # a timer a job left set would go off in the next one
+        for sig, handler in self.handlers.items():
+            if signal.getsignal(sig) != handler:
+                try:
+                    signal.signal(sig, handler)
+                except (OSError, TypeError, ValueError):  # (None: a handler Python did not install)
+                    unfit.append("signal handlers")
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.mask)
+        for limit, value in self.limits.items():
+            if resource.getrlimit(limit) != value:
+                try:
+                    resource.setrlimit(limit, value)
+                except (OSError, ValueError):  # a lowered hard limit stays lowered
+                    unfit.append("resource limits")
+        if os.getpriority(os.PRIO_PROCESS, 0) != self.priority:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, self.priority)
+            except OSError:  # only a privileged process may raise its priority again
+                unfit.append("priority")
+        if self.affinity is not None and os.sched_getaffinity(0) != self.affinity:
+            try:
+                os.sched_setaffinity(0, self.affinity)
+            except OSError:
+                unfit.append("CPU affinity")
+        return "the job changed its process's {}, which cannot be put back".format(
+            " and ".join(dict.fromkeys(unfit))) if unfit else None
 
 
 class _Saved:
@@ -104,7 +183,8 @@ class _Saved:
         self.umask = os.umask(0o077)
         os.umask(self.umask)
 
-    def restore(self) -> None:
+    def restore(self) -> Optional[str]:
+        """Put it back; what could not be (the runner retires), or None."""
         if _environ_copy() != self.environ:
             _restore_environ(self.environ)
         try:
@@ -115,6 +195,9 @@ class _Saved:
         sys.path[:] = self.path
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
         os.umask(self.umask)
+        if any(stream is None or stream.closed for stream in (sys.stdout, sys.stderr)):
+            return "the job closed sys.stdout or sys.stderr"
+        return None
 
 
 def _environ_copy() -> Dict[Any, Any]:
@@ -134,36 +217,70 @@ def _restore_environ(saved: Dict[Any, Any]) -> None:
             os.environ[name(key)] = name(value)
 
 
-def run_one(root: str, job: Dict[str, Any], threads_before: int, rss_start: Optional[int],
-            console_fds: Tuple[int, int]) -> Dict[str, Any]:
-    """Run one job in this process; return the answer for the worker. ``threads_before``
-    and ``rss_start`` (KiB, None at first) are what the runner had before; ``console_fds``:
-    copies of the runner's own stdout and stderr, put back after the job."""
+class _Baseline:
+    """What the runner has of its own: taken as it starts (its process state, its threads,
+    its pipes and console copies), and after its first job (the memory and file
+    descriptors the imports a job needs take)."""
+
+    def __init__(self, own_fds: List[int], console_fds: Tuple[int, int]):
+        self.process = _ProcessState()
+        self.threads = _threads()
+        self.own = {fd: _identity(fd) for fd in own_fds + list(console_fds)}
+        self.console_fds = console_fds
+        self.rss_kib: Optional[int] = None
+        self.fds: Optional[int] = None
+
+    def broken_fds(self) -> List[int]:
+        """The runner's own descriptors that a job closed or replaced."""
+        return [fd for fd, identity in self.own.items() if _identity(fd) != identity]
+
+
+def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Dict[str, Any]:
+    """Run one job in this process; return the answer for the worker (``retire``: why
+    the runner cannot serve another job)."""
     os.environ["HITHER_FS_JOB_ID"] = job["job_id"]  # (before the snapshot: put back as it is)
     saved = _Saved()
     measured = _reset_peak_memory()
-    cpu0 = _cpu_seconds()
+    cpu0, children_peak0 = _usage()
     for entry in [e for e in sys.path_importer_cache if not e.startswith("/")]:
         del sys.path_importer_cache[entry]  # relative entries ('' above all) follow the job's chdir
     redirect_console(job["console"])  # (emptied by the worker before it sent the job)
+    unfit = []
     try:
         outcome = attempt_outcome(root, job["job_id"], spec=job["spec"])
     finally:
-        saved.restore()
-        _console_back(console_fds)
-    answer: Dict[str, Any] = {"outcome": outcome, "cpu_seconds": round(_cpu_seconds() - cpu0, 6)}
+        unfit += [saved.restore(), baseline.process.restore()]
+        broken = baseline.broken_fds()
+        if any(fd in broken for fd in baseline.console_fds):
+            unfit.append("the job closed or replaced the runner's console")  # fds 1 and 2 stay the job's
+        else:
+            _console_back(baseline.console_fds)
+    cpu, children_peak = _usage()
+    answer: Dict[str, Any] = {"outcome": outcome, "cpu_seconds": round(cpu - cpu0, 6)}
     memory = _memory_kib()
     if measured and "VmHWM" in memory:
-        answer["peak_memory_bytes"] = memory["VmHWM"] * 1024
+        peak = memory["VmHWM"]
+        if children_peak > children_peak0:  # a child process of the job used more than that
+            peak = max(peak, children_peak)
+        answer["peak_memory_bytes"] = peak * 1024
     rss = memory.get("VmRSS")
     answer["rss_kib"] = rss
-    threads = _threads() - threads_before
-    if threads > 0:
-        answer["retire"] = "the job left {} thread(s) running".format(threads)
-    elif _children_left():
-        answer["retire"] = "the job left processes running"
-    elif rss is not None and rss_start is not None and (rss - rss_start) * 1024 > RETIRE_ABOVE_BYTES:
-        answer["retire"] = "the job left {} MiB more in use".format((rss - rss_start) // 1024)
+    fds = _open_fds()
+    if baseline.rss_kib is None:
+        baseline.rss_kib, baseline.fds = rss, fds
+    threads = _threads() - baseline.threads
+    unfit += [
+        "the job left {} thread(s) running".format(threads) if threads > 0 else None,
+        "the job left processes running" if _children_left() else None,
+        "the job left {} MiB more in use".format((rss - baseline.rss_kib) // 1024)
+        if rss is not None and baseline.rss_kib is not None and (rss - baseline.rss_kib) * 1024 > RETIRE_ABOVE_BYTES
+        else None,
+        "the job left {} more files open".format(fds - baseline.fds)
+        if fds is not None and baseline.fds is not None and fds - baseline.fds > RETIRE_ABOVE_FDS else None,
+    ]
+    why = next((u for u in unfit if u), None)
+    if why:
+        answer["retire"] = why
     return answer
 
 
@@ -180,18 +297,19 @@ def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[]
     outcome and measures; ``notify`` is called after each answer (it wakes the worker).
     Returns when the pipe closes or after a job that leaves the runner unfit."""
     me = os.getpid()
-    threads_before = _threads()
-    rss_start = None  # what it has in use after its first job (the imports a job needs)
-    console_fds = (os.dup(1), os.dup(2))
+    baseline = _Baseline([jobs_fd, answers_fd], (os.dup(1), os.dup(2)))
     with os.fdopen(jobs_fd, "rb", buffering=1 << 16) as jobs:
         for line in jobs:
             job = json.loads(line)
-            answer = run_one(root, job, threads_before, rss_start, console_fds)
+            answer = run_one(root, job, baseline)
             if os.getpid() != me:  # a process the job forked, come back here: it answers nothing
                 os._exit(0)
-            if rss_start is None:
-                rss_start = answer.get("rss_kib")
             answer["job_id"] = job["job_id"]
+            if jobs_fd in baseline.broken_fds() or answers_fd in baseline.broken_fds():
+                # the job closed (or reused) the pipes: whatever has the numbers now is not the
+                # worker. The answer is left where the worker looks when a runner ends unanswered.
+                write_json(os.path.join(job["console"], OUTCOME), answer)
+                os._exit(1)
             data = (json.dumps(answer) + "\n").encode()
             while data:
                 data = data[os.write(answers_fd, data):]
