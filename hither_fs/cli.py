@@ -41,14 +41,17 @@ def _selected(root: Root, args, live_only: bool = False) -> listing.Selection:
         from .gc import parse_age
         newer = parse_age(args.since)
     live_only = live_only or bool(args.status) and set(args.status) <= set(listing.LIVE)
+    from .summary import listing as summed
+    run = args.run
     if live_only:
         jobs = listing.Listing.of_rows(listing.live_rows(root))
-        if args.run and not listing.matching_runs(jobs.runs(), args.run):
-            return listing.Listing([]).select()  # the run has no live job (or there is no such run)
+        if run:  # a prefix names one run among them all, ended ones too, as for ls: never another live one
+            run = listing.resolve_run(jobs.runs() | summed(root, save=False).runs(), run)
+            if run not in jobs.runs():
+                return listing.Listing([]).select()  # the run has no live job
     else:
-        from .summary import listing as summed
         jobs = summed(root)
-    return jobs.select(run=args.run, label=args.label, function=args.function, status=args.status,
+    return jobs.select(run=run, label=args.label, function=args.function, status=args.status,
                        newer_than=newer)
 
 

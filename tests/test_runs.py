@@ -201,3 +201,34 @@ def test_live_statuses_are_listed_without_reading_the_ended_jobs(root_path, monk
     proc = cli('cancel', '--run', ended_run, '--yes')
     assert proc.returncode == 0 and 'no unfinished job matches' in proc.stdout
     assert [j.status for j in live] == ['queued', 'queued']
+
+
+def test_a_run_prefix_is_resolved_among_all_runs_before_anything_is_cancelled(tmp_path, monkeypatch, capsys):
+    """In this process. ``cancel --run P`` (and ``ls --status queued --run P``) resolve ``P``
+    among all runs, ended ones too, as ``ls --run P`` does: a prefix of the run the user
+    means (ended) and of another one (live) is ambiguous, not the other run."""
+    from hither_fs import cli as hither_cli
+    from hither_fs import protocol
+    from hither_fs.queue import iter_tickets
+    from hither_fs.root import Root, new_job_id, now_iso
+    monkeypatch.setattr(protocol, '_taker', {'id': None, 'pid': None})
+    root = Root(str(tmp_path / 'root'))
+
+    def submit_in(run):
+        spec = {'id': new_job_id(), 'queue': 'q', 'upstream': [], 'created': now_iso(), 'max_attempts': 3,
+                'function': {'name': 'f', 'version': '1'}, 'key': 'k', 'run': run}
+        protocol.submit(root, spec)
+        return spec['id']
+    mine = submit_in('20261130T100000-nodeA-4242')
+    [(path, _)] = list(iter_tickets(root.layout, 'q'))
+    protocol.commit(root, protocol.claim(root, path, 'w-a', protocol.read_spec(root, mine)),
+                    protocol.Outcome(result={'value': 1}))
+    other = submit_in('20261130T100001-nodeB-4243')
+    for args in (['cancel', '--run', '20261130T10', '--yes'], ['ls', '--status', 'queued', '--run', '20261130T10']):
+        assert hither_cli.main(['--root', root.path] + args) == 2
+        assert 'is ambiguous' in capsys.readouterr().err
+    assert protocol.read_state(root, other)['status'] == 'queued'
+    assert hither_cli.main(['--root', root.path, 'cancel', '--run', '20261130T100000', '--yes']) == 0
+    assert 'no unfinished job matches' in capsys.readouterr().out
+    assert hither_cli.main(['--root', root.path, 'cancel', '--run', '20261130T100001', '--yes']) == 0
+    assert protocol.read_state(root, other)['status'] == 'cancelled' and mine
