@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Dict, List, Set
+from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import dirwatch
 
@@ -48,6 +48,7 @@ class Watcher:
         self._jobs: Dict[int, Any] = {}  # by identity: two handles on one job are two futures
         self._subs: Dict[int, Any] = {}  # the inotify subscriptions of their directories, by the same key
         self._changed: Set[int] = set()  # jobs to look at now: changed, or just watched
+        self._watched: Dict[int, int] = {}  # by the same key: how many times watch() was called
         self._new = False  # a job was watched since the last pass: poll fast again
         self._wake = threading.Event()
         self._thread: Any = None
@@ -57,6 +58,7 @@ class Watcher:
         with self._lock:
             known = key in self._jobs
             self._jobs[key] = job
+            self._watched[key] = self._watched.get(key, 0) + 1
             self._changed.add(key)
             self._new = True
             if self._thread is None or not self._thread.is_alive():
@@ -74,11 +76,17 @@ class Watcher:
     def unwatch(self, job: Any) -> None:
         self._forget([id(job)])
 
-    def _forget(self, keys: List[int]) -> None:
+    def _forget(self, keys: List[int], seen: Optional[Dict[int, int]] = None) -> None:
+        """Stop watching these jobs - those of them, with ``seen`` (``_watched`` as a pass
+        began), that nobody watched again since: a wait that began after the pass judged a
+        job unwaited-for must still see it end."""
         with self._lock:
+            if seen is not None:
+                keys = [key for key in keys if self._watched.get(key) == seen.get(key)]
             subs = [self._subs.pop(key, None) for key in keys]
             for key in keys:
                 self._jobs.pop(key, None)
+                self._watched.pop(key, None)
         for sub in subs:
             dirwatch.unsubscribe(sub)
 
@@ -94,6 +102,7 @@ class Watcher:
         while True:
             with self._lock:
                 jobs = dict(self._jobs)
+                seen = dict(self._watched)
                 changed, self._changed = self._changed, set()
                 new, self._new = self._new, False
                 unwatched = len(self._subs) < len(jobs)  # some are polled only
@@ -113,7 +122,7 @@ class Watcher:
                         ended.append(id(job))
                 except Exception as exc:  # the filesystem failing for now: try again next pass
                     log.debug("watching job %s: %s", getattr(job, "id", "?"), exc)
-            self._forget(ended)
+            self._forget(ended, seen)
             now = time.monotonic()
             if len(ended) < len(jobs) and now >= next_help:
                 with self._lock:

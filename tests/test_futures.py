@@ -166,3 +166,36 @@ def test_the_watcher_polls_on_a_shared_filesystem(root_path, parallel, monkeypat
     with hi.Config(job_handler=parallel(1)):
         jobs = [add.run(x=i, y=1) for i in range(3)]
         assert sorted(j.result() for j in cf.as_completed(jobs, timeout=60)) == [1, 2, 3]
+
+
+def test_a_wait_that_begins_as_the_watcher_lets_its_job_go_still_sees_it_end(root, monkeypatch):
+    """In this process, the interleaving forced. The watcher judges a job nobody waits on
+    any more (its last wait returned); before it lets the job go, a new wait registers a
+    waiter. The job is still watched, so the new wait returns when the job ends."""
+    from hither_fs import watch
+    from test_faults import QueueOnly
+    from test_jobs import _finish_by_hand
+    with hi.Config(job_handler=QueueOnly('by-hand')):
+        job = add.run(x=1, y=2)
+    cf.wait([job], timeout=0.01)  # watched; no waiter left once this returns
+    forget, judged, rewaited = watch.Watcher._forget, threading.Event(), threading.Event()
+
+    def forget_after_a_new_wait(self, keys, seen=None):
+        if id(job) in keys and seen is not None and not judged.is_set():
+            judged.set()  # judged unwaited-for; the next wait registers its waiter now
+            assert rewaited.wait(30)
+        return forget(self, keys, seen)
+    monkeypatch.setattr(watch.Watcher, '_forget', forget_after_a_new_wait)
+    watch.watcher._wake.set()
+    assert judged.wait(30)
+    done = []
+    waiting = threading.Thread(target=lambda: done.append(cf.wait([job], timeout=60)))
+    waiting.start()
+    deadline = time.monotonic() + 30
+    while not job._waiters:  # (the standard library's waiter list of the future)
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    rewaited.set()
+    _finish_by_hand(root, job, 3)
+    waiting.join(60)
+    assert done and done[0].done == {job} and job.result() == 3
