@@ -287,8 +287,8 @@ def remove_job(root: Root, job_id: str, young_after: float = float("inf")) -> bo
     put back) if a live job waits for it (a marker in its ``downstream/``), or if it was
     handed out again (a cache hit) after ``young_after``, by the file system's clock."""
     job_dir = root.layout.job_dir(job_id)
-    if _waited_for(root, job_dir):
-        return False
+    if _waited_for(root, job_dir) or _used_since(job_dir, young_after):
+        return False  # (looked at before the rename too: a job set aside looks removed for a moment)
     aside = temp_name(job_dir)
     try:
         os.rename(job_dir, aside)
@@ -296,15 +296,19 @@ def remove_job(root: Root, job_id: str, young_after: float = float("inf")) -> bo
         return False
     with contextlib.suppress(OSError):
         os.utime(aside)  # young: another node's fsck must not judge it a dead writer's
-    try:
-        used = os.lstat(os.path.join(aside, "state.json")).st_mtime >= young_after
-    except FileNotFoundError:
-        used = False
-    if used or _waited_for(root, aside):
+    if _used_since(aside, young_after) or _waited_for(root, aside):
         os.rename(aside, job_dir)
         return False
     shutil.rmtree(aside, ignore_errors=True)
     return True
+
+
+def _used_since(job_dir: str, young_after: float) -> bool:
+    """Whether the job was handed out again (its state.json touched) after ``young_after``."""
+    try:
+        return os.lstat(os.path.join(job_dir, "state.json")).st_mtime >= young_after
+    except FileNotFoundError:
+        return False
 
 
 def _waited_for(root: Root, job_dir: str) -> bool:

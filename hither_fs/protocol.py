@@ -536,6 +536,9 @@ def _upstream_verdict(root: Root, job_id: str, spec: Dict[str, Any]) -> Any:
         try:
             up_state = read_state(root, up)
         except FileNotFoundError:
+            if _set_aside(root, up):
+                verdict = "wait"  # hither-fs gc is removing it or putting it back: looked at again later
+                continue
             return error_record("UpstreamJobError", "upstream job {} is not in the root".format(up),
                                 "waiting for upstream jobs", upstream=up)
         except CorruptFileError as exc:
@@ -552,6 +555,13 @@ def _upstream_verdict(root: Root, job_id: str, spec: Dict[str, Any]) -> Any:
         if status != Status.FINISHED:
             verdict = "wait"
     return verdict
+
+
+def _set_aside(root: Root, job_id: str) -> bool:
+    """Whether ``hither-fs gc`` has the job's directory renamed aside right now (see
+    :func:`hither_fs.gc.remove_job`: it puts back a job handed out again meanwhile)."""
+    shard, name = os.path.split(root.layout.job_dir(job_id))
+    return any(n.startswith(".{}.tmp-".format(name)) for n in listdir(shard))
 
 
 def promote(root: Root, job_id: str, spec: Optional[Dict[str, Any]] = None) -> Optional[Status]:

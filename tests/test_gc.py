@@ -386,3 +386,52 @@ def test_selections_gc_refuses():
         gc.Selection(older_than=0, grace=60)
     with pytest.raises(ValueError, match='--cache removes cache entries by --function and --older-than only'):
         gc.Selection(labels={'x'}, cache=True)
+
+
+def _finished_job(root):
+    """In this process: a job of ``root`` that ran and finished (its spec)."""
+    from hither_fs.queue import iter_tickets
+    from hither_fs.root import new_job_id, now_iso
+    spec = {'id': new_job_id(), 'queue': 'q', 'upstream': [], 'created': now_iso(), 'max_attempts': 3,
+            'function': {'name': 'f', 'version': '1'}, 'key': 'k', 'run': 'r'}
+    protocol.submit(root, spec)
+    [path] = [p for p, n in iter_tickets(root.layout, 'q') if spec['id'] in n]
+    protocol.commit(root, protocol.claim(root, path, 'w-a', spec), protocol.Outcome(result={'value': 1}))
+    return spec
+
+
+def test_a_job_handed_out_again_is_never_set_aside_and_a_job_set_aside_makes_its_waiters_wait(tmp_path, monkeypatch):
+    """In this process. gc renames a job aside before it removes it for good: a job handed
+    out again (a cache hit) since gc's cutoff is kept without that; and a job that waits
+    for one set aside right now is left pending (gc may put it back), not failed."""
+    import threading
+    from hither_fs.root import Root, new_job_id, now_iso
+    monkeypatch.setattr(protocol, '_taker', {'id': None, 'pid': None})
+    root = Root(str(tmp_path / 'root'))
+    used, old = _finished_job(root), _finished_job(root)
+    for job in (used, old):  # finished long before gc's cutoff
+        os.utime(root.layout.state_file(job['id']), (time.time() - 3600,) * 2)
+    cutoff = time.time() - 60
+    assert protocol.mark_used(root, used['id'])
+    renames = []
+    monkeypatch.setattr(gc.os, 'rename', lambda a, b, real=os.rename: renames.append(a) or real(a, b))
+    assert gc.remove_job(root, used['id'], young_after=cutoff) is False and renames == []
+    aside, go, out = threading.Event(), threading.Event(), {}
+
+    def pausing_utime(path, *args, real=os.utime, **kwargs):  # gc: just after the rename aside
+        aside.set()
+        assert go.wait(30)
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(gc.os, 'utime', pausing_utime)
+    gc_thread = threading.Thread(target=lambda: out.update(removed=gc.remove_job(root, old['id'], young_after=cutoff)))
+    gc_thread.start()
+    assert aside.wait(30)
+    down = {'id': new_job_id(), 'queue': 'q', 'upstream': [old['id']], 'created': now_iso(), 'max_attempts': 3,
+            'function': {'name': 'f', 'version': '1'}, 'key': 'k2', 'run': 'r'}
+    protocol.submit(root, down)
+    assert protocol.read_state(root, down['id'])['status'] == 'pending'
+    go.set()
+    gc_thread.join(30)
+    assert out['removed'] is True  # removed for good: now its waiter fails, saying so
+    assert protocol.promote(root, down['id']) == protocol.Status.ERROR
+    assert 'is not in the root' in protocol.read_state(root, down['id'])['error']['message']
