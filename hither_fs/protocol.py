@@ -66,6 +66,7 @@ reported by ``hither-fs fsck`` and put right by ``--repair``.
 import contextlib
 import enum
 import json
+import logging
 import os
 import stat
 import time
@@ -79,6 +80,8 @@ from .runtime import files
 from .runtime.files import (CorruptFileError, LinkError, can_refuse_linked_dirs, dumps, listdir, mkdir, overwrite,
                             read_record, remove_quietly, temp_name, with_parents, write_new)
 from .runtime.layout import host_label, is_job_id, is_worker_id
+
+log = logging.getLogger("hither_fs.protocol")
 
 DEFAULT_MAX_ATTEMPTS = 3
 #: A spec or state bigger than this is damage, not a record (results go to the store when big).
@@ -749,18 +752,25 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
             for live, _ in outcome.console.values():
                 remove_quietly(live)
             return None  # taken from this worker while it wrote: judged lost (stopped past its lease)
-    # console output under its final names only now that this run is the one that counts
-    # (a reader in between finds the live files: see hither_fs.job.Job.get_console_output)
-    for name, (live, size) in outcome.console.items():
-        if size > 0:
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(live, root.layout.job_file(job_id, name + ".txt"))
-        else:
-            remove_quietly(live)
-    changed = notify_downstream(root, job_id, tick)
-    if changed and promoted is not None:
-        promoted(changed)
-    drop_waiting_markers(root, job_id, claim.spec)
+    # The commit is made: what follows must not make the caller try it again (it would find
+    # its claim gone and drop the rest). A step that fails is left to the pending sweep
+    # (promotions) and to fsck (a live console file, a marker), and said in the log.
+    try:
+        # console output under its final names only now that this run is the one that counts
+        # (a reader in between finds the live files: see hither_fs.job.Job.get_console_output)
+        for name, (live, size) in outcome.console.items():
+            if size > 0:
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(live, root.layout.job_file(job_id, name + ".txt"))
+            else:
+                remove_quietly(live)
+        changed = notify_downstream(root, job_id, tick)
+        if changed and promoted is not None:
+            promoted(changed)
+        drop_waiting_markers(root, job_id, claim.spec)
+    except OSError as exc:
+        log.warning("job %s is %s, but what follows its commit failed (the pending sweep promotes the jobs "
+                    "waiting for it): %s", job_id, status.value, exc)
     return status
 
 

@@ -560,3 +560,25 @@ def test_a_records_indentation_grows_it_at_most_128_times_its_compact_form():
             value = [value] if depth % 2 else {'k': value}
         assert len(dumps(value)) < 128 * len(json.dumps(value))
     assert protocol._record_size([1, 2]) == len(json.dumps([1, 2]))
+
+
+def test_a_step_after_the_commit_that_fails_leaves_the_commit_made(root, monkeypatch):
+    """Once the final state is published the commit is made: a failing step after it (here
+    listing the waiters, as an NFS ESTALE would) is logged, and the sweep promotes them."""
+    import errno
+    up = submit(root)
+    down = submit(root, upstream=[up['id']])
+    real = os.listdir
+
+    def stale(path, real=real):
+        if path == root.layout.downstream_dir(up['id']):
+            raise OSError(errno.ESTALE, 'Stale file handle', path)
+        return real(path)
+    monkeypatch.setattr(protocol.os, 'listdir', stale)
+    assert protocol.commit(root, claim_next(root), finished(5)) == Status.FINISHED
+    monkeypatch.setattr(protocol.os, 'listdir', real)
+    assert status(root, up['id']) == 'finished' and status(root, down['id']) == 'pending'
+    seen = {}
+    protocol.sweep_pending(root, seen, now=0.0)
+    protocol.sweep_pending(root, seen, now=3600.0)
+    assert status(root, down['id']) == 'queued'
