@@ -511,6 +511,17 @@ def _mark_waiting(root: Root, upstream: str, job_id: str) -> None:
                 return  # the upstream job is gone: promote() fails this job with that
 
 
+def finish_unreleased(root: Root, spec: Dict[str, Any], result: Dict[str, Any], **extra: Any) -> None:
+    """Finish a job that was published and never released (no token: its submitter alone
+    may move it) with a cached result, instead of queueing it. Unlike :func:`withdraw`,
+    for a job others may know already (another submitter that attached to it)."""
+    job_id = spec["id"]
+    prior = read_state(root, job_id)
+    state = _final(spec, Token(job_id), prior, Status.FINISHED, result=result, cached=True, **extra)
+    state["updated"] = now_iso()
+    files.write_bytes(root.layout.state_file(job_id), dumps(state))
+
+
 def withdraw(root: Root, job_id: str) -> None:
     """Remove a job that was published but never released (nobody else knows its id)."""
     job_dir = root.layout.job_dir(job_id)

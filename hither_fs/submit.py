@@ -488,16 +488,17 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
         spec["id"] = new_job_id()
         protocol.publish(root, spec, encoder(spec) if encoder else None)
         if cache.claim_in_flight(root, key, n + 1, spec["id"]):
-            # finished just now, by the job of the marker before?
+            # finished just now, by the job of the marker before? Then this job is finished with
+            # that result (another submitter may have seen the marker and attached to it already)
             found = cache.find(root, key, spec["function"]["name"], spec["function"]["version"])
             if found is not None and "value" in found[0]:
-                protocol.withdraw(root, spec["id"])
+                entry = found[0]
+                protocol.finish_unreleased(root, spec, {"value": entry["value"]}, from_cache={
+                    "key": key, "job_id": entry.get("job_id"), "root": entry.get("root"), "cache": cache.path or "root"})
                 cache.release_in_flight(root, key, spec["id"])
-                if found[0].get("root") == root.path:
-                    _hand_out(root, found[0]["job_id"])
-                return CacheHit(root, handler, cache, found[0], found[1],
-                                lambda job_id, from_cache: dict(spec, id=job_id, from_cache=from_cache),
-                                spec["function"]["name"], spec["function"]["version"], spec.get("label"))
+                if entry.get("root") == root.path:
+                    _hand_out(root, entry["job_id"])
+                return Job(spec["id"], root, handler)
             protocol.release(root, spec)
             return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])

@@ -145,3 +145,47 @@ def test_a_success_replaces_a_cached_error(root_path, tmp_path):
         with hi.Config(rerun_failing=True):
             assert flaky.run(flag=str(flag)).wait() == 'ok'
         assert flaky.run(flag=str(flag)).wait() == 'ok'  # the cached error is gone
+
+
+def test_a_submitter_that_finds_the_entry_after_winning_the_marker_finishes_its_job(tmp_path, monkeypatch):
+    """In this process, the interleaving forced. Submitter W publishes a job and wins the
+    key's in-flight marker; submitter L sees that marker and attaches to W's job; then W
+    finds the entry, recorded just now. W's job is finished with the cached result (not
+    withdrawn), so both get the value."""
+    import threading
+    from hither_fs import protocol, submit
+    from hither_fs.cache import JobCache
+    from hither_fs.handlers import DefaultJobHandler
+    from hither_fs.root import Root, new_job_id, now_iso
+    monkeypatch.setattr(protocol, '_taker', {'id': None, 'pid': None})
+    root = Root(str(tmp_path / 'root'))
+    cache, key = JobCache(), 'ab' + '0' * 38
+
+    def spec_of():
+        return {'queue': 'q', 'upstream': [], 'created': now_iso(), 'max_attempts': 3, 'args': {'x': 1},
+                'function': {'name': 'f', 'version': '1'}, 'key': key, 'run': 'r', 'cache': {'path': None}}
+    done = dict(spec_of(), id=new_job_id())  # the job that computed the key, finished after W and L missed
+    protocol.submit_final(root, done, {'status': 'finished', 'result': {'value': 42}, 'queue': 'q',
+                                       'submitted': now_iso()})
+    assert cache.record(root, key, done, {'value': 42}, is_error=False)
+    find, won, attached = JobCache.find, threading.Event(), threading.Event()
+
+    def find_after_an_attach(self, *args, **kwargs):
+        if threading.current_thread().name == 'W':
+            won.set()  # W holds the marker: L looks now
+            assert attached.wait(30)
+        return find(self, *args, **kwargs)
+    monkeypatch.setattr(JobCache, 'find', find_after_an_attach)
+    jobs = {}
+    w = threading.Thread(name='W', target=lambda: jobs.update(W=submit._create_once(
+        root, cache, spec_of(), DefaultJobHandler())))
+    w.start()
+    assert won.wait(30)
+    jobs['L'] = submit._create_once(root, cache, spec_of(), DefaultJobHandler())
+    attached.set()
+    w.join(30)
+    assert jobs['L'].id == jobs['W'].id  # attached to W's job ...
+    assert jobs['W'].wait(timeout=30) == 42 and jobs['L'].wait(timeout=30) == 42  # ... which finished from the cache
+    state = protocol.read_state(root, jobs['W'].id)
+    assert state['cached'] is True and state['from_cache']['job_id'] == done['id']
+    assert cache.in_flight(root, key)[1] is None  # the marker is released
