@@ -297,7 +297,14 @@ def remove_job(root: Root, job_id: str, young_after: float = float("inf")) -> bo
     with contextlib.suppress(OSError):
         os.utime(aside)  # young: another node's fsck must not judge it a dead writer's
     if _used_since(aside, young_after) or _waited_for(root, aside):
-        os.rename(aside, job_dir)
+        try:
+            os.rename(aside, job_dir)
+        except OSError:
+            if not os.path.isdir(job_dir):
+                raise
+            # the job was put in again meanwhile (a cache hit of a lab cache keeps a job it
+            # finds missing: the same outcome): that one stays, this copy goes
+            shutil.rmtree(aside, ignore_errors=True)
         return False
     shutil.rmtree(aside, ignore_errors=True)
     return True

@@ -435,3 +435,32 @@ def test_a_job_handed_out_again_is_never_set_aside_and_a_job_set_aside_makes_its
     assert out['removed'] is True  # removed for good: now its waiter fails, saying so
     assert protocol.promote(root, down['id']) == protocol.Status.ERROR
     assert 'is not in the root' in protocol.read_state(root, down['id'])['error']['message']
+
+
+def test_gc_leaves_a_job_put_in_again_while_it_was_set_aside(tmp_path, monkeypatch):
+    """In this process. A lab cache's hit puts in a job it finds missing (CacheHit.keep):
+    if gc set that job aside and must put it back, the one put in stays and gc goes on."""
+    import threading
+    from hither_fs.root import Root
+    monkeypatch.setattr(protocol, '_taker', {'id': None, 'pid': None})
+    root = Root(str(tmp_path / 'root'))
+    job = _finished_job(root)
+    os.utime(root.layout.state_file(job['id']), (time.time() - 3600,) * 2)
+    aside, go, out, real_utime = threading.Event(), threading.Event(), {}, os.utime
+
+    def pausing_utime(path, *args, real=os.utime, **kwargs):  # gc: just after the rename aside (gc.os is os)
+        out['aside'] = path
+        aside.set()
+        assert go.wait(30)
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(gc.os, 'utime', pausing_utime)
+    gc_thread = threading.Thread(target=lambda: out.update(removed=gc.remove_job(root, job['id'],
+                                                                                 young_after=time.time() - 60)))
+    gc_thread.start()
+    assert aside.wait(30)
+    protocol.submit_final(root, job, {'status': 'finished', 'result': {'value': 1}, 'queue': 'q'})  # put in again
+    real_utime(os.path.join(out['aside'], 'state.json'))  # and handed out: gc puts its copy back
+    go.set()
+    gc_thread.join(30)
+    assert out['removed'] is False and protocol.read_state(root, job['id'])['status'] == 'finished'
+    assert not os.path.exists(out['aside'])
