@@ -168,6 +168,8 @@ class Runner:
         self.jobs_run = 0
         self.job_id: Optional[str] = None  # the job it runs now
         self.doomed = False  # killed (a timeout, a cancel): never given another job
+        #: the user's own module files its jobs imported, as they were then (see in_runner.code_files)
+        self.code_files: Dict[str, List[int]] = {}
         self.status: Optional[int] = None  # its wait status once it is gone
         self._buffer = bytearray()
         self._scanned = 0  # how much of the buffer holds no newline
@@ -220,6 +222,17 @@ class Runner:
             if not chunk:
                 return None
             self._buffer += chunk
+
+    def code_changed(self) -> bool:
+        """Whether a module file its jobs imported was changed since (one stat each)."""
+        for path, (mtime_ns, size) in self.code_files.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return True
+            if (st.st_mtime_ns, st.st_size) != (mtime_ns, size):
+                return True
+        return False
 
     @property
     def alive(self) -> bool:
@@ -281,6 +294,10 @@ class RunnerPool:
             self.idle.remove(gone)
             gone.close()
         runner = next((r for r in self.idle if r.key == key), None)
+        if runner is not None and runner.code_changed():  # it would run the code as it was
+            self.idle.remove(runner)
+            runner.close()
+            runner = None
         if runner is not None:
             self.idle.remove(runner)
         else:
@@ -296,6 +313,7 @@ class RunnerPool:
         """After its job: keep it for the next one, unless it is gone or said it is unfit."""
         if runner in self.busy:
             self.busy.remove(runner)
+        runner.code_files.update(answer.get("code_files") or {})
         if runner.alive and not answer.get("retire"):
             self.idle.append(runner)
         else:

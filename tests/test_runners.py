@@ -243,3 +243,29 @@ def test_a_jobs_peak_memory_counts_its_child_processes(root_path, parallel):
         job = big_child.run(megabytes=200)
         job.wait()
     assert job.get_runtime_info()['peak_memory_bytes'] >= 200 << 20
+
+
+def test_a_runner_whose_jobs_code_was_edited_is_not_given_another_job(root_path, parallel, tmp_path):
+    """A module a job imported from the user's own code (not an installed package) is
+    edited: the next job gets a fresh runner, which imports the file as it is now - as a
+    fresh process would. Unchanged code keeps its runner."""
+    import importlib
+    import sys
+    (tmp_path / 'edited_helper.py').write_text('VALUE = 1\n')
+    (tmp_path / 'edited_main.py').write_text(
+        'import os\nimport hither_fs as hi\nimport edited_helper\n\n\n@hi.function("edited_get", "0.1.0")\n'
+        'def edited_get():\n    return [edited_helper.VALUE, os.getpid()]\n')
+    sys.path.insert(0, str(tmp_path))
+    try:
+        main = importlib.import_module('edited_main')
+        with hi.Config(job_handler=parallel(1)):
+            first = main.edited_get.run().wait()
+            again = main.edited_get.run().wait()
+            (tmp_path / 'edited_helper.py').write_text('VALUE = 22\n')
+            edited = main.edited_get.run().wait()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop('edited_main', None)
+        sys.modules.pop('edited_helper', None)
+    assert first == again and first[0] == 1
+    assert edited[0] == 22 and edited[1] != first[1]

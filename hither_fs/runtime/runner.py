@@ -31,6 +31,7 @@ Standard library only (and what :mod:`.execute` imports): the runner is forked
 from the worker, but nothing here needs more.
 """
 
+import functools
 import json
 import os
 import resource
@@ -217,6 +218,42 @@ def _restore_environ(saved: Dict[Any, Any]) -> None:
             os.environ[name(key)] = name(value)
 
 
+@functools.lru_cache(maxsize=None)
+def _library_dirs() -> Tuple[str, ...]:
+    """Where the modules that are no job's own code live: Python's, the environment's
+    packages, and hither_fs itself."""
+    import site
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    try:
+        dirs.update(site.getsitepackages() + [site.getusersitepackages()])
+    except AttributeError:  # (a virtualenv's old site module)
+        pass
+    return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
+
+
+def code_files(names: Any) -> Dict[str, List[int]]:
+    """``{file: [mtime_ns, size]}`` of the modules named that are the user's own code (not
+    Python's, an installed package's or hither_fs's): what a runner reports after a job, so
+    that its worker retires it once one of them is edited (a fresh process would import the
+    file as it is then)."""
+    library = _library_dirs()
+    found = {}
+    for name in names:
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if not isinstance(path, str):
+            continue
+        path = os.path.realpath(path)
+        if path.startswith(library):
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        found[path] = [st.st_mtime_ns, st.st_size]
+    return found
+
+
 class _Baseline:
     """What the runner has of its own: taken as it starts (its process state, its threads,
     its pipes and console copies), and after its first job (the memory and file
@@ -229,6 +266,7 @@ class _Baseline:
         self.console_fds = console_fds
         self.rss_kib: Optional[int] = None
         self.fds: Optional[int] = None
+        self.modules = set(sys.modules)  # (imported before any job: the worker's own)
 
     def broken_fds(self) -> List[int]:
         """The runner's own descriptors that a job closed or replaced."""
@@ -281,6 +319,10 @@ def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Dict[str, An
     why = next((u for u in unfit if u), None)
     if why:
         answer["retire"] = why
+    if len(sys.modules) != len(baseline.modules):  # the job imported modules: their files, once
+        new = [name for name in list(sys.modules) if name not in baseline.modules]
+        baseline.modules.update(new)
+        answer["code_files"] = code_files(new)
     return answer
 
 
