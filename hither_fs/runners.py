@@ -144,7 +144,11 @@ class Runner:
         parent = os.getpid()
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # (EAGAIN, ENOMEM: the job is handed back; the pipes must not stay open)
+            _close([jobs_r, jobs_w, answers_r, answers_w])
+            raise
         if pid == 0:  # the runner
             code = 0
             try:
