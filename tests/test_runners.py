@@ -269,3 +269,24 @@ def test_a_runner_whose_jobs_code_was_edited_is_not_given_another_job(root_path,
         sys.modules.pop('edited_helper', None)
     assert first == again and first[0] == 1
     assert edited[0] == 22 and edited[1] != first[1]
+
+
+def test_what_the_kernel_will_not_put_back_makes_a_runner_unfit(monkeypatch):
+    """In this process, the kernel's refusals faked (as root, this machine's tests raise
+    them back): a raised nice value or a lowered hard limit that cannot be put back is
+    named, and the runner retires (see the tests above for what it puts back)."""
+    import errno
+    import resource
+
+    from hither_fs.runtime import runner
+    state = runner._ProcessState()
+    assert state.restore() is None  # nothing changed: nothing to say
+
+    def refuse(*args):
+        raise PermissionError(errno.EACCES, 'Permission denied')
+    monkeypatch.setattr(runner.os, 'getpriority', lambda *args: state.priority + 5)
+    monkeypatch.setattr(runner.os, 'setpriority', refuse)
+    lowered = {resource.RLIMIT_NOFILE: (64, 64)}
+    monkeypatch.setattr(runner.resource, 'getrlimit', lambda limit, real=resource.getrlimit: lowered.get(limit) or real(limit))
+    monkeypatch.setattr(runner.resource, 'setrlimit', lambda *args: refuse())
+    assert state.restore() == "the job changed its process's resource limits and priority, which cannot be put back"
