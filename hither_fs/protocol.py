@@ -520,6 +520,7 @@ def finish_unreleased(root: Root, spec: Dict[str, Any], result: Dict[str, Any], 
     state = _final(spec, Token(job_id), prior, Status.FINISHED, result=result, cached=True, **extra)
     state["updated"] = now_iso()
     files.write_bytes(root.layout.state_file(job_id), dumps(state))
+    notify_downstream(root, job_id)  # (jobs that an attached submitter made wait for it)
 
 
 def withdraw(root: Root, job_id: str) -> None:
@@ -550,8 +551,8 @@ def _upstream_verdict(root: Root, job_id: str, spec: Dict[str, Any]) -> Any:
         try:
             up_state = read_state(root, up)
         except FileNotFoundError:
-            if _set_aside(root, up):
-                verdict = "wait"  # hither-fs gc is removing it or putting it back: looked at again later
+            if _set_aside(root, up) or os.path.isdir(root.layout.job_dir(up)):
+                verdict = "wait"  # hither-fs gc is removing it or put it back just now: looked at again later
                 continue
             return error_record("UpstreamJobError", "upstream job {} is not in the root".format(up),
                                 "waiting for upstream jobs", upstream=up)

@@ -493,6 +493,7 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
             found = cache.find(root, key, spec["function"]["name"], spec["function"]["version"])
             if found is not None and "value" in found[0]:
                 entry = found[0]
+                cache.copy_blobs_to(root, entry["value"])  # (a lab cache's blobs are in its own store)
                 protocol.finish_unreleased(root, spec, {"value": entry["value"]}, from_cache={
                     "key": key, "job_id": entry.get("job_id"), "root": entry.get("root"), "cache": cache.path or "root"})
                 cache.release_in_flight(root, key, spec["id"])

@@ -171,3 +171,41 @@ def big_child(megabytes):
     subprocess.run([sys.executable, '-c', 'b = bytearray({} << 20)\nfor i in range(0, len(b), 4096): b[i] = 1'.format(
         megabytes)], check=True)
     return os.getpid()
+
+
+@hi.function('lazy_module', '0.1.0')
+def lazy_module(path):
+    """Leaves a lazily loaded module in sys.modules (importlib.util.LazyLoader, as optional
+    dependencies often are) and never touches it: its code would raise."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('never_loaded_optional', path)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules['never_loaded_optional'] = module
+    spec.loader.exec_module(module)
+    return os.getpid()
+
+
+@hi.function('helper_version', '0.1.0')
+def helper_version(directory, edit_to=None):
+    """VERSION of ``directory``'s ``versioned_helper``; with ``edit_to`` the file is edited
+    while the job runs (a user saving a change during a long job)."""
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    import versioned_helper
+    version = versioned_helper.VERSION
+    if edit_to is not None:
+        with open(os.path.join(directory, 'versioned_helper.py'), 'w') as f:
+            f.write('VERSION = {!r}\n'.format(edit_to))
+    return {'pid': os.getpid(), 'version': version}
+
+
+@hi.function('signal_deferred', '0.1.0')
+def signal_deferred():
+    """Handles SIGUSR1 itself and blocks it around a critical section, during which one
+    arrives: it is still pending when the job returns."""
+    import signal
+    signal.signal(signal.SIGUSR1, lambda *args: None)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    os.kill(os.getpid(), signal.SIGUSR1)
+    return os.getpid()

@@ -189,3 +189,21 @@ def test_a_submitter_that_finds_the_entry_after_winning_the_marker_finishes_its_
     state = protocol.read_state(root, jobs['W'].id)
     assert state['cached'] is True and state['from_cache']['job_id'] == done['id']
     assert cache.in_flight(root, key)[1] is None  # the marker is released
+
+
+def test_a_job_finished_from_a_lab_cache_in_the_marker_race_gets_the_results_blobs(tmp_path, monkeypatch):
+    """In this process. The submitter in another root misses the lab cache at first (the
+    entry is written just after its look), wins the key's marker and then finds the entry:
+    its job is finished from it, with the result's arrays copied into this root's store."""
+    from hither_fs import submit
+    from hither_fs.cache import JobCache
+    lab, log = hi.JobCache(str(tmp_path / 'lab')), str(tmp_path / 'log')
+    with hi.Config(root=str(tmp_path / 'a'), job_cache=lab):
+        assert list(counted.run(x=np.arange(3), log=log).wait()) == [0, 2, 4]
+    racing, find, create_once = [], JobCache.find, submit._create_once
+    monkeypatch.setattr(JobCache, 'find', lambda self, *a, **k: find(self, *a, **k) if racing else None)
+    monkeypatch.setattr(submit, '_create_once', lambda *a, **k: racing.append(1) or create_once(*a, **k))
+    with hi.Config(root=str(tmp_path / 'b'), job_cache=lab):
+        job = counted.run(x=np.arange(3), log=log)
+        assert racing and job.status == 'finished'
+        assert list(job.wait(timeout=30)) == [0, 2, 4]

@@ -582,3 +582,33 @@ def test_a_step_after_the_commit_that_fails_leaves_the_commit_made(root, monkeyp
     protocol.sweep_pending(root, seen, now=0.0)
     protocol.sweep_pending(root, seen, now=3600.0)
     assert status(root, down['id']) == 'queued'
+
+
+def test_a_published_job_finished_from_the_cache_promotes_those_waiting_for_it(root):
+    """A submitter that attached to a job another one then finishes from the cache
+    (hither_fs.submit._create_once) may have made jobs wait for it: they are queued."""
+    published = spec_of()
+    protocol.publish(root, published)
+    down = submit(root, upstream=[published['id']])
+    assert status(root, down['id']) == 'pending'
+    protocol.finish_unreleased(root, published, {'value': 1}, from_cache={'key': 'k'})
+    assert status(root, published['id']) == 'finished' and status(root, down['id']) == 'queued'
+
+
+def test_an_upstream_job_that_gc_puts_back_as_it_is_looked_at_does_not_fail_its_waiter(root, monkeypatch):
+    """The waiter reads no state (the job is set aside), then finds no job set aside
+    (gc has just put it back): it waits, it does not fail."""
+    from hither_fs.runtime.files import temp_name
+    up = submit(root)
+    job_dir = root.layout.job_dir(up['id'])
+    aside = temp_name(job_dir)
+    os.rename(job_dir, aside)  # gc's remove_job sets it aside ...
+    real = protocol.listdir
+
+    def put_back_first(path):  # ... and puts it back between the waiter's two looks
+        if path == os.path.dirname(job_dir) and os.path.isdir(aside):
+            os.rename(aside, job_dir)
+        return real(path)
+    monkeypatch.setattr(protocol, 'listdir', put_back_first)
+    down = submit(root, upstream=[up['id']])
+    assert status(root, down['id']) == 'pending'

@@ -202,3 +202,14 @@ def test_a_record_is_read_whole_whatever_its_size_says(tmp_path):
     finally:
         os.close(fd)
     assert files.read_text_tail(path, limit=10) == 'y' * 10
+
+
+def test_a_record_read_short_before_its_end_is_read_on(tmp_path, monkeypatch):
+    """A network or FUSE file system may return fewer bytes than asked before the end of a
+    file (a server's read size): faked here, reads of at most 4 KiB."""
+    from hither_fs.runtime import files
+    path = tmp_path / 'state.json'
+    data = b'{"pad": "' + b'x' * 10000 + b'"}'
+    path.write_bytes(data)
+    monkeypatch.setattr(files.os, 'read', lambda fd, n, real=os.read: real(fd, min(n, 4096)))
+    assert files.read_bytes(str(path))[0] == data

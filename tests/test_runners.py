@@ -10,9 +10,9 @@ import psutil
 import pytest
 
 import hither_fs as hi
-from runnerfuncs import (big_child, change_process, close_inherited, exit_now, fork_and_return, hold_memory,
-                         leave_child, leave_daemon, leave_thread, meddle, process_facts, say_then_exit,
-                         say_then_leave_thread, spin, unfixable, where)
+from runnerfuncs import (big_child, change_process, close_inherited, exit_now, fork_and_return, helper_version,
+                         hold_memory, lazy_module, leave_child, leave_daemon, leave_thread, meddle, process_facts,
+                         say_then_exit, say_then_leave_thread, signal_deferred, spin, unfixable, where)
 
 
 def wait_for(condition, timeout=30):
@@ -290,3 +290,29 @@ def test_what_the_kernel_will_not_put_back_makes_a_runner_unfit(monkeypatch):
     monkeypatch.setattr(runner.resource, 'getrlimit', lambda limit, real=resource.getrlimit: lowered.get(limit) or real(limit))
     monkeypatch.setattr(runner.resource, 'setrlimit', lambda *args: refuse())
     assert state.restore() == "the job changed its process's resource limits and priority, which cannot be put back"
+
+
+def test_a_lazily_loaded_module_a_job_left_is_never_loaded_by_the_runner(root_path, parallel, tmp_path):
+    """The runner looks at what a job imported without touching a module's attributes
+    (a LazyLoader module runs its code at the first one)."""
+    (tmp_path / 'optional.py').write_text('open({!r}, "w").close()\nraise ImportError("not here")\n'.format(
+        str(tmp_path / 'loaded')))
+    with hi.Config(job_handler=parallel(1)):
+        assert isinstance(lazy_module.run(path=str(tmp_path / 'optional.py')).wait(), int)
+    assert not (tmp_path / 'loaded').exists()
+
+
+def test_a_module_edited_while_its_job_ran_is_not_run_as_it_was(root_path, parallel, tmp_path):
+    (tmp_path / 'versioned_helper.py').write_text('VERSION = 1\n')
+    with hi.Config(job_handler=parallel(1)):
+        first = helper_version.run(directory=str(tmp_path), edit_to=22).wait()  # (a new size: Python's
+        second = helper_version.run(directory=str(tmp_path)).wait()            # bytecode check sees it)
+    assert (first['version'], second['version']) == (1, 22) and first['pid'] != second['pid']
+
+
+def test_a_signal_a_job_left_pending_does_not_end_the_runner(root_path, parallel):
+    """Its handler is put back (the default: the end of the process) only once the signal
+    the job blocked is taken away."""
+    with hi.Config(job_handler=parallel(1)):
+        pid = signal_deferred.run().wait()
+        assert where.run(x=1).wait()['pid'] == pid

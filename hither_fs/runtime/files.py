@@ -339,15 +339,17 @@ def _read_rest(fd: int, size: int = -1) -> bytes:
     than asked is at the end: one call for a file that still has its size. (A file that
     grew meanwhile is read on; one cut short is the caller's to judge.)"""
     chunks = []
+    got = 0
     ask = size + 1 if 0 <= size < 1 << 20 else 1 << 20
     while True:
         chunk = os.read(fd, ask)
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
-        if size >= 0 and len(chunk) < ask:
+        got += len(chunk)
+        if 0 <= size <= got and len(chunk) < ask:  # (a network filesystem may read short before the end)
             return b"".join(chunks)
-        ask = 1 << 20
+        ask = max(size - got + 1, 1 << 16) if 0 <= size - got < 1 << 20 else 1 << 20
 
 
 def parse_json(path: str, data: bytes) -> Any:

@@ -38,6 +38,7 @@ import resource
 import signal
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .execute import OUTCOME, attempt_outcome, redirect_console
@@ -151,6 +152,12 @@ class _ProcessState:
         unfit: List[str] = []
         for timer in _TIMERS:
             signal.setitimer(timer, 0)  # a timer a job left set would go off in the next one
+        # a signal that came while the job blocked it, and that the runner's mask lets through,
+        # would meet the runner's handler (a default action: the end of the runner): taken now
+        for _ in range(len(_SIGNALS)):
+            waiting = signal.sigpending() - set(self.mask)
+            if not waiting or signal.sigtimedwait(waiting, 0) is None:
+                break
         now = [_handler(s) for s in _SIGNALS]
         if now != self.handlers:
             for sig, handler, changed in zip(_SIGNALS, self.handlers, now):
@@ -238,25 +245,32 @@ def _library_dirs() -> Tuple[str, ...]:
     return tuple(os.path.join(os.path.realpath(d), "") for d in dirs if d)
 
 
-def code_files(names: Any) -> Dict[str, List[int]]:
+#: What a runner reports for a module file that changed while its job ran: it never
+#: matches the file, so the runner gets no other job.
+CHANGED = [-1, -1]
+
+
+def code_files(names: Any, since_ns: int = 0) -> Dict[str, List[int]]:
     """``{file: [mtime_ns, size]}`` of the modules named that are the user's own code (not
-    Python's, an installed package's or hither_fs's): what a runner reports after a job, so
-    that its worker retires it once one of them is edited (a fresh process would import the
-    file as it is then)."""
+    Python's, an installed package's or hither_fs's, nor in a directory this user cannot
+    write): what a runner reports after a job, so that its worker retires it once one of
+    them is edited (a fresh process would import the file as it is then). A file modified
+    at ``since_ns`` (the job's start) or later is :data:`CHANGED`: the job may have run
+    what it was before."""
     library = _library_dirs()
     found = {}
     for name in names:
-        path = getattr(sys.modules.get(name), "__file__", None)
-        if not isinstance(path, str):
-            continue
-        path = os.path.realpath(path)
-        if path.startswith(library):
-            continue
-        try:
+        try:  # (not getattr: a lazily loaded module would run its code on any attribute)
+            path = object.__getattribute__(sys.modules[name], "__dict__").get("__file__")
+            if not isinstance(path, str):
+                continue
+            path = os.path.realpath(path)
+            if path.startswith(library) or not os.access(os.path.dirname(path), os.W_OK):
+                continue
             st = os.stat(path)
-        except OSError:
+        except Exception:  # gone from sys.modules, no __dict__, no such file, a NUL in the name...
             continue
-        found[path] = [st.st_mtime_ns, st.st_size]
+        found[path] = CHANGED if st.st_mtime_ns >= since_ns else [st.st_mtime_ns, st.st_size]
     return found
 
 
@@ -273,6 +287,7 @@ class _Baseline:
         self.rss_kib: Optional[int] = None
         self.fds: Optional[int] = None
         self.modules = set(sys.modules)  # (imported before any job: the worker's own)
+        self.module_count = len(sys.modules)
 
     def broken_fds(self) -> List[int]:
         """The runner's own descriptors that a job closed or replaced."""
@@ -286,6 +301,7 @@ def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Dict[str, An
     saved = _Saved()
     measured = _reset_peak_memory()
     cpu0, children_peak0 = _usage()
+    started_ns = time.time_ns()
     for entry in [e for e in sys.path_importer_cache if not e.startswith("/")]:
         del sys.path_importer_cache[entry]  # relative entries ('' above all) follow the job's chdir
     redirect_console(job["console"])  # (emptied by the worker before it sent the job)
@@ -325,10 +341,11 @@ def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Dict[str, An
     why = next((u for u in unfit if u), None)
     if why:
         answer["retire"] = why
-    if len(sys.modules) != len(baseline.modules):  # the job imported modules: their files, once
+    if len(sys.modules) != baseline.module_count:  # the job imported modules: their files, once
         new = [name for name in list(sys.modules) if name not in baseline.modules]
         baseline.modules.update(new)
-        answer["code_files"] = code_files(new)
+        baseline.module_count = len(sys.modules)
+        answer["code_files"] = code_files(new, started_ns)
     return answer
 
 
