@@ -294,9 +294,10 @@ class _Baseline:
         return [fd for fd, identity in self.own.items() if _identity(fd) != identity]
 
 
-def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Dict[str, Any]:
+def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Tuple[Dict[str, Any], List[int]]:
     """Run one job in this process; return the answer for the worker (``retire``: why
-    the runner cannot serve another job)."""
+    the runner cannot serve another job), and the runner's own descriptors the job closed
+    or replaced."""
     os.environ["HITHER_FS_JOB_ID"] = job["job_id"]  # (before the snapshot: put back as it is)
     saved = _Saved()
     measured = _reset_peak_memory()
@@ -346,7 +347,7 @@ def run_one(root: str, job: Dict[str, Any], baseline: _Baseline) -> Dict[str, An
         baseline.modules.update(new)
         baseline.module_count = len(sys.modules)
         answer["code_files"] = code_files(new, started_ns)
-    return answer
+    return answer, broken
 
 
 def _threads() -> int:
@@ -366,11 +367,11 @@ def serve(root: str, jobs_fd: int, answers_fd: int, notify: Optional[Callable[[]
     with os.fdopen(jobs_fd, "rb", buffering=1 << 16) as jobs:
         for line in jobs:
             job = json.loads(line)
-            answer = run_one(root, job, baseline)
+            answer, broken = run_one(root, job, baseline)
             if os.getpid() != me:  # a process the job forked, come back here: it answers nothing
                 os._exit(0)
             answer["job_id"] = job["job_id"]
-            if jobs_fd in baseline.broken_fds() or answers_fd in baseline.broken_fds():
+            if jobs_fd in broken or answers_fd in broken:
                 # the job closed (or reused) the pipes: whatever has the numbers now is not the
                 # worker. The answer is left where the worker looks when a runner ends unanswered.
                 write_json(os.path.join(job["console"], OUTCOME), answer)
