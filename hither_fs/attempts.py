@@ -175,16 +175,6 @@ def _outcome_from(scratch: str) -> Tuple[Optional[Dict[str, Any]], Optional[Dict
     return _outcome_parts(outcome) + (facts if isinstance(facts, dict) else {},)
 
 
-def _left_answer(scratch: str, job_id: str) -> Dict[str, Any]:
-    """The answer a runner that could not answer on its pipe left in its directory for
-    ``job_id``, or an empty one."""
-    try:
-        answer = read_json(os.path.join(scratch, OUTCOME), None, missing_ok=True)
-    except CorruptFileError:
-        return {}
-    return answer if isinstance(answer, dict) and answer.get("job_id") == job_id else {}
-
-
 def _outcome_parts(outcome: Any) -> Tuple[Optional[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """(result, error) of an outcome (either may be None: a run that said nothing)."""
     if isinstance(outcome, dict) and isinstance(outcome.get("result"), dict):
@@ -295,10 +285,6 @@ class Attempt:
             if ended is None:
                 return None
             status, answer = ended
-            if not answer:  # it ended unanswered: it may have left the answer (see runtime.runner.serve)
-                answer = _left_answer(self.scratch, self.job_id)
-                if answer:
-                    status = 0 if "result" in answer.get("outcome", {}) else 1 << 8
             self.runner_outcome = answer.get("outcome")
             with contextlib.suppress(OSError):
                 self.console.copy()  # now: a runner that goes takes its directory with it

@@ -27,6 +27,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import psutil
 
 from .runtime import runner as in_runner
+from .runtime.files import CorruptFileError, read_json
 
 #: Wakes a worker out of its sleep. Its default action is to do nothing, so a signal
 #: that comes before the worker is ready to take it (or to a process that is no
@@ -128,6 +129,11 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+def _status_of(answer: Dict[str, Any]) -> int:
+    """The wait status a forked job process would have had: 0 with a result, else exit code 1."""
+    return 0 if "result" in answer.get("outcome", {}) else 1 << 8
+
+
 class Runner:
     """One warm runner process and the two pipes to it.
 
@@ -191,8 +197,9 @@ class Runner:
 
     def answer(self, block: bool = False) -> Optional[Tuple[int, Dict[str, Any]]]:
         """``(wait status, answer)`` once the job it runs has ended, else None. The status
-        is 0 (or exit code 1) with the runner's answer, or the runner's own wait status
-        when it died with the job (then the answer is empty)."""
+        is 0 (or exit code 1) with the runner's answer - on the pipe, or left in its
+        directory when the job closed the pipe (see :func:`.runtime.runner.serve`) - or the
+        runner's own wait status when it died with the job (then the answer is empty)."""
         while True:
             line = self._line()
             if line is not None:
@@ -200,14 +207,22 @@ class Runner:
                 if answer.get("job_id") != self.job_id or self._buffer:  # never another job's answer
                     self.doomed = True
                     return 1 << 8, {}
-                return (0 if "result" in answer.get("outcome", {}) else 1 << 8), answer
+                return _status_of(answer), answer
             if self.status is None and self._ended():
                 continue  # an answer may have come just before it ended
             if self.status is not None:
-                return self.status, {}
+                left = self._left_answer()
+                return (_status_of(left), left) if left else (self.status, {})
             if not block:
                 return None
             select.select([self.answers_fd], [], [], 0.05)
+
+    def _left_answer(self) -> Dict[str, Any]:
+        try:
+            answer = read_json(os.path.join(self.scratch, in_runner.OUTCOME), None, missing_ok=True)
+        except CorruptFileError:
+            return {}
+        return answer if isinstance(answer, dict) and answer.get("job_id") == self.job_id else {}
 
     def _line(self) -> Optional[bytes]:
         """The next whole line of answer, else None (what came so far is kept)."""
