@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .runtime.files import makedirs, temp_name
+from .runtime.files import makedirs, rename_dir_unless_there, temp_name
 from .runtime.store import Store, sha1_of_file
 from .shipping import needs_shipping, shipped_source
 
@@ -305,16 +305,6 @@ def read_manifest(store: Store, sha1: str) -> Dict[str, str]:
     return manifest["files"]
 
 
-def _publish_dir(tmp: str, final: str) -> None:
-    """Rename a finished temp directory into place; if another process won the race, keep theirs."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not os.path.isdir(final):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def materialize(root, sha1: str) -> str:
     """Unpack the code environment ``sha1`` under ``code/envs/`` (once per root); return its directory."""
     root.store.blob_path(sha1)  # a sha1, never a path: raises ValueError otherwise
@@ -334,7 +324,7 @@ def materialize(root, sha1: str) -> str:
             except OSError:
                 shutil.copyfile(src, dst)
         makedirs(tmp)  # an environment may be empty
-        _publish_dir(tmp, final)
+        rename_dir_unless_there(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -372,7 +362,7 @@ def materialize_runtime(root) -> str:
             dst = os.path.join(tmp, *rel.split("/"))
             makedirs(os.path.dirname(dst))
             shutil.copyfile(src, dst)
-        _publish_dir(tmp, final)
+        rename_dir_unless_there(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

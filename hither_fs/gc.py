@@ -40,7 +40,8 @@ from .codeenv import REUSE_SECONDS, read_manifest
 from .listing import label_of
 from .protocol import FINAL_VALUES
 from .root import Root
-from .runtime.files import DAMAGE_ERRORS, fs_now, listdir, read_json, remove_quietly, temp_name, write_bytes
+from .runtime.files import (DAMAGE_ERRORS, fs_now, listdir, read_json, remove_quietly, rename_dir_unless_there, temp_name,
+                            write_bytes)
 from .runtime.store import Store
 from .usage import Count, Walk, blob_keys, source_key
 
@@ -297,14 +298,9 @@ def remove_job(root: Root, job_id: str, young_after: float = float("inf")) -> bo
     with contextlib.suppress(OSError):
         os.utime(aside)  # young: another node's fsck must not judge it a dead writer's
     if _used_since(aside, young_after) or _waited_for(root, aside):
-        try:
-            os.rename(aside, job_dir)
-        except OSError:
-            if not os.path.isdir(job_dir):
-                raise
-            # the job was put in again meanwhile (a cache hit of a lab cache keeps a job it
-            # finds missing: the same outcome): that one stays, this copy goes
-            shutil.rmtree(aside, ignore_errors=True)
+        # put back - unless the job was put in again meanwhile (a lab cache's hit keeps a job
+        # it finds missing, with the same outcome): then that one stays
+        rename_dir_unless_there(aside, job_dir)
         return False
     shutil.rmtree(aside, ignore_errors=True)
     return True

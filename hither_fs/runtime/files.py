@@ -26,6 +26,7 @@ import ctypes
 import errno
 import json
 import os
+import shutil
 import socket
 import stat
 import sys
@@ -419,6 +420,19 @@ def read_json(path: str, default: Any = None, missing_ok: bool = False) -> Any:
 
 
 # -- directories -------------------------------------------------------------------
+
+def rename_dir_unless_there(tmp: str, final: str) -> bool:
+    """Rename the directory ``tmp`` to ``final``; if another process put a directory there
+    first, theirs stays and ``tmp`` is removed. Whether ours is the one there."""
+    try:
+        os.rename(tmp, final)
+        return True
+    except OSError:
+        if not os.path.isdir(final):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+
 
 def makedirs(path: str) -> None:
     """Create ``path`` and its missing parents, whatever the umask: 0700, or
