@@ -494,8 +494,7 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
             if found is not None and "value" in found[0]:
                 entry = found[0]
                 cache.copy_blobs_to(root, entry["value"])  # (a lab cache's blobs are in its own store)
-                protocol.finish_unreleased(root, spec, {"value": entry["value"]}, from_cache={
-                    "key": key, "job_id": entry.get("job_id"), "root": entry.get("root"), "cache": cache.path or "root"})
+                protocol.finish_unreleased(root, spec, {"value": entry["value"]}, from_cache=_from_cache(cache, entry))
                 cache.release_in_flight(root, key, spec["id"])
                 if entry.get("root") == root.path:
                     _hand_out(root, entry["job_id"])
@@ -575,7 +574,7 @@ class CacheHit(Job):
         self._ran: Optional[Dict[str, Any]] = None  # the state of the run that computed it
         outcome: Dict[str, Any] = {
             "status": Status.FINISHED.value if "value" in entry else Status.ERROR.value, "attempt": 0, "cached": True,
-            "from_cache": {"key": self.key, "job_id": self.id, "root": self._origin, "cache": cache.path or "root"}}
+            "from_cache": _from_cache(cache, entry)}
         if "value" in entry:
             outcome["result"] = {"value": entry["value"]}
         else:
@@ -708,6 +707,13 @@ def _hand_out(root: Root, job_id: str) -> None:
 def _key_of(job: Job) -> str:
     """A job's cache key (a cache hit knows its own without reading a spec)."""
     return job.key if isinstance(job, CacheHit) else job.spec["key"]
+
+
+def _from_cache(cache: JobCache, entry: Dict[str, Any]) -> Dict[str, Any]:
+    """Where a job answered from ``cache``'s ``entry`` got its outcome (its state's ``from_cache``)."""
+    origin = entry.get("root")
+    return {"key": entry["key"], "job_id": entry["job_id"], "root": origin if isinstance(origin, str) else None,
+            "cache": cache.path or "root"}
 
 
 #: What :meth:`_Batch.prepare` makes of one job: its spec, its upstream jobs, and the cache's
