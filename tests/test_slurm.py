@@ -135,8 +135,18 @@ def test_compute_resource_serves_only_its_own_jobs(root, slurm_handler):
     assert again.wait() == 14
 
 
-def test_cli_workers_ls_shows_allocations(root, slurm_handler):
+def hither_fs_cli(*args):
     from conftest import run_python
+    return run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', *args)
+
+
+def workers_ls_lines(out, slurm_job_id):
+    """The lines of `hither-fs workers ls` whose SLURM JOB column is this id, matched whole
+    (an id such as 34 is also a substring of a queue's hex name, slurm-bf61e2fa1634)."""
+    return [ln for ln in out.splitlines()[1:] if ln.split()[2:3] == [slurm_job_id]]
+
+
+def test_cli_workers_ls_shows_allocations(root, slurm_handler):
     handler = slurm_handler(max_allocations=1, slots=3)
     with hi.Config(job_handler=handler):
         job = sleepy.run(seconds=4)
@@ -146,8 +156,8 @@ def test_cli_workers_ls_shows_allocations(root, slurm_handler):
             time.sleep(0.05)
     deadline = time.monotonic() + 10  # the heartbeat follows a job start within half a second
     while True:
-        out = run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', 'workers', 'ls').stdout
-        line = [ln for ln in out.splitlines() if handler.history[0] in ln]
+        out = hither_fs_cli('workers', 'ls').stdout
+        line = workers_ls_lines(out, handler.history[0])
         if line and job.id in line[0]:
             break
         assert time.monotonic() < deadline, out
@@ -169,11 +179,6 @@ def test_parallel_example_on_slurm(root, cluster):
     scancel({j.get_runtime_info()['slurm_job_id'] for j in jobs})
 
 
-def hither_fs_cli(*args):
-    from conftest import run_python
-    return run_python('import sys, hither_fs.cli as c; sys.exit(c.main(sys.argv[1:]))', *args)
-
-
 def test_handlers_of_different_shapes_never_share_allocations(root, slurm_handler):
     small = slurm_handler(max_allocations=1, slots=2, memory_gb_per_slot=0.25)
     big = slurm_handler(max_allocations=1, slots=2, memory_gb_per_slot=0.5)
@@ -190,7 +195,7 @@ def test_handlers_of_different_shapes_never_share_allocations(root, slurm_handle
     assert big_jobs[0].spec['shape']['memory_gb_per_slot'] == 0.5
     # the allocation's worker (idle now, for idle_timeout) says its shape: hither-fs workers ls
     out = hither_fs_cli('workers', 'ls').stdout
-    line = [ln for ln in out.splitlines() if big.history[0] in ln]
+    line = workers_ls_lines(out, big.history[0])
     assert line and '(default) 1cpu 0.5G 01:00:00' in line[0], out
 
 
