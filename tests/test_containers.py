@@ -315,7 +315,7 @@ def test_image_without_python_gives_a_clear_error(root_path, parallel, tmp_path,
 
 @pytest.mark.parametrize('how', ['cancel', 'timeout'])
 def test_cancel_and_timeout_kill_the_container(root_path, parallel, how):
-    with hi.Config(job_handler=parallel(1), container=IMAGE, job_timeout=4 if how == 'timeout' else None):
+    with hi.Config(job_handler=parallel(1), container=IMAGE, job_timeout=10 if how == 'timeout' else None):
         job = sleep_in_container.run(seconds=600)
         try:
             # its console output shows in the root while it runs

@@ -211,7 +211,7 @@ def test_seeds_container_example_gives_the_same_results_in_docker_and_apptainer(
 
 @pytest.mark.parametrize('how', ['cancel', 'timeout'])
 def test_cancel_and_timeout_kill_the_docker_container(root_path, parallel, use_docker, how):
-    with hi.Config(job_handler=parallel(1), container=DOCKER_IMAGE, job_timeout=5 if how == 'timeout' else None):
+    with hi.Config(job_handler=parallel(1), container=DOCKER_IMAGE, job_timeout=10 if how == 'timeout' else None):
         job = sleep_in_container.run(seconds=600)
         try:
             wait_until(lambda: job.get_console_output()['stdout'] == 'going to sleep\n', 60,

@@ -18,7 +18,7 @@ def test_parallel_example(root_path):
     assert proc.returncode == 0, proc.stderr
     assert 'Results: [0, 1, 4, 9, 16, 25, 36, 49]' in proc.stdout
     elapsed = float(re.search(r'Elapsed time: ([\d.]+) sec', proc.stdout).group(1))
-    assert elapsed < 4.0  # ideal 2 s (8 jobs of 1 s on 4 workers); generous bound, see bench/ for speed
+    assert elapsed < 8.0  # ideal 2 s (8 jobs of 1 s on 4 workers); a smoke bound for a loaded machine, see bench/ for speed
 
 
 def test_pipeline_example(root_path):

@@ -97,7 +97,7 @@ def test_chaos_500_jobs_while_workers_are_killed(root):
 def test_worker_killed_mid_job_its_job_runs_elsewhere(root, tmp_path):
     pid_file = str(tmp_path / 'pid')
     with hi.Config(job_handler=QueueOnly('q1')):
-        job = sleepy.run(seconds=2, pid_file=pid_file, result='ok')
+        job = sleepy.run(seconds=5, pid_file=pid_file, result='ok')
     first = start_worker(root, 'q1')
     try:
         wait_for_file(pid_file)
@@ -195,7 +195,7 @@ def test_a_stopped_worker_blocks_nothing_and_discards_its_outcome_when_resumed(r
     and runs it; the stopped worker, resumed, finds its claim gone and records nothing."""
     pid_file = str(tmp_path / 'pid')
     with hi.Config(job_handler=QueueOnly('q5')):
-        slow = sleepy.run(seconds=1, pid_file=pid_file, result='ran')
+        slow = sleepy.run(seconds=5, pid_file=pid_file, result='ran')
     first = start_worker(root, 'q5', '--lease', '2', stderr=subprocess.PIPE)
     second = None
     try:

@@ -153,7 +153,7 @@ def test_a_stopped_allocation_loses_its_job_and_discards_its_outcome(shared_root
     h = handler(handlers, max_allocations=2, slots=1, lease=5, time_limit='00:10:00')
     pid_file = os.path.join(base, 'pid')
     with hi.Config(job_handler=h):
-        job = sleepy.run(seconds=3, pid_file=pid_file, result='once')
+        job = sleepy.run(seconds=10, pid_file=pid_file, result='once')  # still running when it is stopped
     deadline = time.monotonic() + 180
     while not os.path.exists(pid_file):
         assert time.monotonic() < deadline, 'the job never started'

@@ -67,7 +67,7 @@ def test_jobs_run_inside_sbatch_allocations(root, slurm_handler):
 def test_100_jobs_flow_through_2_allocations(root, slurm_handler):
     handler = slurm_handler(max_allocations=2, slots=4)
     with hi.Config(job_handler=handler):
-        jobs = [sleepy.run(seconds=0.2, result=i) for i in range(100)]
+        jobs = [sleepy.run(seconds=0.4, result=i) for i in range(100)]  # long enough for both to take some
         assert [j.wait(timeout=300) for j in jobs] == list(range(100))
     assert len(handler.history) == 2  # sbatch calls scale with allocations, not with jobs
     assert slurm_ids(jobs) == set(handler.history)
@@ -89,11 +89,12 @@ def test_scancel_in_the_middle_of_a_job_reruns_it_elsewhere(root, slurm_handler,
 
 def test_time_limit_ending_during_a_job_hands_it_back(root, slurm_handler):
     # 1-minute allocations whose worker hands unfinished jobs back 30 s before the limit:
-    # `late` starts ~8 s in, cannot finish by 30 s, goes back, and finishes in the next allocation
+    # `late` starts ~12 s in, cannot finish by 30 s, goes back, and finishes in the next allocation
+    # (with 5 s or more to spare there: the worker's deadline counts from its start, after the launch)
     handler = slurm_handler(max_allocations=1, slots=1, time_limit='1', warning_lead=5, drain_margin=30)
     with hi.Config(job_handler=handler):
-        early = sleepy.run(seconds=8, result='early')
-        late = sleepy.run(seconds=25, result='done late')
+        early = sleepy.run(seconds=12, result='early')
+        late = sleepy.run(seconds=20, result='done late')
         assert late.wait(timeout=400) == 'done late'
     assert early.get_runtime_info()['slurm_job_id'] == handler.history[0]
     assert late.get_runtime_info()['slurm_job_id'] == handler.history[1]
@@ -149,7 +150,7 @@ def workers_ls_lines(out, slurm_job_id):
 def test_cli_workers_ls_shows_allocations(root, slurm_handler):
     handler = slurm_handler(max_allocations=1, slots=3)
     with hi.Config(job_handler=handler):
-        job = sleepy.run(seconds=4)
+        job = sleepy.run(seconds=30)  # still running while the loop below samples, however slow the CLI
         wait_for_status = time.monotonic() + 120
         while job.status != 'running':
             assert time.monotonic() < wait_for_status
