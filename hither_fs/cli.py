@@ -9,7 +9,7 @@ import contextlib
 import json
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Set
 
 from . import listing, protocol
 from .protocol import FINAL_VALUES, Status
@@ -46,13 +46,20 @@ def _selected(root: Root, args, live_only: bool = False) -> listing.Selection:
     if live_only:
         jobs = listing.Listing.of_rows(listing.live_rows(root))
         if run:  # a prefix names one run among them all, ended ones too, as for ls: never another live one
-            run = listing.resolve_run(jobs.runs() | summed(root, save=False).runs(), run)
+            run = listing.resolve_run(_all_runs(root, jobs), run)
             if run not in jobs.runs():
                 return listing.Listing([]).select()  # the run has no live job
     else:
         jobs = summed(root)
     return jobs.select(run=run, label=args.label, function=args.function, status=args.status,
                        newer_than=newer)
+
+
+def _all_runs(root: Root, live: Optional[listing.Listing] = None) -> Set[str]:
+    """Every run of the root: of its live jobs (``live``, if listed already) and of its ended ones."""
+    from .summary import listing as summed
+    live = live or listing.Listing.of_rows(listing.live_rows(root))
+    return live.runs() | summed(root, save=False).runs()
 
 
 def cmd_ls(args) -> int:
@@ -320,14 +327,15 @@ def cmd_gc(args) -> int:
     root = Root.get(args.root, create=False)
     sel = gc.Selection(
         older_than=None if args.older_than is None else gc.parse_age(args.older_than),
-        functions=set(args.function or ()), runs=set(args.run or ()), labels=set(args.label or ()),
+        functions=set(args.function or ()), labels=set(args.label or ()),
+        runs={listing.resolve_run(_all_runs(root), run) for run in args.run} if args.run else None,
         statuses=set(args.status or ()), max_bytes=None if args.max_bytes is None else gc.parse_size(args.max_bytes),
         max_inodes=args.max_inodes, cache=args.cache, grace=gc.parse_age(args.grace))
     plan = gc.collect(root, sel, dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"dry_run": args.dry_run, "jobs": plan.jobs, "cache_entries": plan.cache_entries,
                           "blobs": plan.blobs, "freed": vars(plan.freed), "before": vars(plan.total),
-                          "kept": plan.kept}, indent=1))
+                          "kept": plan.kept, "notes": plan.notes}, indent=1))
         return 0
     if args.list:
         for job_id in plan.jobs:
@@ -340,7 +348,9 @@ def cmd_gc(args) -> int:
         "would remove" if args.dry_run else "removed", len(plan.jobs), len(plan.cache_entries), len(plan.blobs),
         human(plan.freed.bytes), plan.freed.inodes, human(plan.total.bytes), plan.total.inodes))
     for why, n in sorted(plan.kept.items()):
-        print("kept: {} ({})".format(why, n) if n > 1 or "budget" not in why else "note: {}".format(why))
+        print("kept: {} ({})".format(why, n))
+    for note in plan.notes:
+        print("note: {}".format(note))
     return 0
 
 

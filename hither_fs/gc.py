@@ -28,6 +28,7 @@ with "upstream job ... is not in the root".
 """
 
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -61,7 +62,7 @@ def parse_size(text: Any) -> int:
     t = str(text).strip().lower().rstrip("b")
     unit = t[-1:] if t[-1:] in _UNITS and t[-1:] != "" else ""
     try:
-        return int(float(t[:-1] if unit else t) * _UNITS[unit])
+        return int(_finite(float(t[:-1] if unit else t)) * _UNITS[unit])
     except ValueError:
         raise ValueError("not a size: {!r} (for example 500M, 10G, 2T)".format(text)) from None
 
@@ -70,14 +71,21 @@ def parse_age(text: Any) -> float:
     """``30d``, ``12h``, ``90m``, ``2w``, ``3600`` (seconds) as seconds; also a ``timedelta``."""
     if hasattr(text, "total_seconds"):
         return text.total_seconds()
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
     t = str(text).strip().lower()
     unit = t[-1:] if t[-1:] in _SPANS else "s"
     try:
-        return float(t[:-1] if t[-1:] in _SPANS else t) * _SPANS[unit]
+        if isinstance(text, (int, float)) and not isinstance(text, bool):
+            return _finite(float(text))
+        return _finite(float(t[:-1] if t[-1:] in _SPANS else t)) * _SPANS[unit]
     except ValueError:
         raise ValueError("not an age: {!r} (for example 30d, 12h, 90m, 2w)".format(text)) from None
+
+
+def _finite(value: float) -> float:
+    """``value``, or a ValueError for nan and inf (nan passes every "at least" check unnoticed)."""
+    if not math.isfinite(value):
+        raise ValueError(value)
+    return value
 
 
 @dataclass
@@ -105,8 +113,8 @@ class Selection:
             raise ValueError("only final jobs can be removed, not {} ones".format(", ".join(sorted(bad))))
         for name in ("older_than", "max_bytes", "max_inodes", "grace"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or value < 0):
-                raise ValueError("{} must not be negative, not {!r}".format(name, value))
+            if value is not None and (isinstance(value, bool) or not 0 <= value < math.inf):
+                raise ValueError("{} must be a finite number, not negative: not {!r}".format(name, value))
         if self.grace < MIN_GRACE_SECONDS:
             raise ValueError("the grace period must be at least {:.0f} minutes (a submitting process reuses the "
                              "code environment it stored for that long), not {:g} s".format(
@@ -139,6 +147,7 @@ class Plan:
     freed: Count = field(default_factory=Count)
     total: Count = field(default_factory=Count)         # the root before
     kept: Dict[str, int] = field(default_factory=dict)  # why final jobs that matched stay
+    notes: List[str] = field(default_factory=list)      # what this gc could not do, and why
     now: float = 0.0
     counts: Dict[str, Count] = field(default_factory=dict, repr=False)  # of each job, entry and blob planned
 
@@ -205,12 +214,18 @@ def plan(root: Root, sel: Selection) -> Plan:
     out.total = walk.total
     manifests = _Manifests(root.store)
     jobs: Dict[str, _Job] = {}
+    unreadable = 0
     for job_id, count in walk.jobs.items():
         job = _read_job(root, job_id, count, out.now - walk.mtimes.get(job_id, out.now), manifests,
                         bool(sel.labels)) \
             if job_id in walk.job_dirs else None
         if job is not None:  # (a job without a readable spec, or not a directory, stays: fsck reports it)
             jobs[job_id] = job
+        elif job_id in walk.job_dirs:
+            unreadable += 1
+    if unreadable:  # its blobs are unknown: its result, or its arguments once the spec is mended
+        out.notes.append("no blob is removed while {} job(s) have a spec that cannot be read "
+                         "(hither-fs fsck lists them)".format(unreadable))
     live = {j for j, job in jobs.items() if job.status not in FINAL_VALUES or j in walk.claimed}
     needed = {up for j in live for up in jobs[j].upstream}
     candidates = []
@@ -256,7 +271,8 @@ def plan(root: Root, sel: Selection) -> Plan:
         out.freed.add(count)
 
     def sweepable(key: str) -> bool:
-        return marks.get(key, 0) == 0 and key in walk.blobs and out.now - walk.file_mtimes["store/" + key] >= sel.grace
+        return (not unreadable and marks.get(key, 0) == 0 and key in walk.blobs
+                and out.now - walk.file_mtimes["store/" + key] >= sel.grace)
 
     for key in walk.blobs:  # blobs nothing refers to already (withdrawn submissions, old gcs...)
         if sweepable(key):
@@ -279,7 +295,7 @@ def plan(root: Root, sel: Selection) -> Plan:
             if sweepable(key):
                 free_blob(key)
     if budget and not fits():
-        out.kept["the budget cannot be met by removing final jobs"] = 1
+        out.notes.append("the budget cannot be met by removing final jobs")
     return out
 
 

@@ -104,7 +104,7 @@ def test_gc_to_a_budget_removes_the_oldest_first(root):
     assert disk_usage(root).total.inodes <= budget
     assert len(plan.jobs) < len(jobs) and all(os.path.isdir(j.directory) for j in jobs[len(plan.jobs):])
     plan = gc.collect(root, gc.Selection(max_bytes=0))  # cannot be met: everything final goes, a note says so
-    assert 'the budget cannot be met by removing final jobs' in plan.kept
+    assert 'the budget cannot be met by removing final jobs' in plan.notes
 
 
 def test_filters_grace_and_dry_run(root):
@@ -143,6 +143,24 @@ def test_cli_gc_and_du(root):
     assert proc.returncode == 2 and 'say what to remove' in proc.stderr and 'Traceback' not in proc.stderr
     proc = run_cli(root, 'gc', '--older-than', 'soon')
     assert proc.returncode == 2 and "not an age: 'soon'" in proc.stderr
+    for option, value, said in (('--grace', 'nan', "not an age: 'nan'"), ('--max-bytes', 'inf', "not a size: 'inf'")):
+        proc = run_cli(root, 'gc', option, value, '--older-than', '30d')
+        assert proc.returncode == 2 and said in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr
+
+
+def test_cli_gc_names_a_run_as_ls_does(root):
+    """``--run`` takes a unique prefix of a run or its process id, as ``ls`` does; a run the
+    root does not have is an error, not "removed 0 jobs"."""
+    job = add.run(x=1, y=2)
+    job.wait()
+    age(job, 2)
+    run = job.spec['run']
+    proc = run_cli(root, 'gc', '--run', 'no-such-run')
+    assert proc.returncode == 2 and "no run 'no-such-run' in the root" in proc.stderr, proc.stderr
+    proc = run_cli(root, 'gc', '--run', run.rsplit('-', 1)[1], '--dry-run')  # its process id
+    assert proc.returncode == 0 and 'would remove 1 jobs' in proc.stdout, proc.stdout + proc.stderr
+    proc = run_cli(root, 'gc', '--run', run[:10])
+    assert proc.returncode == 0 and 'removed 1 jobs' in proc.stdout and not os.path.exists(job.directory)
 
 
 def test_cache_entries_stay_unless_asked_and_keep_their_blobs(root):
@@ -218,9 +236,32 @@ def test_parse_size_and_age():
     assert gc.parse_size('10G') == 10 ** 10 and gc.parse_size('500M') == 5 * 10 ** 8 and gc.parse_size(7) == 7
     assert gc.parse_size('2.5kB') == 2500
     assert gc.parse_age('30d') == 30 * DAY and gc.parse_age('90m') == 5400 and gc.parse_age(5) == 5.0
-    for bad in ('ten', '', 'G'):
-        with pytest.raises(ValueError):
+    for bad in ('ten', '', 'G', 'inf', '1e400', 'nanG'):
+        with pytest.raises(ValueError, match='not a size'):
             gc.parse_size(bad)
+    for bad in ('nan', 'infd', float('nan'), float('inf')):  # nan would pass every "at least" check
+        with pytest.raises(ValueError, match='not an age'):
+            gc.parse_age(bad)
+
+
+def test_a_job_whose_spec_cannot_be_read_stops_the_blob_sweep(root):
+    """Its blobs are unknown (its result is still in its readable state; its arguments are
+    needed again once the spec is mended): gc removes the other old jobs, but no blob."""
+    damaged, other = echo.run(x=np.arange(10.0)), echo.run(x=np.arange(20.0))
+    hi.wait()
+    for job in (damaged, other):
+        age(job, 40)
+    spec = os.path.join(damaged.directory, 'spec.json')
+    with open(spec) as f:
+        text = f.read()
+    with open(spec, 'w') as f:
+        f.write(text[:20])  # cut short
+    plan = gc.collect(root, gc.Selection(older_than=30 * DAY))
+    assert plan.jobs == [other.id] and plan.blobs == []
+    assert plan.notes == ["no blob is removed while 1 job(s) have a spec that cannot be read "
+                          "(hither-fs fsck lists them)"]
+    assert os.path.isdir(damaged.directory) and all(present(root, key) for key in blobs_of(damaged))
+    assert list(damaged.get_result()) == list(np.arange(10.0))
 
 
 def test_gc_in_a_loop_during_a_chaos_run(root):
