@@ -268,12 +268,24 @@ def _check_job(c: Check, job_id: str, jdir: str, tokens: Dict[str, protocol.Foun
         return
     if job_id in taken:
         return  # its taker is judged by check_taken
-    # a live job without a token: nobody would ever move it
-    repaired = False
-    if c.repair and job_id not in protocol.find_tokens(root, {job_id}):  # look again, right before acting
+    # a live job without a token: nobody would ever move it - unless it moved while fsck listed
+    if _moved_meanwhile(root, job_id, state):
+        return
+    if c.repair:
         protocol.add_missing_token(root, job_id, state)
-        repaired = True
-    yield Finding(jdir, "{} job without a token: no worker would see it".format(status), False, repaired)
+    yield Finding(jdir, "{} job without a token: no worker would see it".format(status), False, c.repair)
+
+
+def _moved_meanwhile(root: Root, job_id: str, state: Dict[str, Any]) -> bool:
+    """Whether a live job fsck found no token of has one after all, looked at again: fsck's
+    listings can miss a token that moved between two of them (a ticket claimed after
+    ``running/`` was listed and before its queue was), and a commit takes it out of sight."""
+    if protocol.has_token(root, job_id):
+        return True
+    try:  # after the listing: a token that left running/ meanwhile left a final state
+        return protocol.read_state(root, job_id) != state
+    except (OSError, CorruptFileError):
+        return True
 
 
 def _live(root: Root, job_id: str) -> bool:

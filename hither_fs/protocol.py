@@ -1003,6 +1003,22 @@ def find_tokens(root: Root, job_ids: Optional[set] = None, queues: Optional[List
     return found
 
 
+def has_token(root: Root, job_id: str) -> bool:
+    """Whether a job has a token anywhere - ``pending/``, a queue, ``running/`` (a claim, or
+    a token being committed) - looked for in the order tokens move, so that one moving on
+    while this looks is still seen. For a check right before acting on a job that seemed
+    to have none (fsck); a token moving back (a hand-back) rewrites the state first."""
+    if any(token.job_id == job_id for token in pending_tokens(root)):
+        return True
+    for q in queue_names(root.layout):
+        for _, name in iter_tickets(root.layout, q):
+            token = Token.parse(ticket_token(name))
+            if token is not None and token.job_id == job_id:
+                return True
+    claims, taken = scan_running(root)
+    return any(token.job_id == job_id for token, _ in claims) or any(token.job_id == job_id for _, token, _ in taken)
+
+
 def request_cancel(root: Root, worker_id: str, job_id: str) -> None:
     """Ask a worker to kill a job it runs (it commits the job as cancelled)."""
     path = root.layout.cancel_request(worker_id, job_id)

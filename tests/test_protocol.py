@@ -351,6 +351,49 @@ def test_killed_between_publish_and_ticket_is_repaired_by_fsck(root):
     assert protocol.commit(root, claim_next(root), finished()) == Status.FINISHED
 
 
+def test_fsck_does_not_repair_a_job_claimed_and_committed_while_it_looked(root, monkeypatch):
+    """A worker claims the job while fsck lists (after running/, before the queue: fsck's
+    listing misses its token), and takes its token to commit right before fsck looks again:
+    fsck reports nothing and puts no second ticket in (that ran the job twice)."""
+    spec = submit(root)
+    age(root.layout.state_file(spec['id']))
+    moves = []
+    real_iter_tickets, real_has_token = protocol.iter_tickets, protocol.has_token
+
+    def claimed_while_listed(layout, queue):
+        if not moves:
+            moves.append(claim_next(root, 'w-a'))
+        return real_iter_tickets(layout, queue)
+
+    def taken_while_looked_again(root_, job_id):
+        protocol.set_taker('w-a')
+        moves.append(protocol._take(root, moves[0].path, spec['id']))
+        protocol.set_taker('p-fsck')
+        return real_has_token(root_, job_id)
+    monkeypatch.setattr(protocol, 'iter_tickets', claimed_while_listed)
+    monkeypatch.setattr(protocol, 'has_token', taken_while_looked_again)
+    assert fsck.fsck(root, repair=True) == []
+    assert len(moves) == 2 and tickets(root) == []
+    os.rename(moves[1], moves[0].path)  # (the commit goes on: its token back where commit takes it from)
+    assert protocol.commit(root, moves[0], finished()) == Status.FINISHED
+    assert tickets(root) == [] and protocol.find_tokens(root) == {}
+
+
+def test_has_token_sees_a_token_moving_on_while_it_looks(root, monkeypatch):
+    """Listed in the order tokens move: a claim between two listings is still seen."""
+    spec = submit(root)
+    real_iter_tickets = protocol.iter_tickets
+
+    def claimed_right_after_listing(layout, queue):
+        listed = list(real_iter_tickets(layout, queue))
+        claim_next(root, 'w-a')
+        return listed
+    monkeypatch.setattr(protocol, 'iter_tickets', claimed_right_after_listing)
+    assert protocol.has_token(root, spec['id'])
+    monkeypatch.setattr(protocol, 'iter_tickets', real_iter_tickets)
+    assert not protocol.has_token(root, new_job_id())
+
+
 def test_young_tokenless_jobs_are_left_alone(root):
     spec = spec_of()
     protocol.publish(root, spec)  # a submitter in the middle of its work
