@@ -19,6 +19,7 @@ through :func:`hither_fs.protocol.requeue`.
 
 import contextlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -169,7 +170,15 @@ class LeaseJudge:
         if first is None or first[0] != beat:
             seen[key] = (beat, now)
             return None
-        return now - first[1] if now - first[1] >= self.lease else None
+        return now - first[1] if now - first[1] >= self.lease_of(heartbeat) else None
+
+    def lease_of(self, heartbeat: Optional[Dict[str, Any]]) -> float:
+        """This observer's lease, or the longer one the worker asked for in its heartbeat
+        (``--lease``: where suspensions are long and normal, every observer must wait them out)."""
+        asked = heartbeat.get("lease") if heartbeat else None
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and self.lease < asked < math.inf:
+            return float(asked)
+        return self.lease
 
     def forget(self, worker_id: str) -> None:
         self._seen.pop(worker_id, None)

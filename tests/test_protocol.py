@@ -449,6 +449,18 @@ def test_a_worker_is_lost_when_its_beat_stops_for_a_lease_on_the_observers_clock
     assert 'heartbeat stopped for 31 s' in judge.lost('w', heartbeat(1))
 
 
+def test_a_worker_asking_for_a_longer_lease_gets_it_from_every_observer():
+    clock = FakeClock()
+    judge = LeaseJudge(30, host=Host('node2', 'pid:[2]'), clock=clock, alive=lambda pid, ct: True)
+    long, short = dict(heartbeat(1), lease=600), dict(heartbeat(1), lease=5)
+    assert judge.lost('long', long) is None and judge.lost('short', short) is None
+    clock.t += 31
+    assert judge.lost('long', long) is None  # its own lease, not the observer's
+    assert 'heartbeat stopped for 31 s' in judge.lost('short', short)  # never shorter than the observer's
+    clock.t += 570
+    assert 'heartbeat stopped for 601 s' in judge.lost('long', long)
+
+
 def test_a_beating_worker_is_never_lost_whatever_the_clocks_say():
     clock = FakeClock()
     judge = LeaseJudge(30, host=Host('node2', 'pid:[2]'), clock=clock, alive=lambda pid, ct: False)
