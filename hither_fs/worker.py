@@ -279,6 +279,8 @@ class Worker:
             token = protocol.Token.parse(ticket_token(os.path.basename(path)))
             if token is None:
                 continue  # a stray file: not a ticket (fsck reports it)
+            if token.job_id in self.running:
+                continue  # a lost run of it (taken back while this worker was stopped) is not reaped yet
             checked = None
             if limited:
                 try:

@@ -269,3 +269,38 @@ def test_slurm_handler_refuses_a_timeout_no_allocation_can_hold(root_path):
         with pytest.raises(ValueError, match='job_timeout 3600 s cannot fit'):
             add.run(x=1, y=1)
     assert handler.history == []  # refused before anything was written or submitted
+
+
+def test_a_resumed_worker_reaps_its_lost_run_before_it_claims_the_job_again(root, tmp_path):
+    """A worker with two slots is stopped whole (as ``scontrol suspend`` stops an allocation)
+    for longer than its lease, and its job is handed back meanwhile. Resumed, it kills its
+    lost run; its job's new ticket is at the front of the queue, and the worker must reap
+    the lost run before it claims that (runs are kept by job id: the new run took the lost
+    one's place, which then was never reaped - a zombie runner, a console file left)."""
+    import psutil
+    from hither_fs.lease import LeaseJudge, Recovery
+    pid_file = str(tmp_path / 'pid')
+    with hi.Config(job_handler=QueueOnly('q9')):
+        job = sleepy.run(seconds=10, pid_file=pid_file, result='ok')  # outlasts the suspension: killed
+    worker = start_worker(root, 'q9', '--slots', '2', '--lease', '2')
+    try:
+        wait_for_file(pid_file)
+        started = time.monotonic()
+        tree = [psutil.Process(worker.pid)] + psutil.Process(worker.pid).children(recursive=True)
+        for p in tree:
+            p.send_signal(signal.SIGSTOP)
+        recovery, deadline = Recovery(root, LeaseJudge(2)), time.monotonic() + 60
+        while job.status != 'queued':  # another worker's lease check hands the job back
+            assert time.monotonic() < deadline
+            recovery.run()
+            time.sleep(0.2)
+        time.sleep(max(0.0, started + 6 - time.monotonic()))  # a worker stops a lost run only 5 s after its start
+        for p in tree:
+            p.send_signal(signal.SIGCONT)
+        assert job.wait(timeout=60) == 'ok'
+        assert job.get_state()['attempt'] == 2
+        zombies = [c.pid for c in psutil.Process(worker.pid).children() if c.status() == psutil.STATUS_ZOMBIE]
+        assert zombies == []
+        assert [n for n in os.listdir(job.directory) if n.startswith('.')] == []  # no live console file
+    finally:
+        stop([worker])
