@@ -66,6 +66,16 @@ class JobHandler:
     def help(self, root: Root) -> None:
         """Called now and then while this process waits for one of the handler's jobs."""
 
+    def _refuse_unsafe_root(self, root: Root) -> None:
+        """PermissionError if workers would refuse ``root`` (checked once per root): said at
+        ``.run()``, not by a job that waits for ever."""
+        checked = self.__dict__.setdefault("_safe_roots", set())
+        if root.path not in checked:
+            reason = root.unsafe_reason()
+            if reason:
+                raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
+            checked.add(root.path)
+
     # -- ``with handler as jh:`` (hither's spelling) ------------------------------------------
 
     def __enter__(self) -> "JobHandler":
@@ -203,7 +213,6 @@ class ParallelJobHandler(JobHandler):
         self._latest: Optional[str] = None  # the queue of the environment used last
         if self.queue_name:  # known now: the handler keeps workers for it even before it is given a job
             self.queue_for(None)
-        self._checked: set = set()  # roots found safe (checked once: a stat of every top directory)
         self._woken = -1.0  # when its workers were last woken for a new job
 
     def queue_for(self, root: Optional[Root]) -> str:
@@ -214,11 +223,7 @@ class ParallelJobHandler(JobHandler):
         return queue
 
     def submitted(self, root: Root, job) -> None:
-        if root.path not in self._checked:
-            reason = root.unsafe_reason()
-            if reason:  # its workers would refuse the root: say so now, not by hanging
-                raise PermissionError("workers refuse to run jobs from {}: {}".format(root.path, reason))
-            self._checked.add(root.path)
+        self._refuse_unsafe_root(root)
         self._ensure_workers(root)
         now = time.monotonic()
         if now - self._woken >= WAKE_EVERY:  # a burst of jobs wakes them once: they list the whole queue

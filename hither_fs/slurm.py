@@ -60,6 +60,9 @@ _TRANSIENT = re.compile(
     r"maxsubmit|submit ?limit|job submit limit|slurmctld.*(busy|down)", re.IGNORECASE)
 
 #: squeue's pending reasons for an allocation Slurm will never start as asked.
+#: Allocations in a row that end before their worker starts, after which a queue's jobs fail.
+FAILED_STARTS = 3
+
 NEVER_REASONS = frozenset({
     "BadConstraints", "PartitionConfig", "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit",
     "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit",
@@ -230,6 +233,15 @@ def squeue_states(name: str) -> Dict[str, Tuple[str, str]]:
     return states
 
 
+def _allocation_log(root: Root, slurm_job_id: str) -> Optional[str]:
+    """The start of an allocation's log in the root (``sbatch --output``), None if there is none."""
+    try:
+        with open(os.path.join(root.path, "logs", "slurm", slurm_job_id + ".log"), "rb") as f:
+            return f.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
 def scancel(job_ids: Iterable[str]) -> None:
     ids = sorted(set(job_ids))
     if ids:
@@ -339,6 +351,9 @@ class _QueueTracker:
         self.note: Optional[Dict[str, Any]] = None  # what scheduler.json says now
         self.note_written = 0.0
         self.serving: set = set()  # allocations whose worker was seen beating (logged once each)
+        self.ever_served: set = set()  # every allocation whose worker was ever seen beating
+        self.judged: set = set()  # ended allocations whose log was looked at
+        self.failed_starts: List[str] = []  # the last allocations in a row that ended before their worker started
 
 
 class SlurmJobHandler(JobHandler):
@@ -435,6 +450,7 @@ class SlurmJobHandler(JobHandler):
         return need
 
     def submitted(self, root: Root, job) -> None:
+        self._refuse_unsafe_root(root)
         self.scale(root)  # at most once a second: submitting many jobs stays cheap
 
     def help(self, root: Root) -> None:
@@ -492,7 +508,9 @@ class SlurmJobHandler(JobHandler):
         serving = {str(hb.get("slurm_job_id")) for hb in workers if hb.get("slurm_job_id")}
         for sid in sorted(serving - tracker.serving):
             log.info("allocation %s serves queue %s: its worker is up", sid, tracker.queue)
-        tracker.serving = serving
+        if serving - tracker.ever_served:
+            tracker.failed_starts = []
+        tracker.serving, tracker.ever_served = serving, tracker.ever_served | serving
         demand = self.demand(root, tracker.queue, workers, cap=self.max_allocations * self.allocation.slots + 1)
         need = min(self.max_allocations, math.ceil(demand / self.allocation.slots))
         if need <= len(workers):
@@ -620,9 +638,35 @@ class SlurmJobHandler(JobHandler):
         for sid in sorted(set(before) - set(tracker.in_slurm)):
             log.debug("allocation %s for queue %s has left Slurm's queue (%s)", sid, tracker.queue,
                       states.get(sid, ("gone",))[0].lower())
+        self._judge_ended(root, tracker, (set(before) | set(tracker.submitted)) - set(tracker.in_slurm), states)
         # what squeue lists speaks for itself; keep only submissions too recent to be listed
         tracker.submitted = {sid: t for sid, t in tracker.submitted.items()
                              if sid not in states and now - t < 2 * self.squeue_interval}
+
+    def _judge_ended(self, root: Root, tracker: _QueueTracker, ended: Iterable[str],
+                     states: Dict[str, Tuple[str, str]]) -> None:
+        """Allocations that Slurm ran but whose worker never started (a broken Python
+        environment on the nodes, a scratch directory or root it refuses): submitting more
+        would go on for ever, the jobs waiting. After :data:`FAILED_STARTS` in a row - never
+        seen beating, their log without the worker's "serving" line - the queue's jobs fail
+        with the last log's words."""
+        for sid in sorted(set(ended) - tracker.ever_served - tracker.judged):
+            if sid not in self.history or states.get(sid, ("",))[0] == "COMPLETING":
+                continue
+            said = _allocation_log(root, sid)
+            if said is None:
+                continue  # it never ran (cancelled while pending), or its log is not seen here yet
+            tracker.judged.add(sid)
+            if re.search(r" worker \S+ serving ", said):
+                tracker.failed_starts = []
+            else:
+                tracker.failed_starts.append(sid)
+        if len(tracker.failed_starts) >= FAILED_STARTS:
+            last = tracker.failed_starts[-1]
+            words = " | ".join((_allocation_log(root, last) or "").strip().splitlines()[-5:]) or "(empty)"
+            self._refuse(root, tracker, "allocations {} ended before their worker started; the log of {} "
+                                        "(logs/slurm/{}.log) ends: {}".format(", ".join(tracker.failed_starts),
+                                                                               last, last, words))
 
     def release(self) -> None:
         """The end of the handler's ``with`` block, its jobs done (hither halted its batches

@@ -323,3 +323,36 @@ def test_an_allocation_slurm_will_never_start_is_cancelled_and_its_jobs_fail(roo
         scancel([blocker])
     assert handler.history[0] not in subprocess.run(['squeue', '--noheader', '--format=%i'], capture_output=True,
                                                     text=True).stdout.split()
+
+
+def test_allocations_whose_worker_cannot_start_fail_the_jobs_instead_of_coming_back_for_ever(
+        root, slurm_handler, tmp_path, monkeypatch):
+    """Slurm runs the allocations, but their worker exits at once (here it refuses its scratch
+    directory, a symbolic link; as well a broken Python on the nodes): after three in a row
+    the queue's jobs fail with the worker's own words, and no more allocations are submitted."""
+    scratch = tmp_path / 'node-tmp'
+    scratch.mkdir()
+    os.symlink('/tmp', str(scratch / 'hither_fs-{}'.format(os.getuid())))
+    monkeypatch.setenv('TMPDIR', str(scratch))  # what the allocations get (sbatch --export=ALL)
+    handler = slurm_handler(max_allocations=1, slots=1)
+    with hi.Config(job_handler=handler):
+        job = add.run(x=1, y=2)
+        with pytest.raises(hi.JobError, match='ended before their worker started') as failed:
+            job.wait(timeout=240)
+    assert 'refusing the scratch directory' in str(failed.value)
+    assert len(handler.history) == 3
+    with pytest.raises(hi.SlurmError, match='ended before their worker started'):
+        with hi.Config(job_handler=handler):
+            add.run(x=2, y=2)
+
+
+def test_a_root_workers_would_refuse_is_refused_at_run(root, slurm_handler):
+    handler = slurm_handler(max_allocations=1, slots=1)
+    os.chmod(root.layout.jobs, 0o777)  # writable by others: every worker would refuse it
+    try:
+        with pytest.raises(PermissionError, match='workers refuse to run jobs from'):
+            with hi.Config(job_handler=handler):
+                add.run(x=1, y=2)
+    finally:
+        os.chmod(root.layout.jobs, 0o700)
+    assert handler.history == []
