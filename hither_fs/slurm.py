@@ -63,6 +63,10 @@ _TRANSIENT = re.compile(
 #: Allocations in a row that end before their worker starts, after which a queue's jobs fail.
 FAILED_STARTS = 3
 
+#: Seconds of an allocation's time that its worker may need to start (and ask Slurm the
+#: time left) before it claims: a job whose timeout leaves less could never be claimed.
+WORKER_START_ALLOWANCE = 60
+
 NEVER_REASONS = frozenset({
     "BadConstraints", "PartitionConfig", "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit",
     "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit",
@@ -435,10 +439,11 @@ class SlurmJobHandler(JobHandler):
             raise SlurmError("Slurm refused the allocations of {!r}, so it takes no more jobs: {}".format(
                 self, self.refused[spec["queue"]]))
         timeout = spec.get("timeout")
-        usable = self.allocation.seconds - self.allocation.drain_margin
+        usable = self.allocation.seconds - self.allocation.drain_margin - WORKER_START_ALLOWANCE
         if timeout and timeout > usable:
-            raise ValueError("job_timeout {} s cannot fit in an allocation whose time limit {} leaves {} s "
-                             "for jobs; raise time_limit".format(timeout, self.allocation.time_limit, usable))
+            raise ValueError("job_timeout {} s cannot fit in an allocation whose time limit {} leaves {:.0f} s "
+                             "for jobs (after drain_margin, and {} s for its worker to start); raise time_limit"
+                             .format(timeout, self.allocation.time_limit, max(usable, 0), WORKER_START_ALLOWANCE))
 
     def resources_for(self, requested):
         need = {"cpus": self.allocation.cpus_per_slot, "memory_gb": self.allocation.memory_gb_per_slot}

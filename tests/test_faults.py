@@ -269,6 +269,12 @@ def test_slurm_handler_refuses_a_timeout_no_allocation_can_hold(root_path):
         with pytest.raises(ValueError, match='job_timeout 3600 s cannot fit'):
             add.run(x=1, y=1)
     assert handler.history == []  # refused before anything was written or submitted
+    # the worker claims a job only if its timeout fits before the deadline, counted from its start
+    # (the time left then, less drain_margin): a job asking for all of that could never be claimed
+    with hi.Config(job_handler=handler, job_timeout=580):
+        with pytest.raises(ValueError, match='job_timeout 580 s cannot fit .* leaves 520 s for jobs'):
+            add.run(x=1, y=1)
+    handler.check({'queue': 'q', 'timeout': 520})  # fits (checked without submitting anything)
 
 
 def test_a_resumed_worker_reaps_its_lost_run_before_it_claims_the_job_again(root, tmp_path):
