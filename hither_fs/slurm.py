@@ -420,7 +420,6 @@ class SlurmJobHandler(JobHandler):
         if self.queue_name:  # known now: the handler serves it even before it is given a job
             self.queue_for(None)
         self._next_look = 0.0
-        self._pending_queue: Dict[str, Any] = {}
         self.lease = lease
         self._recovery: Dict[str, Recovery] = {}
 
@@ -464,26 +463,14 @@ class SlurmJobHandler(JobHandler):
     # -- scaling -------------------------------------------------------------------
 
     def demand(self, root: Root, queue: str, workers: List[Dict[str, Any]], cap: int) -> int:
-        """Jobs of ``queue`` that are queued, pending or running - counted no further than
-        ``cap`` (the root is never read whole for this)."""
+        """Jobs of ``queue`` that are queued or running - counted no further than ``cap``
+        (the root is never read whole for this). Pending jobs do not count: an allocation
+        submitted for them would idle out while their upstream runs, and be submitted again;
+        once promoted they are queued, and the next :meth:`scale` sees them."""
         count = count_tickets(root.layout, queue, cap=cap)
         for hb in workers:
             count += len(hb.get("jobs") or [])
-        for token in protocol.pending_tokens(root):
-            if count >= cap:
-                break
-            if self._queue_of(root, token.job_id) == queue:
-                count += 1
         return count
-
-    def _queue_of(self, root: Root, job_id: str) -> Optional[str]:
-        queue = self._pending_queue.get(job_id)
-        if queue is None:
-            try:
-                queue = self._pending_queue[job_id] = protocol.read_spec(root, job_id).get("queue")
-            except (OSError, CorruptFileError):
-                return None
-        return queue
 
     def scale(self, root: Root) -> List[str]:
         """Submit the allocations the queues need now; return their Slurm ids.

@@ -277,6 +277,18 @@ def test_slurm_handler_refuses_a_timeout_no_allocation_can_hold(root_path):
     handler.check({'queue': 'q', 'timeout': 520})  # fits (checked without submitting anything)
 
 
+def test_slurm_handler_asks_no_allocation_for_jobs_waiting_for_their_upstream(root):
+    """An allocation submitted for a pending job would idle out while its upstream runs (for
+    hours, maybe), and be submitted again: only queued and running jobs are demand."""
+    from hither_fs import protocol
+    from test_protocol import submit
+    upstream = submit(root, queue='elsewhere')
+    waiting = [submit(root, queue='s', upstream=[upstream['id']]) for _ in range(3)]
+    submit(root, queue='s')
+    assert {t.job_id for t in protocol.pending_tokens(root)} == {w['id'] for w in waiting}
+    assert hi.SlurmJobHandler().demand(root, 's', [{'jobs': ['a-running-one']}], cap=100) == 2
+
+
 def test_a_resumed_worker_reaps_its_lost_run_before_it_claims_the_job_again(root, tmp_path):
     """A worker with two slots is stopped whole (as ``scontrol suspend`` stops an allocation)
     for longer than its lease, and its job is handed back meanwhile. Resumed, it kills its
