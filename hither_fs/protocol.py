@@ -854,9 +854,9 @@ def _requeued(root: Root, token: Token, prior: Dict[str, Any], why: str, counted
         failure = error_record("WorkerLostError", "worker lost {} times, giving up (last: {})".format(
             token.attempt, why), "running")
     elif not counted and handed_back > max_attempts:
-        failure = error_record("WorkerLostError", "handed back {} times because its workers' time ran out "
-                               "before it finished (last: {}); give the allocations a longer time limit"
-                               .format(handed_back, why), "running")
+        failure = error_record("WorkerLostError", "handed back {} times before it could finish (last: {}){}".format(
+            handed_back, why, "; give the allocations a longer time limit" if "time limit" in why else ""),
+            "running")
     elif not spec:
         failure = error_record("CorruptFileError", "spec.json of job {} cannot be read".format(job_id),
                                "requeueing")

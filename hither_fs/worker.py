@@ -58,6 +58,9 @@ IDLE_LISTING = 30.0
 PENDING_SWEEP = 30.0
 #: How long a local worker's list of its sibling workers (see ``_wake_siblings``) is used.
 SIBLINGS_MEMORY = 10.0
+#: After failing to start a job (no fork: a process limit, memory), a worker claims nothing
+#: for this long: the job it handed back is another worker's, or waits for this one to recover.
+START_FAILED_PAUSE = 5.0
 
 
 def new_worker_id(prefix: str = "w") -> str:
@@ -139,7 +142,7 @@ class Worker:
         self._last_beat = now
         self._interval = 0.001
         self._due = {"beat": now, "requests": now, "recover": now, "pending": now,
-                     "bell": now, "listing": now, "siblings": now}
+                     "bell": now, "listing": now, "siblings": now, "claim": now}
         self._siblings: List[int] = []
 
     # -- the loop ---------------------------------------------------------------------
@@ -244,7 +247,7 @@ class Worker:
 
     def claim(self, now: float) -> bool:
         """Fill free slots from the front of the queues."""
-        if len(self.running) >= self.slots or self._at_max_jobs():
+        if len(self.running) >= self.slots or self._at_max_jobs() or now < self._due["claim"]:
             return False
         if self._idle(now) and now < self._due["listing"]:
             # idle: one open of each bell instead of listing the queues
@@ -315,7 +318,10 @@ class Worker:
                 self._finish_now(claim, protocol.error_record("PermissionError", message, "claiming",
                                                               module="builtins"))
                 return True
-            return self.runs.start(claim)
+            if not self.runs.start(claim):  # handed back: not again at once, by this worker
+                self._due["claim"] = now + START_FAILED_PAUSE
+                return False
+            return True
         return False
 
     def _spec(self, job_id: str):

@@ -289,6 +289,35 @@ def test_slurm_handler_asks_no_allocation_for_jobs_waiting_for_their_upstream(ro
     assert hi.SlurmJobHandler().demand(root, 's', [{'jobs': ['a-running-one']}], cap=100) == 2
 
 
+START_FAILS = """
+import sys
+import hither_fs as hi
+from hither_fs import attempts
+from hither_fs.worker import Worker
+calls = []
+def start(self):  # a fake of os.fork failing (EAGAIN at a process limit; root is exempt from that limit here)
+    calls.append(1)
+    raise BlockingIOError(11, 'Resource temporarily unavailable')
+attempts.Attempt.start = start
+Worker(hi.Root(sys.argv[1]), ['q10'], idle_timeout=2).run()
+print('starts', len(calls))
+"""
+
+
+def test_a_job_its_worker_cannot_start_is_handed_back_once_not_used_up(root):
+    """A worker that cannot start a job (no fork for a moment) hands it back uncounted to the
+    front of its queue; it must not claim it again at once, using up every hand-back in
+    milliseconds with an error blaming the allocations' time limit."""
+    from conftest import run_python
+    with hi.Config(job_handler=QueueOnly('q10')):
+        job = add.run(x=1, y=2)
+    proc = run_python(START_FAILS, root.path)
+    assert proc.returncode == 0 and 'starts 1' in proc.stdout, proc.stdout + proc.stderr
+    state = job.get_state()
+    assert state['status'] == 'queued' and state['handed_back'] == 1
+    assert 'could not start it' in state['history'][-1]['why']
+
+
 def test_a_resumed_worker_reaps_its_lost_run_before_it_claims_the_job_again(root, tmp_path):
     """A worker with two slots is stopped whole (as ``scontrol suspend`` stops an allocation)
     for longer than its lease, and its job is handed back meanwhile. Resumed, it kills its

@@ -130,7 +130,14 @@ def test_too_many_hand_backs_fail_the_job(root):
     assert protocol.requeue(root, claim.token, claim.path, 'time limit near', counted=False) == Status.ERROR
     error = protocol.read_state(root, spec['id'])['error']
     assert error['type'] == 'WorkerLostError' and 'handed back 2 times' in error['message']
+    assert 'give the allocations a longer time limit' in error['message']  # the last hand-back's reason
     assert tickets(root) == [] and os.listdir(root.layout.running) == []
+    other = submit(root, max_attempts=1)
+    for _ in range(2):
+        claim = claim_next(root)
+        protocol.requeue(root, claim.token, claim.path, 'its worker could not start it', counted=False)
+    message = protocol.read_state(root, other['id'])['error']['message']
+    assert 'handed back 2 times before it could finish (last: its worker could not start it)' == message
 
 
 def test_lost_workers_max_attempts_times_fail_the_job(root):
