@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=argparse.SUPPRESS)
     p.add_argument("--older-than", metavar="AGE", help="jobs that ended longer ago than this (30d, 12h, 90m, 2w)")
     p.add_argument("--function", action="append", help="jobs of this function (repeatable)")
-    p.add_argument("--run", action="append", help="jobs of this run (repeatable; see hither-fs show)")
+    p.add_argument("--run", action="append", help="jobs of this run: a unique prefix of its id, or its process id "
+                   "(repeatable; see hither-fs show)")
     p.add_argument("--label", action="append", help="jobs with this label (hi.Config(label=...); repeatable)")
     p.add_argument("--status", action="append", choices=sorted(FINAL_VALUES), help="jobs with this final status")
     p.add_argument("--max-bytes", metavar="SIZE", help="remove the oldest matching jobs until the root takes "
