@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-from .runtime.files import makedirs, rename_dir_unless_there, temp_name
+from .runtime.files import copy_new, makedirs, rename_dir_unless_there, temp_name
 from .runtime.store import Store, sha1_of_file
 from .shipping import needs_shipping, shipped_source
 
@@ -322,7 +322,7 @@ def materialize(root, sha1: str) -> str:
             try:
                 os.link(src, dst)
             except OSError:
-                shutil.copyfile(src, dst)
+                copy_new(src, dst)
         makedirs(tmp)  # an environment may be empty
         rename_dir_unless_there(tmp, final)
     except BaseException:
@@ -361,7 +361,7 @@ def materialize_runtime(root) -> str:
         for rel, src in files.items():
             dst = os.path.join(tmp, *rel.split("/"))
             makedirs(os.path.dirname(dst))
-            shutil.copyfile(src, dst)
+            copy_new(src, dst)
         rename_dir_unless_there(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -132,12 +132,14 @@ def test_group_shared_root_stays_group_writable_whatever_the_umask(tmp_path, uma
     a private root is 0700/0600 - under any umask."""
     from jobfuncs import echo
     import numpy as np
+    from hither_fs import codeenv
     for shared, dir_mode, file_mode in (('group', 0o2770, 0o660), ('private', 0o700, 0o600)):
         old = os.umask(umask)
         try:
             root = Root(str(tmp_path / shared), shared=shared)
             with hi.Config(root=root.path, job_cache=hi.JobCache()):
                 assert list(echo.run(x=np.arange(3)).wait()) == [0, 1, 2]
+            codeenv.materialize_runtime(root)  # the hither_fs a container job imports: every member's
         finally:
             os.umask(old)
         for dirpath, dirnames, filenames in os.walk(root.path):

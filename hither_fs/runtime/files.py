@@ -177,6 +177,23 @@ def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> N
         raise
 
 
+def copy_new(src: str, dst: str) -> None:
+    """Copy the file ``src`` to ``dst``, which must not exist, with the bits of a new file in
+    ``dst``'s directory (:func:`file_mode`), never those the umask leaves."""
+    mode = file_mode(os.path.dirname(dst))
+    fd = os.open(dst, _CREATE_FLAGS, mode)
+    try:
+        _fix_mode(fd, mode)
+        with open(src, "rb") as f:
+            while True:
+                chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                _write_all(fd, chunk)
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """``data`` into ``path`` by temporary file and rename: two metadata operations."""
     tmp = temp_name(path)
