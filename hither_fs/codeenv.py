@@ -179,6 +179,8 @@ def collect(fn) -> Tuple[Dict[str, Optional[str]], Dict[str, Any]]:
                     out.add(name + "/" + rel, full)
 
     entry = {"module": module, "file": env_path(os.path.relpath(file, fdir).replace(os.sep, "/"))}
+    if entry["file"] not in out.files:  # a script without .py (``./runjobs``): the function's own file
+        out.add(entry["file"], file)
     return out.files, entry
 
 

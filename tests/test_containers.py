@@ -256,6 +256,9 @@ def test_code_environment_skips_and_limits(tmp_path, monkeypatch):
     files, entry = codeenv.collect(FakeFunction(str(d / 'a' / 'b.py'), module='proj.a.b'))
     assert sorted(files) == ['proj/__init__.py', 'proj/a/__init__.py', 'proj/a/b.py']
     assert files['proj/__init__.py'] is None and entry == {'module': 'proj.a.b', 'file': 'proj/a/b.py'}
+    (d / 'runjobs').write_text('# a script without .py')  # ./runjobs: its own file goes in all the same
+    files, entry = codeenv.collect(FakeFunction(str(d / 'runjobs')))
+    assert sorted(files) == ['a/b.py', 'elsewhere/e.py', 'main.py', 'runjobs'] and entry['file'] == 'runjobs'
     monkeypatch.setattr(codeenv, 'MAX_FILES', 2)
     with pytest.raises(codeenv.CodeEnvError, match='more than 2 files'):
         codeenv.collect(FakeFunction(str(d / 'main.py')))
