@@ -61,7 +61,8 @@ from .root import Root, now_iso
 from .runtime.execute import OUTCOME, error_record
 from .errors import ContainerError
 from .pull_failures import forget_failure, raise_if_failed_lately, remember_failure
-from .runtime.files import HOST, file_mode, fs_clock, makedirs, read_json, remove_quietly, temp_name, write_json
+from .runtime.files import (HOST, file_mode, fs_clock, makedirs, read_json, remove_quietly, rename_unless_there,
+                            temp_name, write_json)
 from .runtime.store import sha1_of_file
 
 log = logging.getLogger("hither_fs.containers")
@@ -263,14 +264,14 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
                 raise
             seconds = time.monotonic() - start
             sha1 = tree_sha1(tmp) if os.path.isdir(tmp) else sha1_of_file(tmp)
-            try:
-                os.rename(tmp, final)
-                pulled = True
-            except OSError:
-                # published meanwhile by a pull on another node (the lock is only this node's):
-                # the same image; use that one
-                _remove(tmp)
-                pulled = False
+            pulled = rename_unless_there(tmp, final)
+            if not pulled:
+                # published meanwhile by a pull on another node (the lock is only this node's): that
+                # one stands, and so does its record, once written
+                meta = read_json(meta_path, None, missing_ok=True)
+                if meta:
+                    return _image_facts(meta, pulled=False, waited=waited)
+                sha1 = tree_sha1(final) if os.path.isdir(final) else sha1_of_file(final)
         else:  # published by a pull that died before writing its record
             seconds, pulled = None, False
             sha1 = tree_sha1(final) if os.path.isdir(final) else sha1_of_file(final)

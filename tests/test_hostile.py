@@ -165,6 +165,42 @@ def test_a_symlinked_image_lock_file_is_not_followed(root, tmp_path):
     assert not os.path.islink(lock)
 
 
+@pytest.mark.parametrize('fmt', ['sif', 'sandbox'])
+def test_an_image_another_node_published_during_this_pull_stands(root, monkeypatch, fmt):
+    """Where file locks do not reach across nodes, two nodes may pull one image at once: the
+    first to publish wins, and the second's image neither replaces it (a rename of a file
+    would, under running jobs) nor its record. The pull itself is a fake here (no registry):
+    it writes this node's image and, meanwhile, "another node" publishes its own."""
+    from hither_fs import containers
+    monkeypatch.setenv('HITHER_FS_IMAGE_FORMAT', fmt)
+    url = 'docker://registry.invalid/lab/tool:1'
+    final = os.path.join(root.layout.images, containers.image_name(url, fmt))
+
+    def write_image(path, text):
+        if fmt == 'sif':
+            with open(path, 'w') as f:
+                f.write(text)
+        else:
+            os.makedirs(path)
+            with open(os.path.join(path, 'marker'), 'w') as f:
+                f.write(text)
+
+    def racing_pull(pull_url, dest, pull_fmt):
+        write_image(dest, 'this node')
+        write_image(final, 'the other node')  # published by the other node's pull meanwhile
+
+    monkeypatch.setattr(containers, '_pull', racing_pull)
+    facts = containers.pulled_image(root, url)
+    image = final if fmt == 'sif' else os.path.join(final, 'marker')
+    with open(image) as f:
+        assert f.read() == 'the other node'
+    assert facts['image_pulled'] is False
+    standing = containers.tree_sha1(final) if fmt == 'sandbox' else containers.sha1_of_file(final)
+    with open(final + '.json') as f:
+        assert facts['image_sha1'] == json.load(f)['sha1'] == standing  # the record is of the image there
+    assert [n for n in os.listdir(root.layout.images) if '.tmp-' in n] == []
+
+
 @pytest.mark.parametrize('linked', ['job', 'shard'])
 @pytest.mark.parametrize('openat2', [True, False], ids=['openat2', 'lstat'])
 def test_a_job_directory_linked_out_of_the_root_is_never_read_through(root, tmp_path, monkeypatch, openat2, linked):

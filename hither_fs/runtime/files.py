@@ -451,6 +451,27 @@ def rename_dir_unless_there(tmp: str, final: str) -> bool:
         return False
 
 
+def rename_unless_there(tmp: str, final: str) -> bool:
+    """Put the file or directory ``tmp`` at ``final`` unless another process put one there
+    first (theirs stays, ``tmp`` is removed); whether ours is the one there. A file goes by
+    hard link, which never replaces (``rename`` of a file would); where the file system has
+    no hard links, by rename after all."""
+    if os.path.isdir(tmp):
+        return rename_dir_unless_there(tmp, final)
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        remove_quietly(tmp)
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        os.rename(tmp, final)
+        return True
+    remove_quietly(tmp)
+    return True
+
+
 def makedirs(path: str) -> None:
     """Create ``path`` and its missing parents, whatever the umask: 0700, or
     setgid 2770 below a group-shared tree. One ``mkdir`` when only ``path`` is missing.
