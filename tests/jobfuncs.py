@@ -182,3 +182,9 @@ def value_facts(x):
 def facts(x):
     """What the job received, exactly (see :func:`value_facts`)."""
     return value_facts(x)
+
+
+@hi.function('huge_int', '0.1.0')
+def huge_int(digits):
+    """An int longer than Python writes as text by default (4300 digits)."""
+    return 10 ** digits

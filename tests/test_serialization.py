@@ -97,3 +97,17 @@ def test_files_travel_by_content(root_path, tmp_path, parallel):
 
 def test_tuple_results_stay_tuples_and_dict_keys_stay_strings(root_path):
     assert echo.run(x={'t': (1, 2), 'l': [1, 2]}).wait() == {'t': (1, 2), 'l': [1, 2]}
+
+
+def test_an_int_too_long_for_json_names_its_place(root_path, parallel):
+    from jobfuncs import huge_int
+    before = glob.glob(os.path.join(root_path, 'jobs', '*', '*'))
+    with pytest.raises(ValueError, match=r"argument 'x'\[1\]: an int of 16610 bits has more digits than Python "
+                                         r"writes as text .*: pass it as a str"):
+        echo.run(x=[1, 10 ** 5000])
+    assert glob.glob(os.path.join(root_path, 'jobs', '*', '*')) == before  # no job was written
+    with hi.Config(job_handler=parallel(1)):
+        job = huge_int.run(digits=5000)
+        with pytest.raises(hi.JobError, match='an int of 16610 bits has more digits than Python writes as text'):
+            job.wait(timeout=60)
+    assert huge_int.run(digits=4000).wait() == 10 ** 4000  # below the limit: as it was

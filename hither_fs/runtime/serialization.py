@@ -297,6 +297,20 @@ def _without_padding(array: np.ndarray) -> np.ndarray:
 
 # -- encoding and decoding -----------------------------------------------------------------
 
+#: Ints this many bits long or shorter have at most 4,300 digits, Python's own limit on turning
+#: an int into text (``sys.set_int_max_str_digits``): checked only beyond it.
+_INT_BITS_LIMIT = 14000
+
+
+def _check_int_digits(value: int, where: str) -> None:
+    """Refuse an int that Python will not write as text (JSON), naming where it is."""
+    try:
+        str(value)  # Python's own check (the limit may be raised, or off), as JSON will meet it
+    except ValueError:
+        raise ValueError("{}: an int of {} bits has more digits than Python writes as text "
+                         "(sys.get_int_max_str_digits()): pass it as a str".format(where, value.bit_length())) from None
+
+
 def _too_deep(where: str) -> ValueError:
     return ValueError("{}: nested deeper than {} levels of lists, tuples and dicts (or it contains itself); "
                       "pass deep data as a numpy array or a hi.File".format(where, MAX_DEPTH))
@@ -318,6 +332,8 @@ def encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any, 
 def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any, str], Any]],
             depth: int, top: str, result: bool) -> Any:
     if value is None or (isinstance(value, (bool, str, int, float)) and not isinstance(value, np.generic)):
+        if type(value) is int and value.bit_length() > _INT_BITS_LIMIT:
+            _check_int_digits(value, where)
         return value
     if isinstance(value, np.ndarray):
         kind = _array_type(value, where)
