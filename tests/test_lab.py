@@ -269,3 +269,35 @@ def test_a_group_root_of_a_private_group_is_reported(lab):
     proc = as_user(C, code="import hither_fs as hi; hi.Root({!r}, shared='hither-lab')".format(
         os.path.join(lab, 'not-my-group')))
     assert proc.returncode != 0 and "you are not in group 'hither-lab'" in proc.stderr
+
+
+LAB_CACHE_USE = '''
+import json, sys
+sys.path.insert(0, {code_dir!r})
+import hither_fs as hi
+from ramp import ramp
+with hi.Config(root={root!r}, job_cache=hi.JobCache({cache!r})):
+    job = ramp.run(x=5)
+    print(json.dumps({{'hit': type(job).__name__ == 'CacheHit', 'result': job.wait().tolist()}}))
+'''
+
+
+def test_members_with_private_roots_share_a_lab_caches_array_results(lab):
+    """A's result array, recorded in the lab's cache from A's private root, answers B's job
+    and A's again: it goes into the lab's store as a file the group can read (a hard link
+    would keep A's private file: B missed, ran it again and replaced it, then A missed...)."""
+    cache = os.path.join(lab, 'results-cache')
+    code = textwrap.dedent('''
+        import os, grp
+        os.mkdir({c!r}); os.chown({c!r}, -1, grp.getgrnam('hither-lab').gr_gid); os.chmod({c!r}, 0o2770)
+    ''').format(c=cache)
+    assert as_user(A, code=code).returncode == 0
+    code_dir = os.path.join(lab, 'code-ramp')
+    mkdir_as(A, code_dir, 0o755)
+    write_as(A, os.path.join(code_dir, 'ramp.py'),
+             FUNCTION.format(name='ramp', body="return __import__('numpy').arange(x) * 1.5"))
+    for user, hit in ((A, False), (B, True), (A, True), (B, True)):
+        script = LAB_CACHE_USE.format(code_dir=code_dir, root=os.path.join(lab, 'root-' + user), cache=cache)
+        proc = as_user(user, code=script)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads(proc.stdout.splitlines()[-1]) == {'hit': hit, 'result': [0.0, 1.5, 3.0, 4.5, 6.0]}, user

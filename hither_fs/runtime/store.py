@@ -25,7 +25,6 @@ import hashlib
 import io
 import os
 import queue
-import shutil
 import threading
 from typing import Any, Callable, Iterator, Optional
 
@@ -366,11 +365,14 @@ class Store:
     def refresh(self, sha1: str, ext: str = "") -> bool:
         """Mark a blob as just stored (its mtime, which ``hither-fs gc`` respects), when it
         is used again without being written again. False if it is not there."""
+        path = self.blob_path(sha1, ext)
         try:
-            os.utime(self.blob_path(sha1, ext))
+            os.utime(path)
             return True
         except FileNotFoundError:
             return False
+        except PermissionError:  # another user's, in a shared store: usable as it is if readable
+            return os.access(path, os.R_OK)
 
     def verified_path(self, sha1: str, ext: str = "") -> str:
         """Path of a blob whose bytes were just checked against its name."""
@@ -425,16 +427,28 @@ class Store:
             raise CorruptFileError(path, "refused to load: {}".format(exc)) from None
 
     def copy_blob_from(self, other: "Store", sha1: str, ext: str = "") -> None:
-        """Make a blob of ``other`` present here (hard link when possible)."""
+        """Make a blob of ``other`` present here: by hard link when the file may be shared as
+        it is (the mode and group a new file here gets; a private root's blob linked into a
+        lab's store would stay unreadable to the others), else copied with those."""
         if self.refresh(sha1, ext):
             return
         src = other.verified_path(sha1, ext)
         dst = self.blob_path(sha1, ext)
-        makedirs(os.path.dirname(dst))
+        directory = os.path.dirname(dst)
+        makedirs(directory)
         tmp = temp_name(dst)
         try:
-            os.link(src, tmp)
-            os.utime(tmp)  # a link shares the source's old mtime: young here, to hither-fs gc
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+            try:
+                st, here = os.stat(src), os.stat(directory)
+                if st.st_mode & 0o777 != files.file_mode(directory) or \
+                        (files.group_shared(directory) and st.st_gid != here.st_gid):
+                    raise PermissionError("not shareable as it is")
+                os.link(src, tmp)
+                os.utime(tmp)  # a link shares the source's old mtime: young here, to hither-fs gc
+            except OSError:
+                remove_quietly(tmp)
+                files.copy_new(src, tmp)
+            os.replace(tmp, dst)
+        except BaseException:
+            remove_quietly(tmp)
+            raise
