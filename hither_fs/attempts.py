@@ -43,6 +43,8 @@ from .runtime.files import HOST, CorruptFileError, file_mode, listdir, read_json
 from .runtime.layout import host_and_pid, host_label, live_console_prefix
 
 CONSOLE = ("stdout", "stderr")
+#: Seconds beyond its ``job_timeout`` that a container job may take to get its image and code.
+CONTAINER_READY_ALLOWANCE = 3600.0
 log = logging.getLogger("hither_fs.worker")
 
 
@@ -208,10 +210,30 @@ class Attempt:
         self.code_trust: Any = None
         self.lost = False
         self.commit_failed = 0.0  # when its first commit failed (a full disk, say)
+        self._ready_mono: Optional[float] = None  # when a container job's image and code were ready
 
     @property
     def job_id(self) -> str:
         return self.claim.job_id
+
+    def over_time(self, timeout: float) -> Optional[str]:
+        """Why this run is past its ``job_timeout``, or None. A container job's time starts
+        once its image is pulled and its code unpacked (its ``runtime.json`` is written then):
+        a pull cut short by every job's timeout would start again for each of them, and never
+        end. Getting ready gets :data:`CONTAINER_READY_ALLOWANCE` seconds beyond the timeout."""
+        now = time.monotonic()
+        if not self.claim.spec.get("container"):
+            return "ran longer than its job_timeout of {} s".format(timeout) \
+                if now - self.started_mono > timeout else None
+        if self._ready_mono is None and os.path.exists(os.path.join(self.scratch, "runtime.json")):
+            self._ready_mono = now
+        if self._ready_mono is not None:
+            return "ran longer than its job_timeout of {} s (counted from when its container was ready)".format(
+                timeout) if now - self._ready_mono > timeout else None
+        if now - self.started_mono > timeout + CONTAINER_READY_ALLOWANCE:
+            return "was not ready to run after {:.0f} s getting its container image and code".format(
+                now - self.started_mono)
+        return None
 
     def start(self) -> None:
         spec = self.claim.spec
@@ -393,10 +415,10 @@ class Slots:
             if attempt.pid < 0 or attempt.failure is not None:
                 continue
             timeout = attempt.claim.spec.get("timeout")
-            if timeout and time.monotonic() - attempt.started_mono > timeout:
-                attempt.kill(error_record(
-                    "JobTimeoutError", "job {} ran longer than its job_timeout of {} s and was killed".format(
-                        attempt.job_id, timeout), "running"))
+            why = attempt.over_time(timeout) if timeout else None
+            if why:
+                attempt.kill(error_record("JobTimeoutError", "job {} {} and was killed".format(attempt.job_id, why),
+                                          "running"))
                 continue
             try:
                 attempt.console.copy()

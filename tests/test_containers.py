@@ -364,6 +364,20 @@ def test_twenty_workers_pull_an_image_once(root_path, registry, pull_env):
     assert meta['url'] == url and meta['sha1'] == infos[0]['image_sha1']
 
 
+def test_a_job_timeout_counts_from_when_the_container_is_ready(root_path, parallel, registry, pull_env):
+    """A timeout shorter than the image's pull: the pull is not the job's time (cut short by
+    every job's timeout it would start again for each, and the image never arrive)."""
+    url = registry.url('latest')
+    pulls = registry.count('GET', 'blobs', registry.layer)  # (the registry serves the whole module)
+    with hi.Config(job_handler=parallel(2), container=url, job_timeout=1):
+        jobs = [sumsqr_in_container.run(x=np.arange(i + 1)) for i in range(2)]
+        assert [j.wait(timeout=240) for j in jobs] == [0, 1]
+    infos = [j.get_runtime_info() for j in jobs]
+    pulled = [i for i in infos if i['image_pulled']]
+    assert len(pulled) == 1 and pulled[0]['image_pull_seconds'] > 1  # longer than the job's timeout
+    assert registry.count('GET', 'blobs', registry.layer) == pulls + 1
+
+
 def test_a_failed_pull_is_tried_once_for_many_jobs(root_path, parallel, registry, pull_env):
     url = registry.url('no-such-tag')
     with hi.Config(job_handler=parallel(4), container=url):
