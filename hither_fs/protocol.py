@@ -432,9 +432,7 @@ def _publish_job(root: Root, spec: Dict[str, Any], state: Dict[str, Any], spec_b
     if spec_bytes is None:
         spec_bytes = dumps(spec)
     if len(spec_bytes) > RECORD_LIMIT:
-        raise ValueError("the arguments of this job are {} MB of JSON, more than a record may hold ({} MB): pass "
-                         "big data as numpy arrays or hi.File, which go to the store".format(
-                             len(spec_bytes) >> 20, RECORD_LIMIT >> 20))
+        raise too_big_arguments(len(spec_bytes))
     tmp = temp_name(job_dir)
     with_parents(lambda: mkdir(tmp), os.path.dirname(tmp))
     try:
@@ -751,7 +749,7 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
         console = {name: size for name, (_, size) in outcome.console.items() if size > 0}
         extra = {"console": console} if console else {}
         result, error = outcome.result, outcome.error
-        size = _record_size(result) if result is not None else 0
+        size = record_size(result) if result is not None else 0
         if size > RECORD_LIMIT:  # it could never be read back: an error now, not a broken record
             status, result, error = Status.ERROR, None, error_record(
                 "ValueError", "the result of job {} is {} MB of JSON, more than a record may hold ({} MB): "
@@ -786,7 +784,13 @@ def commit(root: Root, claim: Claim, outcome: Outcome, tick: Optional[Callable[[
     return status
 
 
-def _record_size(value: Any) -> int:
+def too_big_arguments(size: int, where: str = "") -> ValueError:
+    return ValueError("{}the arguments of this job are {} MB of JSON, more than a record may hold ({} MB): pass "
+                      "big data as numpy arrays or hi.File, which go to the store".format(
+                          where, size >> 20, RECORD_LIMIT >> 20))
+
+
+def record_size(value: Any) -> int:
     """The bytes ``value`` takes in a record - or, when that cannot reach ``RECORD_LIMIT``,
     the size of its compact form, which the fast C encoder makes: a record's indentation
     adds at most a newline and one space per level of nesting (at most 100: see

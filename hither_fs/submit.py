@@ -180,6 +180,9 @@ class _Batch:
 
         args = {name: encode(value, root.store, "{}argument {!r}".format(where, name), encode_job)
                 for name, value in kwargs.items()}
+        size = protocol.record_size(args)
+        if size > protocol.RECORD_LIMIT:  # before any job of a map() is written, naming the item
+            raise protocol.too_big_arguments(size, where)
         fn = self.fn
         key = cache_key(fn.name, fn.version, args, {uid: _key_of(job) for uid, job in upstream.items()})
         answer = None

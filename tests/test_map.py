@@ -121,6 +121,14 @@ def test_a_value_that_cannot_be_an_argument_names_the_item_and_writes_no_job(roo
     assert job_dirs(root) == []
 
 
+def test_arguments_too_big_for_a_record_name_the_item_and_write_no_job(root_path, root, monkeypatch):
+    from hither_fs import protocol
+    monkeypatch.setattr(protocol, 'RECORD_LIMIT', 10000)  # (256 MB; lowered so the test stays small)
+    with pytest.raises(ValueError, match=r"item 1: the arguments of this job are 0 MB of JSON, more than a record"):
+        echo.map([dict(x=[1]), dict(x=list(range(5000)))])
+    assert job_dirs(root) == [] and tickets(root) == []
+
+
 def test_a_job_of_another_root_names_the_item_and_writes_no_job(root_path, root, tmp_path):
     with hi.Config(root=str(tmp_path / 'other')):
         elsewhere = add.run(x=1, y=1)
