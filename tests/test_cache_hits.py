@@ -265,3 +265,20 @@ def test_map_answers_hits_and_runs_the_rest(root_path, tmp_path):
         assert [job.result() for job in jobs] == [2, 4, 2, 6]
         hi.wait()
     assert sorted(runs(log)) == ['1', '2', '3']
+
+
+def test_in_flight_markers_of_two_roots_in_a_lab_cache_are_all_removed(tmp_path):
+    """Root A's job computes a key (marker 0); root B's, started later, computes it too
+    (marker 1: A's names another root). Whichever ends first, no marker is left behind
+    (A's release removed 0 and left 1 above a gap, where B's release never found it)."""
+    roots = hi.Root(str(tmp_path / 'a')), hi.Root(str(tmp_path / 'b'))
+    for first, second in ((0, 1), (1, 0)):
+        cache = hi.JobCache(str(tmp_path / 'lab-{}'.format(first)))
+        key = 'ab' + '0' * 38
+        ids = ['a' * 16, 'b' * 16]
+        assert cache.claim_in_flight(roots[0], key, 0, ids[0])
+        assert cache.in_flight(roots[1], key) == (0, None)  # another root's job: not there for B
+        assert cache.claim_in_flight(roots[1], key, 1, ids[1])
+        cache.release_in_flight(roots[first], key, ids[first])
+        cache.release_in_flight(roots[second], key, ids[second])
+        assert [n for n in os.listdir(os.path.join(cache.path, 'ab')) if '.inflight.' in n] == [], first
