@@ -154,6 +154,9 @@ class _Batch:
 
     def _check_args(self, kwargs: Dict[str, Any], where: str) -> None:
         names, required, free = self.signature
+        if TAG in kwargs:
+            raise TypeError("{}: {}an argument named {!r} cannot be passed: the records use that name to tag "
+                            "values".format(self.what, where, TAG))
         if free or not (names.issuperset(kwargs) and required.issubset(kwargs)):
             try:
                 inspect.signature(self.fn.__wrapped__).bind(**kwargs)

@@ -188,3 +188,8 @@ def facts(x):
 def huge_int(digits):
     """An int longer than Python writes as text by default (4300 digits)."""
     return 10 ** digits
+
+
+@hi.function('keywords', '0.1.0')
+def keywords(**kwargs):
+    return sorted(kwargs)

@@ -111,3 +111,14 @@ def test_an_int_too_long_for_json_names_its_place(root_path, parallel):
         with pytest.raises(hi.JobError, match='an int of 16610 bits has more digits than Python writes as text'):
             job.wait(timeout=60)
     assert huge_int.run(digits=4000).wait() == 10 ** 4000  # below the limit: as it was
+
+
+def test_an_argument_named_like_the_records_tag_is_refused(root_path):
+    """The records tag values with the key "__hither__": a job's arguments with that name
+    would be read back as a tag (``unknown value tag``), so it is refused at .run()."""
+    from jobfuncs import keywords
+    with pytest.raises(TypeError, match="keywords.run\\(\\): an argument named '__hither__' cannot be passed"):
+        keywords.run(**{'__hither__': 'a', 'b': 1})
+    with pytest.raises(TypeError, match="item 0: an argument named '__hither__' cannot be passed"):
+        keywords.map([{'__hither__': 'a'}])
+    assert keywords.run(b=1, c={'__hither__': 'x'}).wait() == ['b', 'c']  # inside a value: a dict like any
