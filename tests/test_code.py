@@ -177,3 +177,19 @@ def test_a_functions_location_is_the_callers_own_copy(tmp_path):
     again = getattr(load(tmp_path, name), name)  # reloaded: a new code object
     assert again.__wrapped__.__code__ is not fn.__wrapped__.__code__
     assert again.location() == fn.location()
+
+
+def test_a_container_job_submitted_by_a_job_takes_the_bytes_that_job_runs(root, tmp_path):
+    """A job submitting container jobs of its own module, after the module's file was edited:
+    their code environment holds the bytes the job runs (its ``__hither_source__``), as jobs
+    without a container get them, not the file as it is now."""
+    from hither_fs import codeenv
+    path = write_module(tmp_path, 'nested', MODULE_V1.format(name='nested'))
+    module = load(tmp_path, 'nested')
+    module.__hither_source__ = root.store.put_file(str(path))  # what hither_fs.runtime.code sets in a job
+    path.write_text(MODULE_V1.format(name='nested').replace('x + 1', 'x + 2'))  # edited meanwhile
+    try:
+        manifest = codeenv.read_manifest(root.store, codeenv.capture(module.nested, root.store)['manifest'])
+        assert b'x + 1' in root.store.get_bytes(manifest['nested_mod.py'])
+    finally:
+        sys.modules.pop('nested_mod', None)
