@@ -259,6 +259,10 @@ class _Batch:
             fn.check_importable()
         container = _container_image(fn, cfg["container"])
         function = fn.location()
+        if function["module"] == "__main__" and not handler.in_process:
+            # a script's top level runs again in the job: with the command line it had here
+            module = sys.modules.get(fn.__wrapped__.__module__)
+            function["argv"] = list(getattr(module, "__hither_argv__", None) or sys.argv)
         if not container:
             function["source"] = _source(fn, root, handler)
         cache = self.cache

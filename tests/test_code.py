@@ -193,3 +193,37 @@ def test_a_container_job_submitted_by_a_job_takes_the_bytes_that_job_runs(root, 
         assert b'x + 1' in root.store.get_bytes(manifest['nested_mod.py'])
     finally:
         sys.modules.pop('nested_mod', None)
+
+
+ARGV_SCRIPT = '''
+import argparse, os, sys
+import hither_fs as hi
+
+parser = argparse.ArgumentParser()
+parser.add_argument('tag')
+args = parser.parse_args()  # at top level, no __main__ guard: it runs again in each job
+if os.environ.get('HITHER_FS_JOB_ID') and args.tag == 'exit-in-job':
+    sys.exit(3)
+
+@hi.function('tagged', '0.1.0')
+def tagged(x):
+    return '{}-{}'.format(args.tag, x)
+
+with hi.Config(job_handler=hi.ParallelJobHandler(num_workers=1)):
+    job = tagged.run(x=1)
+    try:
+        print('RESULT', job.wait(timeout=60))
+    except hi.JobError as exc:
+        print('ERROR', exc)
+'''
+
+
+def test_a_scripts_top_level_sees_its_own_command_line_in_the_job(root_path, tmp_path):
+    """The script runs again in each job up to its first job-starting line: with the command
+    line it was run with, not the worker's (its argparse failed, or its globals were wrong)."""
+    script = tmp_path / 'tagged.py'
+    script.write_text(ARGV_SCRIPT)
+    proc = run_python(str(script), 'experimentA', env={'HITHER_FS_ROOT': root_path})
+    assert 'RESULT experimentA-1' in proc.stdout, proc.stdout + proc.stderr
+    proc = run_python(str(script), 'exit-in-job', env={'HITHER_FS_ROOT': root_path})
+    assert "exited (SystemExit: 3) while its top level ran again in the job" in proc.stdout, proc.stdout + proc.stderr

@@ -27,7 +27,7 @@ import sys
 import threading
 import types
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .store import BlobMissingError, Store
 
@@ -90,12 +90,13 @@ def _remember_source(filename: str, source: bytes) -> None:
 _scripts: "OrderedDict[Tuple[str, Optional[str]], Any]" = OrderedDict()
 
 
-def _load_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str] = None) -> Any:
-    key = (sha1, path)
+def _load_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str] = None,
+                 argv: Optional[List[str]] = None) -> Any:
+    key = (sha1, path, tuple(argv) if isinstance(argv, list) else None)
     if sha1 and key in _scripts and sys.modules.get(SCRIPT_MODULE) is _scripts[key]:
         _scripts.move_to_end(key)
         return _scripts[key]
-    module = _run_script(path, source, sha1)
+    module = _run_script(path, source, sha1, argv)
     if sha1:
         _scripts[key] = module
         while len(_scripts) > _PRELOAD_MAX:
@@ -103,7 +104,10 @@ def _load_script(path: Optional[str], source: Optional[bytes], sha1: Optional[st
     return module
 
 
-def _run_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str]) -> Any:
+def _run_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str],
+                argv: Optional[List[str]] = None) -> Any:
+    """Run a submitted script as a module, up to its first job-starting line, with the
+    command line it was run with (``argv``, as submitted: its top level may parse it)."""
     if source is None:  # a spec written before sources were stored
         if not path or not os.path.isfile(path):
             raise FunctionNotFoundError("the script {} that defined the function no longer exists".format(path))
@@ -113,6 +117,10 @@ def _run_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str
     module = types.ModuleType(SCRIPT_MODULE)
     module.__file__ = filename
     module.__hither_source__ = sha1  # jobs it submits in turn take these bytes along
+    if isinstance(argv, list) and all(isinstance(a, str) for a in argv):
+        module.__hither_argv__ = argv  # and this command line
+    else:
+        argv = None
     if path:
         directory = os.path.dirname(path)
         if directory not in sys.path:
@@ -121,11 +129,19 @@ def _run_script(path: Optional[str], source: Optional[bytes], sha1: Optional[str
     code = _compiled(sha1, source, filename)
     sys.modules[SCRIPT_MODULE] = module  # dataclasses and the like look their module up
     _state.depth = getattr(_state, "depth", 0) + 1
+    saved_argv = sys.argv
+    if argv is not None:
+        sys.argv = list(argv)
     try:
         exec(code, module.__dict__)
     except ScriptLoadStop:
         pass
+    except SystemExit as exc:
+        raise RuntimeError("the script {} exited (SystemExit: {}) while its top level ran again in the job, "
+                           "before its first job-starting line: put what may exit (argument parsing, checks) "
+                           "under `if __name__ == '__main__':`".format(filename, exc.code)) from None
     finally:
+        sys.argv = saved_argv
         _state.depth -= 1
     return module
 
@@ -225,7 +241,7 @@ def import_function(fspec: Dict[str, Any], store: Optional[Store] = None) -> Tup
     module_name = fspec["module"]
     source = submitted_source(fspec, store)
     if module_name == "__main__":
-        module = _load_script(fspec.get("file"), source, fspec.get("source"))
+        module = _load_script(fspec.get("file"), source, fspec.get("source"), fspec.get("argv"))
         where = "script {}".format(fspec.get("file") or "shipped from a notebook")
     else:
         root = fspec.get("import_root")
