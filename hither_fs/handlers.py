@@ -21,7 +21,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import environment, protocol, runners
+from . import environment, protocol, runners, watch
 from .attempts import run_in_process
 from .cache import record_outcome
 from .job import POLL_MAX, POLL_MIN
@@ -133,6 +133,7 @@ class DefaultJobHandler(JobHandler):
         self._functions[job_id] = function
 
     def submitted(self, root: Root, job) -> None:
+        watch.IN_PROCESS.add(self)
         self.help(root)
 
     def help(self, root: Root) -> None:

@@ -21,7 +21,7 @@ from .root import Root
 from .runtime.files import CorruptFileError, listdir, read_text_tail
 from .runtime.layout import live_console_prefix
 from .runtime.serialization import decode
-from .watch import Waiters, run_callbacks, watcher
+from .watch import Waiters, help_in_process, run_callbacks, watcher
 
 log = logging.getLogger("hither_fs.job")
 
@@ -227,6 +227,7 @@ class Job(futures.Future, Generic[T]):
                     if self._handler is not None:
                         try:
                             self._handler.help(self.root)
+                            help_in_process(self.root, besides=self._handler)
                         except Exception as exc:  # e.g. sbatch refusing: its jobs fail, say why once
                             if str(exc) != self._help_error:
                                 self._help_error = str(exc)

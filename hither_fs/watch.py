@@ -28,6 +28,7 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from . import dirwatch
@@ -149,11 +150,24 @@ class Watcher:
         for handler, root in seen.values():
             try:
                 handler.help(root)
+                help_in_process(root, besides=handler)
             except Exception as exc:
                 log.warning("while watching jobs: %s", exc)
 
 
 watcher = Watcher()
+
+#: This process's in-process handlers that were given jobs (:class:`hither_fs.handlers.DefaultJobHandler`).
+IN_PROCESS: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def help_in_process(root: Any, besides: Any = None) -> None:
+    """Run the queued jobs of this process's in-process handlers in ``root`` (but ``besides``,
+    which the caller helps): a job of another handler that is waited for may wait for one of
+    theirs, which runs only when this process asks (a pipeline mixing handlers hung)."""
+    for handler in list(IN_PROCESS):
+        if handler is not besides and root.path in handler._readers:
+            handler.help(root)
 
 _callbacks: "queue.Queue[Any]" = queue.Queue()
 _callback_thread: Any = None

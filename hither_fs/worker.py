@@ -58,6 +58,10 @@ IDLE_LISTING = 30.0
 PENDING_SWEEP = 30.0
 #: How long a local worker's list of its sibling workers (see ``_wake_siblings``) is used.
 SIBLINGS_MEMORY = 10.0
+#: Seconds a local worker whose submitter is gone stays idle for jobs that wait for others
+#: (pending) before it exits all the same: they may wait for an in-process job of the
+#: process that is gone, which nothing will ever run. The next workers of the queue take them.
+ORPHAN_PATIENCE = 600.0
 #: After failing to start a job (no fork: a process limit, memory), a worker claims nothing
 #: for this long: the job it handed back is another worker's, or waits for this one to recover.
 START_FAILED_PAUSE = 5.0
@@ -98,7 +102,8 @@ class Worker:
                  parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
                  time_limit: Optional[float] = None, drain_margin: float = 20.0,
                  worker_id: Optional[str] = None, clock: Callable[[], float] = time.monotonic,
-                 host: Optional[Host] = None, shape: Optional[Dict[str, Any]] = None):
+                 host: Optional[Host] = None, shape: Optional[Dict[str, Any]] = None,
+                 orphan_patience: float = ORPHAN_PATIENCE):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.root = root
@@ -109,6 +114,7 @@ class Worker:
         self.idle_timeout = idle_timeout
         self.heartbeat_interval = heartbeat if heartbeat is not None else min(2.0, lease / 5)
         self.parent_pid = parent_pid
+        self.orphan_patience = orphan_patience
         self.max_jobs = max_jobs
         self.drain_margin = drain_margin
         self.clock = clock
@@ -499,7 +505,8 @@ class Worker:
         if self.idle_timeout is not None and idle_for >= self.idle_timeout:
             return True
         if self.parent_pid is not None and os.getppid() != self.parent_pid and idle_for >= 1.0:
-            return not self._work_left()  # the submitter is gone: drain, then go
+            # the submitter is gone: drain, then go (not waiting for ever on pending jobs)
+            return idle_for >= self.orphan_patience or not self._work_left()
         return False
 
     def _work_left(self) -> bool:

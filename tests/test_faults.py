@@ -351,3 +351,27 @@ def test_a_resumed_worker_reaps_its_lost_run_before_it_claims_the_job_again(root
         assert [n for n in os.listdir(job.directory) if n.startswith('.')] == []  # no live console file
     finally:
         stop([worker])
+
+
+ORPHAN = """
+import sys, time
+import hither_fs as hi
+from hither_fs.worker import Worker
+t0 = time.monotonic()
+Worker(hi.Root(sys.argv[1]), ['q11'], parent_pid=1, orphan_patience=2).run()  # its submitter: gone
+print('exited after', round(time.monotonic() - t0))
+"""
+
+
+def test_a_worker_whose_submitter_is_gone_does_not_wait_for_ever_on_pending_jobs(root):
+    """Its queue holds only a job that waits for one nothing will run (an in-process job of
+    the process that is gone, say): after its patience it exits (workers piled up, for ever)."""
+    from conftest import run_python
+    with hi.Config(job_handler=QueueOnly('nobody-serves')):
+        upstream = add.run(x=1, y=1)
+    with hi.Config(job_handler=QueueOnly('q11')):
+        waiting = add.run(x=upstream, y=1)
+    assert waiting.status == 'pending'
+    proc = run_python(ORPHAN, root.path, timeout=60)
+    assert proc.returncode == 0 and 'exited after' in proc.stdout, proc.stdout + proc.stderr
+    assert waiting.status == 'pending'  # left for the next workers of its queue

@@ -145,6 +145,27 @@ def test_pipeline_across_workers(root_path, parallel):
         assert np.array_equal(c.wait(timeout=60), 3 * np.ones((4, 3)))
 
 
+def test_a_pipeline_mixing_handlers_runs_whichever_job_is_waited_for(root_path, parallel):
+    """hither's own docs: every job has its own handler, in one pipeline. The middle job runs
+    in this process, which runs it only when asked: waiting for the last job (or hi.wait())
+    must run it (the wait asked the last job's handler only, and hung)."""
+    workers = parallel(1)
+    with hi.Config(job_handler=workers):
+        a = add.run(x=1, y=1)
+    b = add.run(x=a, y=1)  # the default handler: in this process
+    with hi.Config(job_handler=workers):
+        c = add.run(x=b, y=1)
+    assert c.wait(timeout=60) == 4
+    assert b.get_runtime_info()['pid'] == os.getpid()
+    with hi.Config(job_handler=workers):
+        d = add.run(x=c, y=1)
+    e = add.run(x=d, y=1)
+    with hi.Config(job_handler=workers):
+        f = add.run(x=e, y=1)
+    hi.wait(timeout=60)
+    assert f.get_result() == 7
+
+
 def test_upstream_error_fails_downstream_naming_it(root_path, parallel):
     with hi.Config(job_handler=parallel(1)):
         bad = fail.run(message='upstream broke')
