@@ -300,7 +300,8 @@ class _Batch:
             if isinstance(job, CacheHit):
                 job.keep()  # its worker reads it from the root
         if cache is not None and not self.cfg["force_run"] and answer is not _RERUN:
-            job = _create_once(root, cache, spec, handler, encoder)
+            job = _create_once(root, cache, spec, handler, encoder,
+                               errors_count=bool(self.cfg["cache_failing"]) and not self.cfg["rerun_failing"])
         else:
             job = _create(root, spec, handler, encoder)
         return job, isinstance(job, CacheHit)
@@ -473,9 +474,11 @@ def _create(root: Root, spec: Dict[str, Any], handler, encoder: "Optional[_SpecE
 
 
 def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
-                 encoder: "Optional[_SpecEncoder]" = None) -> Job:
+                 encoder: "Optional[_SpecEncoder]" = None, errors_count: bool = False) -> Job:
     """A job for a cache key that is not cached yet: the job already computing it (in this
-    root, by any process on any node), or a new one that others will attach to.
+    root, by any process on any node), or a new one that others will attach to. With
+    ``errors_count`` (``cache_failing``, not ``rerun_failing``) a job that failed computing it
+    is that job too, if it caches its error (its worker commits, then records the entry).
 
     A new job is published first and queued only once its in-flight marker is in place;
     a submitter that loses the race for the marker withdraws its job (nobody saw it) and
@@ -489,6 +492,9 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
                 state = protocol.read_state(root, holder)
             except (OSError, CorruptFileError, ValueError):
                 state = {}
+            if state.get("status") == Status.ERROR and errors_count and _caches_its_error(root, holder) \
+                    and protocol.mark_used(root, holder):
+                return Job(holder, root, handler)
             if state.get("status") not in (None, Status.ERROR, Status.CANCELLED):
                 if _can_attach(root, holder, state, spec["queue"]) and (
                         state.get("status") != Status.FINISHED or protocol.mark_used(root, holder)):
@@ -513,6 +519,13 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
             return Job(spec["id"], root, handler)
         protocol.withdraw(root, spec["id"])
     raise RuntimeError("could not agree with other submitters on a job for cache key {}".format(key))
+
+
+def _caches_its_error(root: Root, job_id: str) -> bool:
+    try:
+        return bool((protocol.read_spec(root, job_id).get("cache") or {}).get("failing"))
+    except (OSError, CorruptFileError, ValueError, AttributeError):
+        return False
 
 
 _served: Dict[str, Tuple[float, set]] = {}  # root -> (when looked, queues live workers serve)

@@ -282,3 +282,23 @@ def test_in_flight_markers_of_two_roots_in_a_lab_cache_are_all_removed(tmp_path)
         cache.release_in_flight(roots[first], key, ids[first])
         cache.release_in_flight(roots[second], key, ids[second])
         assert [n for n in os.listdir(os.path.join(cache.path, 'ab')) if '.inflight.' in n] == [], first
+
+
+def test_a_failed_job_whose_error_is_not_cached_yet_answers_cache_failing(root):
+    """With cache_failing, a job that failed and is about to cache its error (its worker
+    commits first, then records the entry) answers a new submission of its key: it is not
+    run again. With rerun_failing it is."""
+    from hither_fs import protocol
+    from hither_fs.queue import iter_tickets
+    from test_faults import QueueOnly
+    with hi.Config(job_handler=QueueOnly('cf'), job_cache=hi.JobCache(), cache_failing=True):
+        first = fail.run(message='boom')
+        [(path, _)] = list(iter_tickets(root.layout, 'cf'))
+        claim = protocol.claim(root, path, 'w-a', protocol.read_spec(root, first.id))
+        error = protocol.error_record('RuntimeError', 'boom', 'running')
+        assert protocol.commit(root, claim, protocol.Outcome(error=error)) == protocol.Status.ERROR
+        again = fail.run(message='boom')  # (the worker has not recorded the cache entry yet)
+        assert again.id == first.id and list(iter_tickets(root.layout, 'cf')) == []
+        with hi.Config(rerun_failing=True):
+            rerun = fail.run(message='boom')
+        assert rerun.id != first.id and len(list(iter_tickets(root.layout, 'cf'))) == 1
