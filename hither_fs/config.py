@@ -1,7 +1,8 @@
 """``hi.Config``: nested ``with`` blocks that say how jobs run.
 
 Each block sets some options; the others are inherited from the enclosing
-block, and outside every block the defaults apply. Blocks nest per thread.
+block, and outside every block the defaults apply. Blocks nest per thread;
+a thread other than the main one sees the main thread's open blocks under its own.
 """
 
 import threading
@@ -71,6 +72,8 @@ class Config:
     """
 
     _local = threading.local()
+    #: The blocks the main thread has open: other threads see them, under their own.
+    _main_stack: List[Dict[str, Any]] = []
 
     def __init__(self, job_handler=_D["job_handler"], container=_D["container"], job_cache=_D["job_cache"],
                  force_run=_D["force_run"], cache_failing=_D["cache_failing"], rerun_failing=_D["rerun_failing"],
@@ -96,9 +99,11 @@ class Config:
 
     @classmethod
     def _stack(cls) -> List[Dict[str, Any]]:
+        """This thread's open blocks."""
         stack = getattr(cls._local, "stack", None)
         if stack is None:
-            stack = cls._local.stack = []
+            main = threading.current_thread() is threading.main_thread()
+            stack = cls._local.stack = cls._main_stack if main else []
         return stack
 
     def __enter__(self) -> "Config":
@@ -113,7 +118,11 @@ class Config:
     def current(cls) -> Dict[str, Any]:
         """The options in force here: defaults overlaid by every open block."""
         merged = dict(DEFAULTS)
-        for options in cls._stack():
+        stack = cls._stack()
+        if stack is not cls._main_stack:  # a thread (of a pool, say) started inside the main thread's blocks
+            for options in list(cls._main_stack):
+                merged.update(options)
+        for options in stack:
             merged.update(options)
         return merged
 

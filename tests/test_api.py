@@ -196,3 +196,24 @@ def test_every_exception_a_user_can_meet_is_exported():
                     and not name.startswith('_') and name not in internal and getattr(hi, name, None) is not obj):
                 missing.append('{}.{}'.format(info.name, name))
     assert missing == []
+
+
+def test_threads_see_the_main_threads_config_blocks(root_path):
+    """Jobs submitted from a thread pool inside a block get its handler, cache and label (they
+    ran in this process, uncached and unlabelled); a thread's own blocks go on top."""
+    from concurrent.futures import ThreadPoolExecutor
+    handler, cache = hi.ParallelJobHandler(num_workers=1), hi.JobCache()
+
+    def in_thread(own):
+        if own:
+            with hi.Config(label='own'):
+                return hi.Config.current()
+        return hi.Config.current()
+    with hi.Config(job_handler=handler, job_cache=cache, label='batch'):
+        with ThreadPoolExecutor(2) as pool:
+            seen, own = pool.submit(in_thread, False).result(), pool.submit(in_thread, True).result()
+    assert seen['job_handler'] is handler and seen['job_cache'] is cache and seen['label'] == 'batch'
+    assert own['job_handler'] is handler and own['label'] == 'own'
+    with ThreadPoolExecutor(1) as pool:  # the block has ended
+        assert pool.submit(in_thread, False).result()['label'] is None
+    handler.halt()
