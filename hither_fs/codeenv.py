@@ -80,12 +80,13 @@ def _skip_dir(directory: str, name: str) -> bool:
     return os.path.exists(os.path.join(directory, name, "pyvenv.cfg"))
 
 
-def _walk(top: str):
-    """Yield ``(relative path, absolute path)`` of the files under ``top``, sorted, pruned."""
+def _walk(top: str, hidden: bool = False):
+    """Yield ``(relative path, absolute path)`` of the files under ``top``, sorted, pruned
+    (hidden directories, and hidden files unless ``hidden``)."""
     for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(d for d in dirnames if not _skip_dir(dirpath, d))
         for name in sorted(filenames):
-            if name.startswith("."):
+            if name.startswith(".") and not hidden:
                 continue
             full = os.path.join(dirpath, name)
             yield os.path.relpath(full, top).replace(os.sep, "/"), full
@@ -146,11 +147,12 @@ def collect(fn) -> Tuple[Dict[str, Optional[str]], Dict[str, Any]]:
     def env_path(rel: str) -> str:
         return prefix + "/" + rel if prefix else rel
 
-    for rel, full in _walk(fdir):
+    for rel, full in _walk(fdir, hidden=bool(patterns)):
         name = rel.rsplit("/", 1)[-1]
         if rel == "__init__.py" and not is_init:
             continue  # the function directory's own __init__ is replaced by an empty one
-        if name.endswith(".py") or any(fnmatch.fnmatch(name, p) for p in patterns):
+        # every file a pattern matches (a hidden one too: hither's docs say any), else .py files not hidden
+        if any(fnmatch.fnmatch(name, p) for p in patterns) or (name.endswith(".py") and not name.startswith(".")):
             out.add(env_path(rel), full)
     for i in range(1, len(package) + 1):
         init = "/".join(package[:i]) + "/__init__.py"

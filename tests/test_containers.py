@@ -245,13 +245,14 @@ class FakeFunction:
 def test_code_environment_skips_and_limits(tmp_path, monkeypatch):
     d = tmp_path / 'proj'
     for rel in ('main.py', '__init__.py', 'a/b.py', 'a/data.config', 'a/data.bin', '.hidden.py', '.git/x.py',
+                'a/.secrets.config',
                 '__pycache__/main.cpython-311.pyc', 'venv/lib/site.py', 'elsewhere/e.py'):
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
         (d / rel).write_text('# ' + rel)
     (d / 'venv' / 'pyvenv.cfg').write_text('')
     os.symlink(str(d / 'elsewhere'), str(d / 'linked'))
     files, entry = codeenv.collect(FakeFunction(str(d / 'main.py'), additional_files=['*.config']))
-    assert sorted(files) == ['a/b.py', 'a/data.config', 'elsewhere/e.py', 'main.py']
+    assert sorted(files) == ['a/.secrets.config', 'a/b.py', 'a/data.config', 'elsewhere/e.py', 'main.py']
     assert entry == {'module': '__main__', 'file': 'main.py'}
     files, entry = codeenv.collect(FakeFunction(str(d / 'a' / 'b.py'), module='proj.a.b'))
     assert sorted(files) == ['proj/__init__.py', 'proj/a/__init__.py', 'proj/a/b.py']
