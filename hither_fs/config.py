@@ -141,7 +141,7 @@ def _hither_options(options: Dict[str, Any]) -> None:
 def _check(options: Dict[str, Any]) -> None:
     timeout = options.get("job_timeout")
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout <= 0):
+                                or not 0 < timeout < float("inf")):
         raise ValueError("job_timeout must be a positive number of seconds or None, not {!r}".format(timeout))
     attempts = options.get("max_attempts", 1)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -180,7 +180,7 @@ def _check(options: Dict[str, Any]) -> None:
     if not isinstance(options.get("progress"), (bool, type(None))):
         raise ValueError("progress must be True, False or None (on a terminal or in Jupyter), not {!r}".format(
             options["progress"]))
-    for name in ("cancel_on_interrupt", "detach"):
+    for name in ("cancel_on_interrupt", "detach", "force_run", "cache_failing", "rerun_failing"):
         if not isinstance(options.get(name, False), bool):
             raise ValueError("{} must be True or False, not {!r}".format(name, options[name]))
     cache = options.get("job_cache")

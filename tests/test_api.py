@@ -78,6 +78,11 @@ def test_config_rejects_bad_values():
         hi.Config(job_handler='fast')
     with pytest.raises(ValueError, match='label must be a non-empty string'):
         hi.Config(label=7)
+    with pytest.raises(ValueError, match='job_timeout must be a positive number'):
+        hi.Config(job_timeout=float('nan'))
+    for name in ('force_run', 'cache_failing', 'rerun_failing'):
+        with pytest.raises(ValueError, match='{} must be True or False'.format(name)):
+            hi.Config(**{name: 'yes'})
 
 
 def test_jobs_record_their_label_and_run(root_path):
