@@ -181,11 +181,12 @@ class _Batch:
             upstream[value.id] = value
             return {TAG: "job", "id": value.id}
 
-        args = {name: encode(value, root.store, "{}argument {!r}".format(where, name), encode_job)
+        at = "{}: {}".format(self.what, where) if where else ""  # a map() item: named as its other errors
+        args = {name: encode(value, root.store, "{}argument {!r}".format(at, name), encode_job)
                 for name, value in kwargs.items()}
         size = protocol.record_size(args)
         if size > protocol.RECORD_LIMIT:  # before any job of a map() is written, naming the item
-            raise protocol.too_big_arguments(size, where)
+            raise protocol.too_big_arguments(size, at)
         fn = self.fn
         key = cache_key(fn.name, fn.version, args, {uid: _key_of(job) for uid, job in upstream.items()})
         answer = None

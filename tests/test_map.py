@@ -116,7 +116,7 @@ def test_bad_input_names_the_item_and_writes_no_job(root_path, root, items, comm
 
 
 def test_a_value_that_cannot_be_an_argument_names_the_item_and_writes_no_job(root_path, root):
-    with pytest.raises(TypeError, match=r"item 2: argument 'x'"):
+    with pytest.raises(TypeError, match=r"^add.map\(\): item 2: argument 'x': object is not allowed"):
         add.map([dict(x=1), dict(x=2), dict(x=object())], y=1)
     assert job_dirs(root) == []
 
