@@ -285,7 +285,9 @@ def test_gc_in_a_loop_during_a_chaos_run(root):
 
     def submit():
         try:
-            with hi.Config(job_handler=QueueOnly(q)):
+            # (a lost job goes to the front of the queue, where a fresh worker - slowest on its first
+            # job - may take it and be killed too: this test is about gc, not about the attempt limit)
+            with hi.Config(job_handler=QueueOnly(q), max_attempts=20):
                 for i in range(120):
                     first = echo.run(x=shared[i % 10])
                     new.append((first, shared[i % 10]))

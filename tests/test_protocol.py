@@ -621,7 +621,7 @@ def test_a_records_indentation_grows_it_at_most_128_times_its_compact_form():
         for depth in range(99):
             value = [value] if depth % 2 else {'k': value}
         assert len(dumps(value)) < 128 * len(json.dumps(value))
-    assert protocol._record_size([1, 2]) == len(json.dumps([1, 2]))
+    assert protocol.record_size([1, 2]) == len(json.dumps([1, 2]))
 
 
 def test_a_step_after_the_commit_that_fails_leaves_the_commit_made(root, monkeypatch):
