@@ -143,6 +143,15 @@ class DefaultJobHandler(JobHandler):
         with self._lock:
             self._help(root)
 
+    def help_unless_busy(self, root: Root) -> None:
+        """:meth:`help`, unless another thread runs this handler's jobs now (it runs the queued
+        ones next): for a wait on another handler's job, which must never block on this one."""
+        if self._lock.acquire(blocking=False):
+            try:
+                self._help(root)
+            finally:
+                self._lock.release()
+
     def _help(self, root: Root) -> None:
         q = self.queue_for(root)
         reader = self._readers.get(root.path)

@@ -167,7 +167,8 @@ def help_in_process(root: Any, besides: Any = None) -> None:
     theirs, which runs only when this process asks (a pipeline mixing handlers hung)."""
     for handler in list(IN_PROCESS):
         if handler is not besides and root.path in handler._readers:
-            handler.help(root)
+            handler.help_unless_busy(root)
+
 
 _callbacks: "queue.Queue[Any]" = queue.Queue()
 _callback_thread: Any = None

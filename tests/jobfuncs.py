@@ -193,3 +193,15 @@ def huge_int(digits):
 @hi.function('keywords', '0.1.0')
 def keywords(**kwargs):
     return sorted(kwargs)
+
+
+@hi.function('gate', '0.1.0')
+def gate(path, timeout):
+    """Waits until ``path`` exists (True), or ``timeout`` seconds (False)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -166,6 +166,28 @@ def test_a_pipeline_mixing_handlers_runs_whichever_job_is_waited_for(root_path, 
     assert f.get_result() == 7
 
 
+def test_a_wait_never_blocks_on_an_in_process_job_another_thread_runs(root_path, parallel, tmp_path):
+    """The main thread runs an in-process job; another thread waits for a local worker's job.
+    Its wait also runs this process's in-process jobs, but never waits for a handler busy in
+    another thread (it stalled until that job ended: a deadlock when that job waited in turn)."""
+    import threading
+    from jobfuncs import gate
+    flag, got = str(tmp_path / 'flag'), {}
+    workers = parallel(1)
+
+    def wait_in_thread():
+        with hi.Config(job_handler=workers):
+            job = add.run(x=1, y=2)
+        got['result'] = job.wait(timeout=60)
+        open(flag, 'w').close()
+    add.run(x=0, y=0).wait()  # (the in-process handler now has this root)
+    thread = threading.Thread(target=wait_in_thread)
+    thread.start()
+    assert gate.run(path=flag, timeout=60).wait() is True  # ends once the thread's wait returned
+    thread.join(60)
+    assert got == {'result': 3}
+
+
 def test_upstream_error_fails_downstream_naming_it(root_path, parallel):
     with hi.Config(job_handler=parallel(1)):
         bad = fail.run(message='upstream broke')
