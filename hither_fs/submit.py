@@ -493,7 +493,7 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
                 state = protocol.read_state(root, holder)
             except (OSError, CorruptFileError, ValueError):
                 state = {}
-            if state.get("status") == Status.ERROR and errors_count and _caches_its_error(root, holder) \
+            if state.get("status") == Status.ERROR and errors_count and _caching_its_error(root, holder, state) \
                     and protocol.mark_used(root, holder):
                 return Job(holder, root, handler)
             if state.get("status") not in (None, Status.ERROR, Status.CANCELLED):
@@ -522,8 +522,20 @@ def _create_once(root: Root, cache: JobCache, spec: Dict[str, Any], handler,
     raise RuntimeError("could not agree with other submitters on a job for cache key {}".format(key))
 
 
-def _caches_its_error(root: Root, job_id: str) -> bool:
+#: Errors no worker's commit records in the cache (the job never ran, or was not let finish).
+_NOT_CACHED_ERRORS = {"WorkerLostError", "UpstreamJobError", "SlurmError", "JobCancelledError"}
+
+
+def _caching_its_error(root: Root, job_id: str, state: Dict[str, Any]) -> bool:
+    """Whether a failed job is about to put its error in the cache: a worker committed it just
+    now (then records the entry) for a spec with ``cache_failing`` - not an error that never
+    goes there (an upstream's, a lost worker's) or one whose worker died before recording it."""
+    error = state.get("error") if isinstance(state.get("error"), dict) else {}
+    if not state.get("runtime") or error.get("type") in _NOT_CACHED_ERRORS:
+        return False
     try:
+        if time.time() - os.stat(root.layout.state_file(job_id)).st_mtime > 120:
+            return False
         return bool((protocol.read_spec(root, job_id).get("cache") or {}).get("failing"))
     except (OSError, CorruptFileError, ValueError, AttributeError):
         return False

@@ -4,6 +4,7 @@ behaves as a job, as an input of other jobs too; a damaged entry is a miss."""
 import concurrent.futures
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -302,3 +303,13 @@ def test_a_failed_job_whose_error_is_not_cached_yet_answers_cache_failing(root):
         with hi.Config(rerun_failing=True):
             rerun = fail.run(message='boom')
         assert rerun.id != first.id and len(list(iter_tickets(root.layout, 'cf'))) == 1
+    # never attached to: an error no commit caches, or one whose worker died before caching it
+    for kind, age in (('UpstreamJobError', 0), ('RuntimeError', 600)):
+        with hi.Config(job_handler=QueueOnly('cf-' + kind), job_cache=hi.JobCache(), cache_failing=True):
+            failed = fail.run(message=kind)
+            [(path, _)] = list(iter_tickets(root.layout, 'cf-' + kind))
+            claim = protocol.claim(root, path, 'w-a', protocol.read_spec(root, failed.id))
+            protocol.commit(root, claim, protocol.Outcome(error=protocol.error_record(kind, 'x', 'running')))
+            then = time.time() - age
+            os.utime(root.layout.state_file(failed.id), (then, then))
+            assert fail.run(message=kind).id != failed.id, kind
