@@ -313,3 +313,26 @@ def test_a_failed_job_whose_error_is_not_cached_yet_answers_cache_failing(root):
             then = time.time() - age
             os.utime(root.layout.state_file(failed.id), (then, then))
             assert fail.run(message=kind).id != failed.id, kind
+
+
+def test_a_blob_is_linked_between_stores_unless_a_group_shared_one_needs_other_bits(tmp_path):
+    """Into a private store a blob is hard-linked (a lab-cache hit costs no copy); into a
+    group-shared one only a file with its bits (0660, its group) is: a private root's 0600
+    blob is copied, so that the lab's other members can read it."""
+    import stat
+    from hither_fs.runtime.files import register_tree
+    from hither_fs.runtime.store import Store
+    private, lab = tmp_path / 'private', tmp_path / 'lab'
+    for d in (private, lab):
+        d.mkdir()
+    os.chmod(str(lab), 0o2770)
+    register_tree(str(private), False)
+    register_tree(str(lab), True)
+    mine, shared, back = Store(str(private / 'store')), Store(str(lab / 'store')), Store(str(tmp_path / 'p2'))
+    register_tree(str(tmp_path / 'p2'), False)
+    sha1 = mine.put_bytes(b'result bytes')
+    shared.copy_blob_from(mine, sha1)
+    copied = os.stat(shared.blob_path(sha1))
+    assert stat.S_IMODE(copied.st_mode) == 0o660 and copied.st_ino != os.stat(mine.blob_path(sha1)).st_ino
+    back.copy_blob_from(shared, sha1)  # a hit in a private root: linked
+    assert os.stat(back.blob_path(sha1)).st_ino == copied.st_ino

@@ -427,9 +427,9 @@ class Store:
             raise CorruptFileError(path, "refused to load: {}".format(exc)) from None
 
     def copy_blob_from(self, other: "Store", sha1: str, ext: str = "") -> None:
-        """Make a blob of ``other`` present here: by hard link when the file may be shared as
-        it is (the mode and group a new file here gets; a private root's blob linked into a
-        lab's store would stay unreadable to the others), else copied with those."""
+        """Make a blob of ``other`` present here: by hard link, unless this store is group-shared
+        and the file has not the mode and group a new file here gets (a private root's blob
+        linked into a lab's store would stay unreadable to the others): then copied with those."""
         if self.refresh(sha1, ext):
             return
         src = other.verified_path(sha1, ext)
@@ -439,10 +439,10 @@ class Store:
         tmp = temp_name(dst)
         try:
             try:
-                st, here = os.stat(src), os.stat(directory)
-                if st.st_mode & 0o777 != files.file_mode(directory) or \
-                        (files.group_shared(directory) and st.st_gid != here.st_gid):
-                    raise PermissionError("not shareable as it is")
+                if files.group_shared(directory):
+                    st, here = os.stat(src), os.stat(directory)
+                    if st.st_mode & 0o777 != files.file_mode(directory) or st.st_gid != here.st_gid:
+                        raise PermissionError("not shareable as it is")
                 os.link(src, tmp)
                 os.utime(tmp)  # a link shares the source's old mtime: young here, to hither-fs gc
             except OSError:
