@@ -27,8 +27,8 @@ from typing import Any, Dict, Iterator, Optional, Set, Tuple
 from . import gc
 from .compat import refuse_keywords, tempdir_cache_path
 from .root import Root
-from .runtime.files import (CorruptFileError, dumps, listdir, makedirs, read_json, read_record, register_tree,
-                            remove_quietly, temp_name, with_parents, write_new)
+from .runtime.files import (CorruptFileError, dumps, makedirs, read_json, read_record, register_tree, remove_quietly,
+                            temp_name, with_parents, write_new)
 from .runtime.layout import is_job_id, make_shards
 from .runtime.serialization import blob_refs, decode
 from .runtime.store import BlobMissingError, Store
@@ -398,24 +398,30 @@ class JobCache:
 
         If a newer marker stands (in a lab cache, another root's job of the same key,
         started later), this job's stay: removing them would leave that one above a gap,
-        where no scan from 0 finds it, for ever. Its job removes them with its own. The
-        markers are listed (not scanned from 0), so that one left above a gap all the
-        same (by a newer job claimed while this one removed) is still found."""
-        directory = os.path.dirname(self._marker(root, key, 0))
-        prefix = key + ".inflight."
-        numbers = sorted(int(name[len(prefix):]) for name in listdir(directory)
-                         if name.startswith(prefix) and name[len(prefix):].isdigit())
-        for i, n in enumerate(numbers):
+        where no scan from 0 finds it, for ever; its job removes them with its own. A gap
+        left all the same (by a newer job claimed while these were removed) is looked past."""
+        seen, n, missing = [], 0, 0
+        while missing <= _GAP_LOOK:
             path = self._marker(root, key, n)
             try:
                 marker = read_json(path, None, missing_ok=True)
             except CorruptFileError:
-                marker = None
-            if isinstance(marker, dict) and marker.get("job_id") == job_id:
-                if i + 1 == len(numbers):
-                    for m in reversed(numbers[:i + 1]):
-                        remove_quietly(self._marker(root, key, m))
-                return
+                marker = {}
+            if marker is None:
+                missing += 1
+            else:
+                missing = 0
+                seen.append(path)
+                if isinstance(marker, dict) and marker.get("job_id") == job_id:
+                    if not os.path.lexists(self._marker(root, key, n + 1)):
+                        for p in reversed(seen):
+                            remove_quietly(p)
+                    return
+            n += 1
+
+
+#: Missing marker numbers a release looks past (see :meth:`JobCache.release_in_flight`).
+_GAP_LOOK = 1
 
 
 def record_outcome(root, spec: Dict[str, Any], status: str, result: Optional[Dict[str, Any]] = None,
