@@ -171,21 +171,6 @@ def test_the_cases_of_issue_11(store):
     assert type(m) is np.matrix and m.tolist() == [[1, 2], [3, 4]]
 
 
-def test_a_python_float_nan_keeps_its_sign_and_payload(store):
-    """JSON's NaN reads back as one NaN: a Python float NaN of other bits travels as its bits,
-    and two NaNs of other bits are two cache keys."""
-    import struct
-    from hither_fs.cache import cache_key
-    bits = [0x7ff8000000000000, 0xfff8000000000000, 0x7ff8000000000abc]
-    values = [struct.unpack('>d', struct.pack('>Q', v))[0] for v in bits]
-    for value, want in zip(values, bits):
-        out = decode(through_json(encode([value], store, 'x')), store)[0]
-        assert type(out) is float and struct.unpack('>Q', struct.pack('>d', out))[0] == want
-    assert encode(float('nan'), store, 'x') != encode(values[1], store, 'x')  # the plain one stays JSON's NaN
-    keys = {cache_key('f', '1', {'x': encode(v, store, 'x')}, {}) for v in values}
-    assert len(keys) == 3
-
-
 def test_longdouble_padding_does_not_make_equal_values_differ(store):
     """x86 longdouble keeps 10 of its 16 bytes; numpy leaves the rest uninitialised. Equal values
     are stored once and give one cache key."""

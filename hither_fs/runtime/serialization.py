@@ -25,7 +25,6 @@ Values that JSON cannot express are tagged with a ``"__hither__"`` key::
     {"__hither__": "file", "sha1": "...", "name": "data.bin"}
     {"__hither__": "job", "id": "3f9a..."}
     {"__hither__": "dict", "items": {...}}   (a user dict that has the key "__hither__")
-    {"__hither__": "float", "bits": "fff8000000000000"}   (a NaN with a sign or payload)
 
 A scalar is written as a JSON number only when that number reads back to
 the same bits (bools, integers, float16/32/64 but a NaN of other bits than
@@ -42,7 +41,6 @@ from __future__ import annotations  # (np. annotations are not evaluated: see .l
 import contextlib
 import functools
 import os
-import struct
 import sys
 from typing import Any, Callable, Iterator, Optional, Tuple, Union
 
@@ -299,9 +297,6 @@ def _without_padding(array: np.ndarray) -> np.ndarray:
 
 # -- encoding and decoding -----------------------------------------------------------------
 
-#: The bits of the one NaN that JSON's ``NaN`` reads back as.
-_NAN_BITS = struct.pack(">d", float("nan"))
-
 #: Ints this many bits long or shorter have at most 4,300 digits, Python's own limit on turning
 #: an int into text (``sys.set_int_max_str_digits``): checked only beyond it.
 _INT_BITS_LIMIT = 14000
@@ -339,8 +334,6 @@ def _encode(value: Any, store: Store, where: str, other: Optional[Callable[[Any,
     if value is None or (isinstance(value, (bool, str, int, float)) and not isinstance(value, np.generic)):
         if type(value) is int and value.bit_length() > _INT_BITS_LIMIT:
             _check_int_digits(value, where)
-        elif type(value) is float and value != value and struct.pack(">d", value) != _NAN_BITS:
-            return {TAG: "float", "bits": struct.pack(">d", value).hex()}  # a NaN JSON's NaN would not keep
         return value
     if isinstance(value, np.ndarray):
         kind = _array_type(value, where)
@@ -423,8 +416,6 @@ def _decode(obj: Any, store: Store, job_value: Optional[Callable[[str], Any]], d
                 return array.view(np.recarray)[()]
             return _scalar_from_array(array, obj.get("dtype"))
         return _scalar_from_json(np.dtype(obj["dtype"]), obj["value"])
-    if kind == "float":
-        return struct.unpack(">d", bytes.fromhex(obj["bits"]))[0]
     if kind == "tuple":
         return tuple(_decode(v, store, job_value, depth + 1) for v in obj["items"])
     if kind == "dict":
