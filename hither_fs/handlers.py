@@ -26,7 +26,7 @@ from .attempts import run_in_process
 from .cache import record_outcome
 from .job import POLL_MAX, POLL_MIN
 from .lease import Heartbeat
-from .queue import QueueReader, count_tickets, remove_empty_queue, ticket_token
+from .queue import QueueReader, count_tickets, in_process_queue, remove_empty_queue, ticket_token
 from .root import Root
 from .runtime.files import file_mode, makedirs
 from .runtime.layout import check_queue_name
@@ -126,7 +126,7 @@ class DefaultJobHandler(JobHandler):
 
     def queue_for(self, root: Root) -> str:
         # per process: a forked child gets its own queue
-        return "inproc-{}-{}-{}".format(socket.gethostname().split(".")[0], os.getpid(), self._n)
+        return in_process_queue(self._n)
 
     def remember(self, job_id: str, function: Callable) -> None:
         """The function a job submitted from this process runs (no import needed here)."""

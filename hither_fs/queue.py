@@ -263,6 +263,20 @@ def iter_tickets(layout: Layout, queue: str) -> Iterator[Tuple[str, str]]:
             yield os.path.join(qdir, bucket, name), name
 
 
+def in_process_queue(n: int) -> str:
+    """The queue of this process's ``n``-th in-process handler: ``inproc-<host>-<pid>-<n>``."""
+    return "inproc-{}-{}-{}".format(host_label(), os.getpid(), n)
+
+
+def in_process_queue_gone(queue: Any) -> bool:
+    """Whether ``queue`` is the in-process queue of a process of this host that has ended:
+    nothing will ever run the jobs in it (another host's cannot be told: False)."""
+    if not isinstance(queue, str) or not queue.startswith("inproc-"):
+        return False
+    host, pid = host_and_pid(queue[len("inproc-"):])
+    return host == host_label() and pid is not None and not psutil.pid_exists(pid)
+
+
 def queue_names(layout: Layout) -> List[str]:
     names = []
     for n in listdir(layout.queues):

@@ -34,8 +34,8 @@ from typing import Any, Callable, Dict, List, Optional
 from . import gc, protocol
 from .attempts import Attempt, Slots, remove_dead_scratch, scratch_root, slurm_facts
 from .lease import DEFAULT_LEASE, Heartbeat, Host, LeaseJudge, Recovery
-from .protocol import Claim
-from .queue import QueueReader, count_tickets, ticket_token
+from .protocol import Claim, Status
+from .queue import QueueReader, count_tickets, in_process_queue_gone, ticket_token
 from .root import Root
 from .runners import WAKE_SIGNAL, RunnerPool, local_workers, wake
 from .runtime.files import CorruptFileError, listdir, remove_quietly
@@ -58,10 +58,6 @@ IDLE_LISTING = 30.0
 PENDING_SWEEP = 30.0
 #: How long a local worker's list of its sibling workers (see ``_wake_siblings``) is used.
 SIBLINGS_MEMORY = 10.0
-#: Seconds a local worker whose submitter is gone stays idle for jobs that wait for others
-#: (pending) before it exits all the same: they may wait for an in-process job of the
-#: process that is gone, which nothing will ever run. The next workers of the queue take them.
-ORPHAN_PATIENCE = 600.0
 #: After failing to start a job (no fork: a process limit, memory), a worker claims nothing
 #: for this long: the job it handed back is another worker's, or waits for this one to recover.
 START_FAILED_PAUSE = 5.0
@@ -102,8 +98,7 @@ class Worker:
                  parent_pid: Optional[int] = None, max_jobs: Optional[int] = None,
                  time_limit: Optional[float] = None, drain_margin: float = 20.0,
                  worker_id: Optional[str] = None, clock: Callable[[], float] = time.monotonic,
-                 host: Optional[Host] = None, shape: Optional[Dict[str, Any]] = None,
-                 orphan_patience: float = ORPHAN_PATIENCE):
+                 host: Optional[Host] = None, shape: Optional[Dict[str, Any]] = None):
         if slots < 1:
             raise ValueError("slots must be at least 1")
         self.root = root
@@ -114,7 +109,6 @@ class Worker:
         self.idle_timeout = idle_timeout
         self.heartbeat_interval = heartbeat if heartbeat is not None else min(2.0, lease / 5)
         self.parent_pid = parent_pid
-        self.orphan_patience = orphan_patience
         self.max_jobs = max_jobs
         self.drain_margin = drain_margin
         self.clock = clock
@@ -505,8 +499,7 @@ class Worker:
         if self.idle_timeout is not None and idle_for >= self.idle_timeout:
             return True
         if self.parent_pid is not None and os.getppid() != self.parent_pid and idle_for >= 1.0:
-            # the submitter is gone: drain, then go (not waiting for ever on pending jobs)
-            return idle_for >= self.orphan_patience or not self._work_left()
+            return not self._work_left()  # the submitter is gone: drain, then go
         return False
 
     def _work_left(self) -> bool:
@@ -519,6 +512,26 @@ class Worker:
                     queue = self._pending_queue[token.job_id] = protocol.read_spec(self.root, token.job_id).get("queue")
                 except (OSError, CorruptFileError):
                     continue
-            if queue in self.queues:
+            if queue in self.queues and not self._stranded(token.job_id):
+                return True
+        return False
+
+    def _stranded(self, job_id: str, depth: int = 0) -> bool:
+        """Whether a pending job can never run: one of its upstream jobs waits in the in-process
+        queue of a process of this host that has ended (nothing will run it), or is pending and
+        stranded in turn. A worker whose submitter is gone does not wait for such jobs."""
+        try:
+            upstream = protocol.read_spec(self.root, job_id).get("upstream") or []
+        except (OSError, CorruptFileError, ValueError, AttributeError):
+            return False
+        for up in upstream:
+            try:
+                state = protocol.read_state(self.root, up)
+            except (OSError, CorruptFileError, ValueError):
+                continue
+            status = state.get("status")
+            if status == Status.QUEUED and in_process_queue_gone(state.get("queue")):
+                return True
+            if status == Status.PENDING and depth < 100 and self._stranded(up, depth + 1):
                 return True
         return False

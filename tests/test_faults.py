@@ -354,24 +354,38 @@ def test_a_resumed_worker_reaps_its_lost_run_before_it_claims_the_job_again(root
 
 
 ORPHAN = """
-import sys, time
+import sys
 import hither_fs as hi
 from hither_fs.worker import Worker
-t0 = time.monotonic()
-Worker(hi.Root(sys.argv[1]), ['q11'], parent_pid=1, orphan_patience=2).run()  # its submitter: gone
-print('exited after', round(time.monotonic() - t0))
+sys.exit(Worker(hi.Root(sys.argv[1]), ['q11'], parent_pid=1).run())  # its submitter: gone
 """
 
 
-def test_a_worker_whose_submitter_is_gone_does_not_wait_for_ever_on_pending_jobs(root):
-    """Its queue holds only a job that waits for one nothing will run (an in-process job of
-    the process that is gone, say): after its patience it exits (workers piled up, for ever)."""
-    from conftest import run_python
-    with hi.Config(job_handler=QueueOnly('nobody-serves')):
+def test_a_worker_whose_submitter_is_gone_waits_only_for_jobs_that_can_run(root, tmp_path):
+    """Its queue holds a job waiting for an in-process job of a process that has ended (nothing
+    will run that one): the worker exits (workers piled up, for ever). A job waiting for an
+    upstream that can still run keeps it."""
+    import subprocess
+    from hither_fs import protocol
+    from hither_fs.runtime.files import write_json
+    from hither_fs.runtime.layout import host_label
+    with hi.Config(job_handler=QueueOnly('upstream-q')):
         upstream = add.run(x=1, y=1)
     with hi.Config(job_handler=QueueOnly('q11')):
         waiting = add.run(x=upstream, y=1)
     assert waiting.status == 'pending'
-    proc = run_python(ORPHAN, root.path, timeout=60)
-    assert proc.returncode == 0 and 'exited after' in proc.stdout, proc.stdout + proc.stderr
+    worker = subprocess.Popen([sys.executable, '-c', ORPHAN, root.path],
+                              env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS])))
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):  # its upstream may still run: it waits
+            worker.wait(timeout=3)
+        # the upstream is now an in-process job of a process that has ended (its queue says so)
+        gone = subprocess.Popen([sys.executable, '-c', 'pass'])
+        gone.wait()
+        state = protocol.read_state(root, upstream.id)
+        dead_queue = 'inproc-{}-{}-0'.format(host_label(), gone.pid)
+        write_json(root.layout.state_file(upstream.id), dict(state, queue=dead_queue))
+        assert worker.wait(timeout=30) == 0
+    finally:
+        stop([worker])
     assert waiting.status == 'pending'  # left for the next workers of its queue
