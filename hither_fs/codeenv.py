@@ -151,8 +151,11 @@ def collect(fn) -> Tuple[Dict[str, Optional[str]], Dict[str, Any]]:
         name = rel.rsplit("/", 1)[-1]
         if rel == "__init__.py" and not is_init:
             continue  # the function directory's own __init__ is replaced by an empty one
-        # every file a pattern matches (a hidden one too: hither's docs say any), else .py files not hidden
-        if any(fnmatch.fnmatch(name, p) for p in patterns) or (name.endswith(".py") and not name.startswith(".")):
+        # a file a pattern matches (a hidden one only by a pattern that starts with a dot, as a shell's
+        # glob: '*' takes no .env), else a .py file that is not hidden
+        hidden = name.startswith(".")
+        if any(fnmatch.fnmatch(name, p) and (p.startswith(".") or not hidden) for p in patterns) or (
+                name.endswith(".py") and not hidden):
             out.add(env_path(rel), full)
     for i in range(1, len(package) + 1):
         init = "/".join(package[:i]) + "/__init__.py"

@@ -180,9 +180,13 @@ def _check(options: Dict[str, Any]) -> None:
     if not isinstance(options.get("progress"), (bool, type(None))):
         raise ValueError("progress must be True, False or None (on a terminal or in Jupyter), not {!r}".format(
             options["progress"]))
-    for name in ("cancel_on_interrupt", "detach", "force_run", "cache_failing", "rerun_failing"):
+    for name in ("cancel_on_interrupt", "detach"):
         if not isinstance(options.get(name, False), bool):
             raise ValueError("{} must be True or False, not {!r}".format(name, options[name]))
+    for name in ("force_run", "cache_failing", "rerun_failing"):  # (hither took 0, 1 and None too)
+        value = options.get(name, False)
+        if isinstance(value, str) or value not in (True, False, None):
+            raise ValueError("{} must be True or False, not {!r}".format(name, value))
     cache = options.get("job_cache")
     if cache not in (None, False) and not hasattr(cache, "lookup"):
         raise TypeError("job_cache must be a hi.JobCache or None, not {!r}".format(cache))

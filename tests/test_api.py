@@ -83,6 +83,8 @@ def test_config_rejects_bad_values():
     for name in ('force_run', 'cache_failing', 'rerun_failing'):
         with pytest.raises(ValueError, match='{} must be True or False'.format(name)):
             hi.Config(**{name: 'yes'})
+        for fine in (True, False, None, 0, 1, np.bool_(True)):
+            hi.Config(**{name: fine})
 
 
 def test_jobs_record_their_label_and_run(root_path):

@@ -252,7 +252,9 @@ def test_code_environment_skips_and_limits(tmp_path, monkeypatch):
     (d / 'venv' / 'pyvenv.cfg').write_text('')
     os.symlink(str(d / 'elsewhere'), str(d / 'linked'))
     files, entry = codeenv.collect(FakeFunction(str(d / 'main.py'), additional_files=['*.config']))
-    assert sorted(files) == ['a/.secrets.config', 'a/b.py', 'a/data.config', 'elsewhere/e.py', 'main.py']
+    assert sorted(files) == ['a/b.py', 'a/data.config', 'elsewhere/e.py', 'main.py']  # '*' takes no hidden file
+    files, _ = codeenv.collect(FakeFunction(str(d / 'main.py'), additional_files=['.*.config']))
+    assert sorted(files) == ['a/.secrets.config', 'a/b.py', 'elsewhere/e.py', 'main.py']
     assert entry == {'module': '__main__', 'file': 'main.py'}
     files, entry = codeenv.collect(FakeFunction(str(d / 'a' / 'b.py'), module='proj.a.b'))
     assert sorted(files) == ['proj/__init__.py', 'proj/a/__init__.py', 'proj/a/b.py']
