@@ -145,8 +145,9 @@ class DefaultJobHandler(JobHandler):
 
     def help_unless_busy(self, root: Root) -> None:
         """:meth:`help`, unless another thread runs this handler's jobs now (it runs the queued
-        ones next): for a wait on another handler's job, which must never block on this one."""
-        if self._lock.acquire(blocking=False):
+        ones next), or none it was given waits to run (its queue is not even listed): for a
+        wait on another handler's job, which must never block on this one."""
+        if self._functions and root.path in self._readers and self._lock.acquire(blocking=False):
             try:
                 self._help(root)
             finally:

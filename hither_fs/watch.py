@@ -166,7 +166,7 @@ def help_in_process(root: Any, besides: Any = None) -> None:
     which the caller helps): a job of another handler that is waited for may wait for one of
     theirs, which runs only when this process asks (a pipeline mixing handlers hung)."""
     for handler in list(IN_PROCESS):
-        if handler is not besides and root.path in handler._readers:
+        if handler is not besides:
             handler.help_unless_busy(root)
 
 
