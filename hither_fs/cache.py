@@ -353,9 +353,10 @@ class JobCache:
     def _marker(self, root, key: str, n: int) -> str:
         return self._entry_path(self.directory(root), key, ".inflight.{}".format(n))
 
-    def _markers(self, root, key: str) -> Iterator[Tuple[str, Dict[str, Any]]]:
-        """``(path, marker)`` of the markers of ``key``, 0 upwards (a damaged one as ``{}``)."""
-        n = 0
+    def _markers(self, root, key: str, look_past: int = 0) -> Iterator[Tuple[int, str, Dict[str, Any]]]:
+        """``(n, path, marker)`` of the markers of ``key``, 0 upwards (a damaged one as ``{}``),
+        up to the first missing number - or past ``look_past`` missing ones in a row."""
+        n, missing = 0, 0
         while True:
             path = self._marker(root, key, n)
             try:
@@ -363,8 +364,12 @@ class JobCache:
             except CorruptFileError:
                 marker = {}
             if marker is None:
-                return
-            yield path, marker if isinstance(marker, dict) else {}
+                missing += 1
+                if missing > look_past:
+                    return
+            else:
+                missing = 0
+                yield n, path, marker if isinstance(marker, dict) else {}
             n += 1
 
     def in_flight(self, root, key: str) -> Tuple[int, Optional[str]]:
@@ -372,7 +377,7 @@ class JobCache:
         none). A marker that cannot be read, or that names a job of another root,
         counts as a job that is not there."""
         n, job_id = -1, None
-        for n, (_, marker) in enumerate(self._markers(root, key)):
+        for n, _, marker in self._markers(root, key):
             job_id = marker.get("job_id") if marker.get("root") == root.path else None
         return n, job_id
 
@@ -400,24 +405,14 @@ class JobCache:
         started later), this job's stay: removing them would leave that one above a gap,
         where no scan from 0 finds it, for ever; its job removes them with its own. A gap
         left all the same (by a newer job claimed while these were removed) is looked past."""
-        seen, n, missing = [], 0, 0
-        while missing <= _GAP_LOOK:
-            path = self._marker(root, key, n)
-            try:
-                marker = read_json(path, None, missing_ok=True)
-            except CorruptFileError:
-                marker = {}
-            if marker is None:
-                missing += 1
-            else:
-                missing = 0
-                seen.append(path)
-                if isinstance(marker, dict) and marker.get("job_id") == job_id:
-                    if not os.path.lexists(self._marker(root, key, n + 1)):
-                        for p in reversed(seen):
-                            remove_quietly(p)
-                    return
-            n += 1
+        seen = []
+        for n, path, marker in self._markers(root, key, look_past=_GAP_LOOK):
+            seen.append(path)
+            if marker.get("job_id") == job_id:
+                if not os.path.lexists(self._marker(root, key, n + 1)):
+                    for p in reversed(seen):
+                        remove_quietly(p)
+                return
 
 
 #: Missing marker numbers a release looks past (see :meth:`JobCache.release_in_flight`).
