@@ -219,15 +219,10 @@ def capture(fn, store: Store) -> Dict[str, Any]:
         return _store_manifest(store, {SHIPPED_FILE: store.put_bytes(text)}, {"module": "__main__", "file": SHIPPED_FILE},
                                len(text))
     files, entry = collect(fn)
-    module = sys.modules.get(fn.__wrapped__.__module__)
-    if getattr(module, "__hither_source__", None):
-        # a job submitting jobs of its own module: they run the bytes it runs, not the file as it is now
-        # (as jobs without a container do; see capture_source), so its file is that blob here
-        listing = {rel: store.put_bytes(b"") if src is None else store.put_file(src)
-                   for rel, src in sorted(files.items()) if rel != entry["file"]}
-        listing[entry["file"]] = capture_source(fn, store)
-        return _store_manifest(store, listing, entry, sum(os.path.getsize(s) for s in files.values() if s))
-    sig = _signature(files)
+    # a job submitting jobs of its own module: they run the bytes it runs, not the file as it is now
+    # (as jobs without a container do; see capture_source), so its file is that blob here
+    submitted = getattr(sys.modules.get(fn.__wrapped__.__module__), "__hither_source__", None)
+    sig = (_signature(files), submitted)
     key = (store.path, fn.name, entry["module"], entry["file"])
     with _cache_lock:
         hit = _cache.get(key)
@@ -245,7 +240,7 @@ def capture(fn, store: Store) -> Dict[str, Any]:
                 empty = store.put_bytes(b"")
             listing[rel] = empty
         else:
-            listing[rel] = store.put_file(src)
+            listing[rel] = capture_source(fn, store) if submitted and rel == entry["file"] else store.put_file(src)
             total += os.path.getsize(src)
     code = _store_manifest(store, listing, entry, total)
     with _cache_lock:
