@@ -263,7 +263,7 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
                 remember_failure(failed_path, url, str(exc))
                 raise
             seconds = time.monotonic() - start
-            sha1 = tree_sha1(tmp) if os.path.isdir(tmp) else sha1_of_file(tmp)
+            sha1 = _image_sha1(tmp)
             pulled = rename_unless_there(tmp, final)
             if not pulled:
                 # published meanwhile by a pull on another node (the lock is only this node's): that
@@ -271,15 +271,20 @@ def pulled_image(root, url: str) -> Dict[str, Any]:
                 meta = read_json(meta_path, None, missing_ok=True)
                 if meta:
                     return _image_facts(meta, pulled=False, waited=waited)
-                sha1 = tree_sha1(final) if os.path.isdir(final) else sha1_of_file(final)
+                sha1 = _image_sha1(final)
         else:  # published by a pull that died before writing its record
             seconds, pulled = None, False
-            sha1 = tree_sha1(final) if os.path.isdir(final) else sha1_of_file(final)
+            sha1 = _image_sha1(final)
         meta = {"url": url, "path": final, "format": fmt, "sha1": sha1, "pulled": _now(),
                 "host": os.uname().nodename, "pull_seconds": None if seconds is None else round(seconds, 3)}
         write_json(meta_path, meta)
         forget_failure(failed_path)
         return _image_facts(meta, pulled=pulled, waited=waited)
+
+
+def _image_sha1(path: str) -> str:
+    """The content hash of an image: of its file (a SIF), or of its tree (a sandbox)."""
+    return tree_sha1(path) if os.path.isdir(path) else sha1_of_file(path)
 
 
 def _replace_odd_lock(path: str) -> None:
