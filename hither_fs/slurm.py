@@ -59,7 +59,6 @@ _TRANSIENT = re.compile(
     r"try again|connection refused|connection timed out|zero bytes were transmitted|not responding|"
     r"maxsubmit|submit ?limit|job submit limit|slurmctld.*(busy|down)", re.IGNORECASE)
 
-#: squeue's pending reasons for an allocation Slurm will never start as asked.
 #: Allocations in a row that end before their worker starts, after which a queue's jobs fail.
 FAILED_STARTS = 3
 
@@ -67,6 +66,7 @@ FAILED_STARTS = 3
 #: time left) before it claims: a job whose timeout leaves less could never be claimed.
 WORKER_START_ALLOWANCE = 60
 
+#: squeue's pending reasons for an allocation Slurm will never start as asked.
 NEVER_REASONS = frozenset({
     "BadConstraints", "PartitionConfig", "PartitionTimeLimit", "InvalidAccount", "InvalidQOS", "AssocMaxCpuPerJobLimit", "AssocMaxWallDurationPerJobLimit",
     "QOSMaxCpuPerJobLimit", "QOSMaxMemoryPerJob", "QOSMaxWallDurationPerJobLimit", "QOSMaxNodePerJobLimit",
@@ -176,7 +176,7 @@ class Allocation:
         return self.slots * self.memory_gb_per_slot
 
     def sbatch_command(self, root: Root, queue_name: str) -> List[str]:
-        log_dir = os.path.join(root.path, "logs", "slurm")
+        log_dir = allocation_log_dir(root)
         makedirs(log_dir)
         cmd = ["sbatch", "--parsable",
                "--job-name={}".format(job_name(root, queue_name)),
@@ -237,10 +237,15 @@ def squeue_states(name: str) -> Dict[str, Tuple[str, str]]:
     return states
 
 
+def allocation_log_dir(root: Root) -> str:
+    """Where allocations write their logs (``sbatch --output``): ``logs/slurm/<slurm job id>.log``."""
+    return os.path.join(root.path, "logs", "slurm")
+
+
 def _allocation_log(root: Root, slurm_job_id: str) -> Optional[str]:
-    """The start of an allocation's log in the root (``sbatch --output``), None if there is none."""
+    """The start of an allocation's log in the root, None if there is none."""
     try:
-        with open(os.path.join(root.path, "logs", "slurm", slurm_job_id + ".log"), "rb") as f:
+        with open(os.path.join(allocation_log_dir(root), slurm_job_id + ".log"), "rb") as f:
             return f.read(1 << 16).decode("utf-8", "replace")
     except OSError:
         return None
